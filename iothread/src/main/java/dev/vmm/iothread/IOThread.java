@@ -1,0 +1,113 @@
+package dev.vmm.iothread;
+
+import io.netty.channel.IoEventLoop;
+import io.netty.channel.MultiThreadIoEventLoopGroup;
+import io.netty.channel.epoll.EpollIoHandler;
+import io.netty.util.concurrent.FastThreadLocalThread;
+import java.util.Objects;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+
+/**
+ * A named event-loop thread: one Netty 4.2 {@code SingleThreadIoEventLoop} driven by epoll.
+ *
+ * <p>An IOThread is the home of the block nodes placed on it: every request on such a node is
+ * submitted and completed on this thread, so the data path needs no locks. The daemon's main
+ * loop is an IOThread too (id {@value #MAIN_ID}): it runs the control plane and the NBD
+ * handshakes.
+ *
+ * <p>Thread contract: {@link #execute}, {@link #submit}, {@link #inThread} and the accessors
+ * may be called from any thread. {@link #shutdown} must not be called on this thread.
+ */
+public final class IOThread {
+    /** Id of the daemon's main loop. */
+    public static final String MAIN_ID = "main";
+
+    private final String id;
+    private final MultiThreadIoEventLoopGroup group;
+    private final IoEventLoop loop;
+    private final Thread thread;
+    /** Tasks run; read by monitors from any thread. */
+    private final AtomicLong tasks = new AtomicLong();
+
+    private IOThread(String id) {
+        this.id = id;
+        this.group = new MultiThreadIoEventLoopGroup(1,
+                (java.util.concurrent.ThreadFactory) r -> new FastThreadLocalThread(r, threadName(id)), EpollIoHandler.newFactory());
+        this.loop = (IoEventLoop) group.next();
+        try {
+            this.thread = loop.submit(Thread::currentThread).get();
+        } catch (Exception e) {
+            group.shutdownGracefully(0, 0, TimeUnit.MILLISECONDS);
+            throw new IllegalStateException("cannot start IOThread " + id, e);
+        }
+    }
+
+    /** Starts a new IOThread with the given id ({@code iot0}, {@code main}, ...). */
+    public static IOThread start(String id) {
+        Objects.requireNonNull(id, "id");
+        return new IOThread(id);
+    }
+
+    private static String threadName(String id) {
+        return MAIN_ID.equals(id) ? "vmm-main" : "iothread-" + id;
+    }
+
+    public String id() { return id; }
+
+    /** The Netty event loop: register channels and {@code IoHandle}s here. */
+    public IoEventLoop loop() { return loop; }
+
+    /** The loop's thread (for the OS thread id shown by monitors). */
+    public Thread thread() { return thread; }
+
+    /** True when the caller runs on this IOThread. */
+    public boolean inThread() { return loop.inEventLoop(); }
+
+    /** Runs {@code task} on this thread, later. */
+    public void execute(Runnable task) {
+        loop.execute(() -> { tasks.incrementAndGet(); task.run(); });
+    }
+
+    /** Runs {@code task} on this thread (at once when already on it) and returns its result. */
+    public <T> CompletableFuture<T> submit(Callable<T> task) {
+        CompletableFuture<T> f = new CompletableFuture<>();
+        Runnable r = () -> {
+            try { f.complete(task.call()); } catch (Throwable t) { f.completeExceptionally(t); }
+        };
+        if (inThread()) r.run(); else execute(r);
+        return f;
+    }
+
+    /** Runs {@code task} on this thread and waits for it: only for the control plane and tests. */
+    public <T> T call(Callable<T> task) throws Exception {
+        if (inThread()) return task.call();
+        try {
+            return submit(task).get();
+        } catch (java.util.concurrent.ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof Exception ex) throw ex;
+            if (c instanceof Error err) throw err;
+            throw e;
+        }
+    }
+
+    public long tasksRun() { return tasks.get(); }
+
+    /** Stops the loop after the tasks already queued; waits at most {@code timeoutMs}. */
+    public boolean shutdown(long timeoutMs) {
+        if (inThread()) throw new IllegalStateException("IOThread " + id + " cannot stop itself");
+        group.shutdownGracefully(0, timeoutMs, TimeUnit.MILLISECONDS);
+        try {
+            return group.awaitTermination(timeoutMs, TimeUnit.MILLISECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return false;
+        }
+    }
+
+    @Override
+    public String toString() { return "IOThread[" + id + "]"; }
+}

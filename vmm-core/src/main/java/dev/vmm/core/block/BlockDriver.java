@@ -1,0 +1,76 @@
+package dev.vmm.core.block;
+
+/**
+ * The I/O of one image, as the block layer sees it. Implementations: {@link RawFileDriver}.
+ *
+ * <p>Thread contract: after {@link BlockNode} is created, every method MUST be called on the
+ * node's home IOThread only (the data path is lock-free by confinement). Calls are synchronous:
+ * they return when the I/O is done (in the page cache, or on stable storage for {@code fua} and
+ * {@link #flush}).
+ *
+ * <p>Memory safety: {@code address} arguments are native addresses that the caller has
+ * bounds-checked (a pooled direct buffer with enough capacity, or an iovec into mapped guest
+ * memory); the driver never reads or writes beyond {@code address + length}.
+ *
+ * <p>Errors are {@link BlockException}s carrying an errno, so each protocol maps them in one
+ * place (NBD error codes, {@code VIRTIO_BLK_S_IOERR}).
+ */
+public interface BlockDriver extends AutoCloseable {
+    /** Image size in bytes. */
+    long size();
+
+    /** True when writes are refused ({@code read-only=on}, or the file could not be opened rw). */
+    boolean readOnly();
+
+    /**
+     * Reads {@code length} bytes at {@code offset} into native memory. Bytes past the end of the
+     * underlying file (a file truncated behind our back) read as zeros.
+     */
+    void read(long offset, long address, int length) throws BlockException;
+
+    /** Writes {@code length} bytes from native memory; with {@code fua}, durable before return. */
+    void write(long offset, long address, int length, boolean fua) throws BlockException;
+
+    /**
+     * Scatter read into {@code iovcnt} {@code struct iovec}s (16 bytes each: base, len) that start
+     * at {@code iovAddress}: one syscall for a whole guest request.
+     */
+    void readv(long offset, long iovAddress, int iovcnt, long totalLength) throws BlockException;
+
+    /** Gather write from {@code iovcnt} {@code struct iovec}s at {@code iovAddress}. */
+    void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua) throws BlockException;
+
+    /** Makes all completed writes durable (fdatasync). */
+    void flush() throws BlockException;
+
+    /**
+     * Discards a range (hole punch). Advisory: where the file system cannot punch holes this
+     * does nothing and succeeds. Afterwards the range reads as zeros.
+     */
+    void discard(long offset, long length) throws BlockException;
+
+    /**
+     * Makes a range read as zeros.
+     *
+     * @param mayUnmap the range may become a hole (NBD without NO_HOLE, virtio-blk with UNMAP)
+     * @param fastOnly fail with {@code ENOTSUP} instead of writing zero buffers (NBD FAST_ZERO)
+     */
+    void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua) throws BlockException;
+
+    /** Hints that a range will be read soon (NBD_CMD_CACHE); never fails for a valid range. */
+    void prefetch(long offset, long length) throws BlockException;
+
+    /**
+     * Allocation status of the extent that starts at {@code offset}: fills {@code out} with the
+     * length (at least 1, at most {@code maxLength}) of the run that has the same status, and
+     * its flags ({@link BlockStatus#HOLE}, {@link BlockStatus#ZERO}).
+     */
+    void status(long offset, long maxLength, BlockStatus out) throws BlockException;
+
+    /** Preferred I/O granularity in bytes (the O_DIRECT alignment, or 4096). */
+    int preferredBlockSize();
+
+    /** Releases the file. Idempotent. */
+    @Override
+    void close();
+}

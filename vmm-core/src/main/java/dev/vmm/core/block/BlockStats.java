@@ -1,0 +1,18 @@
+package dev.vmm.core.block;
+
+import java.util.concurrent.atomic.LongAdder;
+
+/**
+ * Per-node counters. Written on the node's home IOThread, read by monitors from any thread;
+ * {@link LongAdder} keeps the writer cheap and the readers safe across a handoff.
+ */
+public final class BlockStats {
+    public final LongAdder readOps = new LongAdder();
+    public final LongAdder readBytes = new LongAdder();
+    public final LongAdder writeOps = new LongAdder();
+    public final LongAdder writeBytes = new LongAdder();
+    public final LongAdder flushOps = new LongAdder();
+    public final LongAdder discardOps = new LongAdder();
+    public final LongAdder zeroOps = new LongAdder();
+    public final LongAdder errors = new LongAdder();
+}
