@@ -1,0 +1,29 @@
+package dev.vmm.nbd.protocol;
+
+/**
+ * The {@code base:} metadata namespace and the {@code base:allocation} context flags.
+ *
+ * <p>Spec: <a href="https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#the-base-metadata-namespace">The base: metadata namespace</a>,
+ * <a href="https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md#baseallocation-metadata-context">base:allocation metadata context</a>.
+ * Clients MUST ignore unknown flags; servers SHOULD send the remaining bits as zero.
+ */
+public final class NbdMetaContext {
+    private NbdMetaContext() {}
+
+    /** The "base:" namespace prefix; as a query it is a wildcard for LIST and ignored by SET. */
+    public static final String BASE_NAMESPACE = "base:";
+    /** The one context the spec defines: basic allocation status. */
+    public static final String BASE_ALLOCATION = "base:allocation";
+
+    /** bit 0: extent is a hole (unallocated); clear = allocated or unknown. */
+    public static final int NBD_STATE_HOLE = 1 << 0;
+    /** bit 1: extent reads as zeroes; clear = contents unknown. */
+    public static final int NBD_STATE_ZERO = 1 << 1;
+
+    private static final String[] NAMES = {"NBD_STATE_HOLE", "NBD_STATE_ZERO"};
+
+    /** Log form of base:allocation status flags, bits joined with '|'. */
+    public static String name(int flags) {
+        return Names.flags("NBD_STATE", flags, NAMES);
+    }
+}
