@@ -31,6 +31,8 @@ public final class IOThread {
     private final Thread thread;
     /** Tasks run; read by monitors from any thread. */
     private final AtomicLong tasks = new AtomicLong();
+    /** Data-path requests served; written on this thread only. */
+    private long requests;
 
     private IOThread(String id) {
         this.id = id;
@@ -95,6 +97,23 @@ public final class IOThread {
     }
 
     public long tasksRun() { return tasks.get(); }
+
+    /** Counts one data-path request served here. MUST be called on this thread (plain field, one writer). */
+    public void countRequest() {
+        requests++;
+    }
+
+    /** Requests served here so far (a recent value when read from another thread). */
+    public long requests() { return requests; }
+
+    /** Bytes this thread has allocated on the Java heap so far (HotSpot's per-thread counter), or -1. */
+    public long allocatedBytes() {
+        java.lang.management.ThreadMXBean mx = java.lang.management.ManagementFactory.getThreadMXBean();
+        if (mx instanceof com.sun.management.ThreadMXBean hs && hs.isThreadAllocatedMemorySupported()) {
+            return hs.getThreadAllocatedBytes(thread.getId());
+        }
+        return -1;
+    }
 
     /** Stops the loop after the tasks already queued; waits at most {@code timeoutMs}. */
     public boolean shutdown(long timeoutMs) {

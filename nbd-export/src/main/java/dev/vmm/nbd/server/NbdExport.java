@@ -1,0 +1,70 @@
+package dev.vmm.nbd.server;
+
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.nbd.protocol.NbdTransmissionFlags;
+import io.netty.channel.Channel;
+import java.util.Objects;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+
+/**
+ * One NBD export ({@code --export type=nbd,...}): a name clients ask for and the block node it
+ * serves. Its clients are served on the node's home IOThread once their handshake is done.
+ *
+ * <p>Thread contract: immutable configuration, readable from any thread; the client set is
+ * concurrent (added on the main loop at GO, removed on the IOThread at close).
+ */
+public final class NbdExport {
+    /** Largest payload a client may send or ask for: bounds what one request can make us allocate. */
+    public static final int MAX_PAYLOAD = 32 * 1024 * 1024;
+    /** Preferred request size announced in NBD_INFO_BLOCK_SIZE. */
+    public static final int PREFERRED_BLOCK_SIZE = 4096;
+
+    private final String id;
+    private final String name;
+    private final String description;
+    private final BlockNode node;
+    private final boolean writable;
+    private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
+
+    public NbdExport(String id, String name, String description, BlockNode node, boolean writable) {
+        this.id = Objects.requireNonNull(id, "id");
+        this.name = Objects.requireNonNull(name, "name");
+        this.description = description;
+        this.node = Objects.requireNonNull(node, "node");
+        if (writable && node.readOnly()) {
+            throw new IllegalArgumentException("node '" + node.name() + "' is read-only, the export cannot be writable");
+        }
+        this.writable = writable;
+    }
+
+    public String id() { return id; }
+    public String name() { return name; }
+    /** Human-readable description, or null. */
+    public String description() { return description; }
+    public BlockNode node() { return node; }
+    public boolean writable() { return writable; }
+    public Set<Channel> clients() { return clients; }
+
+    /**
+     * Transmission flags for a client of this export. Only what works is advertised: write-side
+     * commands are left out on read-only exports, DF only with structured replies.
+     * CAN_MULTI_CONN holds because every connection to a node shares one file descriptor on one
+     * thread: a FLUSH on any connection is an fdatasync of the same file.
+     */
+    public int transmissionFlags(boolean structuredReplies) {
+        int f = NbdTransmissionFlags.NBD_FLAG_HAS_FLAGS | NbdTransmissionFlags.NBD_FLAG_SEND_FLUSH
+                | NbdTransmissionFlags.NBD_FLAG_CAN_MULTI_CONN | NbdTransmissionFlags.NBD_FLAG_SEND_CACHE;
+        if (writable) {
+            f |= NbdTransmissionFlags.NBD_FLAG_SEND_FUA | NbdTransmissionFlags.NBD_FLAG_SEND_TRIM
+                    | NbdTransmissionFlags.NBD_FLAG_SEND_WRITE_ZEROES | NbdTransmissionFlags.NBD_FLAG_SEND_FAST_ZERO;
+        } else {
+            f |= NbdTransmissionFlags.NBD_FLAG_READ_ONLY;
+        }
+        if (structuredReplies) f |= NbdTransmissionFlags.NBD_FLAG_SEND_DF;
+        return f;
+    }
+
+    @Override
+    public String toString() { return "NbdExport[" + id + " name=" + name + " node=" + node.name() + "]"; }
+}

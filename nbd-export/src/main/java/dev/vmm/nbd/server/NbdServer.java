@@ -1,0 +1,275 @@
+package dev.vmm.nbd.server;
+
+import dev.vmm.iothread.IOThread;
+import io.netty.bootstrap.ServerBootstrap;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
+import io.netty.channel.Channel;
+import io.netty.channel.ChannelFutureListener;
+import io.netty.channel.ChannelInitializer;
+import io.netty.channel.ChannelOption;
+import io.netty.channel.EventLoop;
+import io.netty.channel.WriteBufferWaterMark;
+import io.netty.channel.epoll.EpollServerDomainSocketChannel;
+import io.netty.channel.epoll.EpollServerSocketChannel;
+import io.netty.channel.unix.DomainSocketAddress;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.net.SocketAddress;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * The NBD server ({@code --nbd-server}): one listening socket, the export table, and the
+ * lifecycle of client connections. Clients are accepted and negotiate on the main loop; when
+ * NBD_OPT_GO (or NBD_OPT_EXPORT_NAME) names an export, the channel moves to the home IOThread
+ * of the export's block node, so a disk's NBD clients share its event loop.
+ *
+ * <p>Thread contract: {@link #start}, {@link #stop}, {@link #addExport} and {@link #removeExport}
+ * are control-plane calls (main loop or the CLI thread before serving starts); handshakes run on
+ * the main loop; {@link #lookup} and {@link #exports} may be called from any thread.
+ */
+public final class NbdServer {
+    private static final Logger LOG = LoggerFactory.getLogger(NbdServer.class);
+
+    /** Where to listen and how. */
+    public record Config(SocketAddress address, int maxConnections, int handshakeMaxSeconds) {
+        public Config {
+            Objects.requireNonNull(address, "address");
+            if (maxConnections < 0) throw new IllegalArgumentException("max-connections must be >= 0");
+            if (handshakeMaxSeconds < 0) throw new IllegalArgumentException("handshake-max-seconds must be >= 0");
+        }
+    }
+
+    private final IOThread main;
+    private final Config config;
+    private final Map<String, NbdExport> exports = new LinkedHashMap<>();
+    private final AtomicInteger connections = new AtomicInteger();
+    private volatile Channel listener;
+
+    public NbdServer(IOThread main, Config config) {
+        this.main = Objects.requireNonNull(main, "main");
+        this.config = Objects.requireNonNull(config, "config");
+    }
+
+    public Config config() { return config; }
+
+    Logger log() { return LOG; }
+
+    /** Binds the listening socket; returns once it accepts connections. */
+    public void start() throws IOException {
+        SocketAddress address = config.address();
+        ServerBootstrap b = new ServerBootstrap().group(main.loop(), main.loop());
+        Path socketPath = null;
+        if (address instanceof DomainSocketAddress unix) {
+            socketPath = Path.of(unix.path());
+            prepareSocketPath(socketPath);
+            b.channel(EpollServerDomainSocketChannel.class);
+        } else {
+            b.channel(EpollServerSocketChannel.class)
+                    .option(ChannelOption.SO_REUSEADDR, true)
+                    .childOption(ChannelOption.TCP_NODELAY, true)
+                    .childOption(ChannelOption.SO_KEEPALIVE, true);
+        }
+        b.option(ChannelOption.SO_BACKLOG, 128)
+                .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, 4 << 20))
+                .childHandler(new ChannelInitializer<Channel>() {
+                    @Override
+                    protected void initChannel(Channel ch) {
+                        accept(ch);
+                    }
+                });
+        try {
+            listener = b.bind(address).sync().channel();
+        } catch (Exception e) {
+            throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
+        }
+        if (socketPath != null) {
+            // Only the owner may connect (qemu-storage-daemon leaves it to the umask; we are stricter).
+            Files.setPosixFilePermissions(socketPath, PosixFilePermissions.fromString("rw-------"));
+        }
+        LOG.info("NBD server listening on {}", describe(address));
+    }
+
+    /** The bound address (with the real port when port 0 was asked for). */
+    public SocketAddress boundAddress() {
+        Channel l = listener;
+        return l == null ? null : l.localAddress();
+    }
+
+    private static String rootMessage(Throwable e) {
+        while (e.getCause() != null) e = e.getCause();
+        return e.getMessage() == null ? e.toString() : e.getMessage();
+    }
+
+    static String describe(SocketAddress a) {
+        if (a instanceof DomainSocketAddress u) return "unix:" + u.path();
+        if (a instanceof InetSocketAddress i) return i.getHostString() + ":" + i.getPort();
+        return String.valueOf(a);
+    }
+
+    /** A stale socket file left by a dead server is replaced; any other existing file is an error. */
+    private static void prepareSocketPath(Path p) throws IOException {
+        if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) return;
+        int mode = (Integer) Files.getAttribute(p, "unix:mode", LinkOption.NOFOLLOW_LINKS);
+        if ((mode & 0170000) != 0140000) throw new IOException(p + " exists and is not a socket");
+        try (java.nio.channels.SocketChannel c = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(p))) {
+            throw new IOException(p + " is in use by another server");
+        } catch (java.net.ConnectException stale) {
+            Files.delete(p);
+        }
+    }
+
+    private void accept(Channel ch) {
+        int n = connections.incrementAndGet();
+        ch.closeFuture().addListener(f -> connections.decrementAndGet());
+        if (config.maxConnections() > 0 && n > config.maxConnections()) {
+            LOG.warn("NBD client {} refused: max-connections={} reached", ch.remoteAddress(), config.maxConnections());
+            ch.close();
+            return;
+        }
+        LOG.info("NBD client {} connected", ch.remoteAddress() == null ? "unix" : ch.remoteAddress());
+        HandshakeHandler hs = new HandshakeHandler(this);
+        ch.pipeline().addLast("nbd-handshake", hs);
+        if (config.handshakeMaxSeconds() > 0) {
+            ScheduledFuture<?> timeout = ch.eventLoop().schedule(() -> {
+                if (ch.pipeline().get("nbd-handshake") == hs && hs.inHandshake()) {
+                    LOG.warn("NBD client {} did not finish its handshake in {} s; closing", ch.remoteAddress(), config.handshakeMaxSeconds());
+                    ch.close();
+                }
+            }, config.handshakeMaxSeconds(), TimeUnit.SECONDS);
+            ch.closeFuture().addListener(f -> timeout.cancel(false));
+        }
+    }
+
+    /**
+     * Ends the handshake of {@code ch}: sends {@code lastReply}, then moves the channel to the
+     * home IOThread of the export's node and starts the transmission phase there. Main loop.
+     */
+    void handOff(Channel ch, HandshakeHandler hs, NbdExport export, Negotiated negotiated, ByteBuf lastReply) {
+        assert main.inThread();
+        ch.config().setAutoRead(false);
+        ch.writeAndFlush(lastReply).addListener((ChannelFutureListener) written -> {
+            if (!written.isSuccess()) {
+                ch.close();
+                return;
+            }
+            IOThread home = export.node().home();
+            ch.deregister().addListener((ChannelFutureListener) d -> {
+                if (!d.isSuccess()) {
+                    hs.releaseCumulation();
+                    ch.close();
+                    return;
+                }
+                ((EventLoop) home.loop()).register(ch).addListener((ChannelFutureListener) r -> {
+                    if (!r.isSuccess()) {
+                        LOG.warn("NBD client {}: cannot move to IOThread {}: {}", ch.remoteAddress(), home.id(), r.cause().toString());
+                        hs.releaseCumulation();
+                        ch.close();
+                        return;
+                    }
+                    TransmissionHandler tx = new TransmissionHandler(export, negotiated, home, hs.takeLeftover());
+                    ch.pipeline().replace(hs, "nbd-transmission", tx);
+                    export.clients().add(ch);
+                    if (!ch.isActive()) { // closed while moving
+                        ch.close();
+                        return;
+                    }
+                    LOG.info("NBD client {} uses export '{}' on IOThread {}{}", ch.remoteAddress(), export.name(), home.id(),
+                            negotiated.extendedHeaders ? " (extended headers)" : negotiated.structuredReplies ? " (structured replies)" : "");
+                    tx.start(ch.pipeline().context(tx));
+                });
+            });
+        });
+    }
+
+    // ---- exports ----
+
+    /** Adds an export. Its name must be unique on this server. */
+    public void addExport(NbdExport export) {
+        synchronized (exports) {
+            if (exports.containsKey(export.name())) {
+                throw new IllegalArgumentException("an NBD export named '" + export.name() + "' exists already");
+            }
+            exports.put(export.name(), export);
+        }
+        LOG.info("NBD export '{}' added (node {}, {})", export.name(), export.node().name(), export.writable() ? "writable" : "read-only");
+    }
+
+    /** Removes an export and disconnects its clients after their replies are sent. */
+    public void removeExport(String name) {
+        NbdExport e;
+        synchronized (exports) {
+            e = exports.remove(name);
+        }
+        if (e != null) {
+            for (Channel c : e.clients()) closeGracefully(c);
+            LOG.info("NBD export '{}' removed", name);
+        }
+    }
+
+    /**
+     * The export a client asked for, or null. The empty name selects the only export when there
+     * is exactly one, so that {@code nbd://host} works as with qemu-nbd.
+     */
+    public NbdExport lookup(String name) {
+        synchronized (exports) {
+            NbdExport e = exports.get(name);
+            if (e == null && name.isEmpty() && exports.size() == 1) e = exports.values().iterator().next();
+            return e;
+        }
+    }
+
+    public List<NbdExport> exports() {
+        synchronized (exports) {
+            return new ArrayList<>(exports.values());
+        }
+    }
+
+    public int connectionCount() { return connections.get(); }
+
+    /** Stops listening, then lets every client's pending replies go out and closes it. */
+    public void stop(long timeoutMs) {
+        Channel l = listener;
+        if (l != null) {
+            l.close().awaitUninterruptibly(timeoutMs);
+            listener = null;
+            if (l.localAddress() instanceof DomainSocketAddress u) {
+                try {
+                    Files.deleteIfExists(Path.of(u.path()));
+                } catch (IOException ignored) {
+                    // best effort: the next start replaces a stale socket anyway
+                }
+            }
+        }
+        List<io.netty.channel.ChannelFuture> closing = new ArrayList<>();
+        for (NbdExport e : exports()) {
+            for (Channel c : e.clients()) closing.add(closeGracefully(c));
+        }
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        for (io.netty.channel.ChannelFuture f : closing) {
+            long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+            if (!f.awaitUninterruptibly(Math.max(1, left))) f.channel().close();
+        }
+        LOG.info("NBD server stopped");
+    }
+
+    /** Flushes what the client was sent so far, then closes (on the channel's own loop). */
+    private static io.netty.channel.ChannelFuture closeGracefully(Channel c) {
+        c.eventLoop().execute(() -> c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE));
+        return c.closeFuture();
+    }
+
+}

@@ -1,0 +1,29 @@
+package dev.vmm.core.export;
+
+import dev.vmm.core.block.BlockNode;
+
+/**
+ * A way users reach a block node: an NBD export, a vhost-user-blk device. Created by an
+ * {@link ExportDriver} from {@code --export type=...} or QMP {@code block-export-add}.
+ *
+ * <p>Thread contract: {@link #start} and {@link #close} are control-plane calls (main loop);
+ * the accessors may be called from any thread.
+ */
+public interface BlockExport {
+    /** The export's id ({@code id=}). */
+    String id();
+
+    /** The export type as on the command line ({@code nbd}, {@code vhost-user-blk}). */
+    String type();
+
+    /** The node it serves. */
+    BlockNode node();
+
+    boolean writable();
+
+    /** Starts serving (listeners are bound, sockets created). */
+    void start() throws Exception;
+
+    /** Stops serving and disconnects users after their in-flight requests completed. Idempotent. */
+    void close();
+}
