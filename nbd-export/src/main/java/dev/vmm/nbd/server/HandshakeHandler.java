@@ -224,9 +224,11 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             return;
         }
         for (NbdExport e : server.exports()) {
+            // u32 name length, name, then optional free text: we send the description there.
             byte[] name = e.name().getBytes(StandardCharsets.UTF_8);
-            ByteBuf b = replyHeader(ctx, NBD_OPT_LIST, NBD_REP_SERVER, 4 + name.length);
-            b.writeInt(name.length).writeBytes(name);
+            byte[] details = e.description() == null ? new byte[0] : e.description().getBytes(StandardCharsets.UTF_8);
+            ByteBuf b = replyHeader(ctx, NBD_OPT_LIST, NBD_REP_SERVER, 4 + name.length + details.length);
+            b.writeInt(name.length).writeBytes(name).writeBytes(details);
             ctx.write(b, ctx.voidPromise());
         }
         replyAck(ctx, NBD_OPT_LIST);

@@ -1,6 +1,14 @@
 package dev.vmm.core.daemon;
 
+import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
+import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.export.ExportCommon;
+import dev.vmm.core.export.ExportDriver;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+import java.nio.file.Path;
+import java.util.ServiceLoader;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.iothread.IOThread;
@@ -99,6 +107,108 @@ public final class Daemon {
 
     public synchronized <T extends AutoCloseable> T component(Class<T> type) {
         return type.cast(components.get(type));
+    }
+
+    // ---- the commands that --object, --blockdev and --export (and their QMP twins) run ----
+
+    /** {@code --object iothread,id=ID} ({@code object-add qom-type=iothread}). */
+    public IOThread objectAdd(Options o) throws OptionException, DaemonException {
+        String type = o.choice("qom-type", null, "iothread");
+        if (type == null) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "qom-type", "the object type is missing (e.g. 'iothread,id=iot0')");
+        String id = o.required("id");
+        // QEMU's polling knobs: accepted for compatibility; epoll loops do not busy-poll.
+        o.number("poll-max-ns", 0, 0, Long.MAX_VALUE);
+        o.number("poll-grow", 0, 0, Long.MAX_VALUE);
+        o.number("poll-shrink", 0, 0, Long.MAX_VALUE);
+        o.number("aio-max-batch", 0, 0, Long.MAX_VALUE);
+        o.checkAllConsumed();
+        return addIOThread(id);
+    }
+
+    /** {@code --blockdev driver=file,...} ({@code blockdev-add}). The node starts on the main loop. */
+    public BlockNode blockdevAdd(Options o) throws OptionException, DaemonException {
+        o.choice("driver", null, "file");
+        if (!o.has("driver")) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "driver", "parameter 'driver' is missing (only 'file' is supported)");
+        String name = o.required("node-name");
+        String filename = o.required("filename");
+        boolean readOnly = o.bool("read-only", false);
+        boolean direct = o.sub("cache").bool("direct", false);
+        o.checkAllConsumed();
+        synchronized (this) {
+            if (nodes.containsKey(name)) throw new DaemonException(o.optionName() + ": node-name '" + name + "' is in use already");
+        }
+        BlockDriver driver;
+        try {
+            driver = RawFileDriver.open(Path.of(filename), readOnly, direct);
+        } catch (BlockException e) {
+            throw new DaemonException(o.optionName() + ": " + e.getMessage(), e);
+        }
+        BlockNode node = new BlockNode(name, driver, main);
+        try {
+            addNode(node);
+        } catch (DaemonException e) {
+            driver.close();
+            throw e;
+        }
+        return node;
+    }
+
+    /** The export drivers on the class path, by type. */
+    public static Map<String, ExportDriver> exportDrivers() {
+        Map<String, ExportDriver> m = new java.util.TreeMap<>();
+        for (ExportDriver d : ServiceLoader.load(ExportDriver.class)) m.put(d.type(), d);
+        return m;
+    }
+
+    /**
+     * {@code --export type=...} ({@code block-export-add}): creates and starts an export. With
+     * {@code iothread=}, the node moves there first; a node has one home, so all its exports must
+     * agree on it.
+     */
+    public BlockExport exportAdd(Options o) throws OptionException, DaemonException {
+        Map<String, ExportDriver> drivers = exportDrivers();
+        String type = o.choice("type", null, drivers.keySet().toArray(new String[0]));
+        if (type == null) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "type", "parameter 'type' is missing (one of " + drivers.keySet() + ")");
+        String id = o.required("id");
+        String nodeName = o.required("node-name");
+        boolean writable = o.bool("writable", false);
+        String iothreadId = o.optional("iothread", null);
+        o.bool("fixed-iothread", false); // we never move a node behind the user's back
+        synchronized (this) {
+            if (exports.containsKey(id)) throw new DaemonException(o.optionName() + ": an export with id '" + id + "' exists already");
+        }
+        BlockNode node;
+        IOThread iothread = null;
+        try {
+            node = node(nodeName);
+            if (iothreadId != null) iothread = iothread(iothreadId);
+        } catch (DaemonException e) {
+            throw new DaemonException(o.optionName() + ": " + e.getMessage());
+        }
+        if (writable && node.readOnly()) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "writable", "'writable=on' but block node '" + nodeName + "' is read-only");
+        }
+        BlockExport export = drivers.get(type).create(this, new ExportCommon(id, node, writable, iothread), o);
+        o.checkAllConsumed();
+        if (iothread != null && iothread != node.home()) {
+            for (BlockExport other : exports()) {
+                if (other.node() == node) {
+                    throw new DaemonException(o.optionName() + ": block node '" + nodeName + "' is served on IOThread '"
+                            + node.home().id() + "' by export '" + other.id() + "'; give it the same iothread");
+                }
+            }
+            node.setHome(iothread); // no users yet: nothing to quiesce
+            LOG.info("block node {} moved to IOThread {}", nodeName, iothread.id());
+        }
+        try {
+            export.start();
+        } catch (Exception e) {
+            export.close();
+            throw new DaemonException(o.optionName() + ": cannot start export '" + id + "': " + e.getMessage(), e);
+        }
+        addExport(export);
+        LOG.info("export {} ({}) of node {} started on IOThread {}", id, type, nodeName, node.home().id());
+        return export;
     }
 
     // ---- shutdown ----

@@ -1,0 +1,67 @@
+package dev.vmm.nbd.server;
+
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.export.BlockExport;
+import dev.vmm.core.export.ExportCommon;
+import dev.vmm.core.export.ExportDriver;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+
+/**
+ * {@code --export type=nbd}: an export on the daemon's NBD server ({@code --nbd-server} must
+ * come first, as in qemu-storage-daemon). Control plane only.
+ */
+public final class NbdExportDriver implements ExportDriver {
+    @Override
+    public String type() { return "nbd"; }
+
+    @Override
+    public String helpKeys() {
+        return """
+                  name=NAME            export name clients ask for (default: the node name)
+                  description=TEXT     free text shown by 'nbdinfo --list'""";
+    }
+
+    @Override
+    public BlockExport create(Daemon daemon, ExportCommon common, Options options) throws OptionException {
+        NbdServer server = daemon.component(NbdServerComponent.class) == null ? null : daemon.component(NbdServerComponent.class).server();
+        if (server == null) {
+            throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "type",
+                    "an NBD export needs an NBD server: give --nbd-server first");
+        }
+        BlockNode node = common.node();
+        String name = options.optional("name", node.name());
+        String description = options.optional("description", null);
+        if (name.length() > HandshakeHandler.MAX_STRING) {
+            throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "name", "'name' must be at most 4096 bytes");
+        }
+        if (server.lookup(name) != null && server.lookup(name).name().equals(name)) {
+            throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "name",
+                    "an NBD export named '" + name + "' exists already");
+        }
+        NbdExport export = new NbdExport(common.id(), name, description, node, common.writable());
+        return new BlockExport() {
+            private boolean open;
+
+            @Override public String id() { return export.id(); }
+            @Override public String type() { return "nbd"; }
+            @Override public BlockNode node() { return node; }
+            @Override public boolean writable() { return export.writable(); }
+
+            @Override
+            public void start() {
+                server.addExport(export);
+                open = true;
+            }
+
+            @Override
+            public void close() {
+                if (open) {
+                    open = false;
+                    server.removeExport(export.name());
+                }
+            }
+        };
+    }
+}

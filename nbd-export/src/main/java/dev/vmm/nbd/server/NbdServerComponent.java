@@ -1,0 +1,83 @@
+package dev.vmm.nbd.server;
+
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.daemon.DaemonException;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+import io.netty.channel.unix.DomainSocketAddress;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.net.SocketAddress;
+
+/**
+ * The daemon's NBD server as a component: built from {@code --nbd-server} (or QMP
+ * {@code nbd-server-start}) options, stopped at shutdown. Control plane only.
+ */
+public final class NbdServerComponent implements AutoCloseable {
+    /** qemu-storage-daemon's default for {@code handshake-max-seconds}. */
+    public static final int DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
+
+    private final NbdServer server;
+
+    private NbdServerComponent(NbdServer server) {
+        this.server = server;
+    }
+
+    public NbdServer server() { return server; }
+
+    public static final String HELP_KEYS = """
+              addr.type=inet|unix        listen on TCP or on a unix socket
+              addr.host=HOST             inet: address to bind (e.g. 127.0.0.1, ::1, 0.0.0.0)
+              addr.port=PORT             inet: TCP port (10809 is NBD's)
+              addr.path=PATH             unix: socket path (created mode 0600; a stale socket is replaced)
+              max-connections=N          refuse clients beyond N at once (0: no limit, the default)
+              handshake-max-seconds=N    drop clients that have not finished the handshake after N s (default 10, 0: never)""";
+
+    /** Parses the options and registers (does not yet start) the server on the daemon. */
+    public static NbdServerComponent configure(Daemon daemon, Options o) throws OptionException, DaemonException {
+        SocketAddress address = address(o);
+        int max = (int) o.number("max-connections", 0, 0, Integer.MAX_VALUE);
+        int handshake = (int) o.number("handshake-max-seconds", DEFAULT_HANDSHAKE_MAX_SECONDS, 0, 24 * 3600);
+        if (o.has("tls-creds")) {
+            o.required("tls-creds");
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-creds", "'tls-creds': TLS is not supported yet");
+        }
+        o.checkAllConsumed();
+        NbdServerComponent c = new NbdServerComponent(new NbdServer(daemon.mainLoop(), new NbdServer.Config(address, max, handshake)));
+        daemon.putComponent(NbdServerComponent.class, c);
+        return c;
+    }
+
+    /** {@code addr.type=inet,addr.host=...,addr.port=...} or {@code addr.type=unix,addr.path=...} (QAPI SocketAddress). */
+    public static SocketAddress address(Options o) throws OptionException {
+        Options addr = o.sub("addr");
+        String type = addr.choice("type", "inet", "inet", "unix");
+        if (type.equals("unix")) {
+            String path = addr.required("path");
+            if (path.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
+                throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.path", "'addr.path' is longer than the 107 bytes a unix socket path may have");
+            }
+            return new DomainSocketAddress(path);
+        }
+        String host = addr.required("host");
+        int port = (int) addr.number("port", 10809, 0, 65535);
+        if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
+        InetSocketAddress a = new InetSocketAddress(host, port);
+        if (a.isUnresolved()) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.host", "'addr.host': cannot resolve '" + host + "'");
+        }
+        return a;
+    }
+
+    public void start() throws IOException {
+        server.start();
+    }
+
+    @Override
+    public void close() {
+        server.stop(10_000);
+    }
+
+    @Override
+    public String toString() { return "NBD server"; }
+}

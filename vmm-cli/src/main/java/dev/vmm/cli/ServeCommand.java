@@ -1,0 +1,170 @@
+package dev.vmm.cli;
+
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.daemon.DaemonException;
+import dev.vmm.core.export.ExportDriver;
+import dev.vmm.core.options.KeyValueParser;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.nbd.server.NbdServerComponent;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CountDownLatch;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/**
+ * {@code vmm serve}: qemu-storage-daemon's command line. Builds the daemon in a fixed order
+ * (objects, block devices, NBD server, exports), then listens and writes the pidfile, then
+ * waits for SIGTERM/SIGINT and shuts down in order. Any bad option ends the process with one
+ * line on stderr and exit code 1 before anything listens.
+ *
+ * <p>Thread contract: {@link #call} runs on the process's main thread, which only builds the
+ * daemon and waits; the daemon's work runs on its main loop and IOThreads.
+ */
+@Command(name = "serve", sortOptions = false, usageHelpAutoWidth = true,
+        description = {
+            "Serve disk images to NBD clients (and, later, vhost-user-blk frontends).",
+            "Options use qemu-storage-daemon's syntax: key=value pairs separated by ',' (write ',,' for a comma",
+            "in a value), or a JSON object. Every option may be repeated except --nbd-server and --pidfile."},
+        footerHeading = "%nKeys%n")
+public final class ServeCommand implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--blockdev", paramLabel = "driver=file,node-name=NAME,filename=PATH[,...]",
+            description = "Open a disk image as a named block node.")
+    List<String> blockdevs = new ArrayList<>();
+
+    @Option(names = "--object", paramLabel = "iothread,id=ID",
+            description = "Create an IOThread: an event-loop thread that serves the disks placed on it.")
+    List<String> objects = new ArrayList<>();
+
+    @Option(names = "--nbd-server", paramLabel = "addr.type=inet|unix,...",
+            description = "Start the NBD server that --export type=nbd exports are served by.")
+    List<String> nbdServers = new ArrayList<>();
+
+    @Option(names = "--export", paramLabel = "type=nbd,id=ID,node-name=NAME[,...]",
+            description = "Export a block node.")
+    List<String> exports = new ArrayList<>();
+
+    @Option(names = "--pidfile", paramLabel = "PATH",
+            description = "Write the process id here once every listener accepts connections; removed at exit.")
+    Path pidfile;
+
+    @Option(names = "--log-level", paramLabel = "LEVEL", defaultValue = "info",
+            description = "error, warn, info (default) or debug. Logs go to stderr.")
+    String logLevel;
+
+    @Option(names = {"-h", "--help"}, usageHelp = true, description = "Show this help and exit.")
+    boolean help;
+
+    /** Every key of every option, for --help. */
+    static String keysHelp() {
+        StringBuilder sb = new StringBuilder();
+        sb.append("  --blockdev\n")
+          .append("    driver=file              the image is a raw file (the only driver so far)\n")
+          .append("    node-name=NAME           name exports refer to (unique)\n")
+          .append("    filename=PATH            the image file\n")
+          .append("    read-only=on|off         open read-only (default off)\n")
+          .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
+          .append("  --object iothread\n")
+          .append("    id=ID                    the IOThread's id (unique)\n")
+          .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")
+          .append("  --nbd-server\n").append(NbdServerComponent.HELP_KEYS).append('\n')
+          .append("  --export (all types)\n")
+          .append("    type=TYPE                one of ").append(Daemon.exportDrivers().keySet()).append('\n')
+          .append("    id=ID                    the export's id (unique)\n")
+          .append("    node-name=NAME           the block node to export\n")
+          .append("    writable=on|off          allow writes (default off: read-only)\n")
+          .append("    iothread=ID              serve the node from this IOThread (default: the main loop)\n")
+          .append("    fixed-iothread=on|off    accepted for QEMU compatibility\n");
+        for (Map.Entry<String, ExportDriver> e : Daemon.exportDrivers().entrySet()) {
+            sb.append("  --export type=").append(e.getKey()).append('\n').append(e.getValue().helpKeys()).append('\n');
+        }
+        sb.append("\nExample:\n")
+          .append("  vmm serve --blockdev driver=file,node-name=disk0,filename=disk.img \\\n")
+          .append("    --object iothread,id=iot0 \\\n")
+          .append("    --nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port=10809 \\\n")
+          .append("    --export type=nbd,id=exp0,node-name=disk0,writable=on,iothread=iot0 --pidfile vmm.pid\n")
+          .append("  nbdinfo nbd://127.0.0.1/disk0\n");
+        return sb.toString();
+    }
+
+    @Override
+    public Integer call() {
+        PrintWriter err = spec.commandLine().getErr();
+        if (!configureLogging(err)) return 1;
+        if (nbdServers.size() > 1) {
+            err.println("vmm: --nbd-server: may be given only once");
+            return 1;
+        }
+        Daemon daemon = Daemon.start();
+        try {
+            for (String o : objects) daemon.objectAdd(KeyValueParser.parse("--object", o, "qom-type"));
+            for (String b : blockdevs) daemon.blockdevAdd(KeyValueParser.parse("--blockdev", b, null));
+            NbdServerComponent nbd = null;
+            for (String s : nbdServers) nbd = NbdServerComponent.configure(daemon, KeyValueParser.parse("--nbd-server", s, null));
+            for (String e : exports) daemon.exportAdd(KeyValueParser.parse("--export", e, "type"));
+            if (nbd != null) {
+                try {
+                    nbd.start();
+                } catch (IOException e) {
+                    throw new DaemonException("--nbd-server: " + e.getMessage(), e);
+                }
+            }
+            if (pidfile != null) writePidfile(pidfile);
+        } catch (OptionException | DaemonException e) {
+            err.println("vmm: " + e.getMessage());
+            err.flush();
+            daemon.shutdown();
+            return 1;
+        } catch (IOException e) {
+            err.println("vmm: --pidfile: cannot write " + pidfile + ": " + e.getMessage());
+            err.flush();
+            daemon.shutdown();
+            return 1;
+        }
+        CountDownLatch stop = new CountDownLatch(1);
+        Signals.onTermination(stop::countDown);
+        try {
+            stop.await();
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+        daemon.shutdown();
+        if (pidfile != null) {
+            try {
+                Files.deleteIfExists(pidfile);
+            } catch (IOException ignored) {
+                // the process is ending; a stale pidfile names a dead pid
+            }
+        }
+        return 0;
+    }
+
+    private boolean configureLogging(PrintWriter err) {
+        String level = logLevel.toLowerCase(java.util.Locale.ROOT);
+        if (!List.of("error", "warn", "info", "debug", "trace").contains(level)) {
+            err.println("vmm: --log-level: expected error, warn, info or debug, got '" + logLevel + "'");
+            return false;
+        }
+        return true; // applied by Main before any logger existed
+    }
+
+    /** Written to a temporary file and renamed, so a reader never sees a partial pid. */
+    private static void writePidfile(Path p) throws IOException {
+        Path abs = p.toAbsolutePath();
+        Path tmp = abs.resolveSibling(abs.getFileName() + ".tmp");
+        Files.writeString(tmp, ProcessHandle.current().pid() + "\n", StandardCharsets.US_ASCII);
+        Files.move(tmp, abs, StandardCopyOption.ATOMIC_MOVE, StandardCopyOption.REPLACE_EXISTING);
+    }
+}
