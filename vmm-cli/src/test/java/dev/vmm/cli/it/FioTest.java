@@ -20,7 +20,7 @@ class FioTest extends PeerTestBase {
                 "--uri=" + uri, "--bs=4k", "--iodepth=16", "--size=64m", "--verify=crc32c",
                 "--randseed=4242", "--output-format=json", "--output=" + json));
         cmd.addAll(List.of(extra));
-        Run.Result r = Run.cmd(cmd).timeoutSeconds(120).expect(0);
+        Run.Result r = Run.cmd(cmd).dir(tmp).timeoutSeconds(120).expect(0); // fio leaves verify state files in its cwd
         String out = Files.readString(json);
         // every job reports "error" : 0; a verify failure or an I/O error makes it non-zero
         assertTrue(out.contains("\"error\"") && !out.matches("(?s).*\"error\"\\s*:\\s*[1-9].*"),
