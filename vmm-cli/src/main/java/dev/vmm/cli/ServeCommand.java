@@ -37,6 +37,8 @@ import picocli.CommandLine.Option;
             "in a value), or a JSON object. Every option may be repeated except --nbd-server and --pidfile."},
         footerHeading = "%nKeys%n")
 public final class ServeCommand implements Callable<Integer> {
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(ServeCommand.class);
+
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
@@ -122,15 +124,16 @@ public final class ServeCommand implements Callable<Integer> {
                 }
             }
             if (pidfile != null) writePidfile(pidfile);
+            for (String line : daemon.describe()) LOG.info("serving {}", line);
         } catch (OptionException | DaemonException e) {
             err.println("vmm: " + e.getMessage());
             err.flush();
-            daemon.shutdown();
+            daemon.shutdown(false);
             return 1;
         } catch (IOException e) {
             err.println("vmm: --pidfile: cannot write " + pidfile + ": " + e.getMessage());
             err.flush();
-            daemon.shutdown();
+            daemon.shutdown(false);
             return 1;
         }
         CountDownLatch stop = new CountDownLatch(1);

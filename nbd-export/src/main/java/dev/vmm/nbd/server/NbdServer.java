@@ -111,7 +111,9 @@ public final class NbdServer {
 
     private static String rootMessage(Throwable e) {
         while (e.getCause() != null) e = e.getCause();
-        return e.getMessage() == null ? e.toString() : e.getMessage();
+        String m = e.getMessage() == null ? e.toString() : e.getMessage();
+        // Netty's native errors read "bind(..) failed with error(-98): Address already in use".
+        return m.replaceFirst("^\\w+\\(\\.\\.\\) failed with error\\(-?\\d+\\): ", "");
     }
 
     static String describe(SocketAddress a) {
@@ -205,7 +207,7 @@ public final class NbdServer {
             }
             exports.put(export.name(), export);
         }
-        LOG.info("NBD export '{}' added (node {}, {})", export.name(), export.node().name(), export.writable() ? "writable" : "read-only");
+        LOG.debug("NBD export '{}' added (node {}, {})", export.name(), export.node().name(), export.writable() ? "writable" : "read-only");
     }
 
     /** Removes an export and disconnects its clients after their replies are sent. */
@@ -216,7 +218,7 @@ public final class NbdServer {
         }
         if (e != null) {
             for (Channel c : e.clients()) closeGracefully(c);
-            LOG.info("NBD export '{}' removed", name);
+            LOG.debug("NBD export '{}' removed", name);
         }
     }
 
@@ -243,6 +245,7 @@ public final class NbdServer {
     /** Stops listening, then lets every client's pending replies go out and closes it. */
     public void stop(long timeoutMs) {
         Channel l = listener;
+        boolean started = l != null;
         if (l != null) {
             l.close().awaitUninterruptibly(timeoutMs);
             listener = null;
@@ -263,7 +266,7 @@ public final class NbdServer {
             long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
             if (!f.awaitUninterruptibly(Math.max(1, left))) f.channel().close();
         }
-        LOG.info("NBD server stopped");
+        if (started) LOG.info("NBD server stopped");
     }
 
     /** Flushes what the client was sent so far, then closes (on the channel's own loop). */

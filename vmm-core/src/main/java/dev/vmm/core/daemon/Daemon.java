@@ -57,7 +57,7 @@ public final class Daemon {
         }
         IOThread t = IOThread.start(id);
         iothreads.put(id, t);
-        LOG.info("IOThread {} started", id);
+        LOG.debug("IOThread {} started", id);
         return t;
     }
 
@@ -76,7 +76,7 @@ public final class Daemon {
     public synchronized void addNode(BlockNode node) throws DaemonException {
         if (nodes.containsKey(node.name())) throw new DaemonException("node-name '" + node.name() + "' is in use already");
         nodes.put(node.name(), node);
-        LOG.info("block node {} added: {} bytes{}", node.name(), node.size(), node.readOnly() ? ", read-only" : "");
+        LOG.debug("block node {} added: {} bytes{}", node.name(), node.size(), node.readOnly() ? ", read-only" : "");
     }
 
     public synchronized BlockNode node(String name) throws DaemonException {
@@ -198,7 +198,7 @@ public final class Daemon {
                 }
             }
             node.setHome(iothread); // no users yet: nothing to quiesce
-            LOG.info("block node {} moved to IOThread {}", nodeName, iothread.id());
+            LOG.debug("block node {} moved to IOThread {}", nodeName, iothread.id());
         }
         try {
             export.start();
@@ -207,8 +207,19 @@ public final class Daemon {
             throw new DaemonException(o.optionName() + ": cannot start export '" + id + "': " + e.getMessage(), e);
         }
         addExport(export);
-        LOG.info("export {} ({}) of node {} started on IOThread {}", id, type, nodeName, node.home().id());
+        LOG.debug("export {} ({}) of node {} started on IOThread {}", id, type, nodeName, node.home().id());
         return export;
+    }
+
+    /** One line per export, for the start-up summary. */
+    public synchronized List<String> describe() {
+        List<String> out = new ArrayList<>();
+        for (BlockExport e : exports.values()) {
+            BlockNode n = e.node();
+            out.add("export " + e.id() + " (" + e.type() + ", " + (e.writable() ? "writable" : "read-only") + ") of node "
+                    + n.name() + " (" + n.size() + " bytes) on IOThread " + n.home().id());
+        }
+        return out;
     }
 
     // ---- shutdown ----
@@ -219,6 +230,11 @@ public final class Daemon {
      * Logs, per IOThread, the requests served and the heap bytes its thread allocated.
      */
     public void shutdown() {
+        shutdown(true);
+    }
+
+    /** @param report log what each IOThread served (false when start-up failed: only the error matters) */
+    public void shutdown(boolean report) {
         List<AutoCloseable> comps;
         List<BlockExport> exps;
         List<BlockNode> ns;
@@ -255,7 +271,7 @@ public final class Daemon {
         }
         List<IOThread> all = new ArrayList<>(ts);
         all.add(main);
-        for (IOThread t : all) {
+        for (IOThread t : report ? all : List.<IOThread>of()) {
             LOG.info("iothread {}: requests={} allocated-bytes={}", t.id(), t.requests(), t.allocatedBytes());
         }
         for (IOThread t : ts) t.shutdown(5000);
