@@ -125,7 +125,7 @@ public final class RawFileDriver implements BlockDriver {
             fd = LibC.open(path, flags);
         } catch (LastErrorException e) {
             int err = e.getErrorCode();
-            String hint = direct && err == EINVAL ? " (the file system does not support O_DIRECT, e.g. tmpfs)" : "";
+            String hint = direct && err == EINVAL ? " (the file system may not support O_DIRECT)" : "";
             throw new BlockException(err, "cannot open image '" + shown + "' " + (readOnly ? "read-only" : "read-write")
                     + (direct ? " with O_DIRECT" : "") + ": " + LibC.describe(err) + hint);
         }
