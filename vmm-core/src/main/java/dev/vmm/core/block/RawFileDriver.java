@@ -89,6 +89,8 @@ public final class RawFileDriver implements BlockDriver {
     private boolean seekDataSupported = true;
     private boolean punchSupported = true;
     private boolean zeroRangeSupported = true;
+    /** Entries dropped by the last {@link #advance} (a second return value, to allocate nothing). */
+    private int skipped;
     /** Bounce copy cursor: current iovec, iovecs left, offset inside the current one. */
     private long curIov;
     private int curLeft;
@@ -502,9 +504,6 @@ public final class RawFileDriver implements BlockDriver {
             datasync();
         }
     }
-
-    /** Entries dropped by the last {@link #advance}. */
-    private int skipped;
 
     /**
      * Moves past {@code n} transferred bytes: drops whole iovecs, and if one is left partly
