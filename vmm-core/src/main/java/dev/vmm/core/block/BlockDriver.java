@@ -45,7 +45,8 @@ public interface BlockDriver extends AutoCloseable {
 
     /**
      * Discards a range (hole punch). Advisory: where the file system cannot punch holes this
-     * does nothing and succeeds. Afterwards the range reads as zeros.
+     * does nothing and succeeds, and the range keeps its old data; where it can, the range
+     * afterwards reads as zeros. Callers that need zeros use {@link #writeZeroes}.
      */
     void discard(long offset, long length) throws BlockException;
 

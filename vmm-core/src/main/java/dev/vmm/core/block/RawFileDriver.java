@@ -1,0 +1,728 @@
+package dev.vmm.core.block;
+
+import static dev.vmm.core.linux.LibC.AT_EMPTY_PATH;
+import static dev.vmm.core.linux.LibC.EINTR;
+import static dev.vmm.core.linux.LibC.EINVAL;
+import static dev.vmm.core.linux.LibC.ENOSYS;
+import static dev.vmm.core.linux.LibC.ENXIO;
+import static dev.vmm.core.linux.LibC.EOPNOTSUPP;
+import static dev.vmm.core.linux.LibC.FALLOC_FL_KEEP_SIZE;
+import static dev.vmm.core.linux.LibC.FALLOC_FL_PUNCH_HOLE;
+import static dev.vmm.core.linux.LibC.FALLOC_FL_ZERO_RANGE;
+import static dev.vmm.core.linux.LibC.IOVEC_SIZEOF;
+import static dev.vmm.core.linux.LibC.IOV_MAX;
+
+import com.sun.jna.LastErrorException;
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
+import dev.vmm.core.linux.LibC;
+import java.nio.file.Path;
+import java.util.Objects;
+
+/**
+ * A raw image: a regular file or a block device, read and written with synchronous
+ * {@code pread}/{@code pwrite} family calls ({@code driver=file} in QEMU's terms).
+ *
+ * <p>Thread contract: NOT thread-safe. After {@link #open} the driver belongs to its node's home
+ * IOThread, and every method except {@link #size()}, {@link #readOnly()} and
+ * {@link #preferredBlockSize()} MUST be called on that thread only; a handoff moves the whole
+ * node (quiesced and drained) to another thread, which then owns the driver. There is no lock
+ * because there is no sharing: the mutable state (the scratch iovec array, the bounce and zero
+ * buffers, the fd once closed) is touched by one thread at a time, and the handoff's queue
+ * hand-over gives the happens-before edge between the old and the new home.
+ *
+ * <p>Allocation: the hot path allocates nothing. Requests become iovec arrays; short transfers
+ * are continued from a per-driver scratch copy of the remaining iovecs; O_DIRECT requests that
+ * are not aligned go through one aligned bounce buffer, grown on demand up to 1 MiB and reused.
+ *
+ * <p>Memory safety: the driver validates every range against {@link #size()} and checks that an
+ * iovec array's lengths add up to the stated total before handing addresses to the kernel, so
+ * it never touches memory beyond what the caller declared. It does not (cannot) check that the
+ * caller's addresses are mapped: that is the caller's bounds check.
+ *
+ * <p>O_DIRECT: buffers must be aligned to {@link #memoryAlignment()}, offsets and lengths to
+ * {@link #offsetAlignment()} (from {@code statx(STATX_DIOALIGN)}, 4096 when the kernel does not
+ * say). Aligned requests go straight to the kernel; others are bounced with read-modify-write of
+ * the partial head and tail blocks. A writable O_DIRECT image must have an aligned size, since
+ * writing its partial last block would grow the file.
+ */
+public final class RawFileDriver implements BlockDriver {
+    /** Size of the shared zero buffer for writeZeroes without fallocate support. */
+    static final int ZERO_BUFFER_SIZE = 1 << 20;
+    /** Largest bounce buffer: bigger unaligned O_DIRECT requests are bounced in chunks. */
+    static final int BOUNCE_MAX = 1 << 20;
+    /** O_DIRECT alignment when statx does not report one. */
+    static final int DEFAULT_ALIGNMENT = 4096;
+
+    // ---- FUA strategy, per process (the kernel and libc decide, not the file) ----
+    private static final int DSYNC_UNKNOWN = 0;
+    private static final int DSYNC_YES = 1;
+    private static final int DSYNC_NO = 2;
+    /**
+     * Whether pwritev2(RWF_DSYNC) works. Decided by the first FUA write and remembered; a benign
+     * race between two IOThreads deciding at once writes the same answer.
+     */
+    private static volatile int dsyncSupport = DSYNC_UNKNOWN;
+
+    // ---- immutable after open ----
+    private final String file;
+    private final long size;
+    private final boolean readOnly;
+    private final boolean direct;
+    private final int memAlign;
+    private final int offAlign;
+
+    // ---- confined to the home IOThread ----
+    /** The image fd, or -1 once closed. */
+    private int fd;
+    /** IOV_MAX iovecs to continue short transfers, then the single-buffer iovec, then the bounce iovec. */
+    private final Memory scratch;
+    private final long adjustIov;
+    private final long oneIov;
+    private final long bounceIov;
+    private final NativeView view = new NativeView();
+    private Memory bounceMem;
+    private long bounceAddr;
+    private int bounceSize;
+    private Memory zeroMem;
+    private long zeroAddr;
+    private boolean seekDataSupported = true;
+    private boolean punchSupported = true;
+    private boolean zeroRangeSupported = true;
+    /** Entries dropped by the last {@link #advance} (a second return value, to allocate nothing). */
+    private int skipped;
+    /** Bounce copy cursor: current iovec, iovecs left, offset inside the current one. */
+    private long curIov;
+    private int curLeft;
+    private long curOff;
+
+    private RawFileDriver(String file, int fd, long size, boolean readOnly, boolean direct, int memAlign, int offAlign) {
+        this.file = file;
+        this.fd = fd;
+        this.size = size;
+        this.readOnly = readOnly;
+        this.direct = direct;
+        this.memAlign = memAlign;
+        this.offAlign = offAlign;
+        this.scratch = new Memory((long) (IOV_MAX + 2) * IOVEC_SIZEOF);
+        this.adjustIov = Pointer.nativeValue(scratch);
+        this.oneIov = adjustIov + (long) IOV_MAX * IOVEC_SIZEOF;
+        this.bounceIov = oneIov + IOVEC_SIZEOF;
+    }
+
+    /**
+     * Opens an existing image file or block device.
+     *
+     * @param readOnly open O_RDONLY and refuse writes with EROFS
+     * @param direct   open O_DIRECT (QEMU's {@code cache.direct=on}): bypass the page cache
+     * @throws BlockException with the errno of the failure and a message naming the file
+     */
+    public static RawFileDriver open(Path file, boolean readOnly, boolean direct) throws BlockException {
+        Objects.requireNonNull(file, "file");
+        String path = file.toString();
+        String shown = file.toAbsolutePath().toString();
+        int flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (direct ? LibC.O_DIRECT : 0);
+        int fd;
+        try {
+            fd = LibC.open(path, flags);
+        } catch (LastErrorException e) {
+            int err = e.getErrorCode();
+            String hint = direct && err == EINVAL ? " (the file system may not support O_DIRECT)" : "";
+            throw new BlockException(err, "cannot open image '" + shown + "' " + (readOnly ? "read-only" : "read-write")
+                    + (direct ? " with O_DIRECT" : "") + ": " + LibC.describe(err) + hint);
+        }
+        try (Memory stx = new Memory(LibC.STATX_SIZEOF)) {
+            stx.clear();
+            LibC.statx(fd, "", AT_EMPTY_PATH, LibC.STATX_TYPE | LibC.STATX_DIOALIGN, Pointer.nativeValue(stx));
+            int type = stx.getShort(LibC.STATX_OFF_MODE) & LibC.S_IFMT;
+            if (type == LibC.S_IFDIR) {
+                throw new BlockException(LibC.EISDIR, "cannot open image '" + shown + "': " + LibC.describe(LibC.EISDIR));
+            }
+            if (type != LibC.S_IFREG && type != LibC.S_IFBLK) {
+                throw new BlockException(EINVAL, "cannot open image '" + shown + "': not a regular file or block device");
+            }
+            long size = LibC.lseek(fd, 0, LibC.SEEK_END);
+            int memAlign = 1;
+            int offAlign = 1;
+            if (direct) {
+                int mem = stx.getInt(LibC.STATX_OFF_DIO_MEM_ALIGN);
+                int off = stx.getInt(LibC.STATX_OFF_DIO_OFFSET_ALIGN);
+                boolean known = (stx.getInt(LibC.STATX_OFF_MASK) & LibC.STATX_DIOALIGN) != 0
+                        && Integer.bitCount(off) == 1 && Integer.bitCount(mem) == 1 && off <= BOUNCE_MAX;
+                memAlign = known ? mem : DEFAULT_ALIGNMENT;
+                offAlign = known ? off : DEFAULT_ALIGNMENT;
+                if (!readOnly && (size & (offAlign - 1)) != 0) {
+                    throw new BlockException(EINVAL, "cannot open image '" + shown + "' read-write with O_DIRECT: its size "
+                            + size + " is not a multiple of the O_DIRECT alignment " + offAlign);
+                }
+            }
+            return new RawFileDriver(shown, fd, size, readOnly, direct, memAlign, offAlign);
+        } catch (LastErrorException e) {
+            closeQuietly(fd);
+            throw new BlockException(e.getErrorCode(), "cannot open image '" + shown + "': " + LibC.describe(e.getErrorCode()));
+        } catch (BlockException | RuntimeException e) {
+            closeQuietly(fd);
+            throw e;
+        }
+    }
+
+    // ================================================================ contract
+
+    @Override
+    public long size() { return size; }
+
+    @Override
+    public boolean readOnly() { return readOnly; }
+
+    /** True when opened with O_DIRECT. */
+    public boolean direct() { return direct; }
+
+    /** O_DIRECT buffer address alignment (1 without O_DIRECT). */
+    public int memoryAlignment() { return memAlign; }
+
+    /** O_DIRECT file offset and length alignment (1 without O_DIRECT). */
+    public int offsetAlignment() { return offAlign; }
+
+    @Override
+    public int preferredBlockSize() { return direct ? offAlign : DEFAULT_ALIGNMENT; }
+
+    @Override
+    public void read(long offset, long address, int length) throws BlockException {
+        checkRange(offset, length);
+        if (length == 0) {
+            return;
+        }
+        setIov(oneIov, address, length);
+        if (direct && !aligned(offset, address, length)) {
+            bounceRead(offset, oneIov, 1, length);
+        } else {
+            transfer(false, offset, oneIov, 1, length, false);
+        }
+    }
+
+    @Override
+    public void write(long offset, long address, int length, boolean fua) throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        if (length == 0) {
+            return;
+        }
+        writeOne(offset, address, length, fua);
+    }
+
+    @Override
+    public void readv(long offset, long iovAddress, int iovcnt, long totalLength) throws BlockException {
+        checkRange(offset, totalLength);
+        boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
+        if (totalLength == 0) {
+            return;
+        }
+        if (direct && !(aligned && isAligned(offset, offAlign))) {
+            bounceRead(offset, iovAddress, iovcnt, totalLength);
+        } else {
+            transfer(false, offset, iovAddress, iovcnt, totalLength, false);
+        }
+    }
+
+    @Override
+    public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua) throws BlockException {
+        checkRange(offset, totalLength);
+        checkWritable();
+        boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
+        if (totalLength == 0) {
+            return;
+        }
+        if (direct && !(aligned && isAligned(offset, offAlign))) {
+            bounceWrite(offset, iovAddress, iovcnt, totalLength, fua);
+        } else {
+            transfer(true, offset, iovAddress, iovcnt, totalLength, fua);
+        }
+    }
+
+    @Override
+    public void flush() throws BlockException {
+        checkOpen();
+        datasync();
+    }
+
+    @Override
+    public void discard(long offset, long length) throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        if (length == 0 || !punchSupported) {
+            return;
+        }
+        // Advisory: where punching is unsupported the range keeps its data (see the contract).
+        punchSupported = fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, "discard");
+    }
+
+    @Override
+    public void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua) throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        if (length == 0) {
+            return;
+        }
+        boolean done = false;
+        if (mayUnmap && punchSupported) {
+            done = fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, "write-zeroes");
+            punchSupported = done;
+        }
+        if (!done && zeroRangeSupported) {
+            // KEEP_SIZE: block devices accept fallocate only with it; files are not extended anyway.
+            done = fallocate(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length, "write-zeroes");
+            zeroRangeSupported = done;
+        }
+        if (!done) {
+            if (fastOnly) {
+                throw new BlockException(BlockException.ENOTSUP, "fast zeroing is not supported by " + file);
+            }
+            writeZeroBuffers(offset, length);
+        }
+        if (fua) {
+            datasync();
+        }
+    }
+
+    @Override
+    public void prefetch(long offset, long length) throws BlockException {
+        checkRange(offset, length);
+        if (!direct && length > 0) {
+            // Readahead into the page cache; O_DIRECT reads bypass it, so there it would only evict.
+            // Its result is ignored: a hint never fails a valid request.
+            LibC.posix_fadvise(fd, offset, length, LibC.POSIX_FADV_WILLNEED);
+        }
+    }
+
+    @Override
+    public void status(long offset, long maxLength, BlockStatus out) throws BlockException {
+        checkOpen();
+        if (offset < 0 || offset >= size || maxLength <= 0) {
+            throw new BlockException(EINVAL, "block status at " + offset + " (+" + maxLength
+                    + ") outside image of size " + size + " (" + file + ")");
+        }
+        long limit = Math.min(maxLength, size - offset);
+        if (!seekDataSupported) {
+            out.set(limit, 0);
+            return;
+        }
+        long data;
+        try {
+            data = LibC.lseek(fd, offset, LibC.SEEK_DATA);
+        } catch (LastErrorException e) {
+            int err = e.getErrorCode();
+            if (err == ENXIO) {
+                // No data at or after offset: a hole up to EOF, and past EOF (a truncated file) reads zeros too.
+                out.set(limit, BlockStatus.HOLE | BlockStatus.ZERO);
+                return;
+            }
+            if (err == EINVAL) {
+                // File system without SEEK_DATA (offset is valid): everything is data.
+                seekDataSupported = false;
+                out.set(limit, 0);
+                return;
+            }
+            throw error("block status", offset, err);
+        }
+        if (data > offset) {
+            out.set(Math.min(data - offset, limit), BlockStatus.HOLE | BlockStatus.ZERO);
+            return;
+        }
+        long hole;
+        try {
+            hole = LibC.lseek(fd, offset, LibC.SEEK_HOLE);
+        } catch (LastErrorException e) {
+            throw error("block status", offset, e.getErrorCode());
+        }
+        out.set(Math.max(1, Math.min(hole - offset, limit)), 0);
+    }
+
+    @Override
+    public void close() {
+        if (fd < 0) {
+            return;
+        }
+        int f = fd;
+        fd = -1;
+        closeQuietly(f);
+        scratch.close();
+        if (bounceMem != null) {
+            bounceMem.close();
+            bounceMem = null;
+        }
+        if (zeroMem != null) {
+            zeroMem.close();
+            zeroMem = null;
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "RawFileDriver[" + file + (readOnly ? ", ro" : "") + (direct ? ", direct" : "") + ", size=" + size + "]";
+    }
+
+    /** Test hook: forget (or force) the pwritev2(RWF_DSYNC) decision. */
+    static void resetFuaStrategy(boolean forceFallback) {
+        dsyncSupport = forceFallback ? DSYNC_NO : DSYNC_UNKNOWN;
+    }
+
+    /** Test hook: behave as on a file system without fallocate punch-hole and zero-range. */
+    void simulateNoFallocate() {
+        punchSupported = false;
+        zeroRangeSupported = false;
+    }
+
+    /** True once the process uses pwrite+fdatasync for FUA because pwritev2(RWF_DSYNC) failed. */
+    static boolean fuaFallbackInUse() {
+        return dsyncSupport == DSYNC_NO;
+    }
+
+    // ================================================================ checks
+
+    private void checkOpen() throws BlockException {
+        if (fd < 0) {
+            throw new BlockException(BlockException.EIO, "closed: " + file);
+        }
+    }
+
+    private void checkRange(long offset, long length) throws BlockException {
+        checkOpen();
+        // offset > size - length cannot overflow: both are non-negative once the first tests pass.
+        if (offset < 0 || length < 0 || offset > size - length) {
+            throw new BlockException(EINVAL, "request at " + offset + " (+" + length + ") outside image of size "
+                    + size + " (" + file + ")");
+        }
+    }
+
+    private void checkWritable() throws BlockException {
+        if (readOnly) {
+            throw new BlockException(BlockException.EROFS, "image is read-only: " + file);
+        }
+    }
+
+    /**
+     * Validates an iovec array: 0..IOV_MAX entries whose lengths add up to exactly
+     * {@code total}, so the kernel never touches more than the range we checked.
+     *
+     * @return whether every base and length suits O_DIRECT
+     */
+    private boolean checkIovecs(long iov, int iovcnt, long total) throws BlockException {
+        if (iovcnt < 0 || iovcnt > IOV_MAX || (iovcnt > 0 && iov == 0)) {
+            throw new BlockException(EINVAL, "bad iovec array: " + iovcnt + " entries at 0x" + Long.toHexString(iov));
+        }
+        long sum = 0;
+        long misaligned = 0;
+        for (int i = 0; i < iovcnt; i++) {
+            long base = view.longAt(iov + (long) i * IOVEC_SIZEOF);
+            long len = view.longAt(iov + (long) i * IOVEC_SIZEOF + 8);
+            if (len < 0 || len > total - sum) {
+                throw new BlockException(EINVAL, "iovec lengths exceed the request length " + total);
+            }
+            sum += len;
+            misaligned |= (base & (memAlign - 1)) | (len & (offAlign - 1));
+        }
+        if (sum != total) {
+            throw new BlockException(EINVAL, "iovec lengths add up to " + sum + ", not the request length " + total);
+        }
+        return misaligned == 0;
+    }
+
+    private boolean aligned(long offset, long address, long length) {
+        return isAligned(offset | length, offAlign) && isAligned(address, memAlign);
+    }
+
+    private static boolean isAligned(long value, int alignment) {
+        return (value & (alignment - 1)) == 0;
+    }
+
+    // ================================================================ transfers
+
+    private void writeOne(long offset, long address, int length, boolean fua) throws BlockException {
+        setIov(oneIov, address, length);
+        if (direct && !aligned(offset, address, length)) {
+            bounceWrite(offset, oneIov, 1, length, fua);
+        } else {
+            transfer(true, offset, oneIov, 1, length, fua);
+        }
+    }
+
+    /**
+     * One or more preadv/pwritev(2) calls until {@code total} bytes moved. A short transfer is
+     * continued from a copy of the remaining iovecs in {@link #adjustIov} (the caller's array is
+     * never modified). Reads that hit EOF zero the rest. FUA writes use pwritev2(RWF_DSYNC), or
+     * pwritev then fdatasync where that is unsupported.
+     */
+    private void transfer(boolean write, long offset, long iov, int iovcnt, long total, boolean fua) throws BlockException {
+        long done = 0;
+        boolean dsync = fua && dsyncSupport != DSYNC_NO;
+        boolean syncAfter = fua && !dsync;
+        while (true) {
+            long n;
+            try {
+                if (!write) {
+                    n = LibC.preadv(fd, iov, iovcnt, offset + done);
+                } else if (dsync) {
+                    n = LibC.pwritev2(fd, iov, iovcnt, offset + done, LibC.RWF_DSYNC);
+                    if (dsyncSupport == DSYNC_UNKNOWN) {
+                        dsyncSupport = DSYNC_YES;
+                    }
+                } else {
+                    n = LibC.pwritev(fd, iov, iovcnt, offset + done);
+                }
+            } catch (LastErrorException e) {
+                int err = e.getErrorCode();
+                if (err == EINTR) {
+                    continue;
+                }
+                if (dsync && dsyncSupport == DSYNC_UNKNOWN && (err == ENOSYS || err == EOPNOTSUPP || err == EINVAL)) {
+                    // Old kernel or libc: emulate FUA with a full data sync after the write.
+                    dsyncSupport = DSYNC_NO;
+                    dsync = false;
+                    syncAfter = true;
+                    continue;
+                }
+                throw error(write ? "write" : "read", offset + done, err);
+            }
+            done += n;
+            if (done >= total) {
+                break;
+            }
+            if (write && n == 0) {
+                throw new BlockException(BlockException.EIO, "write made no progress at offset " + (offset + done) + " of " + file);
+            }
+            iov = advance(iov, iovcnt, n);
+            iovcnt -= skipped;
+            if (!write && (n == 0 || direct)) {
+                // EOF of a file truncated behind our back: the rest reads as zeros. Under O_DIRECT
+                // a short read only happens at EOF, and a retry from an unaligned offset would
+                // fail with EINVAL instead of returning 0.
+                zeroIovecs(iov, iovcnt);
+                break;
+            }
+        }
+        if (syncAfter) {
+            datasync();
+        }
+    }
+
+    /**
+     * Moves past {@code n} transferred bytes: drops whole iovecs, and if one is left partly
+     * done, copies the rest of the array into {@link #adjustIov} (unless it is already there)
+     * and shortens its first entry. Sets {@link #skipped}.
+     */
+    private long advance(long iov, int iovcnt, long n) {
+        int drop = 0;
+        long len;
+        while (drop < iovcnt && n >= (len = iovLen(iov))) {
+            n -= len;
+            iov += IOVEC_SIZEOF;
+            drop++;
+        }
+        skipped = drop;
+        if (n > 0) {
+            int left = iovcnt - drop;
+            if (iov < adjustIov || iov >= adjustIov + (long) IOV_MAX * IOVEC_SIZEOF) {
+                LibC.memcpy(adjustIov, iov, (long) left * IOVEC_SIZEOF);
+                iov = adjustIov;
+            }
+            setIov(iov, iovBase(iov) + n, iovLen(iov) - n);
+        }
+        return iov;
+    }
+
+    private void zeroIovecs(long iov, int iovcnt) {
+        for (int i = 0; i < iovcnt; i++, iov += IOVEC_SIZEOF) {
+            LibC.memset(iovBase(iov), 0, iovLen(iov));
+        }
+    }
+
+    /** Reads through the bounce buffer: aligned chunks in, the wanted bytes out to the iovecs. */
+    private void bounceRead(long offset, long iov, int iovcnt, long total) throws BlockException {
+        long end = offset + total;
+        long pos = alignDown(offset);
+        long alignedEnd = alignUp(end);
+        ensureBounce(alignedEnd - pos);
+        cursorStart(iov, iovcnt);
+        while (pos < alignedEnd) {
+            int chunk = (int) Math.min(alignedEnd - pos, bounceSize);
+            readAligned(pos, bounceAddr, chunk);
+            long from = Math.max(pos, offset);
+            long to = Math.min(pos + chunk, end);
+            cursorCopy(bounceAddr + (from - pos), to - from, false);
+            pos += chunk;
+        }
+    }
+
+    /** Writes through the bounce buffer, reading the partial head and tail blocks first. */
+    private void bounceWrite(long offset, long iov, int iovcnt, long total, boolean fua) throws BlockException {
+        long end = offset + total;
+        long pos = alignDown(offset);
+        long alignedEnd = alignUp(end);
+        ensureBounce(alignedEnd - pos);
+        cursorStart(iov, iovcnt);
+        while (pos < alignedEnd) {
+            int chunk = (int) Math.min(alignedEnd - pos, bounceSize);
+            long from = Math.max(pos, offset);
+            long to = Math.min(pos + chunk, end);
+            if (from > pos) {
+                readAligned(pos, bounceAddr, offAlign);
+            }
+            if (to < pos + chunk) {
+                long block = alignDown(to);
+                readAligned(block, bounceAddr + (block - pos), offAlign);
+            }
+            cursorCopy(bounceAddr + (from - pos), to - from, true);
+            setIov(bounceIov, bounceAddr, chunk);
+            transfer(true, pos, bounceIov, 1, chunk, fua);
+            pos += chunk;
+        }
+    }
+
+    private void readAligned(long pos, long buf, int length) throws BlockException {
+        setIov(bounceIov, buf, length);
+        transfer(false, pos, bounceIov, 1, length, false);
+    }
+
+    private void ensureBounce(long span) {
+        if (bounceSize >= span || bounceSize >= BOUNCE_MAX) {
+            return;
+        }
+        int size = (int) Math.min(BOUNCE_MAX, Math.max(span, 2L * bounceSize));
+        if (bounceMem != null) {
+            bounceMem.close();
+        }
+        int align = Math.max(memAlign, offAlign);
+        bounceMem = new Memory(size + align);
+        bounceAddr = alignUp(Pointer.nativeValue(bounceMem), align);
+        bounceSize = size;
+    }
+
+    private void writeZeroBuffers(long offset, long length) throws BlockException {
+        if (zeroMem == null) {
+            int align = Math.max(memAlign, offAlign);
+            zeroMem = new Memory(ZERO_BUFFER_SIZE + align);
+            zeroMem.clear();
+            zeroAddr = alignUp(Pointer.nativeValue(zeroMem), align);
+        }
+        long pos = offset;
+        long end = offset + length;
+        while (pos < end) {
+            // The first chunk ends on an alignment boundary, so under O_DIRECT only the head
+            // and the tail are bounced.
+            int chunk = (int) Math.min(end - pos, ZERO_BUFFER_SIZE - (pos & (offAlign - 1)));
+            writeOne(pos, zeroAddr, chunk, false);
+            pos += chunk;
+        }
+    }
+
+    // ---- bounce copy cursor over the caller's iovecs ----
+
+    private void cursorStart(long iov, int iovcnt) {
+        curIov = iov;
+        curLeft = iovcnt;
+        curOff = 0;
+    }
+
+    /** Copies {@code length} bytes between {@code buf} and the iovecs at the cursor, advancing it. */
+    private void cursorCopy(long buf, long length, boolean fromIovecs) {
+        while (length > 0) {
+            assert curLeft > 0 : "iovecs shorter than the checked total";
+            long len = iovLen(curIov);
+            long n = Math.min(len - curOff, length);
+            if (n > 0) {
+                long at = iovBase(curIov) + curOff;
+                if (fromIovecs) {
+                    LibC.memcpy(buf, at, n);
+                } else {
+                    LibC.memcpy(at, buf, n);
+                }
+                buf += n;
+                length -= n;
+                curOff += n;
+            }
+            if (curOff == len) {
+                curIov += IOVEC_SIZEOF;
+                curLeft--;
+                curOff = 0;
+            }
+        }
+    }
+
+    // ---- small syscalls ----
+
+    /** fallocate with EINTR retry; false when the mode is unsupported here. */
+    private boolean fallocate(int mode, long offset, long length, String what) throws BlockException {
+        while (true) {
+            try {
+                LibC.fallocate(fd, mode, offset, length);
+                return true;
+            } catch (LastErrorException e) {
+                int err = e.getErrorCode();
+                if (err == EINTR) {
+                    continue;
+                }
+                if (err == EOPNOTSUPP || err == ENOSYS) {
+                    return false;
+                }
+                throw error(what, offset, err);
+            }
+        }
+    }
+
+    private void datasync() throws BlockException {
+        while (true) {
+            try {
+                LibC.fdatasync(fd);
+                return;
+            } catch (LastErrorException e) {
+                if (e.getErrorCode() != EINTR) {
+                    throw new BlockException(e.getErrorCode(), "flush of " + file + " failed: " + LibC.describe(e.getErrorCode()));
+                }
+            }
+        }
+    }
+
+    private BlockException error(String what, long offset, int errno) {
+        return new BlockException(errno, what + " at offset " + offset + " of " + file + " failed: " + LibC.describe(errno));
+    }
+
+    private static void closeQuietly(int fd) {
+        try {
+            LibC.close(fd);
+        } catch (LastErrorException e) {
+            // close(2) errors leave the fd closed on Linux; nothing to retry.
+        }
+    }
+
+    // ---- iovec access (struct iovec { void *iov_base; size_t iov_len; }, native order) ----
+
+    private long iovBase(long iov) { return view.longAt(iov); }
+
+    private long iovLen(long iov) { return view.longAt(iov + 8); }
+
+    private void setIov(long iov, long base, long len) {
+        view.putLongAt(iov, base);
+        view.putLongAt(iov + 8, len);
+    }
+
+    private long alignDown(long value) { return value & -(long) offAlign; }
+
+    private long alignUp(long value) { return alignUp(value, offAlign); }
+
+    private static long alignUp(long value, int alignment) { return (value + alignment - 1) & -(long) alignment; }
+
+    /** A JNA pointer that can be moved, to read native memory without allocating one per access. */
+    private static final class NativeView extends Pointer {
+        NativeView() { super(0); }
+
+        long longAt(long address) {
+            peer = address;
+            return getLong(0);
+        }
+
+        void putLongAt(long address, long value) {
+            peer = address;
+            setLong(0, value);
+        }
+    }
+}
