@@ -34,11 +34,11 @@ class NbdServerLimitsTest extends NbdServerFixture {
 
     @Test
     void aClientThatNeverFinishesItsHandshakeIsDropped() throws Exception {
+        long t0 = System.nanoTime(); // before connecting: the server's clock starts at accept
         try (NbdTestClient c = client()) {
-            long t0 = System.nanoTime();
             assertTrue(c.closedByServer());
             long ms = (System.nanoTime() - t0) / 1_000_000;
-            assertTrue(ms > 500 && ms < 4000, "dropped after " + ms + " ms");
+            assertTrue(ms >= 900 && ms < 5000, "dropped after " + ms + " ms (handshake-max-seconds=1)");
         }
     }
 }
