@@ -33,9 +33,9 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
-/** An in-process NBD server on a 16 MiB image (first MiB random data, the rest a hole). */
+/** An in-process NBD server on a 64 MiB image (first MiB random data, the rest a hole). */
 abstract class NbdServerFixture {
-    static final int SIZE = 16 << 20;
+    static final int SIZE = 64 << 20;
 
     @TempDir Path tmp;
     IOThread main;

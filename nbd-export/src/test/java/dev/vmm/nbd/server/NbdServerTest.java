@@ -304,6 +304,20 @@ class NbdServerTest extends NbdServerFixture {
     }
 
     @Test
+    void requestsOfTheAdvertisedMaximumPayloadWorkBothWays() throws Exception {
+        byte[] data = random(NbdExport.MAX_PAYLOAD, 5);
+        try (NbdTestClient c = client(); NbdTestClient s = client()) {
+            c.go("disk0");
+            assertEquals(0, c.write(16 << 20, data, NBD_CMD_FLAG_FUA));
+            assertArrayEquals(data, c.read(16 << 20, data.length, 0));
+            s.structuredReplies();
+            s.go("disk0");
+            assertArrayEquals(data, s.read(16 << 20, data.length, 0), "structured, sparse-checked path");
+        }
+        assertArrayEquals(data, fileBytes(16 << 20, data.length));
+    }
+
+    @Test
     void emptyNameSelectsTheOnlyExport() throws Exception {
         server.removeExport("ro");
         try (NbdTestClient c = client()) {
