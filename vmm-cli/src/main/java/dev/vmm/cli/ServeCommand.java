@@ -143,7 +143,7 @@ public final class ServeCommand implements Callable<Integer> {
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
-        daemon.shutdown();
+        boolean flushed = daemon.shutdown();
         if (pidfile != null) {
             try {
                 Files.deleteIfExists(pidfile);
@@ -151,7 +151,7 @@ public final class ServeCommand implements Callable<Integer> {
                 // the process is ending; a stale pidfile names a dead pid
             }
         }
-        return 0;
+        return flushed ? 0 : 1;
     }
 
     private boolean configureLogging(PrintWriter err) {

@@ -185,7 +185,8 @@ public final class NbdServer {
                     TransmissionHandler tx = new TransmissionHandler(export, negotiated, home, hs.takeLeftover());
                     ch.pipeline().replace(hs, "nbd-transmission", tx);
                     export.clients().add(ch);
-                    if (!ch.isActive()) { // closed while moving
+                    if (!ch.isActive() || !isExported(export)) { // closed, or export removed, while moving
+                        export.clients().remove(ch);
                         ch.close();
                         return;
                     }
@@ -231,6 +232,12 @@ public final class NbdServer {
             NbdExport e = exports.get(name);
             if (e == null && name.isEmpty() && exports.size() == 1) e = exports.values().iterator().next();
             return e;
+        }
+    }
+
+    private boolean isExported(NbdExport e) {
+        synchronized (exports) {
+            return exports.get(e.name()) == e;
         }
     }
 

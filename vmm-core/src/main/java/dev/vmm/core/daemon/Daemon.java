@@ -229,18 +229,22 @@ public final class Daemon {
      * their users, every node is flushed on its home IOThread and closed, then the threads stop.
      * Logs, per IOThread, the requests served and the heap bytes its thread allocated.
      */
-    public void shutdown() {
-        shutdown(true);
+    public boolean shutdown() {
+        return shutdown(true);
     }
 
-    /** @param report log what each IOThread served (false when start-up failed: only the error matters) */
-    public void shutdown(boolean report) {
+    /**
+     * @param report log what each IOThread served (false when start-up failed: only the error matters)
+     * @return false when a node's final flush failed: acknowledged writes may not be on disk
+     */
+    public boolean shutdown(boolean report) {
+        boolean flushed = true;
         List<AutoCloseable> comps;
         List<BlockExport> exps;
         List<BlockNode> ns;
         List<IOThread> ts;
         synchronized (this) {
-            if (shutDown) return;
+            if (shutDown) return true;
             shutDown = true;
             comps = new ArrayList<>(components.values());
             exps = new ArrayList<>(exports.values());
@@ -265,8 +269,10 @@ public final class Daemon {
                 });
             } catch (BlockException e) {
                 LOG.error("block node {}: final flush failed: {}", n.name(), e.getMessage());
+                flushed = false;
             } catch (Exception e) {
                 LOG.error("block node {}: close failed: {}", n.name(), e.toString());
+                flushed = false;
             }
         }
         List<IOThread> all = new ArrayList<>(ts);
@@ -276,5 +282,6 @@ public final class Daemon {
         }
         for (IOThread t : ts) t.shutdown(5000);
         main.shutdown(5000);
+        return flushed;
     }
 }
