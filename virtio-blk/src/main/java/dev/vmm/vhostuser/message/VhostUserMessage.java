@@ -52,6 +52,16 @@ public final class VhostUserMessage implements AutoCloseable {
         return fd;
     }
 
+    /**
+     * A copy of the fds, still owned by the message (for a handler call that takes them only
+     * when it succeeds). Throws when one was already taken.
+     */
+    public int[] peekFds() {
+        int[] out = fds.clone();
+        for (int fd : out) if (fd < 0) throw new IllegalStateException("an fd of " + header + " was already taken");
+        return out;
+    }
+
     /** Takes all fds (see {@link #takeFd}). */
     public int[] takeFds() {
         int[] out = new int[fds.length];
