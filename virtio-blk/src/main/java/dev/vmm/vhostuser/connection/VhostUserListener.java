@@ -104,6 +104,8 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
         } catch (LastErrorException e) {
             LibcSocket.closeQuietly(fd);
             throw new IOException("cannot bind vhost-user socket " + path + ": " + LibC.describe(e.getErrorCode()));
+        } finally {
+            java.lang.ref.Reference.reachabilityFence(addr);   // native memory in use until bind returns
         }
         try {
             LibcSocket.chmod(path, 0600);   // before listen(): nobody can connect in between
@@ -145,6 +147,7 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
             }
         } finally {
             LibcSocket.closeQuietly(probe);
+            java.lang.ref.Reference.reachabilityFence(addr);
         }
         log.info("replacing stale vhost-user socket {}", path);
         try {

@@ -85,6 +85,8 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
         } catch (LastErrorException e) {
             LibcSocket.closeQuietly(fd);
             throw new IOException("cannot connect to " + path + ": " + LibC.describe(e.getErrorCode()));
+        } finally {
+            java.lang.ref.Reference.reachabilityFence(addr);   // native memory in use until connect returns
         }
         return new VhostUserFrontendConnection(fd);
     }

@@ -261,7 +261,9 @@ class VhostUserLoopbackTest {
     void staleSocketReplacedRegularFileRefused() throws Exception {
         // a socket file nobody listens on (a crashed daemon's)
         int s = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC, 0);
-        LibcSocket.bind(s, com.sun.jna.Pointer.nativeValue(LibcSocket.sockaddrUn(path)), LibcSocket.SOCKADDR_UN_SIZEOF);
+        com.sun.jna.Memory addr = LibcSocket.sockaddrUn(path);
+        LibcSocket.bind(s, com.sun.jna.Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+        java.lang.ref.Reference.reachabilityFence(addr);
         LibcSocket.close(s);
         assertTrue(new File(path).exists());
         try (VhostUserListener l = VhostUserListener.open(path, io.loop(), stub);
