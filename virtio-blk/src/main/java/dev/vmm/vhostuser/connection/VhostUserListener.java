@@ -1,0 +1,232 @@
+package dev.vmm.vhostuser.connection;
+
+import com.sun.jna.LastErrorException;
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
+import dev.vmm.core.linux.LibC;
+import dev.vmm.core.linux.LibcSocket;
+import io.netty.channel.IoEvent;
+import io.netty.channel.IoEventLoop;
+import io.netty.channel.IoRegistration;
+import io.netty.channel.epoll.EpollIoHandle;
+import io.netty.channel.epoll.EpollIoOps;
+import io.netty.channel.unix.FileDescriptor;
+import java.io.IOException;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * The listening unix socket of one vhost-user device: accepts one front-end at a time
+ * (vhost-user is 1:1; a second concurrent connection is closed at once with a log line) and,
+ * after that front-end disconnects, the next one (QEMU {@code reconnect=1}).
+ *
+ * <p>The socket file is created with mode 0600 (bound, chmod-ed, then listened on, so nobody
+ * can connect before the mode is set). An existing socket file nobody listens on (a crashed
+ * daemon's) is replaced; a socket somebody listens on, or any other kind of file, is an error.
+ * The file is unlinked on {@link #close()}.
+ *
+ * <p>Thread contract: {@link #open} and {@link #close()} may be called from any thread (they
+ * run on the loop and wait); everything else runs on the loop.
+ */
+public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
+    private static final Logger log = LoggerFactory.getLogger(VhostUserListener.class);
+    private static final int S_IFSOCK = 0xC000;
+    private static final int AT_SYMLINK_NOFOLLOW = 0x100;
+
+    private final String path;
+    private final int fd;
+    private final FileDescriptor nettyFd;
+    private final IoEventLoop loop;
+    private final VhostUserBackendHandler handler;
+
+    // ---- event-loop confined ----
+    private IoRegistration registration;
+    private VhostUserConnection active;
+    private long accepted;
+    private long refused;
+    private boolean closed;
+
+    private VhostUserListener(String path, int fd, IoEventLoop loop, VhostUserBackendHandler handler) {
+        this.path = path;
+        this.fd = fd;
+        this.nettyFd = new FileDescriptor(fd);
+        this.loop = loop;
+        this.handler = handler;
+    }
+
+    /**
+     * Creates the socket at {@code path} and starts accepting on {@code loop}; messages of the
+     * front-end are handed to {@code handler} on that loop.
+     */
+    public static VhostUserListener open(String path, IoEventLoop loop, VhostUserBackendHandler handler) throws IOException {
+        int fd = createSocket(path);
+        VhostUserListener l = new VhostUserListener(path, fd, loop, handler);
+        CompletableFuture<Void> started = new CompletableFuture<>();
+        loop.register(l).addListener(f -> {
+            if (!f.isSuccess()) {
+                started.completeExceptionally(f.cause());
+                return;
+            }
+            l.registration = (IoRegistration) f.getNow();
+            l.registration.submit(EpollIoOps.EPOLLIN);
+            started.complete(null);
+        });
+        try {
+            started.get();
+        } catch (InterruptedException | ExecutionException e) {
+            LibcSocket.closeQuietly(fd);
+            unlinkQuietly(path);
+            if (e instanceof InterruptedException) Thread.currentThread().interrupt();
+            throw new IOException("cannot register vhost-user socket " + path + " with the event loop", e);
+        }
+        log.debug("vhost-user socket listening on {}", path);
+        return l;
+    }
+
+    private static int createSocket(String path) throws IOException {
+        Memory addr;
+        try {
+            addr = LibcSocket.sockaddrUn(path);
+        } catch (IllegalArgumentException e) {
+            throw new IOException(e.getMessage());
+        }
+        replaceStale(path, addr);
+        int fd;
+        try {
+            fd = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC | LibcSocket.SOCK_NONBLOCK, 0);
+        } catch (LastErrorException e) {
+            throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
+        }
+        try {
+            LibcSocket.bind(fd, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+        } catch (LastErrorException e) {
+            LibcSocket.closeQuietly(fd);
+            throw new IOException("cannot bind vhost-user socket " + path + ": " + LibC.describe(e.getErrorCode()));
+        } finally {
+            java.lang.ref.Reference.reachabilityFence(addr);   // native memory in use until bind returns
+        }
+        try {
+            LibcSocket.chmod(path, 0600);   // before listen(): nobody can connect in between
+            LibcSocket.listen(fd, 1);
+        } catch (LastErrorException e) {
+            LibcSocket.closeQuietly(fd);
+            unlinkQuietly(path);
+            throw new IOException("cannot listen on vhost-user socket " + path + ": " + LibC.describe(e.getErrorCode()));
+        }
+        return fd;
+    }
+
+    /** Removes a stale socket file; refuses a live socket or a file of another type. */
+    private static void replaceStale(String path, Memory addr) throws IOException {
+        int type;
+        try (Memory stx = new Memory(LibC.STATX_SIZEOF)) {
+            stx.clear();
+            try {
+                LibC.statx(LibC.AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, LibC.STATX_TYPE, Pointer.nativeValue(stx));
+            } catch (LastErrorException e) {
+                if (e.getErrorCode() == LibC.ENOENT) return;
+                throw new IOException("cannot stat " + path + ": " + LibC.describe(e.getErrorCode()));
+            }
+            type = stx.getShort(LibC.STATX_OFF_MODE) & LibC.S_IFMT;
+        }
+        if (type != S_IFSOCK) throw new IOException(path + " exists and is not a socket");
+        int probe;
+        try {
+            probe = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC, 0);
+        } catch (LastErrorException e) {
+            throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
+        }
+        try {
+            LibcSocket.connect(probe, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+            throw new IOException(path + " is in use: another process listens on it");
+        } catch (LastErrorException e) {
+            if (e.getErrorCode() != LibcSocket.ECONNREFUSED) {
+                throw new IOException("cannot probe " + path + ": " + LibC.describe(e.getErrorCode()));
+            }
+        } finally {
+            LibcSocket.closeQuietly(probe);
+            java.lang.ref.Reference.reachabilityFence(addr);
+        }
+        log.info("replacing stale vhost-user socket {}", path);
+        try {
+            LibcSocket.unlink(path);
+        } catch (LastErrorException e) {
+            throw new IOException("cannot remove stale socket " + path + ": " + LibC.describe(e.getErrorCode()));
+        }
+    }
+
+    private static void unlinkQuietly(String path) {
+        try {
+            LibcSocket.unlink(path);
+        } catch (LastErrorException ignored) {
+            // already gone
+        }
+    }
+
+    public String path() { return path; }
+
+    @Override
+    public FileDescriptor fd() { return nettyFd; }
+
+    /** The connected front-end, or null; loop thread. */
+    public VhostUserConnection active() { return active; }
+
+    /** Front-ends accepted so far. */
+    public long accepted() { return accepted; }
+
+    /** Concurrent connections refused so far. */
+    public long refused() { return refused; }
+
+    @Override
+    public void handle(IoRegistration reg, IoEvent event) {
+        if (closed) return;
+        while (true) {
+            int c;
+            try {
+                c = LibcSocket.accept4(fd, 0, 0, LibcSocket.SOCK_NONBLOCK | LibcSocket.SOCK_CLOEXEC);
+            } catch (LastErrorException e) {
+                if (e.getErrorCode() != LibcSocket.EAGAIN) log.warn("accept on {}: {}", path, LibC.describe(e.getErrorCode()));
+                return;
+            }
+            if (active != null) {
+                refused++;
+                log.warn("vhost-user socket {}: refusing a second front-end while one is connected", path);
+                LibcSocket.closeQuietly(c);
+                continue;
+            }
+            accepted++;
+            String name = "vhost-user " + path + " #" + accepted;
+            log.info("{}: front-end connected", name);
+            VhostUserConnection conn = new VhostUserConnection(c, loop, name, handler, this::connectionClosed);
+            active = conn;
+            conn.start();
+        }
+    }
+
+    private void connectionClosed(VhostUserConnection c) {
+        if (active == c) active = null;
+    }
+
+    /** Stops listening, closes the front-end's connection and removes the socket file. */
+    @Override
+    public void close() {
+        if (!loop.inEventLoop()) {
+            try {
+                loop.submit(this::close).get();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            } catch (ExecutionException e) {
+                log.warn("closing {}", path, e.getCause());
+            }
+            return;
+        }
+        if (closed) return;
+        closed = true;
+        if (active != null) active.disconnect();
+        if (registration != null) registration.cancel();
+        LibcSocket.closeQuietly(fd);
+        unlinkQuietly(path);
+    }
+}
