@@ -89,6 +89,9 @@ public final class LibcMemory {
     /** munmap(2). */
     public static native int munmap(long addr, long length) throws LastErrorException;
 
+    /** dup(2), with O_CLOEXEC semantics left to the caller: hands a memfd to a second owner. */
+    public static native int dup(int fd) throws LastErrorException;
+
     /** sysconf(3). */
     public static native long sysconf(int name);
 
