@@ -120,6 +120,22 @@ class SplitVirtqueueTest {
     }
 
     @Test
+    void directDescriptorsFollowedByAnIndirectTable_2_7_5_3_2() throws Exception {
+        setUp(16, INDIRECT);
+        long hdr = driver.alloc(16), data = driver.alloc(512), status = driver.alloc(1);
+        long table = driver.alloc(32);
+        driver.writeTableDesc(table, 0, data, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, 1);
+        driver.writeTableDesc(table, 1, status, 1, VIRTQ_DESC_F_WRITE, 0);
+        int head = driver.submit(new long[] {hdr, table}, new int[] {16, 32}, 2, 2);
+        driver.writeDesc(driverNext(head), table, 32, VIRTQ_DESC_F_INDIRECT, 0);
+        assertTrue(q.pop(chain));
+        assertEquals(head, chain.head());
+        assertEquals(3, chain.segmentCount());
+        assertEquals(16, chain.readableLength());
+        assertEquals(513, chain.writableLength());
+    }
+
+    @Test
     void indirectWithoutTheFeatureIsARequestError() throws Exception {
         setUp(16, 0);
         long[] gpa = blkRequest(512);
@@ -241,7 +257,12 @@ class SplitVirtqueueTest {
     }
 
     private void assertRequestError(int head) throws Exception {
+        assertRequestError(head, "");
+    }
+
+    private void assertRequestError(int head, String messagePart) throws Exception {
         VirtqueueException e = popFails();
+        assertTrue(e.getMessage().contains(messagePart), e.getMessage());
         assertEquals(Kind.REQUEST, e.kind(), e.getMessage());
         assertEquals(head, e.head());
         assertFalse(q.isBroken());
@@ -253,7 +274,7 @@ class SplitVirtqueueTest {
     @Test
     void descriptorLoopIsARequestError() throws Exception {
         setUp(16, 0);
-        assertRequestError(driver.submitLoop(driver.alloc(16), 16));
+        assertRequestError(driver.submitLoop(driver.alloc(16), 16), "loop");
     }
 
     @Test
@@ -263,7 +284,7 @@ class SplitVirtqueueTest {
         int head = driver.submitIndirect(new long[] {buf, buf}, new int[] {16, 16}, 2, 2);
         long table = driver.indirectTable(head, 2);
         driver.writeTableDesc(table, 1, buf, 16, VIRTQ_DESC_F_NEXT, 0); // 0 -> 1 -> 0 ...
-        assertRequestError(head);
+        assertRequestError(head, "loop");
     }
 
     @Test
@@ -279,9 +300,9 @@ class SplitVirtqueueTest {
             {GPA, 0xFFFF_FFFFL},                // enormous length
         };
         for (long[] c : cases) {
-            assertRequestError(driver.submitRaw(c[0], c[1], 0));
+            assertRequestError(driver.submitRaw(c[0], c[1], 0), "not inside guest memory");
         }
-        assertRequestError(driver.submitRaw(end - 16, 32, VIRTQ_DESC_F_INDIRECT)); // table out of range
+        assertRequestError(driver.submitRaw(end - 16, 32, VIRTQ_DESC_F_INDIRECT), "indirect table"); // table out of range
     }
 
     @Test
@@ -313,13 +334,13 @@ class SplitVirtqueueTest {
     @Test
     void nestedIndirectIsARequestError() throws Exception {
         setUp(16, INDIRECT);
-        assertRequestError(driver.submitNestedIndirect(driver.alloc(16), 16));
+        assertRequestError(driver.submitNestedIndirect(driver.alloc(16), 16), "inside an indirect table");
     }
 
     @Test
     void zeroLengthDescriptorIsARequestError() throws Exception {
         setUp(16, INDIRECT);
-        assertRequestError(driver.submitRaw(driver.alloc(16), 0, 0));
+        assertRequestError(driver.submitRaw(driver.alloc(16), 0, 0), "zero-length");
         long buf = driver.alloc(16);
         int head = driver.submitIndirect(new long[] {buf, buf}, new int[] {16, 0}, 1, 2);
         assertRequestError(head);
@@ -330,11 +351,11 @@ class SplitVirtqueueTest {
         setUp(16, INDIRECT);
         long table = driver.alloc(64);
         driver.writeTableDesc(table, 0, driver.alloc(16), 16, 0, 0);
-        assertRequestError(driver.submitRaw(table, 24, VIRTQ_DESC_F_INDIRECT));           // not a multiple of 16
-        assertRequestError(driver.submitRaw(table, 0xFFFF_FFF0L, VIRTQ_DESC_F_INDIRECT)); // enormous table
+        assertRequestError(driver.submitRaw(table, 24, VIRTQ_DESC_F_INDIRECT), "multiple of 16");
+        assertRequestError(driver.submitRaw(table, 0xFFFF_FFF0L, VIRTQ_DESC_F_INDIRECT), "multiple of 16"); // enormous table
         int head = driver.submitRaw(table, 16, VIRTQ_DESC_F_INDIRECT);
         driver.writeDesc(head, table, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, 1);  // INDIRECT|NEXT
-        assertRequestError(head);
+        assertRequestError(head, "INDIRECT and NEXT");
     }
 
     @Test
@@ -344,7 +365,7 @@ class SplitVirtqueueTest {
         int head = driver.submit(new long[] {buf, buf}, new int[] {16, 16}, 2, 2); // both readable
         // Make the first one writable: writable, then readable.
         driver.writeDesc(head, buf, 16, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, driverNext(head));
-        assertRequestError(head);
+        assertRequestError(head, "readable descriptor after");
     }
 
     private int driverNext(int head) {
@@ -359,7 +380,7 @@ class SplitVirtqueueTest {
         long buf = driver.alloc(16);
         int head = driver.submitRaw(buf, 16, 0);
         driver.writeDesc(head, buf, 16, VIRTQ_DESC_F_NEXT, 16);
-        assertRequestError(head);
+        assertRequestError(head, "next index");
     }
 
     @Test
