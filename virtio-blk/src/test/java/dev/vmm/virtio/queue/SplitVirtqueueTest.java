@@ -421,6 +421,56 @@ class SplitVirtqueueTest {
         SplitVirtqueue.ofGuestPhysical(mem, 16, driver.descGpa(), driver.availGpa(), driver.usedGpa(), 0);
     }
 
+    @Test
+    void driverAndDeviceOnTwoThreadsSeeEachOthersWrites() throws Exception {
+        setUp(64, EVENT_IDX);
+        final int total = 200_000;
+        long[] bufs = new long[64];
+        for (int i = 0; i < 64; i++) bufs[i] = driver.alloc(8);
+        Throwable[] failure = new Throwable[1];
+        Thread producer = new Thread(() -> {
+            try {
+                int[] h = new int[64], l = new int[64];
+                long[] one = new long[1];
+                int[] len = {8};
+                int submitted = 0, completed = 0;
+                while (completed < total) {
+                    if (submitted < total && driver.freeDescriptors() > 0) {
+                        one[0] = bufs[submitted & 63];
+                        RawMemory.putLe64(driver.host(one[0], 8), submitted); // payload before publish
+                        driver.submit(one, len, 1, 1);
+                        submitted++;
+                    }
+                    int n = driver.pollUsed(h, l);
+                    for (int i = 0; i < n; i++) {
+                        if (l[i] != ((completed + i) & 0x7FFFFFFF)) throw new AssertionError("used len " + l[i] + " at " + (completed + i));
+                    }
+                    completed += n;
+                }
+            } catch (Throwable t) {
+                failure[0] = t;
+            }
+        }, "driver");
+        producer.start();
+        long deadline = System.nanoTime() + 60_000_000_000L;
+        int seen = 0;
+        while (seen < total && System.nanoTime() < deadline && failure[0] == null) {
+            if (!q.pop(chain)) {
+                Thread.onSpinWait();
+                continue;
+            }
+            long payload = RawMemory.getLe64(chain.address(0));
+            assertEquals(seen, payload, "device read the payload published before avail->idx");
+            q.pushUsed(chain.head(), seen);
+            q.publishUsed();
+            seen++;
+        }
+        producer.join(60_000);
+        if (failure[0] != null) throw new AssertionError(failure[0]);
+        assertEquals(total, seen);
+        assertFalse(producer.isAlive());
+    }
+
     // ---------------------------------------------------------------- no garbage
 
     @Test
