@@ -37,7 +37,7 @@ public final class HostTools {
         return PACKAGE.getOrDefault(tool, tool);
     }
 
-    /** The absolute path of {@code tool} on PATH (or in /usr/sbin, /sbin), or a {@link MissingToolException}. */
+    /** The absolute path of {@code tool} on PATH (or in /usr/sbin, /sbin, which a user's PATH may lack), or a {@link MissingToolException}. */
     public static Path require(String tool) {
         Path p = find(tool);
         if (p == null) {
@@ -55,7 +55,7 @@ public final class HostTools {
                 return p.toAbsolutePath();
             }
         }
-        for (String d : List.of("/usr/sbin", "/sbin", "/usr/bin", "/bin")) {
+        for (String d : List.of("/usr/sbin", "/sbin")) {
             Path p = Path.of(d, tool);
             if (Files.isRegularFile(p) && Files.isExecutable(p)) {
                 return p;
