@@ -49,9 +49,10 @@ public final class GuestCommand implements Callable<Integer> {
             description = "Guest RAM, shared with the backend through a memfd (default ${DEFAULT-VALUE}).")
     String memory;
 
-    @Option(names = "--num-queues", paramLabel = "N",
-            description = "Virtqueues of the device (default: the number of vCPUs, as QEMU does).")
-    Integer numQueues;
+    @Option(names = "--num-queues", paramLabel = "N", defaultValue = "1",
+            description = "Virtqueues of the device (default ${DEFAULT-VALUE}); the backend's export must offer at least"
+                    + " as many (its num-queues=, also 1 by default), or QEMU refuses to start.")
+    int numQueues;
 
     @Option(names = "--reconnect", description = "Reconnect to the backend after it restarts (chardev reconnect=1).")
     boolean reconnect;
@@ -78,7 +79,7 @@ public final class GuestCommand implements Callable<Integer> {
             k = gk.vmlinuz();
             if (i == null) i = Initramfs.cached(gk, Initramfs.INTERACTIVE_SHELL);
         }
-        int queues = numQueues == null ? smp : numQueues;
+        int queues = numQueues;
         GuestLauncher launcher = GuestLauncher.of(k, i).socket(socket).memory(memory).smp(smp)
                 .numQueues(queues).reconnect(reconnect).timeout(Duration.ZERO);
         err.println("vmm guest: booting " + k + " (initrd " + i + ") on " + socket + ": TCG, " + smp + " vCPU, "

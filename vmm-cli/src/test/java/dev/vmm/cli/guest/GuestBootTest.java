@@ -87,10 +87,22 @@ class GuestBootTest {
 
     @Test
     void writesAndReadsBackWithODirect() throws Exception {
+        bootAndVerify(1, 1);
+    }
+
+    @Test
+    void multiQueueWithTwoVcpus() throws Exception {
+        GuestRun run = bootAndVerify(2, 2);
+        assertEquals("2", run.result("mq"), run.describe());
+    }
+
+    private GuestRun bootAndVerify(int smp, int queues) throws Exception {
         GuestKernel kernel = TestGuests.kernel();
         Path image = Images.sparse(dir.resolve("disk.img"), IMAGE_SIZE);
         Path socket = dir.resolve("vhost.sock");
-        server.start(VhostUserBlkServer.Export.writable(image, socket));
+        // the export must offer the queues: qemu-storage-daemon's default num-queues is 1, and QEMU
+        // refuses a backend with fewer queues than the device asks for
+        server.start(new VhostUserBlkServer.Export(image, socket, true, queues));
 
         List<Range> ranges = ranges(IMAGE_SIZE);
         for (int i = 0; i < ranges.size(); i++) {
@@ -102,11 +114,12 @@ class GuestBootTest {
             }
         }
         long t0 = System.nanoTime();
-        Path initrd = Initramfs.build(kernel, workload(ranges), dir.resolve("initrd.gz"));
+        Path initrd = Initramfs.build(kernel, "vmmtest mq $(ls /sys/block/vda/mq | wc -l)\n" + workload(ranges),
+                dir.resolve("initrd.gz"));
         long built = System.nanoTime();
-        GuestRun run = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket)
+        GuestRun run = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket).smp(smp).numQueues(queues)
                 .consoleLog(dir.resolve("console.log")).timeout(Duration.ofSeconds(120)).run();
-        System.out.printf("[guest] %s: initramfs %d ms, boot+workload %d ms%n", server.name(),
+        System.out.printf("[guest] %s, smp %d, %d queue(s): initramfs %d ms, boot+workload %d ms%n", server.name(), smp, queues,
                 (built - t0) / 1_000_000, run.elapsed().toMillis());
 
         String why = run.describe() + "\n--- " + server.name() + " log ---\n" + server.log();
@@ -126,5 +139,6 @@ class GuestBootTest {
             }
         }
         assertEquals(List.of(), mismatches, why);
+        return run;
     }
 }
