@@ -25,6 +25,7 @@ public final class Peers {
             "qemu-io", "qemu-utils",
             "qemu-nbd", "qemu-utils",
             "qemu-storage-daemon", "qemu-system-common",
+            "qemu-system-x86_64", "qemu-system-x86",
             "nbdinfo", "libnbd-bin",
             "nbdcopy", "libnbd-bin",
             "nbdsh", "python3-libnbd",
@@ -94,7 +95,8 @@ public final class Peers {
         Assumptions.assumeFalse(qsd(), "beyond qemu-storage-daemon: " + why);
     }
 
-    private static void missing(String what, String pkg) {
+    /** Skips the test (fails it with {@code CI=true}) because {@code what} is missing, naming the Debian package. */
+    public static void missing(String what, String pkg) {
         String msg = what + ": install the Debian package '" + pkg + "' (apt-get install " + pkg + ")";
         if ("true".equalsIgnoreCase(System.getenv("CI"))) {
             fail(msg);
