@@ -13,7 +13,7 @@ public interface VhostUserBlkServer extends AutoCloseable {
     /** The system property choosing the implementation: {@code qsd} or {@code vmm}. */
     String PROPERTY = "vmm.guest.server";
     /** Used when the property is unset. Becomes {@code vmm} once our vhost-user-blk export exists. */
-    String DEFAULT = "qsd";
+    String DEFAULT = "vmm";
 
     /** What to serve. */
     record Export(Path image, Path socket, boolean writable, Integer numQueues) {

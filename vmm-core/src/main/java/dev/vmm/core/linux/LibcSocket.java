@@ -205,7 +205,7 @@ public final class LibcSocket {
     public static long eventfdRead(int fd, long scratch) throws LastErrorException {
         try {
             long n = read(fd, scratch, 8);
-            return n == 8 ? Pointer.createConstant(scratch).getLong(0) : 0;
+            return n == 8 ? io.netty.util.internal.PlatformDependent.getLong(scratch) : 0; // 8 bytes we own
         } catch (LastErrorException e) {
             if (e.getErrorCode() == EAGAIN) return 0;
             throw e;
@@ -214,7 +214,7 @@ public final class LibcSocket {
 
     /** Adds {@code value} to an eventfd's counter. {@code scratch} is 8 bytes of native memory. */
     public static void eventfdWrite(int fd, long value, long scratch) throws LastErrorException {
-        Pointer.createConstant(scratch).setLong(0, value);
+        io.netty.util.internal.PlatformDependent.putLong(scratch, value); // 8 bytes we own; no allocation
         write(fd, scratch, 8);
     }
 

@@ -1,0 +1,439 @@
+package dev.vmm.virtio.blk;
+
+import static dev.vmm.virtio.blk.VirtioBlk.*;
+
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.linux.LibcMemory;
+import dev.vmm.core.linux.LibcSocket;
+import dev.vmm.iothread.IOThread;
+import dev.vmm.vhostuser.connection.VhostUserBackendHandler;
+import dev.vmm.vhostuser.message.MemoryRegion;
+import dev.vmm.vhostuser.message.VhostUserException;
+import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
+import dev.vmm.vhostuser.message.VhostUserRequest;
+import dev.vmm.vhostuser.message.VringAddr;
+import dev.vmm.virtio.memory.GuestMemory;
+import dev.vmm.virtio.memory.GuestMemoryException;
+import dev.vmm.virtio.queue.SplitVirtqueue;
+import dev.vmm.virtio.queue.VirtqueueException;
+import java.util.List;
+import java.util.concurrent.Callable;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * A virtio-blk device whose driver is reached over vhost-user (docs/interop/vhost-user.rst):
+ * the back-end half of QEMU's {@code vhost-user-blk-pci}.
+ *
+ * <p>Thread contract: the {@link VhostUserBackendHandler} calls arrive on the listener's loop
+ * (the main loop), one at a time. Everything the data path reads (guest memory, the queue
+ * workers) is changed only on the node's home IOThread, through {@link #onHome}, so a request in
+ * progress never sees memory unmapped under it; the per-queue settings below are main-loop state.
+ */
+final class VhostUserBlkDevice implements VhostUserBackendHandler {
+    private static final Logger LOG = LoggerFactory.getLogger(VhostUserBlkDevice.class);
+
+    /** Largest queue we accept (virtio 1.2 split rings allow 32768). */
+    static final int MAX_QUEUE_SIZE = 32768;
+
+    private final String exportId;
+    private final BlockNode node;
+    private final boolean writable;
+    private final int numQueues;
+    private final VirtioBlkConfig config;
+    private final long offeredFeatures;
+    private final long offeredProtocolFeatures;
+
+    // ---- main-loop state: what the front-end negotiated ----
+    private long ackedFeatures;
+    private long ackedProtocolFeatures;
+    private final QueueSetup[] queues;
+
+    // ---- home-IOThread state ----
+    private final GuestMemory memory = new GuestMemory();
+    private final QueueWorker[] workers;
+
+    /** What SET_VRING_* said about one queue. */
+    private static final class QueueSetup {
+        int num;
+        int base;
+        VringAddr addr;
+        int kickFd = -1;
+        int callFd = -1;
+        int errFd = -1;
+        boolean enabled;
+    }
+
+    VhostUserBlkDevice(String exportId, BlockNode node, boolean writable, int numQueues, int logicalBlockSize) {
+        this.exportId = exportId;
+        this.node = node;
+        this.writable = writable;
+        this.numQueues = numQueues;
+        // seg_max: room for header and status in a chain of at most MAX_SEGMENTS + 2 descriptors
+        this.config = new VirtioBlkConfig(node.size(), logicalBlockSize, numQueues, VirtioBlkRequests.MAX_SEGMENTS - 2, 0);
+        long f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX)
+                | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_TOPOLOGY)
+                | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_CONFIG_WCE) | bit(VIRTIO_BLK_F_MQ)
+                | bit(VhostUserProtocolFeature.VHOST_USER_F_PROTOCOL_FEATURES);
+        f |= writable ? bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES) : bit(VIRTIO_BLK_F_RO);
+        this.offeredFeatures = f;
+        this.offeredProtocolFeatures = VhostUserProtocolFeature.mask(VhostUserProtocolFeature.MQ)
+                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.REPLY_ACK)
+                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIG)
+                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS);
+        this.queues = new QueueSetup[numQueues];
+        for (int i = 0; i < numQueues; i++) queues[i] = new QueueSetup();
+        this.workers = new QueueWorker[numQueues];
+    }
+
+    private static long bit(int n) { return 1L << n; }
+
+    private IOThread home() { return node.home(); }
+
+    /** Runs {@code task} on the node's home IOThread and waits (control plane only). */
+    private <T> T onHome(int request, Callable<T> task) throws VhostUserException {
+        try {
+            return home().call(task);
+        } catch (VhostUserException e) {
+            throw e;
+        } catch (Exception e) {
+            throw VhostUserException.replyError(request, e.getMessage() == null ? e.toString() : e.getMessage());
+        }
+    }
+
+    private QueueSetup queue(int request, int index) throws VhostUserException {
+        if (index < 0 || index >= numQueues) {
+            throw VhostUserException.replyError(request, "queue index " + index + " out of range (num-queues=" + numQueues + ")");
+        }
+        return queues[index];
+    }
+
+    // ---- negotiation ----
+
+    @Override
+    public long getFeatures() { return offeredFeatures; }
+
+    @Override
+    public void setFeatures(long features) throws VhostUserException {
+        if ((features & ~offeredFeatures) != 0) {
+            throw VhostUserException.replyError(VhostUserRequest.VHOST_USER_SET_FEATURES,
+                    "features 0x" + Long.toHexString(features & ~offeredFeatures) + " were not offered");
+        }
+        ackedFeatures = features;
+    }
+
+    @Override
+    public long getProtocolFeatures() { return offeredProtocolFeatures; }
+
+    @Override
+    public void setProtocolFeatures(long features) throws VhostUserException {
+        if ((features & ~offeredProtocolFeatures) != 0) {
+            throw VhostUserException.replyError(VhostUserRequest.VHOST_USER_SET_PROTOCOL_FEATURES, "protocol features not offered");
+        }
+        ackedProtocolFeatures = features;
+    }
+
+    @Override
+    public void setOwner() { }
+
+    @Override
+    public void resetOwner() throws VhostUserException {
+        stopAll(VhostUserRequest.VHOST_USER_RESET_OWNER);
+    }
+
+    @Override
+    public long getQueueNum() { return numQueues; }
+
+    @Override
+    public long getMaxMemSlots() { return GuestMemory.MAX_REGIONS; }
+
+    // ---- memory ----
+
+    @Override
+    public void setMemTable(List<MemoryRegion> regions, int[] fds) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_MEM_TABLE;
+        int[] dups = dupAll(req, fds, regions.size());
+        onHome(req, () -> {
+            boolean[] running = pauseWorkers();
+            memory.clear();
+            try {
+                for (int i = 0; i < regions.size(); i++) {
+                    MemoryRegion r = regions.get(i);
+                    int fd = dups[i];
+                    dups[i] = -1;
+                    memory.addRegion(fd, r.guestAddr(), r.size(), r.userAddr(), r.mmapOffset());
+                }
+            } catch (GuestMemoryException e) {
+                for (int d : dups) if (d >= 0) LibcSocket.closeQuietly(d);
+                memory.clear();
+                throw VhostUserException.replyError(req, e.getMessage());
+            }
+            restartWorkers(running);
+            return null;
+        });
+        for (int i = 0; i < regions.size(); i++) LibcSocket.closeQuietly(fds[i]); // ours on success
+        LOG.debug("vhost-user-blk {}: memory table of {} regions ({} bytes)", exportId, regions.size(), memory.regionsSize());
+    }
+
+    @Override
+    public void addMemReg(MemoryRegion r, int fd) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_ADD_MEM_REG;
+        int dup = dupAll(req, new int[] {fd}, 1)[0];
+        onHome(req, () -> {
+            boolean[] running = pauseWorkers();
+            try {
+                memory.addRegion(dup, r.guestAddr(), r.size(), r.userAddr(), r.mmapOffset());
+            } catch (GuestMemoryException e) {
+                restartWorkers(running);
+                throw VhostUserException.replyError(req, e.getMessage());
+            }
+            restartWorkers(running);
+            return null;
+        });
+        LibcSocket.closeQuietly(fd);
+    }
+
+    @Override
+    public void remMemReg(MemoryRegion r) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_REM_MEM_REG;
+        onHome(req, () -> {
+            boolean[] running = pauseWorkers();
+            boolean removed = memory.removeRegion(r.guestAddr(), r.size(), r.userAddr());
+            restartWorkers(running);
+            if (!removed) throw VhostUserException.replyError(req, "no such memory region");
+            return null;
+        });
+    }
+
+    /** GuestMemory takes ownership of the fds it maps; the dispatcher keeps the originals until we return. */
+    private static int[] dupAll(int request, int[] fds, int n) throws VhostUserException {
+        int[] out = new int[n];
+        for (int i = 0; i < n; i++) {
+            try {
+                out[i] = LibcMemory.dup(fds[i]);
+            } catch (com.sun.jna.LastErrorException e) {
+                for (int j = 0; j < i; j++) LibcSocket.closeQuietly(out[j]);
+                throw VhostUserException.replyError(request, "dup: errno " + e.getErrorCode());
+            }
+        }
+        return out;
+    }
+
+    // ---- rings ----
+
+    @Override
+    public void setVringNum(int index, int num) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_NUM;
+        if (num <= 0 || num > MAX_QUEUE_SIZE || Integer.bitCount(num) != 1) {
+            throw VhostUserException.replyError(req, "queue size " + num + " is not a power of two up to " + MAX_QUEUE_SIZE);
+        }
+        queue(req, index).num = num;
+    }
+
+    @Override
+    public void setVringAddr(VringAddr addr) throws VhostUserException {
+        queue(VhostUserRequest.VHOST_USER_SET_VRING_ADDR, addr.index()).addr = addr;
+    }
+
+    @Override
+    public void setVringBase(int index, int base) throws VhostUserException {
+        queue(VhostUserRequest.VHOST_USER_SET_VRING_BASE, index).base = base & 0xFFFF;
+    }
+
+    @Override
+    public int getVringBase(int index) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_GET_VRING_BASE;
+        QueueSetup q = queue(req, index);
+        Integer base = onHome(req, () -> {
+            QueueWorker w = workers[index];
+            if (w == null) return q.base;
+            workers[index] = null;
+            int b = w.stop();
+            w.release();
+            return b;
+        });
+        q.base = base;
+        // The ring is stopped: its kick fd is done with; a restart sends a new one.
+        if (q.kickFd >= 0) {
+            LibcSocket.closeQuietly(q.kickFd);
+            q.kickFd = -1;
+        }
+        q.enabled = false;
+        return base;
+    }
+
+    @Override
+    public void setVringKick(int index, int fd) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_KICK;
+        QueueSetup q = queue(req, index);
+        if (fd < 0) throw VhostUserException.replyError(req, "polling mode (no kick eventfd) is not supported");
+        // Starting the ring: the spec says a ring starts when it gets its kick fd.
+        int oldKick = q.kickFd;
+        q.kickFd = fd;
+        try {
+            startWorker(req, index);
+        } catch (VhostUserException e) {
+            q.kickFd = oldKick;
+            throw e;
+        }
+        if (oldKick >= 0 && oldKick != fd) LibcSocket.closeQuietly(oldKick);
+        // Without VHOST_USER_F_PROTOCOL_FEATURES rings start enabled (vhost-user.rst, "Ring states").
+        if ((ackedFeatures & bit(VhostUserProtocolFeature.VHOST_USER_F_PROTOCOL_FEATURES)) == 0) setVringEnable(index, true);
+    }
+
+    private void startWorker(int req, int index) throws VhostUserException {
+        QueueSetup q = queues[index];
+        if (q.num == 0 || q.addr == null) throw VhostUserException.replyError(req, "ring " + index + " has no size or address yet");
+        int kick = q.kickFd;
+        int call = q.callFd;
+        int err = q.errFd;
+        boolean enabled = q.enabled;
+        long features = ackedFeatures;
+        onHome(req, () -> {
+            QueueWorker old = workers[index];
+            if (old != null) {
+                old.stop();
+                old.release();
+                workers[index] = null;
+            }
+            SplitVirtqueue vq;
+            try {
+                vq = SplitVirtqueue.ofUserAddresses(memory, q.num, q.addr.descUserAddr(), q.addr.availUserAddr(),
+                        q.addr.usedUserAddr(), features);
+            } catch (VirtqueueException e) {
+                throw VhostUserException.replyError(req, "ring " + index + ": " + e.getMessage());
+            }
+            vq.setLastAvailIdx(q.base);
+            VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
+            QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, vq, requests, kick, call, err);
+            workers[index] = w;
+            w.setEnabled(enabled);
+            w.attach(home());
+            return null;
+        });
+    }
+
+    @Override
+    public void setVringCall(int index, int fd) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_CALL;
+        QueueSetup q = queue(req, index);
+        int old = q.callFd;
+        q.callFd = fd;
+        onHome(req, () -> {
+            if (workers[index] != null) workers[index].setCallFd(fd);
+            return null;
+        });
+        if (old >= 0 && old != fd) LibcSocket.closeQuietly(old);
+    }
+
+    @Override
+    public void setVringErr(int index, int fd) throws VhostUserException {
+        QueueSetup q = queue(VhostUserRequest.VHOST_USER_SET_VRING_ERR, index);
+        if (q.errFd >= 0 && q.errFd != fd) LibcSocket.closeQuietly(q.errFd);
+        q.errFd = fd; // read by workers created from now on
+    }
+
+    @Override
+    public void setVringEnable(int index, boolean enable) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_ENABLE;
+        QueueSetup q = queue(req, index);
+        q.enabled = enable;
+        onHome(req, () -> {
+            if (workers[index] != null) workers[index].setEnabled(enable);
+            return null;
+        });
+    }
+
+    // ---- config space ----
+
+    @Override
+    public byte[] getConfig(int offset, int size, int flags) throws VhostUserException {
+        byte[] b = config.read(offset, size);
+        if (b == null) throw VhostUserException.replyError(VhostUserRequest.VHOST_USER_GET_CONFIG, "config range out of bounds");
+        return b;
+    }
+
+    @Override
+    public void setConfig(int offset, byte[] data, int flags) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_CONFIG;
+        // Only the writeback byte is writable, and only with CONFIG_WCE (virtio 1.2 §5.2.5).
+        if (offset == VirtioBlkConfig.WRITEBACK_OFFSET && data.length == 1 && (ackedFeatures & bit(VIRTIO_BLK_F_CONFIG_WCE)) != 0) {
+            config.writeback = data[0] != 0;
+            LOG.info("vhost-user-blk {}: guest set the write cache to {}", exportId, config.writeback ? "writeback" : "writethrough");
+            return;
+        }
+        throw VhostUserException.replyError(req, "config bytes " + offset + ".." + (offset + data.length) + " are read-only");
+    }
+
+    // ---- teardown ----
+
+    @Override
+    public void disconnected() {
+        try {
+            stopAll(VhostUserRequest.VHOST_USER_RESET_OWNER);
+        } catch (VhostUserException e) {
+            LOG.warn("vhost-user-blk {}: stopping after disconnect: {}", exportId, e.getMessage());
+        }
+        LOG.info("vhost-user-blk {}: front-end disconnected; waiting for a new one", exportId);
+    }
+
+    /** Stops every ring, unmaps guest memory, closes the eventfds: back to a fresh device. */
+    void stopAll(int req) throws VhostUserException {
+        onHome(req, () -> {
+            for (int i = 0; i < workers.length; i++) {
+                if (workers[i] != null) {
+                    queues[i].base = workers[i].stop();
+                    workers[i].release();
+                    workers[i] = null;
+                }
+            }
+            memory.clear();
+            return null;
+        });
+        for (QueueSetup q : queues) {
+            for (int fd : new int[] {q.kickFd, q.callFd, q.errFd}) if (fd >= 0) LibcSocket.closeQuietly(fd);
+            q.kickFd = q.callFd = q.errFd = -1;
+            q.enabled = false;
+            q.addr = null;
+            q.num = 0;
+        }
+        ackedFeatures = 0;
+        ackedProtocolFeatures = 0;
+    }
+
+    /** Stops the running workers (keeping their positions) so memory can change; home thread. */
+    private boolean[] pauseWorkers() {
+        boolean[] running = new boolean[workers.length];
+        for (int i = 0; i < workers.length; i++) {
+            if (workers[i] != null) {
+                running[i] = true;
+                queues[i].base = workers[i].stop();
+                workers[i].release();
+                workers[i] = null;
+            }
+        }
+        return running;
+    }
+
+    /** Rebuilds the workers stopped by {@link #pauseWorkers}, re-translating ring addresses; home thread. */
+    private void restartWorkers(boolean[] running) throws VhostUserException {
+        for (int i = 0; i < running.length; i++) {
+            if (!running[i]) continue;
+            QueueSetup q = queues[i];
+            SplitVirtqueue vq;
+            try {
+                vq = SplitVirtqueue.ofUserAddresses(memory, q.num, q.addr.descUserAddr(), q.addr.availUserAddr(),
+                        q.addr.usedUserAddr(), ackedFeatures);
+            } catch (VirtqueueException e) {
+                LOG.error("vhost-user-blk {}: ring {} no longer fits guest memory: {}", exportId, i, e.getMessage());
+                continue;
+            }
+            vq.setLastAvailIdx(q.base);
+            VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
+            QueueWorker w = new QueueWorker(i, "vhost-user-blk " + exportId + " queue " + i, vq, requests, q.kickFd, q.callFd, q.errFd);
+            workers[i] = w;
+            w.setEnabled(q.enabled);
+            w.attach(home());
+        }
+    }
+}
