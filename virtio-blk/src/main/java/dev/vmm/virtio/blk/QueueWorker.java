@@ -3,7 +3,9 @@ package dev.vmm.virtio.blk;
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.vhostuser.inflight.InflightQueue;
 import dev.vmm.virtio.queue.DescriptorChain;
+import dev.vmm.virtio.queue.SplitVirtqueue;
 import dev.vmm.virtio.queue.Virtqueue;
 import dev.vmm.virtio.queue.VirtqueueException;
 import com.sun.jna.LastErrorException;
@@ -31,7 +33,11 @@ final class QueueWorker implements EpollIoHandle {
 
     final int index;
     private final String name;
-    private final Virtqueue vq;
+    private final SplitVirtqueue vq;
+    /** In-flight tracking in memory the front-end keeps across our restarts, or null. */
+    private final InflightQueue inflight;
+    /** Heads a previous back-end took but did not complete: served first, then null. */
+    private int[] resubmit;
     private final DescriptorChain chain;
     private final VirtioBlkRequests requests;
     private final int kickFd;
@@ -47,10 +53,13 @@ final class QueueWorker implements EpollIoHandle {
     private boolean rescheduled;
     private final Runnable processTask = this::processScheduled;
 
-    QueueWorker(int index, String name, Virtqueue vq, VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
+    QueueWorker(int index, String name, SplitVirtqueue vq, InflightQueue inflight, int[] resubmit,
+            VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
         this.index = index;
         this.name = name;
         this.vq = vq;
+        this.inflight = inflight;
+        this.resubmit = resubmit;
         this.chain = new DescriptorChain(VirtioBlkRequests.MAX_SEGMENTS + 2);
         this.requests = requests;
         this.kickFd = kickFd;
@@ -134,11 +143,12 @@ final class QueueWorker implements EpollIoHandle {
         if (vq.isBroken()) return;
         int served = 0;
         try {
+            if (resubmit != null) served += resubmitInflight();
             do {
                 vq.disableNotification();
                 while (served < BUDGET && vq.pop(chain)) {
-                    int written = requests.execute(chain);
-                    vq.pushUsed(chain.head(), written);
+                    if (inflight != null) inflight.popped(chain.head());
+                    complete(chain.head(), requests.execute(chain));
                     served++;
                     home.countRequest();
                 }
@@ -147,7 +157,8 @@ final class QueueWorker implements EpollIoHandle {
         } catch (VirtqueueException e) {
             if (e.kind() == VirtqueueException.Kind.REQUEST) {
                 LOG.warn("{}: malformed descriptor chain (head {}): {}", name, e.head(), e.getMessage());
-                vq.pushUsed(e.head(), 0);
+                if (inflight != null) inflight.popped(e.head());
+                complete(e.head(), 0);
                 served++;
                 reschedule();
             } else {
@@ -157,9 +168,33 @@ final class QueueWorker implements EpollIoHandle {
         }
         if (served >= BUDGET) reschedule();
         if (served > 0) {
+            if (inflight != null) inflight.beforePublish();
             vq.publishUsed();
+            if (inflight != null) inflight.published(vq.lastUsedIdx());
             if (vq.needsNotify()) signal(callFd);
         }
+    }
+
+    private void complete(int head, int written) {
+        if (inflight != null) inflight.completing(head);
+        vq.pushUsed(head, written);
+    }
+
+    /** Serves the requests a previous back-end left in flight, in the order it took them. */
+    private int resubmitInflight() throws VirtqueueException {
+        int[] heads = resubmit;
+        resubmit = null;
+        for (int head : heads) {
+            try {
+                vq.popHead(head, chain);
+                complete(head, requests.execute(chain));
+            } catch (VirtqueueException e) {
+                if (e.kind() != VirtqueueException.Kind.REQUEST) throw e;
+                complete(head, 0);
+            }
+        }
+        if (heads.length > 0) LOG.info("{}: resubmitted {} request(s) left in flight by the previous back-end", name, heads.length);
+        return heads.length;
     }
 
     private void reschedule() {

@@ -7,6 +7,7 @@ import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.vhostuser.connection.VhostUserBackendHandler;
+import dev.vmm.vhostuser.inflight.InflightQueue;
 import dev.vmm.vhostuser.message.MemoryRegion;
 import dev.vmm.vhostuser.message.VhostUserException;
 import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
@@ -52,6 +53,11 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
     // ---- home-IOThread state ----
     private final GuestMemory memory = new GuestMemory();
     private final QueueWorker[] workers;
+    /** The in-flight area (front-end-owned memory we map), or 0. Changed with workers stopped. */
+    private long inflightAddr;
+    private long inflightSize;
+    private int inflightQueueSize;
+    private int inflightFd = -1;
 
     /** What SET_VRING_* said about one queue. */
     private static final class QueueSetup {
@@ -80,7 +86,8 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
         this.offeredProtocolFeatures = VhostUserProtocolFeature.mask(VhostUserProtocolFeature.MQ)
                 | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.REPLY_ACK)
                 | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIG)
-                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS);
+                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIGURE_MEM_SLOTS)
+                | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.INFLIGHT_SHMFD);
         this.queues = new QueueSetup[numQueues];
         for (int i = 0; i < numQueues; i++) queues[i] = new QueueSetup();
         this.workers = new QueueWorker[numQueues];
@@ -303,14 +310,37 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
             } catch (VirtqueueException e) {
                 throw VhostUserException.replyError(req, "ring " + index + ": " + e.getMessage());
             }
-            vq.setLastAvailIdx(q.base);
-            VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
-            QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, vq, requests, kick, call, err);
-            workers[index] = w;
-            w.setEnabled(enabled);
-            w.attach(home());
+            workers[index] = newWorker(index, vq, q, kick, call, err, enabled);
             return null;
         });
+    }
+
+    /** A worker for a freshly built queue, recovering in-flight requests when there is an area; home thread. */
+    private QueueWorker newWorker(int index, SplitVirtqueue vq, QueueSetup q, int kick, int call, int err, boolean enabled) {
+        InflightQueue inflight = null;
+        int[] resubmit = null;
+        vq.setLastAvailIdx(q.base);
+        if (inflightAddr != 0 && (ackedProtocolFeatures & VhostUserProtocolFeature.mask(VhostUserProtocolFeature.INFLIGHT_SHMFD)) != 0) {
+            if (q.num != inflightQueueSize) {
+                LOG.warn("vhost-user-blk {}: ring {} has size {} but the in-flight area was made for {}; not tracking it",
+                        exportId, index, q.num, inflightQueueSize);
+            } else {
+                inflight = new InflightQueue(inflightAddr + index * InflightQueue.regionSize(q.num), q.num);
+                int usedIdx = vq.usedIdxInRing();
+                resubmit = inflight.start(usedIdx);
+                if (resubmit != null) {
+                    // Everything after used->idx was taken in order: the in-flight ones first, so the
+                    // next new request is at used + in-flight (as libvhost-user does).
+                    vq.setLastAvailIdx((usedIdx + resubmit.length) & 0xFFFF);
+                }
+            }
+        }
+        VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
+        QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, vq, inflight, resubmit,
+                requests, kick, call, err);
+        w.setEnabled(enabled);
+        w.attach(home());
+        return w;
     }
 
     @Override
@@ -365,6 +395,79 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
         throw VhostUserException.replyError(req, "config bytes " + offset + ".." + (offset + data.length) + " are read-only");
     }
 
+    // ---- in-flight area (INFLIGHT_SHMFD) ----
+
+    @Override
+    public InflightFd getInflightFd(int nq, int queueSize) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_GET_INFLIGHT_FD;
+        if (nq <= 0 || nq > numQueues || queueSize <= 0 || queueSize > MAX_QUEUE_SIZE) {
+            throw VhostUserException.replyError(req, "in-flight area for " + nq + " queues of " + queueSize);
+        }
+        long size = nq * InflightQueue.regionSize(queueSize);
+        int fd;
+        try {
+            fd = LibcMemory.memfdCreate("vmm-inflight-" + exportId);
+            LibcMemory.truncate(fd, size); // a new memfd reads as zeros: every region starts fresh (version 0)
+        } catch (java.io.IOException e) {
+            throw VhostUserException.replyError(req, "cannot create the in-flight area: " + e.getMessage());
+        }
+        try {
+            mapInflight(req, fd, size, queueSize);
+        } catch (VhostUserException e) {
+            LibcSocket.closeQuietly(fd);
+            throw e;
+        }
+        return new InflightFd(new dev.vmm.vhostuser.message.Inflight(size, 0, nq, queueSize), fd);
+    }
+
+    @Override
+    public void setInflightFd(dev.vmm.vhostuser.message.Inflight inflight, int fd) throws VhostUserException {
+        int req = VhostUserRequest.VHOST_USER_SET_INFLIGHT_FD;
+        if (inflight.mmapOffset() != 0 || inflight.queueSize() <= 0 || inflight.queueSize() > MAX_QUEUE_SIZE
+                || inflight.numQueues() <= 0 || inflight.numQueues() > numQueues
+                || inflight.mmapSize() < inflight.numQueues() * InflightQueue.regionSize(inflight.queueSize())) {
+            throw VhostUserException.replyError(req, "in-flight area description does not fit: " + inflight);
+        }
+        mapInflight(req, fd, inflight.mmapSize(), inflight.queueSize());
+    }
+
+    /** Maps (replacing any previous area) with the rings stopped; takes {@code fd} on success. */
+    private void mapInflight(int req, int fd, long size, int queueSize) throws VhostUserException {
+        onHome(req, () -> {
+            boolean[] running = pauseWorkers();
+            long addr;
+            try {
+                addr = LibcMemory.mapShared(fd, size, 0, true);
+            } catch (java.io.IOException e) {
+                restartWorkers(running);
+                throw VhostUserException.replyError(req, "cannot map the in-flight area: " + e.getMessage());
+            }
+            unmapInflight();
+            inflightAddr = addr;
+            inflightSize = size;
+            inflightQueueSize = queueSize;
+            inflightFd = fd;
+            restartWorkers(running);
+            return null;
+        });
+    }
+
+    /** Home thread, workers stopped. */
+    private void unmapInflight() {
+        if (inflightAddr != 0) {
+            try {
+                LibcMemory.unmap(inflightAddr, inflightSize);
+            } catch (java.io.IOException e) {
+                LOG.warn("vhost-user-blk {}: munmap of the in-flight area: {}", exportId, e.getMessage());
+            }
+            inflightAddr = 0;
+        }
+        if (inflightFd >= 0) {
+            LibcSocket.closeQuietly(inflightFd);
+            inflightFd = -1;
+        }
+    }
+
     // ---- teardown ----
 
     @Override
@@ -388,6 +491,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
                 }
             }
             memory.clear();
+            unmapInflight(); // the front-end keeps its copy and sends it again with SET_INFLIGHT_FD
             return null;
         });
         for (QueueSetup q : queues) {
@@ -428,12 +532,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
                 LOG.error("vhost-user-blk {}: ring {} no longer fits guest memory: {}", exportId, i, e.getMessage());
                 continue;
             }
-            vq.setLastAvailIdx(q.base);
-            VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
-            QueueWorker w = new QueueWorker(i, "vhost-user-blk " + exportId + " queue " + i, vq, requests, q.kickFd, q.callFd, q.errFd);
-            workers[i] = w;
-            w.setEnabled(q.enabled);
-            w.attach(home());
+            workers[i] = newWorker(i, vq, q, q.kickFd, q.callFd, q.errFd, q.enabled);
         }
     }
 }

@@ -169,6 +169,22 @@ public final class SplitVirtqueue implements Virtqueue {
     }
 
     /**
+     * Re-reads the chain at {@code head} without touching the avail ring: for resubmitting a
+     * request a previous back-end popped but never completed (vhost-user in-flight tracking).
+     * Validated exactly as {@link #pop} does.
+     */
+    public void popHead(int head, DescriptorChain out) throws VirtqueueException {
+        if (broken) throw VirtqueueException.broken("queue is broken; reset required");
+        if (head < 0 || head >= size) throw markBroken("in-flight head " + head + " >= queue size " + size);
+        walk(head, out);
+    }
+
+    /** used->idx as it is in guest memory now (acquire). */
+    public int usedIdxInRing() {
+        return RawMemory.getLe16Acquire(used + 2); // inside the checked used ring
+    }
+
+    /**
      * Walks the chain at {@code head} into {@code out}, validating each descriptor
      * (§2.7.5.2 device/driver requirements, §2.7.5.3 indirect descriptors).
      */
