@@ -168,14 +168,24 @@ public final class NbdServer {
                 ch.close();
                 return;
             }
-            IOThread home = export.node().home();
-            ch.deregister().addListener((ChannelFutureListener) d -> {
-                if (!d.isSuccess()) {
-                    hs.releaseCumulation();
-                    ch.close();
-                    return;
-                }
-                ((EventLoop) home.loop()).register(ch).addListener((ChannelFutureListener) r -> {
+            // Through the node's gate: a client never joins a node that is half-way through a move.
+            export.node().requestJoin(() -> join(ch, hs, export, negotiated));
+        });
+    }
+
+    /** Main loop, inside the node's gate: move {@code ch} to the node's home and start serving. */
+    private void join(Channel ch, HandshakeHandler hs, NbdExport export, Negotiated negotiated) {
+        IOThread home = export.node().home();
+        Runnable done = () -> main.execute(export.node()::joinDone);
+        ch.deregister().addListener((ChannelFutureListener) d -> {
+            if (!d.isSuccess()) {
+                hs.releaseCumulation();
+                ch.close();
+                done.run();
+                return;
+            }
+            ((EventLoop) home.loop()).register(ch).addListener((ChannelFutureListener) r -> {
+                try {
                     if (!r.isSuccess()) {
                         LOG.warn("NBD client {}: cannot move to IOThread {}: {}", ch.remoteAddress(), home.id(), r.cause().toString());
                         hs.releaseCumulation();
@@ -184,16 +194,18 @@ public final class NbdServer {
                     }
                     TransmissionHandler tx = new TransmissionHandler(export, negotiated, home, hs.takeLeftover());
                     ch.pipeline().replace(hs, "nbd-transmission", tx);
-                    export.clients().add(ch);
                     if (!ch.isActive() || !isExported(export)) { // closed, or export removed, while moving
-                        export.clients().remove(ch);
                         ch.close();
                         return;
                     }
+                    export.clients().add(ch);
+                    export.node().addUser(tx);
                     LOG.info("NBD client {} uses export '{}' on IOThread {}{}", ch.remoteAddress(), export.name(), home.id(),
                             negotiated.extendedHeaders ? " (extended headers)" : negotiated.structuredReplies ? " (structured replies)" : "");
                     tx.start(ch.pipeline().context(tx));
-                });
+                } finally {
+                    done.run();
+                }
             });
         });
     }

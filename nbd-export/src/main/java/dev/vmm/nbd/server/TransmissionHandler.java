@@ -8,6 +8,7 @@ import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
 import dev.vmm.core.block.BlockStatus;
+import dev.vmm.core.block.NodeUser;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdError;
@@ -41,7 +42,7 @@ import org.slf4j.LoggerFactory;
  * <p>Errors: a request the spec calls invalid gets its error reply and the connection goes on;
  * only a framing violation (bad request magic) closes it.
  */
-final class TransmissionHandler extends ChannelInboundHandlerAdapter {
+final class TransmissionHandler extends ChannelInboundHandlerAdapter implements NodeUser {
     private static final Logger LOG = LoggerFactory.getLogger(TransmissionHandler.class);
 
     /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks where possible. */
@@ -56,7 +57,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     private final NbdExport export;
     private final BlockDriver driver;
     private final BlockStats stats;
-    private final IOThread home;
+    /** The IOThread this client is served on; changes only in {@link #attach}. */
+    private IOThread home;
     private final long size;
     private final boolean writable;
     private final boolean structured;
@@ -77,6 +79,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     /** Output is full: stop producing replies until the channel is writable again. */
     private boolean paused;
     private boolean closing;
+    /** The node is moving: requests wait in {@link #cum} until {@link #resume}. */
+    private boolean quiesced;
+    private ChannelHandlerContext ctx;
     private final BlockStatus status = new BlockStatus();
     private final long[] extentLength = new long[MAX_EXTENTS];
     private final int[] extentFlags = new int[MAX_EXTENTS];
@@ -99,6 +104,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     /** Called once on the IOThread after the channel was registered there: serve what already arrived, then read. */
     void start(ChannelHandlerContext ctx) {
         assert ctx.executor().inEventLoop();
+        this.ctx = ctx;
         if (cum != null) process(ctx);
         ctx.flush();
         if (!paused && !closing) ctx.channel().config().setAutoRead(true);
@@ -112,7 +118,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
             return;
         }
         cum = cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in);
-        process(ctx);
+        if (!quiesced) process(ctx);
     }
 
     @Override
@@ -122,7 +128,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
 
     @Override
     public void channelWritabilityChanged(ChannelHandlerContext ctx) {
-        if (paused && ctx.channel().isWritable()) {
+        if (paused && !quiesced && ctx.channel().isWritable()) {
             paused = false;
             process(ctx);
             ctx.flush();
@@ -135,6 +141,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     public void channelInactive(ChannelHandlerContext ctx) {
         release();
         export.clients().remove(ctx.channel());
+        export.node().removeUser(this);
         LOG.info("NBD client {} disconnected from export '{}'", ctx.channel().remoteAddress(), export.name());
         ctx.fireChannelInactive();
     }
@@ -157,9 +164,52 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
         }
     }
 
+    // ---- NodeUser: following the node to another IOThread ----
+
+    @Override
+    public String describe() {
+        return "NBD client " + (ctx == null ? "?" : ctx.channel().remoteAddress()) + " of export '" + export.name() + "'";
+    }
+
+    @Override
+    public void quiesce() {
+        quiesced = true;
+        if (!ctx.channel().isActive()) return; // left already; channelInactive removes it from the node
+        ctx.channel().config().setAutoRead(false); // new bytes wait in the socket
+        ctx.flush();
+    }
+
+    @Override
+    public java.util.concurrent.CompletableFuture<Void> detach() {
+        java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
+        ctx.channel().deregister().addListener(d -> f.complete(null));
+        return f;
+    }
+
+    @Override
+    public java.util.concurrent.CompletableFuture<Void> attach(IOThread newHome) {
+        java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
+        home = newHome;
+        ((io.netty.channel.EventLoop) newHome.loop()).register(ctx.channel()).addListener(r -> {
+            if (!r.isSuccess()) f.completeExceptionally(r.cause());
+            else f.complete(null);
+        });
+        return f;
+    }
+
+    @Override
+    public void resume() {
+        quiesced = false;
+        // A client that closed during the move could not re-register: nothing to serve.
+        if (!ctx.channel().isActive() || !ctx.channel().isRegistered() || !ctx.executor().inEventLoop()) return;
+        if (cum != null) process(ctx); // requests that arrived before the move, not waiting for more bytes
+        ctx.flush();
+        if (!paused && !closing) ctx.channel().config().setAutoRead(true);
+    }
+
     /** Serves every complete request in the cumulation buffer, as long as output can be written. */
     private void process(ChannelHandlerContext ctx) {
-        while (cum != null && !closing) {
+        while (cum != null && !closing && !quiesced) {
             if (skipRemaining > 0) {
                 int n = (int) Math.min(skipRemaining, cum.readableBytes());
                 cum.skipBytes(n);

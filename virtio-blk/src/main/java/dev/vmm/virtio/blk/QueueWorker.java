@@ -50,6 +50,8 @@ final class QueueWorker implements EpollIoHandle {
     private IoRegistration registration;
     private boolean enabled;
     private boolean stopped;
+    /** The node is moving: kicks wait in the eventfd until {@link #resume}. */
+    private boolean quiesced;
     private boolean rescheduled;
     private final Runnable processTask = this::processScheduled;
 
@@ -68,22 +70,38 @@ final class QueueWorker implements EpollIoHandle {
         this.errFd = errFd;
     }
 
-    /** Joins {@code thread}'s epoll set and serves what is already queued if enabled. On {@code thread}. */
-    void attach(IOThread thread) {
+    /**
+     * Joins {@code thread}'s epoll set and, unless quiesced, serves what is already queued. On
+     * {@code thread}; the future completes once registered.
+     */
+    java.util.concurrent.CompletableFuture<Void> attach(IOThread thread) {
+        java.util.concurrent.CompletableFuture<Void> done = new java.util.concurrent.CompletableFuture<>();
         this.home = thread;
         thread.loop().register(this).addListener(f -> {
             if (!f.isSuccess()) {
                 LOG.error("{}: cannot watch the kick eventfd: {}", name, f.cause().toString());
+                done.completeExceptionally(f.cause());
                 return;
             }
             registration = (IoRegistration) f.getNow();
             if (stopped) {
                 registration.cancel();
-                return;
+            } else {
+                registration.submit(EpollIoOps.EPOLLIN);
+                if (enabled && !quiesced) process(); // nothing that arrived before must wait for the next kick
             }
-            registration.submit(EpollIoOps.EPOLLIN);
-            if (enabled) process(); // nothing that arrived before must wait for the next kick
+            done.complete(null);
         });
+        return done;
+    }
+
+    /** Handoff step 1, on the old home: take nothing more until {@link #resume}. */
+    void quiesce() { quiesced = true; }
+
+    /** Handoff step 6, on the new home: serve the queue once, whatever arrived during the move. */
+    void resume() {
+        quiesced = false;
+        if (enabled && !stopped && registration != null) process();
     }
 
     /** Leaves the epoll set (the kick fd keeps its counter, so no kick is lost). */
@@ -96,7 +114,7 @@ final class QueueWorker implements EpollIoHandle {
 
     void setEnabled(boolean on) {
         enabled = on;
-        if (on && registration != null) process();
+        if (on && registration != null && !quiesced) process();
     }
 
     void setCallFd(int fd) { callFd = fd; }
@@ -125,7 +143,7 @@ final class QueueWorker implements EpollIoHandle {
         } catch (LastErrorException e) {
             // EAGAIN: a spurious wake-up; anything else is logged once below through process()
         }
-        if (enabled && !stopped) process();
+        if (enabled && !stopped && !quiesced) process();
     }
 
     @Override
@@ -135,7 +153,7 @@ final class QueueWorker implements EpollIoHandle {
 
     private void processScheduled() {
         rescheduled = false;
-        if (enabled && !stopped && registration != null) process();
+        if (enabled && !stopped && !quiesced && registration != null) process();
     }
 
     /** Serves available requests; see {@link Virtqueue} for the lost-kick-free loop. */
@@ -200,7 +218,7 @@ final class QueueWorker implements EpollIoHandle {
     private void reschedule() {
         if (!rescheduled) {
             rescheduled = true;
-            home.loop().execute(processTask);
+            home.loop().execute(processTask); // on a move, resume() serves the rest instead
         }
     }
 

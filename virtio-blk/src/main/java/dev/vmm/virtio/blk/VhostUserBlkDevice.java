@@ -3,6 +3,7 @@ package dev.vmm.virtio.blk;
 import static dev.vmm.virtio.blk.VirtioBlk.*;
 
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
@@ -31,7 +32,7 @@ import org.slf4j.LoggerFactory;
  * workers) is changed only on the node's home IOThread, through {@link #onHome}, so a request in
  * progress never sees memory unmapped under it; the per-queue settings below are main-loop state.
  */
-final class VhostUserBlkDevice implements VhostUserBackendHandler {
+final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private static final Logger LOG = LoggerFactory.getLogger(VhostUserBlkDevice.class);
 
     /** Largest queue we accept (virtio 1.2 split rings allow 32768). */
@@ -97,9 +98,13 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
 
     private IOThread home() { return node.home(); }
 
-    /** Runs {@code task} on the node's home IOThread and waits (control plane only). */
+    /**
+     * Runs {@code task} on the node's home IOThread and waits (control plane only). A move in
+     * progress is waited out first, so the task runs where the workers are.
+     */
     private <T> T onHome(int request, Callable<T> task) throws VhostUserException {
         try {
+            node.settled().join();
             return home().call(task);
         } catch (VhostUserException e) {
             throw e;
@@ -466,6 +471,34 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler {
             LibcSocket.closeQuietly(inflightFd);
             inflightFd = -1;
         }
+    }
+
+    // ---- NodeUser: following the node to another IOThread; each step on the thread the handoff names ----
+
+    @Override
+    public String describe() { return "vhost-user-blk export '" + exportId + "'"; }
+
+    @Override
+    public void quiesce() {
+        for (QueueWorker w : workers) if (w != null) w.quiesce();
+    }
+
+    @Override
+    public java.util.concurrent.CompletableFuture<Void> detach() {
+        for (QueueWorker w : workers) if (w != null) w.detach(); // kicks keep counting in their eventfds
+        return java.util.concurrent.CompletableFuture.completedFuture(null);
+    }
+
+    @Override
+    public java.util.concurrent.CompletableFuture<Void> attach(IOThread newHome) {
+        java.util.List<java.util.concurrent.CompletableFuture<Void>> fs = new java.util.ArrayList<>();
+        for (QueueWorker w : workers) if (w != null) fs.add(w.attach(newHome));
+        return java.util.concurrent.CompletableFuture.allOf(fs.toArray(new java.util.concurrent.CompletableFuture[0]));
+    }
+
+    @Override
+    public void resume() {
+        for (QueueWorker w : workers) if (w != null) w.resume();
     }
 
     // ---- teardown ----

@@ -62,6 +62,7 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
             @Override
             public void start() throws IOException {
                 listener = VhostUserListener.open(path, daemon.mainLoop().loop(), device);
+                node.addUser(device); // its rings follow the node when it moves
             }
 
             @Override
@@ -69,6 +70,7 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
                 if (listener != null) {
                     listener.close(); // disconnects the front-end: the device stops its rings
                     listener = null;
+                    node.removeUser(device);
                 }
             }
         };

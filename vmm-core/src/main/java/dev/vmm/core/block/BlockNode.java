@@ -1,21 +1,37 @@
 package dev.vmm.core.block;
 
 import dev.vmm.iothread.IOThread;
+import java.util.ArrayDeque;
+import java.util.List;
 import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CopyOnWriteArrayList;
 
 /**
  * A named block node ({@code --blockdev node-name=...}): a driver plus its home IOThread and
  * statistics. Every request on the node runs on {@link #home()}.
  *
- * <p>Thread contract: {@link #home()}, {@link #name()}, {@link #driver()} and {@link #stats()}
- * may be read from any thread; {@link #setHome} is called by the main loop only, while the
- * node's users are quiesced (the handoff protocol). Driver calls MUST happen on the home thread.
+ * <p>Thread contract: {@link #home()}, {@link #name()}, {@link #driver()}, {@link #users()} and
+ * {@link #stats()} may be read from any thread; {@link #setHome} is called by the handoff only,
+ * while the node's users are detached. Driver calls MUST happen on the home thread. The gate
+ * methods ({@link #requestJoin}, {@link #joinDone}, {@link #requestMove}, {@link #moveDone})
+ * MUST be called on the main loop: they serialize moves, and keep users from joining a node that
+ * is half-way through a move.
  */
 public final class BlockNode {
     private final String name;
     private final BlockDriver driver;
     private final BlockStats stats = new BlockStats();
     private volatile IOThread home;
+    private final List<NodeUser> users = new CopyOnWriteArrayList<>();
+    /** Completed while no move is in progress; replaced when one starts. */
+    private volatile CompletableFuture<Void> settled = CompletableFuture.completedFuture(null);
+
+    // ---- the gate: main-loop confined ----
+    private int joining;
+    private boolean moving;
+    private final ArrayDeque<Runnable> moveWaiters = new ArrayDeque<>();
+    private final ArrayDeque<Runnable> joinWaiters = new ArrayDeque<>();
 
     public BlockNode(String name, BlockDriver driver, IOThread home) {
         this.name = Objects.requireNonNull(name, "name");
@@ -35,8 +51,71 @@ public final class BlockNode {
 
     public boolean readOnly() { return driver.readOnly(); }
 
-    /** Moves the node's home. Main loop only, with every user of the node quiesced. */
+    /** Moves the node's home: by the handoff, with every user detached, or before the node has users. */
     public void setHome(IOThread newHome) { this.home = Objects.requireNonNull(newHome); }
+
+    public List<NodeUser> users() { return users; }
+
+    /** A user starts serving this node (on its home thread, or on the main loop through a join). */
+    public void addUser(NodeUser u) { users.add(u); }
+
+    public void removeUser(NodeUser u) { users.remove(u); }
+
+    /**
+     * Completed when no move is in progress. Control-plane code that must run on the node's home
+     * (a vhost-user message changing rings) waits for it first; a move never needs the main loop
+     * to finish, so waiting on it from there cannot deadlock.
+     */
+    public CompletableFuture<Void> settled() { return settled; }
+
+    /** Main loop: {@code start} runs now, or after the move in progress (or waiting) is done. */
+    public void requestJoin(Runnable start) {
+        if (moving || !moveWaiters.isEmpty()) {
+            joinWaiters.add(start);
+        } else {
+            joining++;
+            start.run();
+        }
+    }
+
+    /** Main loop: a join started by {@link #requestJoin} has finished (the user serves, or gave up). */
+    public void joinDone() {
+        joining--;
+        pump();
+    }
+
+    /** Main loop: {@code start} runs when no move is in progress and no user is half-joined. */
+    public void requestMove(Runnable start) {
+        moveWaiters.add(start);
+        pump();
+    }
+
+    /** Main loop: the move started through {@link #requestMove} has finished. */
+    public void moveDone() {
+        moving = false;
+        pump();
+    }
+
+    /** Called by the handoff on whatever thread finishes the move, before {@link #moveDone}. */
+    public void settle() {
+        settled.complete(null);
+    }
+
+    private void pump() {
+        if (moving) return;
+        if (!moveWaiters.isEmpty()) {
+            if (joining == 0) {
+                moving = true;
+                settled = new CompletableFuture<>();
+                moveWaiters.poll().run();
+            }
+            return; // joins wait behind a waiting move, so moves are not starved
+        }
+        while (!joinWaiters.isEmpty()) {
+            joining++;
+            joinWaiters.poll().run();
+        }
+    }
 
     @Override
     public String toString() { return "BlockNode[" + name + " on " + home.id() + "]"; }

@@ -11,6 +11,7 @@ import java.nio.file.Path;
 import java.util.ServiceLoader;
 import java.util.concurrent.CompletableFuture;
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayList;
@@ -214,24 +215,92 @@ public final class Daemon {
 
     /**
      * {@code x-blockdev-set-iothread}: moves a node, with its exports and their connected
-     * clients, to another IOThread (quiesce, drain, detach, attach, resume). Completes with the
-     * pause in nanoseconds (0 when the node already lives there), or exceptionally with a
-     * {@link DaemonException} for an unknown node or IOThread.
+     * clients, to another IOThread (quiesce, drain, detach, attach, resume; see {@link NodeUser}).
+     * Completes with the pause in nanoseconds — from the first quiesce on the old thread to the
+     * last resume on the new one — or 0 when the node already lives there, or exceptionally with
+     * a {@link DaemonException} for an unknown node or IOThread. Moves of one node run one after
+     * the other; the main loop is never blocked by a move.
+     *
+     * <p>May be called from any thread.
      */
     public CompletableFuture<Long> moveNode(String nodeName, String iothreadId) {
-        CompletableFuture<Long> f = new CompletableFuture<>();
+        CompletableFuture<Long> result = new CompletableFuture<>();
+        BlockNode node;
+        IOThread target;
         try {
-            BlockNode node = node(nodeName);
-            IOThread target = iothread(iothreadId);
-            if (node.home() == target) {
-                f.complete(0L);
-            } else {
-                f.completeExceptionally(new DaemonException("moving a node with users is not implemented yet"));
-            }
+            node = node(nodeName);
+            target = iothread(iothreadId);
         } catch (DaemonException e) {
-            f.completeExceptionally(e);
+            result.completeExceptionally(e);
+            return result;
         }
-        return f;
+        main.execute(() -> node.requestMove(() -> runMove(node, target, result)));
+        return result;
+    }
+
+    /** The six steps; started on the main loop by the node's gate, which it must release at the end. */
+    private void runMove(BlockNode node, IOThread target, CompletableFuture<Long> result) {
+        IOThread source = node.home();
+        if (source == target) {
+            node.settle();
+            node.moveDone();
+            result.complete(0L);
+            return;
+        }
+        List<NodeUser> users = List.copyOf(node.users());
+        long[] t0 = new long[1];
+        source.submit(() -> {
+            t0[0] = System.nanoTime();
+            for (NodeUser u : users) step(u, u::quiesce);
+            // Drain: every request taken so far has completed, because block I/O is synchronous
+            // on this thread; an asynchronous driver would wait for its in-flight count here.
+            List<CompletableFuture<Void>> detached = new ArrayList<>();
+            for (NodeUser u : users) detached.add(safe(u.describe(), u::detach));
+            return CompletableFuture.allOf(detached.toArray(new CompletableFuture[0]));
+        }).thenCompose(f -> f).thenCompose(v -> {
+            node.setHome(target);
+            return target.submit(() -> {
+                List<CompletableFuture<Void>> attached = new ArrayList<>();
+                for (NodeUser u : users) attached.add(safe(u.describe(), () -> u.attach(target)));
+                return CompletableFuture.allOf(attached.toArray(new CompletableFuture[0]));
+            }).thenCompose(f -> f);
+        }).thenCompose(v -> target.submit(() -> {
+            for (NodeUser u : users) step(u, u::resume);
+            return System.nanoTime() - t0[0];
+        })).whenComplete((pause, err) -> {
+            node.settle();
+            main.execute(node::moveDone);
+            if (err != null) {
+                LOG.error("moving block node {} to IOThread {} failed: {}", node.name(), target.id(), err.toString());
+                result.completeExceptionally(new DaemonException("moving block node '" + node.name() + "' failed: " + err.getMessage(), err));
+            } else {
+                LOG.info("block node {} moved from IOThread {} to {} with {} user(s): paused {} us",
+                        node.name(), source.id(), target.id(), users.size(), pause / 1000);
+                result.complete(pause);
+            }
+        });
+    }
+
+    private static void step(NodeUser u, Runnable r) {
+        try {
+            r.run();
+        } catch (RuntimeException | AssertionError e) { // one user's fault must not strand the others quiesced
+            LOG.warn("handoff: {}: {}", u.describe(), e.toString());
+        }
+    }
+
+    /** A user's step that fails (a client gone mid-move) must not fail the move of the others. */
+    private static CompletableFuture<Void> safe(String who, java.util.function.Supplier<CompletableFuture<Void>> step) {
+        CompletableFuture<Void> f;
+        try {
+            f = step.get();
+        } catch (RuntimeException e) {
+            f = CompletableFuture.failedFuture(e);
+        }
+        return f.exceptionally(e -> {
+            LOG.warn("handoff: {}: {}", who, e.toString());
+            return null;
+        });
     }
 
     /** One line per export, for the start-up summary. */

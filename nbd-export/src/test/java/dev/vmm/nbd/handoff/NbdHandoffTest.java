@@ -1,0 +1,209 @@
+package dev.vmm.nbd.handoff;
+
+import static org.junit.jupiter.api.Assertions.*;
+
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.options.KeyValueParser;
+import dev.vmm.nbd.protocol.NbdCmd;
+import dev.vmm.nbd.protocol.NbdCmdFlags;
+import dev.vmm.nbd.server.NbdServerComponent;
+import dev.vmm.nbd.testing.NbdTestClient;
+import java.io.RandomAccessFile;
+import java.net.InetSocketAddress;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentLinkedQueue;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
+import java.util.concurrent.atomic.AtomicLong;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * Live handoff of a node with connected NBD clients (DESIGN.md "Context handoff"): clients keep
+ * writing and verifying while the node hops between IOThreads; no request fails, is lost or is
+ * answered out of its data, and a move's pause is reported.
+ */
+@Timeout(120)
+class NbdHandoffTest {
+    static final long SIZE = 64L << 20;
+
+    @TempDir Path tmp;
+    Daemon daemon;
+    InetSocketAddress address;
+    Path image;
+
+    @BeforeEach
+    void start() throws Exception {
+        image = tmp.resolve("disk.img");
+        try (RandomAccessFile f = new RandomAccessFile(image.toFile(), "rw")) {
+            f.setLength(SIZE);
+        }
+        daemon = Daemon.start();
+        for (String id : List.of("iot0", "iot1", "iot2")) daemon.addIOThread(id);
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=file,node-name=disk0,filename=" + image, null));
+        NbdServerComponent nbd = NbdServerComponent.configure(daemon,
+                KeyValueParser.parse("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0", null));
+        daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e0,node-name=disk0,writable=on,iothread=iot0", "type"));
+        nbd.start();
+        address = (InetSocketAddress) nbd.server().boundAddress();
+    }
+
+    @AfterEach
+    void stop() {
+        daemon.shutdown(false);
+    }
+
+    /** One client: pipelined writes of seeded blocks to its own region, then read-back checks. */
+    static final class Worker implements Runnable {
+        final InetSocketAddress address;
+        final int id;
+        final boolean extended;
+        final AtomicBoolean stop;
+        final AtomicLong ops;
+        final ConcurrentLinkedQueue<String> errors;
+
+        Worker(InetSocketAddress address, int id, boolean extended, AtomicBoolean stop, AtomicLong ops, ConcurrentLinkedQueue<String> errors) {
+            this.address = address;
+            this.id = id;
+            this.extended = extended;
+            this.stop = stop;
+            this.ops = ops;
+            this.errors = errors;
+        }
+
+        @Override
+        public void run() {
+            long base = (long) id * (8 << 20);
+            byte[][] expect = new byte[64][];
+            Random r = new Random(id);
+            try (NbdTestClient c = new NbdTestClient(address).handshake()) {
+                if (extended) c.extendedHeaders(); else c.structuredReplies();
+                c.go("disk0");
+                int round = 0;
+                while (!stop.get()) {
+                    // 16 writes in flight, then a flush, then 16 reads checked against what was written
+                    for (int i = 0; i < 16; i++) {
+                        int slot = (round * 16 + i) % 64;
+                        byte[] b = new byte[4096 * (1 + (i % 4))];
+                        r.nextBytes(b);
+                        expect[slot] = b;
+                        c.sendRequest(extended ? NbdCmdFlags.NBD_CMD_FLAG_PAYLOAD_LEN : 0, NbdCmd.NBD_CMD_WRITE, base + slot * 65536L, b.length, b);
+                    }
+                    for (int i = 0; i < 16; i++) {
+                        int err = c.readReply(0).error();
+                        if (err != 0) errors.add("client " + id + ": write error " + err);
+                    }
+                    if (c.request(0, NbdCmd.NBD_CMD_FLUSH, 0, 0, null).error() != 0) errors.add("client " + id + ": flush error");
+                    for (int i = 0; i < 16; i++) {
+                        int slot = (round * 16 + i) % 64;
+                        byte[] got = c.read(base + slot * 65536L, expect[slot].length, 0);
+                        if (!Arrays.equals(got, expect[slot])) errors.add("client " + id + ": slot " + slot + " read back different data");
+                    }
+                    ops.addAndGet(33);
+                    round++;
+                }
+                c.disconnect();
+            } catch (Exception e) {
+                errors.add("client " + id + ": " + e);
+            }
+        }
+    }
+
+    @Test
+    void clientsKeepWorkingWhileTheNodeHopsBetweenThreeIOThreads() throws Exception {
+        AtomicBoolean stop = new AtomicBoolean();
+        AtomicLong ops = new AtomicLong();
+        ConcurrentLinkedQueue<String> errors = new ConcurrentLinkedQueue<>();
+        List<Thread> threads = new ArrayList<>();
+        for (int i = 0; i < 4; i++) {
+            Thread t = new Thread(new Worker(address, i, i % 2 == 1, stop, ops, errors), "client-" + i);
+            t.start();
+            threads.add(t);
+        }
+        BlockNode node = daemon.node("disk0");
+        while (node.users().size() < 4) Thread.sleep(10);
+
+        String[] ring = {"iot1", "iot2", "iot0"};
+        List<Long> pauses = new ArrayList<>();
+        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(4);
+        int moves = 0;
+        while (System.nanoTime() < end) {
+            String to = ring[moves % 3];
+            pauses.add(daemon.moveNode("disk0", to).get(10, TimeUnit.SECONDS));
+            assertEquals(to, node.home().id());
+            moves++;
+            Thread.sleep(2);
+        }
+        long before = ops.get();
+        Thread.sleep(200);
+        assertTrue(ops.get() > before, "clients still make progress after the last move");
+        stop.set(true);
+        for (Thread t : threads) t.join(20_000);
+        assertEquals(List.of(), List.copyOf(errors));
+        pauses.sort(null);
+        System.out.printf("[handoff] %d moves, %d client ops; pause p50 %d us, p99 %d us, max %d us%n", moves, ops.get(),
+                pauses.get(pauses.size() / 2) / 1000, pauses.get((int) (pauses.size() * 0.99)) / 1000, pauses.get(pauses.size() - 1) / 1000);
+        assertTrue(moves > 20, "moves done: " + moves);
+        assertTrue(ops.get() > 1000, "client ops: " + ops.get());
+    }
+
+    @Test
+    void movesRequestedBackToBackRunOneAfterTheOther() throws Exception {
+        List<CompletableFuture<Long>> fs = new ArrayList<>();
+        for (int i = 0; i < 30; i++) fs.add(daemon.moveNode("disk0", "iot" + (i % 3)));
+        for (CompletableFuture<Long> f : fs) f.get(10, TimeUnit.SECONDS);
+        assertEquals("iot2", daemon.node("disk0").home().id(), "the last move wins");
+        try (NbdTestClient c = new NbdTestClient(address).handshake()) {
+            c.go("disk0");
+            assertEquals(0, c.write(0, new byte[4096], 0));
+        }
+    }
+
+    @Test
+    void moveToTheCurrentThreadIsANoOpAndUnknownTargetsFail() throws Exception {
+        assertEquals(0L, daemon.moveNode("disk0", "iot0").get(5, TimeUnit.SECONDS));
+        var unknownThread = daemon.moveNode("disk0", "nope");
+        var unknownNode = daemon.moveNode("nope", "iot1");
+        assertTrue(assertThrows(Exception.class, () -> unknownThread.get(5, TimeUnit.SECONDS)).getMessage().contains("nope"));
+        assertTrue(assertThrows(Exception.class, () -> unknownNode.get(5, TimeUnit.SECONDS)).getMessage().contains("nope"));
+    }
+
+    @Test
+    void clientsConnectingAndLeavingDuringMovesAreServedOnTheRightThread() throws Exception {
+        AtomicBoolean stop = new AtomicBoolean();
+        ConcurrentLinkedQueue<String> errors = new ConcurrentLinkedQueue<>();
+        Thread churn = new Thread(() -> {
+            int n = 0;
+            while (!stop.get()) {
+                try (NbdTestClient c = new NbdTestClient(address).handshake()) {
+                    c.go("disk0");
+                    byte[] b = new byte[512];
+                    new Random(n).nextBytes(b);
+                    if (c.write(40L << 20, b, NbdCmdFlags.NBD_CMD_FLAG_FUA) != 0) errors.add("write failed");
+                    if (!Arrays.equals(b, c.read(40L << 20, 512, 0))) errors.add("read back differs");
+                    if (n++ % 2 == 0) c.disconnect(); // and otherwise just drop the socket
+                } catch (Exception e) {
+                    errors.add(e.toString());
+                }
+            }
+        }, "churn");
+        churn.start();
+        for (int i = 0; i < 60; i++) daemon.moveNode("disk0", "iot" + (i % 3)).get(10, TimeUnit.SECONDS);
+        stop.set(true);
+        churn.join(20_000);
+        assertEquals(List.of(), List.copyOf(errors));
+        Thread.sleep(200);
+        assertEquals(0, daemon.node("disk0").users().size(), "every client that left was removed from the node");
+        assertTrue(Files.size(image) == SIZE);
+    }
+}
