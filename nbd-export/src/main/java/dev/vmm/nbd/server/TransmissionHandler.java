@@ -51,6 +51,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     static final int MAX_READ_CHUNKS = 16;
     /** Most descriptors in one block-status reply. */
     static final int MAX_EXTENTS = 2048;
+    /** WRITE payloads at least this long are streamed to the file as they arrive instead of buffered. */
+    static final int STREAM_WRITE_MIN = 64 * 1024;
 
     private static final int SIMPLE_REPLY_SIZE = 16;
 
@@ -76,6 +78,17 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private long skipOffset;
     private int skipError;
     private String skipMessage;
+    /**
+     * A WRITE whose payload had not all arrived: its bytes go to the file as they come (one
+     * pwrite per received chunk), so a large payload is never buffered or copied in the JVM.
+     */
+    private long streamRemaining;
+    private long streamOffset;
+    private long streamCookie;
+    private long streamRequestOffset;
+    private boolean streamFua;
+    private int streamError;
+    private String streamMessage;
     /** Output is full: stop producing replies until the channel is writable again. */
     private boolean paused;
     private boolean closing;
@@ -210,6 +223,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     /** Serves every complete request in the cumulation buffer, as long as output can be written. */
     private void process(ChannelHandlerContext ctx) {
         while (cum != null && !closing && !quiesced) {
+            if (streamRemaining > 0) {
+                if (!streamWrite(ctx)) break;
+                continue;
+            }
             if (skipRemaining > 0) {
                 int n = (int) Math.min(skipRemaining, cum.readableBytes());
                 cum.skipBytes(n);
@@ -261,7 +278,15 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                 skipMessage = "payload larger than the maximum of " + NbdExport.MAX_PAYLOAD + " bytes";
                 continue;
             }
-            if (cum.readableBytes() < requestSize + payload) break;
+            if (cum.readableBytes() < requestSize + payload) {
+                if (type == NBD_CMD_WRITE && payload >= STREAM_WRITE_MIN && cum.readableBytes() > requestSize) {
+                    cum.skipBytes(requestSize);
+                    home.countRequest();
+                    startStreamWrite(flags, cookie, offset, payload);
+                    continue;
+                }
+                break;
+            }
             cum.skipBytes(requestSize);
             home.countRequest();
             handle(ctx, type, flags, cookie, offset, length, (int) payload);
@@ -273,6 +298,61 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                 cum.discardSomeReadBytes();
             }
         }
+    }
+
+    /** Checks a WRITE whose payload is still arriving; errors are answered once the payload is consumed. */
+    private void startStreamWrite(int flags, long cookie, long offset, long payload) {
+        streamRemaining = payload;
+        streamOffset = offset;
+        streamCookie = cookie;
+        streamRequestOffset = offset;
+        streamFua = (flags & NBD_CMD_FLAG_FUA) != 0;
+        streamError = 0;
+        try {
+            checkFlags(flags, NBD_CMD_FLAG_FUA | (extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0), NBD_CMD_WRITE);
+            checkWritable();
+            checkRange(offset, payload, NbdError.NBD_ENOSPC);
+        } catch (RequestError e) {
+            streamError = e.error;
+            streamMessage = e.getMessage();
+        }
+    }
+
+    /** Writes what arrived of a streamed WRITE; false when it waits for more bytes. */
+    private boolean streamWrite(ChannelHandlerContext ctx) {
+        int n = (int) Math.min(streamRemaining, cum.readableBytes());
+        if (n == 0) return false;
+        if (streamError == 0) {
+            try {
+                driver.write(streamOffset, address(cum, cum.readerIndex()), n, false);
+            } catch (BlockException e) {
+                stats.errors.increment();
+                streamError = NbdError.fromErrno(e.errno());
+                streamMessage = e.getMessage();
+                LOG.warn("export '{}': NBD_CMD_WRITE at offset {} failed: {}", export.name(), streamOffset, e.getMessage());
+            }
+        }
+        cum.skipBytes(n); // consumed whatever happens: the stream keeps its framing
+        streamOffset += n;
+        streamRemaining -= n;
+        if (streamRemaining > 0) return false;
+        if (streamError == 0 && streamFua) {
+            try {
+                driver.flush(); // the whole payload, written piecewise, must be durable
+            } catch (BlockException e) {
+                streamError = NbdError.fromErrno(e.errno());
+                streamMessage = e.getMessage();
+            }
+        }
+        long length = streamOffset - streamRequestOffset;
+        if (streamError == 0) {
+            stats.writeOps.increment();
+            stats.writeBytes.add(length);
+            replyOk(ctx, streamCookie, streamRequestOffset);
+        } else {
+            replyError(ctx, streamCookie, streamRequestOffset, streamError, streamMessage);
+        }
+        return true;
     }
 
     /** Runs one request whose header was consumed; consumes its {@code payload} bytes from {@link #cum}. */

@@ -318,6 +318,23 @@ class NbdServerTest extends NbdServerFixture {
     }
 
     @Test
+    void streamedWritesThatMustBeRefusedStillConsumeTheirPayload() throws Exception {
+        byte[] big = random(3 << 20, 9); // arrives in many segments: written piecewise as it comes
+        try (NbdTestClient c = client(); NbdTestClient ro = client()) {
+            c.go("disk0");
+            ro.go("ro");
+            byte[] before = fileBytes(0, 4096);
+            assertEquals(NbdError.NBD_EPERM, ro.write(0, big, 0));
+            assertArrayEquals(before, ro.read(0, 4096, 0), "stream kept its framing");
+            assertEquals(NbdError.NBD_ENOSPC, c.write(SIZE - (1 << 20), big, 0));
+            assertEquals(NbdError.NBD_EINVAL, c.write(0, big, NBD_CMD_FLAG_REQ_ONE), "bad flag");
+            assertArrayEquals(before, fileBytes(0, 4096), "nothing written by refused requests");
+            assertEquals(0, c.write(5 << 20, big, NBD_CMD_FLAG_FUA));
+            assertArrayEquals(big, fileBytes(5 << 20, big.length));
+        }
+    }
+
+    @Test
     void emptyNameSelectsTheOnlyExport() throws Exception {
         server.removeExport("ro");
         try (NbdTestClient c = client()) {
