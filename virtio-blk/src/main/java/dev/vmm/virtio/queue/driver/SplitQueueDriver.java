@@ -34,6 +34,8 @@ public final class SplitQueueDriver implements AutoCloseable {
     private final long features;
     private final boolean eventIdx;
     private final int fd;
+    private final boolean ownsMemory;
+    private final long fdOffset;       // offset of our first byte in the memfd
     private final long memorySize;
     private final long gpaBase;
     private final long base; // our mapping: host address == the "frontend userspace address"
@@ -59,6 +61,23 @@ public final class SplitQueueDriver implements AutoCloseable {
      * @param features       negotiated features (EVENT_IDX changes the kick decision)
      */
     public SplitQueueDriver(int queueSize, long memorySize, long guestPhysBase, long features) throws LibcMemory.ErrnoException {
+        this(queueSize, memorySize, guestPhysBase, features, -1, 0, 0);
+    }
+
+    /**
+     * A driver on a slice of memory someone else owns (a frontend's one guest-RAM memfd carved
+     * into per-queue slices): {@code [sliceBase, sliceBase + memorySize)} of our address space,
+     * which is {@code [fdOffset, ...)} of {@code fd}. The slice is neither unmapped nor closed by
+     * {@link #close()}.
+     */
+    public static SplitQueueDriver onSlice(int queueSize, int fd, long fdOffset, long sliceBase, long memorySize,
+            long guestPhysBase, long features) throws LibcMemory.ErrnoException {
+        if (fd < 0 || sliceBase == 0) throw new IllegalArgumentException("slice needs an fd and a mapping");
+        return new SplitQueueDriver(queueSize, memorySize, guestPhysBase, features, fd, fdOffset, sliceBase);
+    }
+
+    private SplitQueueDriver(int queueSize, long memorySize, long guestPhysBase, long features, int sliceFd,
+            long sliceOffset, long sliceBase) throws LibcMemory.ErrnoException {
         if (queueSize <= 0 || queueSize > MAX_QUEUE_SIZE || Integer.bitCount(queueSize) != 1) {
             throw new IllegalArgumentException("queue size " + queueSize);
         }
@@ -73,17 +92,26 @@ public final class SplitQueueDriver implements AutoCloseable {
         if (memorySize % PAGE != 0 || memorySize <= dataOff) throw new IllegalArgumentException("memory size " + memorySize);
         this.memorySize = memorySize;
         this.gpaBase = guestPhysBase;
-        int f = LibcMemory.memfdCreate("vq-driver");
-        long b;
-        try {
-            LibcMemory.truncate(f, memorySize);
-            b = LibcMemory.mapShared(f, memorySize, 0, true);
-        } catch (LibcMemory.ErrnoException e) {
-            LibC.close(f);
-            throw e;
+        if (sliceFd >= 0) {
+            this.fd = sliceFd;
+            this.fdOffset = sliceOffset;
+            this.base = sliceBase;
+            this.ownsMemory = false;
+        } else {
+            int f = LibcMemory.memfdCreate("vq-driver");
+            long b;
+            try {
+                LibcMemory.truncate(f, memorySize);
+                b = LibcMemory.mapShared(f, memorySize, 0, true);
+            } catch (LibcMemory.ErrnoException e) {
+                LibC.close(f);
+                throw e;
+            }
+            this.fd = f;
+            this.fdOffset = 0;
+            this.base = b;
+            this.ownsMemory = true;
         }
-        this.fd = f;
-        this.base = b;
         this.bump = dataOff;
         shadowNext = new int[size];
         chainLen = new int[size];
@@ -132,7 +160,7 @@ public final class SplitQueueDriver implements AutoCloseable {
         } catch (LastErrorException e) {
             throw new GuestMemoryException("dup: " + LibC.describe(e.getErrorCode()));
         }
-        memory.addRegion(dup, gpaBase, memorySize, base, 0);
+        memory.addRegion(dup, gpaBase, memorySize, base, fdOffset);
     }
 
     /** Allocates {@code bytes} of buffer space (64-byte aligned); returns its guest-physical address. */
@@ -281,6 +309,9 @@ public final class SplitQueueDriver implements AutoCloseable {
     /** used->idx as the device published it. */
     public int usedIdx() { return RawMemory.getLe16Acquire(base + usedOff + 2); }
 
+    /** used->idx value up to which {@link #pollUsed} consumed (the driver's last_used_idx). */
+    public int lastUsedIdx() { return lastUsedSeen; }
+
     /** Next avail->idx value the driver publishes. */
     public int availIdx() { return availIdx; }
 
@@ -371,9 +402,10 @@ public final class SplitQueueDriver implements AutoCloseable {
         return head;
     }
 
-    /** Unmaps the memory and closes the memfd. */
+    /** Unmaps the memory and closes the memfd (a slice's owner does that for a slice). */
     @Override
     public void close() {
+        if (!ownsMemory) return;
         try {
             LibcMemory.unmap(base, memorySize);
         } catch (LibcMemory.ErrnoException e) {

@@ -1,0 +1,260 @@
+package dev.vmm.cli;
+
+import dev.vmm.vhostuser.frontend.BlkWorkload;
+import dev.vmm.vhostuser.frontend.LatencyHistogram;
+import dev.vmm.vhostuser.frontend.VirtioBlkFrontend;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+/**
+ * {@code vmm bench}: client-side benchmarks. {@code vmm bench vhost-user} drives a vhost-user-blk
+ * back-end (ours or qemu-storage-daemon) with the Java front-end {@link VirtioBlkFrontend}: one
+ * thread per queue, each keeping {@code --iodepth} requests in flight, like fio's
+ * {@code --numjobs=queues --iodepth=N}.
+ *
+ * <p>Thread contract: {@link VhostUser#call} runs on the main thread, which prints progress while
+ * the queue threads run.
+ */
+@Command(name = "bench", description = "Client-side benchmarks.",
+        subcommands = {BenchCommand.VhostUser.class, CommandLine.HelpCommand.class})
+public final class BenchCommand implements Runnable {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Override
+    public void run() {
+        spec.commandLine().usage(spec.commandLine().getOut());
+    }
+
+    /** "4k", "1M", "256M", "512" (bytes); binary units. */
+    static long parseSize(String s, String what) {
+        String t = s.trim().toLowerCase(Locale.ROOT);
+        long mult = 1;
+        if (t.endsWith("ib")) t = t.substring(0, t.length() - 2);
+        else if (t.endsWith("b") && t.length() > 1 && !Character.isDigit(t.charAt(t.length() - 2))) t = t.substring(0, t.length() - 1);
+        char last = t.isEmpty() ? ' ' : t.charAt(t.length() - 1);
+        switch (last) {
+            case 'k' -> mult = 1L << 10;
+            case 'm' -> mult = 1L << 20;
+            case 'g' -> mult = 1L << 30;
+            case 't' -> mult = 1L << 40;
+            default -> { }
+        }
+        if (mult != 1) t = t.substring(0, t.length() - 1);
+        try {
+            long v = Long.parseLong(t);
+            if (v <= 0 || v > Long.MAX_VALUE / mult) throw new NumberFormatException();
+            return v * mult;
+        } catch (NumberFormatException e) {
+            throw new CommandLine.ParameterException(new CommandLine(new BenchCommand()), "invalid " + what + " '" + s + "' (e.g. 4k, 1M, 256M)");
+        }
+    }
+
+    @Command(name = "vhost-user", sortOptions = false, usageHelpAutoWidth = true,
+            description = {"Benchmark a vhost-user-blk backend through the Java front-end (no QEMU): IOPS, MiB/s,"
+                    + " p50/p99/p99.9 latency and the client's heap allocation per request.",
+                    "The backend may be ours (vmm serve --export type=vhost-user-blk,...) or qemu-storage-daemon."
+                    + " WRITE WORKLOADS OVERWRITE THE DISK."})
+    static final class VhostUser implements Callable<Integer> {
+        @CommandLine.Spec
+        CommandLine.Model.CommandSpec spec;
+
+        @Option(names = "--socket", required = true, paramLabel = "PATH", description = "The backend's vhost-user socket.")
+        Path socket;
+
+        @Option(names = "--rw", paramLabel = "MODE", defaultValue = "randread",
+                description = "randread, randwrite, read or write (default ${DEFAULT-VALUE}).")
+        String rw;
+
+        @Option(names = "--bs", paramLabel = "SIZE", defaultValue = "4k", description = "Request size (default ${DEFAULT-VALUE}).")
+        String bs;
+
+        @Option(names = "--iodepth", paramLabel = "N", defaultValue = "32", description = "Requests in flight per queue (default ${DEFAULT-VALUE}).")
+        int iodepth;
+
+        @Option(names = "--runtime", paramLabel = "SEC", defaultValue = "10", description = "Measured seconds (default ${DEFAULT-VALUE}).")
+        double runtime;
+
+        @Option(names = "--ramp", paramLabel = "SEC", defaultValue = "1", description = "Unmeasured warm-up seconds (default ${DEFAULT-VALUE}).")
+        double ramp;
+
+        @Option(names = "--queues", paramLabel = "N", defaultValue = "1",
+                description = "Virtqueues, one thread each (default ${DEFAULT-VALUE}); the export's num-queues must be at least this.")
+        int queues;
+
+        @Option(names = "--memory", paramLabel = "SIZE", defaultValue = "256M", description = "Guest RAM shared with the backend (default ${DEFAULT-VALUE}).")
+        String memory;
+
+        @Option(names = "--size", paramLabel = "SIZE", description = "Bytes of the disk to use from offset 0 (default: all of it).")
+        String size;
+
+        @Option(names = "--queue-size", paramLabel = "N", defaultValue = "128", description = "Ring size (default ${DEFAULT-VALUE}, QEMU's).")
+        int queueSize;
+
+        @Option(names = "--poll", description = "Busy-poll the used ring instead of sleeping on the call eventfd (latency runs).")
+        boolean poll;
+
+        @Option(names = "--verify", paramLabel = "N", defaultValue = "1000",
+                description = "After a write run, read back up to N written blocks and check their stamps (default ${DEFAULT-VALUE}; 0: off).")
+        int verify;
+
+        @Option(names = "--json", description = "Print one JSON object instead of text.")
+        boolean json;
+
+        @Option(names = {"-h", "--help"}, usageHelp = true, description = "Show this help and exit.")
+        boolean help;
+
+        @Override
+        public Integer call() throws Exception {
+            PrintWriter out = spec.commandLine().getOut();
+            PrintWriter err = spec.commandLine().getErr();
+            if (!Files.exists(socket)) {
+                err.println("vmm bench vhost-user: no vhost-user socket at " + socket);
+                err.flush();
+                return 1;
+            }
+            BlkWorkload.Pattern pattern;
+            try {
+                pattern = BlkWorkload.Pattern.valueOf(rw.toUpperCase(Locale.ROOT));
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "invalid --rw '" + rw + "' (randread, randwrite, read, write)");
+            }
+            long bsBytes = parseSize(bs, "--bs");
+            if (bsBytes % 512 != 0 || bsBytes > (64L << 20)) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--bs must be a multiple of 512 up to 64M");
+            }
+            if (iodepth < 1 || iodepth > 32768) throw new CommandLine.ParameterException(spec.commandLine(), "--iodepth must be 1..32768");
+            if (queues < 1) throw new CommandLine.ParameterException(spec.commandLine(), "--queues must be at least 1");
+            if (runtime <= 0 || ramp < 0) throw new CommandLine.ParameterException(spec.commandLine(), "--runtime must be > 0 and --ramp >= 0");
+            int qsize = Math.max(queueSize, Integer.highestOneBit(Math.max(1, iodepth - 1)) << 1);
+            long mem = parseSize(memory, "--memory");
+            VirtioBlkFrontend.Settings settings = new VirtioBlkFrontend.Settings().memory(mem).queues(queues)
+                    .queueSize(qsize).depth(iodepth).maxIoBytes((int) bsBytes).busyPoll(poll).timeoutMs(10_000);
+            VirtioBlkFrontend fe;
+            try {
+                fe = VirtioBlkFrontend.connect(socket.toString(), settings);
+            } catch (IllegalArgumentException e) {
+                err.println("vmm bench vhost-user: " + e.getMessage() + " (raise --memory)");
+                err.flush();
+                return 1;
+            }
+            try {
+                return run(fe, pattern, bsBytes, out, err);
+            } finally {
+                fe.close();
+            }
+        }
+
+        private int run(VirtioBlkFrontend fe, BlkWorkload.Pattern pattern, long bsBytes, PrintWriter out, PrintWriter err) throws Exception {
+            long disk = fe.capacityBytes();
+            long region = size == null ? disk : Math.min(disk, parseSize(size, "--size"));
+            if (pattern.write() && fe.readOnly()) {
+                err.println("vmm bench vhost-user: the export is read-only (VIRTIO_BLK_F_RO); use --rw randread or read");
+                err.flush();
+                return 1;
+            }
+            long perQueue = (region / queues) / bsBytes * bsBytes;
+            if (perQueue / bsBytes < iodepth) {
+                err.println("vmm bench vhost-user: disk of " + disk + " bytes is too small for " + queues + " x " + iodepth + " requests of " + bsBytes);
+                err.flush();
+                return 1;
+            }
+            List<BlkWorkload> jobs = new ArrayList<>();
+            long runtimeNs = (long) (runtime * 1e9);
+            long rampNs = (long) (ramp * 1e9);
+            for (int i = 0; i < queues; i++) {
+                jobs.add(new BlkWorkload(fe.queue(i), new BlkWorkload.Spec(pattern, (int) bsBytes, iodepth, i * perQueue, perQueue,
+                        runtimeNs, rampNs, verify, 0x9E3779B97F4A7C15L * (i + 1) ^ System.nanoTime())));
+            }
+            BlkWorkload.Result[] results = new BlkWorkload.Result[queues];
+            Throwable[] failures = new Throwable[queues];
+            List<Thread> threads = new ArrayList<>();
+            for (int i = 0; i < queues; i++) {
+                int qi = i;
+                Thread t = new Thread(() -> {
+                    try {
+                        results[qi] = jobs.get(qi).run();
+                    } catch (Throwable e) {
+                        failures[qi] = e;
+                    }
+                }, "bench-queue-" + i);
+                threads.add(t);
+                t.start();
+            }
+            boolean tty = System.console() != null && !json;
+            long t0 = System.nanoTime();
+            long lastDone = 0;
+            long lastT = t0;
+            for (Thread t : threads) {
+                while (t.isAlive()) {
+                    t.join(1000);
+                    if (tty && t.isAlive()) {
+                        long done = 0;
+                        for (BlkWorkload j : jobs) done += j.progress();
+                        long now = System.nanoTime();
+                        double rate = (done - lastDone) * 1e9 / Math.max(1, now - lastT);
+                        double el = (now - t0) / 1e9;
+                        err.printf(Locale.ROOT, "\r  %5.1f / %.0f s  %,12.0f IOPS  %,10.1f MiB/s   ", el, ramp + runtime, rate, rate * bsBytes / (1 << 20));
+                        err.flush();
+                        lastDone = done;
+                        lastT = now;
+                    }
+                }
+            }
+            if (tty) {
+                err.print("\r" + " ".repeat(60) + "\r");
+                err.flush();
+            }
+            for (Throwable f : failures) {
+                if (f != null) throw f instanceof Exception e ? e : new RuntimeException(f);
+            }
+            BlkWorkload.Result total = new BlkWorkload.Result();
+            for (BlkWorkload.Result r : results) total.add(r);
+            print(fe, pattern, bsBytes, total, out);
+            return total.errors > 0 || total.verifyFailures > 0 ? 1 : 0;
+        }
+
+        private void print(VirtioBlkFrontend fe, BlkWorkload.Pattern pattern, long bsBytes, BlkWorkload.Result r, PrintWriter out) {
+            LatencyHistogram h = r.latencies;
+            double p50 = h.percentile(50) / 1e3, p99 = h.percentile(99) / 1e3, p999 = h.percentile(99.9) / 1e3;
+            double allocPerReq = r.allocatedBytes < 0 || r.ios == 0 ? -1 : (double) r.allocatedBytes / r.ios;
+            double kicksPerReq = r.ios == 0 ? 0 : (double) r.kicks / r.ios;
+            double irqPerReq = r.ios == 0 ? 0 : (double) r.interrupts / r.ios;
+            if (json) {
+                out.printf(Locale.ROOT, "{\"socket\":\"%s\",\"rw\":\"%s\",\"bs\":%d,\"iodepth\":%d,\"queues\":%d,\"poll\":%s,"
+                                + "\"runtime_s\":%.3f,\"ios\":%d,\"bytes\":%d,\"iops\":%.1f,\"mib_s\":%.2f,"
+                                + "\"lat_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p99_9\":%.1f,\"mean\":%.1f,\"min\":%.1f,\"max\":%.1f},"
+                                + "\"errors\":%d,\"verified\":%d,\"verify_failures\":%d,\"alloc_bytes_per_request\":%.2f,"
+                                + "\"kicks_per_request\":%.3f,\"interrupts_per_request\":%.3f,"
+                                + "\"features\":\"0x%x\",\"protocol_features\":\"0x%x\",\"capacity_bytes\":%d}%n",
+                        jsonEscape(socket.toString()), pattern.spelling(), bsBytes, iodepth, queues, poll, r.elapsedNs / 1e9, r.ios, r.bytes,
+                        r.iops(), r.mibPerSec(), p50, p99, p999, h.mean() / 1e3, h.min() / 1e3, h.max() / 1e3, r.errors, r.verified,
+                        r.verifyFailures, allocPerReq, kicksPerReq, irqPerReq, fe.ackedFeatures(), fe.ackedProtocolFeatures(), fe.capacityBytes());
+            } else {
+                out.printf(Locale.ROOT, "vhost-user %s: %s bs=%d iodepth=%d queues=%d%s, %.1f s%n", socket, pattern.spelling(), bsBytes, iodepth,
+                        queues, poll ? " (busy poll)" : "", r.elapsedNs / 1e9);
+                out.printf(Locale.ROOT, "  IOPS %,.0f   %,.1f MiB/s   requests %,d   errors %d%n", r.iops(), r.mibPerSec(), r.ios, r.errors);
+                out.printf(Locale.ROOT, "  latency (us): p50 %.1f  p99 %.1f  p99.9 %.1f  mean %.1f  max %.1f%n", p50, p99, p999, h.mean() / 1e3, h.max() / 1e3);
+                out.printf(Locale.ROOT, "  client: %s bytes allocated per request, %.3f kicks and %.3f interrupts per request%n",
+                        allocPerReq < 0 ? "n/a" : String.format(Locale.ROOT, "%.2f", allocPerReq), kicksPerReq, irqPerReq);
+                if (r.verified > 0 || r.verifyFailures > 0) {
+                    out.printf(Locale.ROOT, "  verify: %d blocks read back, %d wrong%s%n", r.verified, r.verifyFailures,
+                            r.firstVerifyFailure == null ? "" : " (first: " + r.firstVerifyFailure + ")");
+                }
+            }
+            out.flush();
+        }
+
+        private static String jsonEscape(String s) {
+            return s.replace("\\", "\\\\").replace("\"", "\\\"");
+        }
+    }
+}
