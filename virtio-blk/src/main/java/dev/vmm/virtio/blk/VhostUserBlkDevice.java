@@ -244,7 +244,26 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
 
     @Override
     public void setVringAddr(VringAddr addr) throws VhostUserException {
-        queue(VhostUserRequest.VHOST_USER_SET_VRING_ADDR, addr.index()).addr = addr;
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_ADDR;
+        QueueSetup q = queue(req, addr.index());
+        // With a memory table, refuse rings outside it now (as QEMU's back-ends do), not at the kick.
+        int num = q.num;
+        onHome(req, () -> {
+            if (memory.regionCount() == 0) return null; // checked again when the ring starts
+            boolean packed = (ackedFeatures & bit(VIRTIO_F_RING_PACKED)) != 0;
+            long descLen = num == 0 ? 1 : 16L * num;
+            long availLen = num == 0 ? 1 : packed ? 4 : 6 + 2L * num;
+            long usedLen = num == 0 ? 1 : packed ? 4 : 6 + 8L * num;
+            try {
+                memory.uvaToHost(addr.descUserAddr(), descLen);
+                memory.uvaToHost(addr.availUserAddr(), availLen);
+                memory.uvaToHost(addr.usedUserAddr(), usedLen);
+            } catch (GuestMemoryException e) {
+                throw VhostUserException.replyError(req, "ring " + addr.index() + " is not inside guest memory: " + e.getMessage());
+            }
+            return null;
+        });
+        q.addr = addr;
     }
 
     @Override
