@@ -309,6 +309,47 @@ class VhostUserBlkDeviceTest {
     }
 
     @Test
+    void ringsFollowTheNodeAcrossIOThreadsUnderVerifiedLoad() throws Exception {
+        daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot1")));
+        daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot2")));
+        VirtioBlkFrontend fe = connect(sock, 2);
+        ExecutorService ex = Executors.newFixedThreadPool(2);
+        java.util.List<Long> pauses = new java.util.ArrayList<>();
+        try {
+            Future<BlkWorkload.Result>[] fs = new Future[2];
+            for (int i = 0; i < 2; i++) {
+                long region = 16L << 20;
+                BlkWorkload w = new BlkWorkload(fe.queue(i), new BlkWorkload.Spec(BlkWorkload.Pattern.RANDWRITE, 4096, 16,
+                        (1L << 20) + i * region, region, 3_000_000_000L, 0, 2000, 31 + i));
+                fs[i] = ex.submit(w::run);
+            }
+            int moves = 0;
+            long end = System.nanoTime() + 2_500_000_000L;
+            while (System.nanoTime() < end) {
+                pauses.add(daemon.moveNode("disk0", "iot" + (++moves % 3)).get(10, java.util.concurrent.TimeUnit.SECONDS));
+                Thread.sleep(5);
+            }
+            for (int i = 0; i < 2; i++) {
+                BlkWorkload.Result r = fs[i].get();
+                assertTrue(r.ios > 100, "queue " + i + " kept doing I/O across the moves: " + r.ios);
+                assertEquals(0, r.errors, "queue " + i);
+                assertTrue(r.verified > 0);
+                assertEquals(0, r.verifyFailures, r.firstVerifyFailure);
+            }
+            assertTrue(moves > 20, "moves: " + moves);
+            pauses.sort(null);
+            System.out.printf("[handoff vhost-user] %d moves; pause p50 %d us, max %d us%n", moves,
+                    pauses.get(pauses.size() / 2) / 1000, pauses.get(pauses.size() - 1) / 1000);
+            // the device serves on its new home after the last move
+            byte[] a = random(4096, 41);
+            assertOk(fe.queue(0).write(40 << 20, a));
+            assertArrayEquals(a, fileBytes(image, 40 << 20, 4096));
+        } finally {
+            ex.shutdownNow();
+        }
+    }
+
+    @Test
     void disconnectThenReconnectAndContinue() throws Exception {
         VirtioBlkFrontend fe = connect(sock, 2);
         byte[] a = random(4096, 21);
