@@ -15,21 +15,50 @@ public interface VhostUserBlkServer extends AutoCloseable {
     /** Used when the property is unset. Becomes {@code vmm} once our vhost-user-blk export exists. */
     String DEFAULT = "vmm";
 
-    /** What to serve. */
-    record Export(Path image, Path socket, boolean writable, Integer numQueues) {
+    /**
+     * What to serve.
+     *
+     * @param id               the export id (also the disk's serial: virtio-blk GET_ID)
+     * @param logicalBlockSize {@code logical-block-size=}, or null for the default (512)
+     * @param blockdevOptions  extra {@code key=value} options of the {@code --blockdev}
+     */
+    record Export(Path image, Path socket, boolean writable, Integer numQueues, String id, Integer logicalBlockSize,
+            List<String> blockdevOptions) {
+        public Export {
+            blockdevOptions = List.copyOf(blockdevOptions);
+        }
+
+        public Export(Path image, Path socket, boolean writable, Integer numQueues) {
+            this(image, socket, writable, numQueues, "vub0", null, List.of());
+        }
+
         public static Export writable(Path image, Path socket) {
             return new Export(image, socket, true, null);
+        }
+
+        public Export withId(String newId) {
+            return new Export(image, socket, writable, numQueues, newId, logicalBlockSize, blockdevOptions);
+        }
+
+        public Export withLogicalBlockSize(int size) {
+            return new Export(image, socket, writable, numQueues, id, size, blockdevOptions);
+        }
+
+        public Export withBlockdevOptions(String... options) {
+            return new Export(image, socket, writable, numQueues, id, logicalBlockSize, List.of(options));
         }
 
         /** The qemu-storage-daemon arguments (also {@code vmm serve}'s). */
         public List<String> args() {
             List<String> a = new ArrayList<>(List.of(
-                    "--blockdev", "driver=file,node-name=disk0,filename=" + image.toString().replace(",", ",,"),
+                    "--blockdev", "driver=file,node-name=disk0,filename=" + image.toString().replace(",", ",,")
+                            + (blockdevOptions.isEmpty() ? "" : "," + String.join(",", blockdevOptions)),
                     "--object", "iothread,id=iot0"));
             a.add("--export");
-            a.add("type=vhost-user-blk,id=vub0,node-name=disk0,addr.type=unix,addr.path="
+            a.add("type=vhost-user-blk,id=" + id + ",node-name=disk0,addr.type=unix,addr.path="
                     + socket.toString().replace(",", ",,") + ",writable=" + (writable ? "on" : "off")
-                    + (numQueues == null ? "" : ",num-queues=" + numQueues) + ",iothread=iot0");
+                    + (numQueues == null ? "" : ",num-queues=" + numQueues)
+                    + (logicalBlockSize == null ? "" : ",logical-block-size=" + logicalBlockSize) + ",iothread=iot0");
             return a;
         }
     }
