@@ -78,6 +78,7 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    filename=PATH            the image file\n")
           .append("    read-only=on|off         open read-only (default off)\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
+          .append("    discard=unmap|ignore     TRIM/discard punch holes (default unmap; QEMU's default is ignore)\n")
           .append("  --object iothread\n")
           .append("    id=ID                    the IOThread's id (unique)\n")
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")

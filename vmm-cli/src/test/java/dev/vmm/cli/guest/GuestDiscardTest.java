@@ -38,7 +38,7 @@ class GuestDiscardTest extends GuestTestBase {
     void discardAndWriteZeroes() throws Exception {
         Path image = Images.sparse(dir.resolve("disk.img"), 64 * MiB);
         VhostUserBlkServer.Export export = new VhostUserBlkServer.Export(image, socket(), true, 1);
-        if (isQsd()) export = export.withBlockdevOptions("discard=unmap");
+        export = export.withBlockdevOptions("discard=unmap"); // the same command line for both servers
 
         StringBuilder w = new StringBuilder();
         for (String attr : List.of("discard_max_bytes", "discard_granularity", "write_zeroes_max_bytes", "discard_zeroes_data")) {

@@ -249,7 +249,7 @@ public final class RawFileDriver implements BlockDriver {
     public void discard(long offset, long length) throws BlockException {
         checkRange(offset, length);
         checkWritable();
-        if (length == 0 || !punchSupported) {
+        if (length == 0 || !punchSupported || !unmap) {
             return;
         }
         // Advisory: where punching is unsupported the range keeps its data (see the contract).
@@ -260,6 +260,7 @@ public final class RawFileDriver implements BlockDriver {
     public void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua) throws BlockException {
         checkRange(offset, length);
         checkWritable();
+        mayUnmap &= unmap;
         if (length == 0) {
             return;
         }
@@ -336,6 +337,12 @@ public final class RawFileDriver implements BlockDriver {
         }
         out.set(Math.max(1, Math.min(hole - offset, limit)), 0);
     }
+
+    /** {@code discard=unmap} (true, our default) or {@code ignore}: discards do nothing, zeroing never unmaps. */
+    private volatile boolean unmap = true;
+
+    /** Set once at creation ({@code --blockdev ...,discard=}), before any I/O. */
+    public void setUnmap(boolean unmap) { this.unmap = unmap; }
 
     @Override
     public void close() {

@@ -135,13 +135,18 @@ public final class Daemon {
         String filename = o.required("filename");
         boolean readOnly = o.bool("read-only", false);
         boolean direct = o.sub("cache").bool("direct", false);
+        // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
+        // sparse image expect. Both values are accepted for drop-in compatibility.
+        boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
         o.checkAllConsumed();
         synchronized (this) {
             if (nodes.containsKey(name)) throw new DaemonException(o.optionName() + ": node-name '" + name + "' is in use already");
         }
         BlockDriver driver;
         try {
-            driver = RawFileDriver.open(Path.of(filename), readOnly, direct);
+            RawFileDriver raw = RawFileDriver.open(Path.of(filename), readOnly, direct);
+            raw.setUnmap(unmap);
+            driver = raw;
         } catch (BlockException e) {
             throw new DaemonException(o.optionName() + ": " + e.getMessage(), e);
         }

@@ -363,6 +363,20 @@ class RawFileDriverTest {
     }
 
     @Test
+    void discardIgnoreKeepsDataAndZeroingNeverUnmaps() throws Exception {
+        Path f = filled(dir, "di.img", MiB, 12);
+        driver = RawFileDriver.open(f, false, false);
+        driver.setUnmap(false); // --blockdev ...,discard=ignore
+        driver.flush();
+        long before = allocated(f);
+        driver.discard(0, 256 * KiB);
+        assertArrayEquals(pattern(12, 0, 256 * KiB), Arrays.copyOfRange(Files.readAllBytes(f), 0, 256 * KiB), "discard ignored");
+        driver.writeZeroes(256 * KiB, 256 * KiB, true, false, false);
+        assertArrayEquals(new byte[256 * KiB], Arrays.copyOfRange(Files.readAllBytes(f), 256 * KiB, 512 * KiB), "zeros written");
+        assertTrue(allocated(f) >= before, "nothing unmapped: " + before + " -> " + allocated(f));
+    }
+
+    @Test
     void writeZeroesWithUnmapFreesBlocks() throws Exception {
         Path f = filled(dir, "z1.img", MiB, 10);
         driver = RawFileDriver.open(f, false, false);
