@@ -1,7 +1,7 @@
 package dev.vmm.cli;
 
+import dev.vmm.core.stats.LatencyHistogram;
 import dev.vmm.vhostuser.frontend.BlkWorkload;
-import dev.vmm.vhostuser.frontend.LatencyHistogram;
 import dev.vmm.vhostuser.frontend.VirtioBlkFrontend;
 import java.io.PrintWriter;
 import java.nio.file.Files;

@@ -289,7 +289,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             }
             cum.skipBytes(requestSize);
             home.countRequest();
+            long t0 = System.nanoTime();
             handle(ctx, type, flags, cookie, offset, length, (int) payload);
+            stats.latency.record(System.nanoTime() - t0);
         }
         if (cum != null) {
             if (!cum.isReadable()) {

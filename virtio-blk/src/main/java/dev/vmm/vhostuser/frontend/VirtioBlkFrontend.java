@@ -1,5 +1,6 @@
 package dev.vmm.vhostuser.frontend;
 
+import dev.vmm.core.stats.LatencyHistogram;
 import static dev.vmm.virtio.blk.VirtioBlk.*;
 
 import com.sun.jna.LastErrorException;

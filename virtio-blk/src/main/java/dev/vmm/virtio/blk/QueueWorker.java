@@ -44,6 +44,7 @@ final class QueueWorker implements EpollIoHandle {
     private final FileDescriptor nettyKickFd;
     private volatile int callFd;
     private final int errFd;
+    private final dev.vmm.core.stats.LatencyHistogram latency;
     /** 8 bytes for eventfd reads and writes. */
     private final long scratch = RawMemory.allocate(8);
     private IOThread home;
@@ -64,6 +65,7 @@ final class QueueWorker implements EpollIoHandle {
         this.resubmit = resubmit;
         this.chain = new DescriptorChain(VirtioBlkRequests.MAX_SEGMENTS + 2);
         this.requests = requests;
+        this.latency = requests.stats().latency;
         this.kickFd = kickFd;
         this.nettyKickFd = new FileDescriptor(kickFd);
         this.callFd = callFd;
@@ -166,7 +168,9 @@ final class QueueWorker implements EpollIoHandle {
                 vq.disableNotification();
                 while (served < BUDGET && vq.pop(chain)) {
                     if (inflight != null) inflight.popped(chain.head());
+                    long t0 = System.nanoTime();
                     complete(chain.head(), requests.execute(chain));
+                    latency.record(System.nanoTime() - t0);
                     served++;
                     home.countRequest();
                 }

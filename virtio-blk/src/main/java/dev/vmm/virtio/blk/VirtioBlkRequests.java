@@ -55,6 +55,8 @@ final class VirtioBlkRequests implements AutoCloseable {
         this.id = java.util.Arrays.copyOf(b, Math.min(b.length, VIRTIO_BLK_ID_BYTES));
     }
 
+    BlockStats stats() { return stats; }
+
     /**
      * Runs one request and writes its status byte. Returns the number of bytes written into the
      * chain's device-writable part (the used length), 0 when not even a status byte fits.

@@ -1,4 +1,4 @@
-package dev.vmm.vhostuser.frontend;
+package dev.vmm.core.stats;
 
 import static org.junit.jupiter.api.Assertions.*;
 

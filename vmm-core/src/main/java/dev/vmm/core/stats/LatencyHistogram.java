@@ -1,4 +1,4 @@
-package dev.vmm.vhostuser.frontend;
+package dev.vmm.core.stats;
 
 /**
  * Request latencies in nanoseconds, in log-linear buckets (HdrHistogram's idea, 64 sub-buckets per
@@ -49,6 +49,13 @@ public final class LatencyHistogram {
         sum += o.sum;
         min = Math.min(min, o.min);
         max = Math.max(max, o.max);
+    }
+
+    /** A copy, for readers on other threads (take it on the writer's thread). */
+    public LatencyHistogram copy() {
+        LatencyHistogram c = new LatencyHistogram();
+        c.add(this);
+        return c;
     }
 
     public void reset() {
