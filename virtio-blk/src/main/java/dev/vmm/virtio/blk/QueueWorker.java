@@ -33,8 +33,11 @@ final class QueueWorker implements EpollIoHandle {
 
     final int index;
     private final String name;
-    private final SplitVirtqueue vq;
-    /** In-flight tracking in memory the front-end keeps across our restarts, or null. */
+    private final Virtqueue vq;
+    /**
+     * In-flight tracking in memory the front-end keeps across our restarts, or null. Split rings
+     * only: {@link #vq} is then a {@link SplitVirtqueue} (resubmission re-reads heads with popHead).
+     */
     private final InflightQueue inflight;
     /** Heads a previous back-end took but did not complete: served first, then null. */
     private int[] resubmit;
@@ -56,8 +59,11 @@ final class QueueWorker implements EpollIoHandle {
     private boolean rescheduled;
     private final Runnable processTask = this::processScheduled;
 
-    QueueWorker(int index, String name, SplitVirtqueue vq, InflightQueue inflight, int[] resubmit,
+    QueueWorker(int index, String name, Virtqueue vq, InflightQueue inflight, int[] resubmit,
             VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
+        if ((inflight != null || resubmit != null) && !(vq instanceof SplitVirtqueue)) {
+            throw new IllegalArgumentException("in-flight tracking is implemented for split rings only");
+        }
         this.index = index;
         this.name = name;
         this.vq = vq;
@@ -206,9 +212,10 @@ final class QueueWorker implements EpollIoHandle {
     private int resubmitInflight() throws VirtqueueException {
         int[] heads = resubmit;
         resubmit = null;
+        SplitVirtqueue split = (SplitVirtqueue) vq; // checked in the constructor
         for (int head : heads) {
             try {
-                vq.popHead(head, chain);
+                split.popHead(head, chain);
                 complete(head, requests.execute(chain));
             } catch (VirtqueueException e) {
                 if (e.kind() != VirtqueueException.Kind.REQUEST) throw e;

@@ -43,6 +43,11 @@ public final class DescriptorChain {
         writableLength = 0;
     }
 
+    /** Sets the head after the segments were added (packed rings: the buffer id comes last). */
+    void setHead(int head) {
+        this.head = head;
+    }
+
     /** False when full. Readable segments must come first (the queue checks the order). */
     boolean add(long hostAddress, long length, boolean writable) {
         if (count == addr.length) return false;
