@@ -199,6 +199,26 @@ public final class VhostUserConnection implements EpollIoHandle {
      * Closes the connection: leaves epoll, closes the socket and any fds of a half-read
      * message, tells the handler and the listener. Idempotent; on the loop thread.
      */
+    /**
+     * True when the front-end has hung up but we have not read the end of the stream yet (its
+     * EOF is still queued behind our accept of a new connection). Loop thread; control plane.
+     */
+    boolean peerGone() {
+        try (com.sun.jna.Memory pfd = new com.sun.jna.Memory(dev.vmm.core.linux.LibcPoll.POLLFD_SIZEOF)) {
+            pfd.setInt(0, fd);
+            pfd.setShort(4, (short) (dev.vmm.core.linux.LibcPoll.POLLIN | POLLRDHUP));
+            pfd.setShort(6, (short) 0);
+            int n = dev.vmm.core.linux.LibcPoll.poll(com.sun.jna.Pointer.nativeValue(pfd), 1, 0);
+            short revents = pfd.getShort(6);
+            return n == 1 && (revents & (dev.vmm.core.linux.LibcPoll.POLLHUP | POLLRDHUP | dev.vmm.core.linux.LibcPoll.POLLERR)) != 0;
+        } catch (com.sun.jna.LastErrorException e) {
+            return true;
+        }
+    }
+
+    /** poll(2): the peer shut down its writing side (Linux). */
+    private static final short POLLRDHUP = 0x2000;
+
     void disconnect() {
         assert loop.inEventLoop();
         if (closed) return;

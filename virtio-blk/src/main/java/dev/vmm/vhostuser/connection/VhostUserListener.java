@@ -190,6 +190,13 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
                 if (e.getErrorCode() != LibcSocket.EAGAIN) log.warn("accept on {}: {}", path, LibC.describe(e.getErrorCode()));
                 return;
             }
+            if (active != null && active.peerGone()) {
+                // The previous front-end is gone and a new one (QEMU reconnecting) is already here:
+                // retire the old connection now instead of refusing the new one.
+                log.info("{}: previous front-end hung up; taking the new connection", path);
+                active.disconnect();
+                active = null;
+            }
             if (active != null) {
                 refused++;
                 log.warn("vhost-user socket {}: refusing a second front-end while one is connected", path);
