@@ -53,6 +53,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     static final int MAX_EXTENTS = 2048;
     /** WRITE payloads at least this long are streamed to the file as they arrive instead of buffered. */
     static final int STREAM_WRITE_MIN = 64 * 1024;
+    /** Reads at least this long go out with sendfile when the driver has a page-cache fd. */
+    static final int SENDFILE_MIN = 128 * 1024;
 
     private static final int SIMPLE_REPLY_SIZE = 16;
 
@@ -465,6 +467,22 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private void read(ChannelHandlerContext ctx, long cookie, long offset, int length, boolean df) throws BlockException {
         if (structured && length >= SPARSE_READ_MIN && sparseRead(ctx, cookie, offset, length, df)) return;
         int header = structured ? chunkHeaderSize + 8 : SIMPLE_REPLY_SIZE;
+        int fileFd;
+        if (length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
+                && ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc) {
+            ByteBuf h = ctx.alloc().directBuffer(header);
+            if (structured) {
+                chunkHeader(h, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + length);
+                h.writeLong(offset);
+            } else {
+                h.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
+            }
+            ctx.write(h, ctx.voidPromise());
+            ctx.write(new SendfileRegion(uc.fd().intValue(), fileFd, offset, length), ctx.voidPromise());
+            stats.readOps.increment();
+            stats.readBytes.add(length);
+            return;
+        }
         ByteBuf b = ctx.alloc().directBuffer(header + length);
         try {
             if (structured) {

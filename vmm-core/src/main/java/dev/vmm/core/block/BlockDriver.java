@@ -68,6 +68,15 @@ public interface BlockDriver extends AutoCloseable {
      */
     void status(long offset, long maxLength, BlockStatus out) throws BlockException;
 
+    /**
+     * The file descriptor a socket may {@code sendfile(2)} from (page cache to socket, no copy in
+     * user space), or -1 when the driver has none (O_DIRECT images bypass the page cache). Valid
+     * until {@link #close()}; used on the home thread only.
+     */
+    default int sendfileFd() {
+        return -1;
+    }
+
     /** Preferred I/O granularity in bytes (the O_DIRECT alignment, or 4096). */
     int preferredBlockSize();
 

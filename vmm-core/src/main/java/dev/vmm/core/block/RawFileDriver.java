@@ -338,6 +338,11 @@ public final class RawFileDriver implements BlockDriver {
         out.set(Math.max(1, Math.min(hole - offset, limit)), 0);
     }
 
+    @Override
+    public int sendfileFd() {
+        return direct ? -1 : fd; // -1 after close, too
+    }
+
     /** {@code discard=unmap} (true, our default) or {@code ignore}: discards do nothing, zeroing never unmaps. */
     private volatile boolean unmap = true;
 

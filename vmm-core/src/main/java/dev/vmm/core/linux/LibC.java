@@ -150,6 +150,9 @@ public final class LibC {
     /** pread(2): returns bytes read, 0 at EOF. */
     public static native long pread(int fd, long buf, long count, long offset) throws LastErrorException;
 
+    /** sendfile(2): copies from a file to a socket inside the kernel; {@code offset} points to a 64-bit file offset it advances. */
+    public static native long sendfile(int outFd, int inFd, long offset, long count) throws LastErrorException;
+
     /** pwrite(2): returns bytes written, possibly fewer than asked. */
     public static native long pwrite(int fd, long buf, long count, long offset) throws LastErrorException;
 
