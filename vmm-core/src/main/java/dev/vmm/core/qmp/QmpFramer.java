@@ -5,12 +5,13 @@ import java.nio.charset.StandardCharsets;
 import java.util.Arrays;
 
 /**
- * Splits a monitor's byte stream into JSON texts, like QEMU's {@code json-streamer.c}: it tracks
- * only strings, escapes and bracket depth (syntax is checked later by the JSON parser), so a
- * request may span lines and several may share one. A text ends when its outermost
- * {@code '}'} or {@code ']'} closes, or, for anything else (a bare scalar, garbage), at the
- * newline that ends its line; a newline inside a string ends it too (raw control characters are
- * invalid JSON anyway, and a client must not hang us with an unterminated string).
+ * Splits a monitor's byte stream into JSON texts. It tracks only strings, escapes and bracket
+ * depth (syntax is checked later by the JSON parser). A text ends when its outermost
+ * {@code '}'} or {@code ']'} closes (so several requests may share a line), and at the latest at
+ * the end of its line: whatever is unfinished there ({@code {bad}, a bare scalar, an unclosed
+ * object or string) goes to the parser, which answers it with an error. So a request must fit on
+ * one line, as every QMP client sends it (QEMU's own streamer would wait for the closing brace
+ * instead, leaving a client that sent a malformed line without an answer).
  *
  * <p>Bounded: a text longer than {@value #MAX_MESSAGE} bytes is reported once through
  * {@link Sink#tooLong()}, and everything up to the next newline is dropped without being
@@ -71,7 +72,7 @@ public final class QmpFramer {
                     // depth 0 after: complete; below 0: a stray closer, which the parser reports
                     if (append(b, sink) && --depth <= 0) emit(sink);
                 }
-                case '\n' -> { if (len > 0 && depth == 0) emit(sink); }
+                case '\n' -> { if (len > 0) emit(sink); } // unfinished at the end of its line: malformed
                 case ' ', '\t', '\r' -> { if (len > 0) append(b, sink); }
                 default -> append(b, sink);
             }
