@@ -56,6 +56,26 @@ class QmpTest extends PeerTestBase {
     }
 
     @Test
+    void badMonitorOptionsAreOneLineAndExit1() {
+        Assumptions.assumeFalse(Peers.qsd(), "vmm's messages");
+        String[][] cases = {
+            {"--monitor: chardev 'm' does not exist", "--monitor", "chardev=m"},
+            {"--chardev: 'server' must be on", "--chardev", "socket,id=m,path=/tmp/x.sock", "--monitor", "m"},
+            {"--chardev: 'wait=on' is not supported", "--chardev", "socket,id=m,path=/tmp/x.sock,server=on,wait=on", "--monitor", "m"},
+            {"--chardev: chardev 'm' is not used by any --monitor", "--chardev", "socket,id=m,path=/tmp/x.sock,server=on,wait=off"},
+            {"--monitor: 'mode' must be one of control, got 'readline'", "--chardev", "socket,id=m,path=/tmp/x.sock,server=on,wait=off",
+                "--monitor", "chardev=m,mode=readline"},
+            {"--chardev: 'backend' must be one of socket, got 'stdio'", "--chardev", "stdio,id=m", "--monitor", "m"},
+        };
+        for (String[] c : cases) {
+            Run.Result r = VmmProcess.runToExit(Arrays.asList(c).subList(1, c.length), 30);
+            assertEquals(1, r.exit(), r.describe());
+            assertTrue(r.stderr().strip().equals("vmm: " + c[0]) || r.stderr().strip().startsWith("vmm: " + c[0]), r.describe());
+            assertEquals(1, r.stderr().strip().lines().count(), r.describe());
+        }
+    }
+
+    @Test
     void sameCommandsAgainstQsd() throws Exception {
         Assumptions.assumeTrue(Boolean.getBoolean("vmm.it.qsd"), "run with -Dvmm.it.qsd=true");
         Path dir = socketDir();
