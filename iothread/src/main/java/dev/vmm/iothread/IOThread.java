@@ -29,6 +29,8 @@ public final class IOThread {
     private final MultiThreadIoEventLoopGroup group;
     private final IoEventLoop loop;
     private final Thread thread;
+    /** The kernel's thread id (gettid), -1 if unknown; shown by QMP query-iothreads as thread-id. */
+    private final long nativeThreadId;
     /** Tasks run; read by monitors from any thread. */
     private final AtomicLong tasks = new AtomicLong();
     /** Data-path requests served; written on this thread only. */
@@ -41,6 +43,7 @@ public final class IOThread {
         this.loop = (IoEventLoop) group.next();
         try {
             this.thread = loop.submit(Thread::currentThread).get();
+            this.nativeThreadId = loop.submit(IOThread::currentNativeThreadId).get();
         } catch (Exception e) {
             group.shutdownGracefully(0, 0, TimeUnit.MILLISECONDS);
             throw new IllegalStateException("cannot start IOThread " + id, e);
@@ -64,6 +67,22 @@ public final class IOThread {
 
     /** The loop's thread (for the OS thread id shown by monitors). */
     public Thread thread() { return thread; }
+
+    /** The OS thread id of {@link #thread()} (what {@code gettid(2)} returns on it), or -1 if unknown. */
+    public long nativeThreadId() { return nativeThreadId; }
+
+    /**
+     * gettid(2) of the calling thread, read from procfs: the first field of
+     * {@code /proc/thread-self/stat} (proc(5)) is the tid. -1 when /proc is not mounted.
+     */
+    static long currentNativeThreadId() {
+        try {
+            String stat = java.nio.file.Files.readString(java.nio.file.Path.of("/proc/thread-self/stat"));
+            return Long.parseLong(stat.substring(0, stat.indexOf(' ')));
+        } catch (java.io.IOException | RuntimeException e) {
+            return -1;
+        }
+    }
 
     /** True when the caller runs on this IOThread. */
     public boolean inThread() { return loop.inEventLoop(); }

@@ -9,7 +9,8 @@ import picocli.CommandLine.Command;
  */
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Version.class,
         description = "A storage VMM for the JVM: serves disk images over NBD (and vhost-user-blk), qemu-storage-daemon compatible.",
-        subcommands = {ServeCommand.class, GuestCommand.class, BenchCommand.class, CommandLine.HelpCommand.class})
+        subcommands = {ServeCommand.class, dev.vmm.cli.qmp.QmpClientCommand.class, GuestCommand.class, BenchCommand.class,
+                CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;

@@ -5,6 +5,10 @@ import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.export.ExportDriver;
 import dev.vmm.core.options.KeyValueParser;
 import dev.vmm.core.options.OptionException;
+import dev.vmm.core.qmp.CoreCommands;
+import dev.vmm.core.qmp.QmpCommands;
+import dev.vmm.core.qmp.QmpServer;
+import dev.vmm.nbd.server.NbdQmpCommands;
 import dev.vmm.nbd.server.NbdServerComponent;
 import java.io.IOException;
 import java.io.PrintWriter;
@@ -34,7 +38,8 @@ import picocli.CommandLine.Option;
         description = {
             "Serve disk images to NBD clients (and, later, vhost-user-blk frontends).",
             "Options use qemu-storage-daemon's syntax: key=value pairs separated by ',' (write ',,' for a comma",
-            "in a value), or a JSON object. Every option may be repeated except --nbd-server and --pidfile."},
+            "in a value), or a JSON object. Every option may be repeated except --nbd-server and --pidfile.",
+            "QMP monitors (--chardev + --monitor, or --qmp) take QEMU's commands; 'vmm qmp' is a client."},
         footerHeading = "%nKeys%n")
 public final class ServeCommand implements Callable<Integer> {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(ServeCommand.class);
@@ -57,6 +62,18 @@ public final class ServeCommand implements Callable<Integer> {
     @Option(names = "--export", paramLabel = "type=nbd,id=ID,node-name=NAME[,...]",
             description = "Export a block node.")
     List<String> exports = new ArrayList<>();
+
+    @Option(names = "--chardev", paramLabel = "socket,id=ID,path=PATH,server=on,wait=off",
+            description = "A unix socket for a QMP monitor (see --monitor).")
+    List<String> chardevs = new ArrayList<>();
+
+    @Option(names = "--monitor", paramLabel = "chardev=ID[,mode=control]",
+            description = "Serve the QMP monitor on a --chardev.")
+    List<String> monitors = new ArrayList<>();
+
+    @Option(names = "--qmp", paramLabel = "PATH",
+            description = "Serve the QMP monitor on this unix socket (short for --chardev + --monitor).")
+    List<String> qmps = new ArrayList<>();
 
     @Option(names = "--pidfile", paramLabel = "PATH",
             description = "Write the process id here once every listener accepts connections; removed at exit.")
@@ -89,7 +106,8 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    node-name=NAME           the block node to export\n")
           .append("    writable=on|off          allow writes (default off: read-only)\n")
           .append("    iothread=ID              serve the node from this IOThread (default: the main loop)\n")
-          .append("    fixed-iothread=on|off    accepted for QEMU compatibility\n");
+          .append("    fixed-iothread=on|off    accepted for QEMU compatibility\n")
+          .append(MonitorOptions.HELP).append('\n');
         for (Map.Entry<String, ExportDriver> e : Daemon.exportDrivers().entrySet()) {
             sb.append("  --export type=").append(e.getKey()).append('\n').append(e.getValue().helpKeys()).append('\n');
         }
@@ -110,6 +128,14 @@ public final class ServeCommand implements Callable<Integer> {
             err.println("vmm: --nbd-server: may be given only once");
             return 1;
         }
+        List<Path> monitorPaths;
+        try {
+            monitorPaths = MonitorOptions.resolve(chardevs, monitors, qmps);
+        } catch (OptionException e) {
+            err.println("vmm: " + e.getMessage());
+            return 1;
+        }
+        CountDownLatch stop = new CountDownLatch(1);
         Daemon daemon = Daemon.start();
         try {
             for (String o : objects) daemon.objectAdd(KeyValueParser.parse("--object", o, "qom-type"));
@@ -124,6 +150,7 @@ public final class ServeCommand implements Callable<Integer> {
                     throw new DaemonException("--nbd-server: " + e.getMessage(), e);
                 }
             }
+            if (!monitorPaths.isEmpty()) startMonitors(daemon, monitorPaths, stop::countDown);
             if (pidfile != null) writePidfile(pidfile);
             for (String line : daemon.describe()) LOG.info("serving {}", line);
         } catch (OptionException | DaemonException e) {
@@ -137,7 +164,6 @@ public final class ServeCommand implements Callable<Integer> {
             daemon.shutdown(false);
             return 1;
         }
-        CountDownLatch stop = new CountDownLatch(1);
         Signals.onTermination(stop::countDown);
         try {
             stop.await();
@@ -153,6 +179,24 @@ public final class ServeCommand implements Callable<Integer> {
             }
         }
         return flushed ? 0 : 1;
+    }
+
+    /** The QMP monitors: every command registered, then each socket bound (0600). */
+    private static void startMonitors(Daemon daemon, List<Path> paths, Runnable quit) throws DaemonException {
+        QmpCommands commands = new QmpCommands();
+        CoreCommands.register(commands, daemon, daemon::moveNode, quit);
+        NbdQmpCommands.register(commands, daemon);
+        QmpServer qmp = new QmpServer(daemon.mainLoop(), commands,
+                new QmpServer.Version(QmpServer.Version.DEFAULT.major(), QmpServer.Version.DEFAULT.minor(),
+                        QmpServer.Version.DEFAULT.micro(), new Version().getVersion()[0].replaceFirst(" \\(.*", "")));
+        daemon.putComponent(QmpServer.class, qmp);
+        for (Path p : paths) {
+            try {
+                qmp.listen(p);
+            } catch (IOException e) {
+                throw new DaemonException("--monitor: " + e.getMessage(), e);
+            }
+        }
     }
 
     private boolean configureLogging(PrintWriter err) {

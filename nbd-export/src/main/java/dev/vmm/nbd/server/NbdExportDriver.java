@@ -48,6 +48,7 @@ public final class NbdExportDriver implements ExportDriver {
             @Override public String type() { return "nbd"; }
             @Override public BlockNode node() { return node; }
             @Override public boolean writable() { return export.writable(); }
+            @Override public int users() { return export.clients().size(); }
 
             @Override
             public void start() {

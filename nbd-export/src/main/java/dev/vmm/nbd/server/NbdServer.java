@@ -1,5 +1,6 @@
 package dev.vmm.nbd.server;
 
+import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.iothread.IOThread;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.buffer.ByteBuf;
@@ -16,10 +17,7 @@ import io.netty.channel.unix.DomainSocketAddress;
 import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.net.SocketAddress;
-import java.nio.file.Files;
-import java.nio.file.LinkOption;
 import java.nio.file.Path;
-import java.nio.file.attribute.PosixFilePermissions;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -75,7 +73,7 @@ public final class NbdServer {
         Path socketPath = null;
         if (address instanceof DomainSocketAddress unix) {
             socketPath = Path.of(unix.path());
-            prepareSocketPath(socketPath);
+            UnixSocketFiles.prepare(socketPath);
             b.channel(EpollServerDomainSocketChannel.class);
         } else {
             b.channel(EpollServerSocketChannel.class)
@@ -97,8 +95,7 @@ public final class NbdServer {
             throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
         }
         if (socketPath != null) {
-            // Only the owner may connect (qemu-storage-daemon leaves it to the umask; we are stricter).
-            Files.setPosixFilePermissions(socketPath, PosixFilePermissions.fromString("rw-------"));
+            UnixSocketFiles.restrictToOwner(socketPath);
         }
         LOG.info("NBD server listening on {}", describe(address));
     }
@@ -120,18 +117,6 @@ public final class NbdServer {
         if (a instanceof DomainSocketAddress u) return "unix:" + u.path();
         if (a instanceof InetSocketAddress i) return i.getHostString() + ":" + i.getPort();
         return String.valueOf(a);
-    }
-
-    /** A stale socket file left by a dead server is replaced; any other existing file is an error. */
-    private static void prepareSocketPath(Path p) throws IOException {
-        if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) return;
-        int mode = (Integer) Files.getAttribute(p, "unix:mode", LinkOption.NOFOLLOW_LINKS);
-        if ((mode & 0170000) != 0140000) throw new IOException(p + " exists and is not a socket");
-        try (java.nio.channels.SocketChannel c = java.nio.channels.SocketChannel.open(java.net.UnixDomainSocketAddress.of(p))) {
-            throw new IOException(p + " is in use by another server");
-        } catch (java.net.ConnectException stale) {
-            Files.delete(p);
-        }
     }
 
     private void accept(Channel ch) {
@@ -269,11 +254,7 @@ public final class NbdServer {
             l.close().awaitUninterruptibly(timeoutMs);
             listener = null;
             if (l.localAddress() instanceof DomainSocketAddress u) {
-                try {
-                    Files.deleteIfExists(Path.of(u.path()));
-                } catch (IOException ignored) {
-                    // best effort: the next start replaces a stale socket anyway
-                }
+                UnixSocketFiles.removeQuietly(Path.of(u.path()));
             }
         }
         List<io.netty.channel.ChannelFuture> closing = new ArrayList<>();

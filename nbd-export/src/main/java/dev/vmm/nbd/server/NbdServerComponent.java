@@ -33,6 +33,13 @@ public final class NbdServerComponent implements AutoCloseable {
               max-connections=N          refuse clients beyond N at once (0: no limit, the default)
               handshake-max-seconds=N    drop clients that have not finished the handshake after N s (default 10, 0: never)""";
 
+    /** Registers (does not yet start) a server with these settings on the daemon. */
+    public static NbdServerComponent configure(Daemon daemon, NbdServer.Config config) throws DaemonException {
+        NbdServerComponent c = new NbdServerComponent(new NbdServer(daemon.mainLoop(), config));
+        daemon.putComponent(NbdServerComponent.class, c);
+        return c;
+    }
+
     /** Parses the options and registers (does not yet start) the server on the daemon. */
     public static NbdServerComponent configure(Daemon daemon, Options o) throws OptionException, DaemonException {
         SocketAddress address = address(o);
@@ -51,20 +58,29 @@ public final class NbdServerComponent implements AutoCloseable {
     /** {@code addr.type=inet,addr.host=...,addr.port=...} or {@code addr.type=unix,addr.path=...} (QAPI SocketAddress). */
     public static SocketAddress address(Options o) throws OptionException {
         Options addr = o.sub("addr");
-        String type = addr.choice("type", "inet", "inet", "unix");
+        return address(addr, addr.choice("type", "inet", "inet", "unix"));
+    }
+
+    /**
+     * The fields of one socket address of {@code type} ({@code inet}: host, port; {@code unix}:
+     * path) read from {@code fields}; errors name the full dotted key ({@code addr.data.port}).
+     */
+    public static SocketAddress address(Options fields, String type) throws OptionException {
         if (type.equals("unix")) {
-            String path = addr.required("path");
-            if (path.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
-                throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.path", "'addr.path' is longer than the 107 bytes a unix socket path may have");
+            String path = fields.required("path");
+            if (path.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > dev.vmm.core.net.UnixSocketFiles.MAX_PATH_BYTES) {
+                throw new OptionException(OptionException.Kind.INVALID, fields.optionName(), fields.fullKey("path"),
+                        "'" + fields.fullKey("path") + "' is longer than the 107 bytes a unix socket path may have");
             }
             return new DomainSocketAddress(path);
         }
-        String host = addr.required("host");
-        int port = (int) addr.number("port", 10809, 0, 65535);
+        String host = fields.required("host");
+        int port = (int) fields.number("port", 10809, 0, 65535);
         if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
         InetSocketAddress a = new InetSocketAddress(host, port);
         if (a.isUnresolved()) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.host", "'addr.host': cannot resolve '" + host + "'");
+            throw new OptionException(OptionException.Kind.INVALID, fields.optionName(), fields.fullKey("host"),
+                    "'" + fields.fullKey("host") + "': cannot resolve '" + host + "'");
         }
         return a;
     }

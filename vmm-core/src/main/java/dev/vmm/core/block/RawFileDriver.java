@@ -171,6 +171,9 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public long size() { return size; }
 
+    /** The image file as given at open (QMP shows it as {@code file} and {@code image.filename}). */
+    public String filename() { return file; }
+
     @Override
     public boolean readOnly() { return readOnly; }
 

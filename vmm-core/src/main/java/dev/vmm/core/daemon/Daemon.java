@@ -308,6 +308,83 @@ public final class Daemon {
         });
     }
 
+    // ---- removal (QMP object-del, blockdev-del, block-export-del) ----
+
+    /**
+     * {@code object-del}: stops an IOThread. Refused while a block node lives there: its users
+     * would be left on a dead loop (qemu-storage-daemon 7.2 aborts in that case).
+     */
+    public void objectDel(String id) throws DaemonException {
+        IOThread t;
+        synchronized (this) {
+            t = iothreads.get(id);
+            if (t == null) throw new DaemonException("object '" + id + "' not found");
+            List<String> homed = new ArrayList<>();
+            for (BlockNode n : nodes.values()) if (n.home() == t) homed.add(n.name());
+            if (!homed.isEmpty()) {
+                throw new DaemonException("IOThread '" + id + "' still homes block node" + (homed.size() > 1 ? "s " : " ")
+                        + String.join(", ", homed) + "; move " + (homed.size() > 1 ? "them" : "it")
+                        + " elsewhere first (x-blockdev-set-iothread)");
+            }
+            iothreads.remove(id);
+        }
+        t.shutdown(5000);
+        LOG.debug("IOThread {} stopped", id);
+    }
+
+    /**
+     * {@code blockdev-del}: flushes and closes a node on its home IOThread. Refused while an
+     * export serves it.
+     */
+    public void blockdevDel(String name) throws DaemonException {
+        BlockNode n;
+        synchronized (this) {
+            n = nodes.get(name);
+            if (n == null) throw new DaemonException("Failed to find node with node-name='" + name + "'");
+            for (BlockExport e : exports.values()) {
+                if (e.node() == n) throw new DaemonException("Node " + name + " is in use by export '" + e.id() + "'");
+            }
+            nodes.remove(name);
+        }
+        try {
+            n.home().call(() -> {
+                n.driver().flush();
+                n.driver().close();
+                return null;
+            });
+        } catch (Exception e) {
+            throw new DaemonException("block node '" + name + "' removed, but its final flush failed: " + e.getMessage(), e);
+        }
+        LOG.debug("block node {} removed", name);
+    }
+
+    /**
+     * {@code block-export-del}: stops an export; its users are disconnected after their
+     * in-flight requests complete. With {@code hard} false (QEMU's {@code mode=safe}) it is
+     * refused while users are connected.
+     */
+    public BlockExport exportDel(String id, boolean hard) throws DaemonException {
+        BlockExport e;
+        synchronized (this) {
+            e = exports.get(id);
+            if (e == null) throw new DaemonException("Export '" + id + "' is not found");
+            int users = e.users();
+            if (!hard && users > 0) {
+                throw new DaemonException("export '" + id + "' still in use by " + users + " client" + (users > 1 ? "s" : "")
+                        + "; use mode=hard to disconnect them");
+            }
+            exports.remove(id);
+        }
+        e.close();
+        LOG.debug("export {} removed", id);
+        return e;
+    }
+
+    /** Removes a component (e.g. {@code nbd-server-stop}) without closing it; null when absent. */
+    public synchronized <T extends AutoCloseable> T removeComponent(Class<T> type) {
+        return type.cast(components.remove(type));
+    }
+
     /** One line per export, for the start-up summary. */
     public synchronized List<String> describe() {
         List<String> out = new ArrayList<>();

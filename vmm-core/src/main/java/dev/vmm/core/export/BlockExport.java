@@ -21,6 +21,12 @@ public interface BlockExport {
 
     boolean writable();
 
+    /**
+     * Users connected now (NBD clients, a vhost-user frontend); monitors read it from any thread.
+     * {@code block-export-del mode=safe} refuses to remove an export that has some.
+     */
+    default int users() { return 0; }
+
     /** Starts serving (listeners are bound, sockets created). */
     void start() throws Exception;
 

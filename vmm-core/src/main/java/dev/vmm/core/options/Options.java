@@ -163,6 +163,11 @@ public final class Options {
         return new Options(optionName, entries, consumed, prefix + group + ".");
     }
 
+    /** {@code key} as errors name it: with this view's group prefix ({@code addr.data.port}). */
+    public String fullKey(String key) {
+        return prefix + key;
+    }
+
     /** Whether {@code key} is present; does not consume it. */
     public boolean has(String key) {
         return entries.containsKey(prefix + key);

@@ -1,0 +1,78 @@
+package dev.vmm.nbd.server;
+
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.daemon.DaemonException;
+import dev.vmm.core.export.BlockExport;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+import dev.vmm.core.qmp.CoreCommands;
+import dev.vmm.core.qmp.QmpCommand;
+import dev.vmm.core.qmp.QmpCommands;
+import dev.vmm.core.qmp.QmpException;
+import java.io.IOException;
+import java.net.SocketAddress;
+import java.util.Map;
+
+/**
+ * QMP {@code nbd-server-start} and {@code nbd-server-stop} (QEMU's block-export.json), registered
+ * by the CLI wiring so the monitor does not depend on this module. Both run on the QMP control
+ * thread: binding and stopping wait for the main loop.
+ */
+public final class NbdQmpCommands {
+    private NbdQmpCommands() {}
+
+    public static void register(QmpCommands t, Daemon daemon) {
+        t.register("nbd-server-start", QmpCommand.blocking(c -> {
+            Options o = c.options();
+            SocketAddress address = address(o);
+            int max = (int) o.number("max-connections", 0, 0, Integer.MAX_VALUE);
+            int handshake = (int) o.number("handshake-max-seconds", NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS, 0, 24 * 3600);
+            if (o.has("tls-creds") || o.has("tls-authz")) {
+                String k = o.has("tls-creds") ? "tls-creds" : "tls-authz";
+                o.required(k);
+                throw QmpException.generic("'" + k + "': TLS is not supported yet");
+            }
+            o.checkAllConsumed();
+            if (daemon.component(NbdServerComponent.class) != null) throw QmpException.generic("NBD server already running");
+            NbdServerComponent s = NbdServerComponent.configure(daemon, new NbdServer.Config(address, max, handshake));
+            try {
+                s.start();
+            } catch (IOException e) {
+                daemon.removeComponent(NbdServerComponent.class);
+                throw new DaemonException(e.getMessage(), e);
+            }
+            return Map.of();
+        }));
+        t.register("nbd-server-stop", QmpCommand.blocking(c -> {
+            c.options().checkAllConsumed();
+            if (daemon.component(NbdServerComponent.class) == null) throw QmpException.generic("NBD server not running");
+            // As QEMU: stopping the server removes its exports (clients are disconnected).
+            for (BlockExport e : daemon.exports()) {
+                if (e.type().equals("nbd")) {
+                    daemon.exportDel(e.id(), true);
+                    c.server().emit(CoreCommands.BLOCK_EXPORT_DELETED, Map.of("id", e.id()));
+                }
+            }
+            NbdServerComponent s = daemon.removeComponent(NbdServerComponent.class);
+            if (s != null) s.close();
+            return Map.of();
+        }));
+    }
+
+    /**
+     * {@code addr}: QAPI {@code SocketAddressLegacy} as QEMU's nbd-server-start takes it
+     * ({@code {"type": "inet", "data": {"host": .., "port": ".."}}}), or the flat
+     * {@code SocketAddress} of {@code --nbd-server} ({@code {"type": "unix", "path": ..}}).
+     */
+    static SocketAddress address(Options o) throws OptionException {
+        if (!o.hasGroup("addr")) {
+            throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "addr", "parameter 'addr' is missing");
+        }
+        Options addr = o.sub("addr");
+        String type = addr.choice("type", null, "inet", "unix");
+        if (type == null) {
+            throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "addr.type", "parameter 'addr.type' is missing (inet or unix)");
+        }
+        return NbdServerComponent.address(addr.hasGroup("data") ? addr.sub("data") : addr, type);
+    }
+}

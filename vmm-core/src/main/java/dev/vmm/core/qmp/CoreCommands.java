@@ -1,0 +1,251 @@
+package dev.vmm.core.qmp;
+
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.BlockStats;
+import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.daemon.DaemonException;
+import dev.vmm.core.export.BlockExport;
+import dev.vmm.core.options.Options;
+import dev.vmm.iothread.IOThread;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.function.BiFunction;
+
+/**
+ * The QMP commands of the daemon model: QEMU's names, argument names and return shapes
+ * (QAPI schema of QEMU 7.2: qapi/control.json, qom.json, misc.json, block-core.json,
+ * block-export.json), plus our extra members where noted. Blocking work (opening and flushing
+ * images, starting and stopping threads, starting exports) runs on the control thread, never
+ * on the main loop.
+ *
+ * <p>Events: {@code BLOCK_EXPORT_DELETED {"id"}} (QEMU's) after {@code block-export-del};
+ * {@value #NODE_MOVED} {@code {"node-name", "from", "to", "pause-ns"}} (ours) after a node
+ * actually changed IOThread.
+ */
+public final class CoreCommands {
+    /** Our event for a finished handoff. */
+    public static final String NODE_MOVED = "VMM_NODE_MOVED";
+    /** QEMU's event for a removed export. */
+    public static final String BLOCK_EXPORT_DELETED = "BLOCK_EXPORT_DELETED";
+
+    private CoreCommands() {}
+
+    /**
+     * Registers every core command.
+     *
+     * @param mover  moves a node to an IOThread, completing with the pause in ns
+     *               ({@code daemon::moveNode}; tests substitute their own)
+     * @param onQuit starts the orderly shutdown (the SIGTERM path); run after {@code quit}'s reply is written
+     */
+    public static void register(QmpCommands t, Daemon daemon, BiFunction<String, String, CompletableFuture<Long>> mover,
+            Runnable onQuit) {
+        t.register("query-version", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            Map<String, Object> v = new LinkedHashMap<>();
+            v.put("qemu", c.server().qemuVersion());
+            v.put("package", c.server().version().pkg());
+            return v;
+        }));
+        t.register("query-commands", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            List<Object> out = new ArrayList<>();
+            for (String n : c.server().commands().names()) out.add(Map.of("name", n));
+            return out;
+        }));
+        t.register("quit", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            c.afterReply(onQuit);
+            return Map.of();
+        }));
+
+        // ---- IOThreads ----
+        t.register("object-add", QmpCommand.blocking(c -> {
+            daemon.objectAdd(c.options());
+            return Map.of();
+        }));
+        t.register("object-del", QmpCommand.blocking(c -> {
+            Options o = c.options();
+            String id = o.required("id");
+            o.checkAllConsumed();
+            daemon.objectDel(id);
+            return Map.of();
+        }));
+        t.register("query-iothreads", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            List<BlockNode> nodes = daemon.nodes();
+            List<Object> out = new ArrayList<>();
+            for (IOThread it : daemon.iothreads()) {
+                Map<String, Object> m = new LinkedHashMap<>();
+                m.put("id", it.id());
+                m.put("thread-id", it.nativeThreadId());
+                // Epoll loops never busy-poll: QEMU's polling knobs are accepted and shown as 0.
+                m.put("poll-max-ns", 0);
+                m.put("poll-grow", 0);
+                m.put("poll-shrink", 0);
+                m.put("aio-max-batch", 0);
+                List<String> homed = new ArrayList<>();
+                for (BlockNode n : nodes) if (n.home() == it) homed.add(n.name());
+                m.put("nodes", homed);
+                m.put("requests", it.requests());
+                out.add(m);
+            }
+            return out;
+        }));
+
+        // ---- block nodes ----
+        t.register("blockdev-add", QmpCommand.blocking(c -> {
+            daemon.blockdevAdd(c.options());
+            return Map.of();
+        }));
+        t.register("blockdev-del", QmpCommand.blocking(c -> {
+            Options o = c.options();
+            String name = o.required("node-name");
+            o.checkAllConsumed();
+            daemon.blockdevDel(name);
+            return Map.of();
+        }));
+        t.register("query-named-block-nodes", QmpCommand.sync(c -> {
+            Options o = c.options();
+            o.bool("flat", false); // we have no child nodes: flat or not, the list is the same
+            o.checkAllConsumed();
+            List<Object> out = new ArrayList<>();
+            for (BlockNode n : daemon.nodes()) out.add(nodeInfo(n));
+            return out;
+        }));
+        t.register("query-blockstats", QmpCommand.sync(c -> {
+            Options o = c.options();
+            o.bool("query-nodes", false); // no BlockBackends: every node is listed either way
+            o.checkAllConsumed();
+            List<Object> out = new ArrayList<>();
+            for (BlockNode n : daemon.nodes()) out.add(blockStats(n));
+            return out;
+        }));
+        t.register("x-blockdev-set-iothread", call -> setIothread(call, daemon, mover));
+
+        // ---- exports ----
+        t.register("block-export-add", QmpCommand.blocking(c -> {
+            daemon.exportAdd(c.options());
+            return Map.of();
+        }));
+        t.register("block-export-del", QmpCommand.blocking(c -> {
+            Options o = c.options();
+            String id = o.required("id");
+            boolean hard = "hard".equals(o.choice("mode", "safe", "safe", "hard"));
+            o.checkAllConsumed();
+            daemon.exportDel(id, hard);
+            c.server().emit(BLOCK_EXPORT_DELETED, Map.of("id", id));
+            return Map.of();
+        }));
+        t.register("query-block-exports", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            List<Object> out = new ArrayList<>();
+            for (BlockExport e : daemon.exports()) {
+                Map<String, Object> m = new LinkedHashMap<>();
+                m.put("type", e.type());
+                m.put("id", e.id());
+                m.put("node-name", e.node().name());
+                m.put("shutting-down", false); // a deleted export leaves the table at once
+                out.add(m);
+            }
+            return out;
+        }));
+    }
+
+    /**
+     * {@code x-blockdev-set-iothread node-name iothread [force]}: {@code iothread} null (JSON)
+     * means the main loop, as in QEMU. QEMU refuses nodes in use unless {@code force}; moving
+     * nodes with their users is what we are for, so {@code force} is accepted and not required.
+     * Replies {@code {}} when the move completed, after {@value #NODE_MOVED}.
+     */
+    private static CompletableFuture<Object> setIothread(QmpCall c, Daemon daemon,
+            BiFunction<String, String, CompletableFuture<Long>> mover) throws Exception {
+        Map<String, Object> args = c.arguments();
+        Options o;
+        if (args.containsKey("iothread") && args.get("iothread") == null) {
+            Map<String, Object> copy = new LinkedHashMap<>(args);
+            copy.put("iothread", IOThread.MAIN_ID);
+            o = Options.of(c.name(), copy);
+        } else {
+            o = c.options();
+        }
+        String node = o.required("node-name");
+        String target = o.required("iothread");
+        o.bool("force", false);
+        o.checkAllConsumed();
+        String from = daemon.node(node).home().id();
+        daemon.iothread(target); // unknown IOThread: error now, with the daemon's words
+        CompletableFuture<Long> move;
+        try {
+            move = mover.apply(node, target);
+        } catch (RuntimeException e) {
+            move = CompletableFuture.failedFuture(e);
+        }
+        return move.thenApply(pauseNs -> {
+            if (!from.equals(target)) {
+                Map<String, Object> ev = new LinkedHashMap<>();
+                ev.put("node-name", node);
+                ev.put("from", from);
+                ev.put("to", target);
+                ev.put("pause-ns", pauseNs);
+                c.server().emit(NODE_MOVED, ev);
+            }
+            return Map.of();
+        });
+    }
+
+    /** QEMU's {@code BlockDeviceInfo} for a raw file node, plus {@code iothread} (ours). */
+    static Map<String, Object> nodeInfo(BlockNode n) {
+        String file = n.driver() instanceof RawFileDriver r ? r.filename() : n.name();
+        boolean direct = n.driver() instanceof RawFileDriver r && r.direct();
+        Map<String, Object> image = new LinkedHashMap<>();
+        image.put("virtual-size", n.size());
+        image.put("filename", file);
+        image.put("format", "file");
+        image.put("dirty-flag", false);
+        Map<String, Object> cache = new LinkedHashMap<>();
+        cache.put("no-flush", false);
+        cache.put("direct", direct);
+        cache.put("writeback", true);
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("node-name", n.name());
+        m.put("drv", "file");
+        m.put("file", file);
+        m.put("ro", n.readOnly());
+        m.put("encrypted", false);
+        m.put("detect_zeroes", "off");
+        m.put("backing_file_depth", 0);
+        for (String k : new String[] {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "write_threshold"}) m.put(k, 0);
+        m.put("image", image);
+        m.put("cache", cache);
+        m.put("iothread", n.home().id());
+        return m;
+    }
+
+    /**
+     * QEMU's {@code BlockStats} for one node. {@link BlockStats} counts failures in one counter,
+     * so the per-kind {@code failed_*} members are absent and {@code failed_operations} (ours)
+     * holds the total; {@code write_zeroes_operations} is ours too.
+     */
+    static Map<String, Object> blockStats(BlockNode n) {
+        BlockStats s = n.stats();
+        Map<String, Object> st = new LinkedHashMap<>();
+        st.put("rd_bytes", s.readBytes.sum());
+        st.put("wr_bytes", s.writeBytes.sum());
+        st.put("rd_operations", s.readOps.sum());
+        st.put("wr_operations", s.writeOps.sum());
+        st.put("flush_operations", s.flushOps.sum());
+        st.put("unmap_operations", s.discardOps.sum());
+        st.put("write_zeroes_operations", s.zeroOps.sum());
+        st.put("failed_operations", s.errors.sum());
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("device", "");
+        m.put("node-name", n.name());
+        m.put("stats", st);
+        return m;
+    }
+
+}
