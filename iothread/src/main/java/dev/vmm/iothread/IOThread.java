@@ -24,6 +24,11 @@ import java.util.concurrent.atomic.AtomicLong;
 public final class IOThread {
     /** Id of the daemon's main loop. */
     public static final String MAIN_ID = "main";
+    /**
+     * Id of the vhost-user control thread: front-end messages are handled there, and may wait for
+     * a disk's move to finish, which never needs this thread (a move may need the main loop).
+     */
+    public static final String CONTROL_ID = "control";
 
     private final String id;
     private final MultiThreadIoEventLoopGroup group;
@@ -57,7 +62,7 @@ public final class IOThread {
     }
 
     private static String threadName(String id) {
-        return MAIN_ID.equals(id) ? "vmm-main" : "iothread-" + id;
+        return MAIN_ID.equals(id) ? "vmm-main" : CONTROL_ID.equals(id) ? "vmm-control" : "iothread-" + id;
     }
 
     public String id() { return id; }

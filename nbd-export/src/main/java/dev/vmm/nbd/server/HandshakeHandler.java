@@ -87,6 +87,24 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     }
 
     @Override
+    public void channelWritabilityChanged(ChannelHandlerContext ctx) {
+        if (ctx.channel().isWritable() && state != State.DONE && cum != null) {
+            try {
+                process(ctx);
+            } catch (ProtocolViolation e) {
+                server.log().info("NBD client {}: {}; closing", ctx.channel().remoteAddress(), e.getMessage());
+                ctx.close();
+                return;
+            }
+            ctx.flush();
+            if (state != State.DONE && ctx.channel().isWritable()) ctx.channel().config().setAutoRead(true);
+        } else if (ctx.channel().isWritable() && state != State.DONE) {
+            ctx.channel().config().setAutoRead(true);
+        }
+        ctx.fireChannelWritabilityChanged();
+    }
+
+    @Override
     public void channelInactive(ChannelHandlerContext ctx) {
         releaseCumulation();
         ctx.fireChannelInactive();
@@ -117,6 +135,13 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
 
     private void process(ChannelHandlerContext ctx) throws ProtocolViolation {
         while (state != State.DONE && ctx.channel().isActive()) {
+            if (!ctx.channel().isWritable()) {
+                // The client does not read our replies: stop reading its options until it does,
+                // so option replies cannot pile up in memory.
+                ctx.channel().config().setAutoRead(false);
+                ctx.flush();
+                return;
+            }
             switch (state) {
                 case CLIENT_FLAGS -> {
                     if (cum.readableBytes() < 4) return;
@@ -211,6 +236,9 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             // proto.md: there is no way to report an error for NBD_OPT_EXPORT_NAME; the server closes.
             throw new ProtocolViolation("NBD_OPT_EXPORT_NAME for unknown export");
         }
+        if (negotiated.baseAllocation && server.lookup(negotiated.metaContextExport) != export) {
+            negotiated.baseAllocation = false; // selected for another export: does not carry over
+        }
         ByteBuf b = ctx.alloc().buffer(10 + 124);
         b.writeLong(export.node().size());
         b.writeShort(export.transmissionFlags(negotiated.structuredReplies));
@@ -291,7 +319,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             replyAck(ctx, opt);
             return;
         }
-        if (negotiated.baseAllocation && !name.equals(negotiated.metaContextExport)) {
+        if (negotiated.baseAllocation && server.lookup(negotiated.metaContextExport) != export) {
             // Contexts were selected for another export: they do not carry over.
             negotiated.baseAllocation = false;
         }
@@ -352,7 +380,8 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
         if (selected) {
             byte[] n = NbdMetaContext.BASE_ALLOCATION.getBytes(StandardCharsets.UTF_8);
             ByteBuf b = replyHeader(ctx, opt, NBD_REP_META_CONTEXT, 4 + n.length);
-            b.writeInt(BASE_ALLOCATION_ID).writeBytes(n);
+            // proto.md: ids in a LIST reply SHOULD be 0; SET gives the id used in transmission.
+            b.writeInt(opt == NBD_OPT_LIST_META_CONTEXT ? 0 : BASE_ALLOCATION_ID).writeBytes(n);
             ctx.write(b, ctx.voidPromise());
         }
         replyAck(ctx, opt);

@@ -206,8 +206,15 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
         home = newHome;
         ((io.netty.channel.EventLoop) newHome.loop()).register(ctx.channel()).addListener(r -> {
-            if (!r.isSuccess()) f.completeExceptionally(r.cause());
-            else f.complete(null);
+            if (!r.isSuccess()) {
+                // Not registered anywhere: close it rather than leave the client hanging.
+                ctx.channel().unsafe().closeForcibly();
+                export.clients().remove(ctx.channel());
+                export.node().removeUser(this);
+                f.completeExceptionally(r.cause());
+            } else {
+                f.complete(null);
+            }
         });
         return f;
     }

@@ -354,6 +354,36 @@ class NbdServerTest extends NbdServerFixture {
     }
 
     @Test
+    void aClientThatFloodsOptionsWithoutReadingIsThrottled() throws Exception {
+        NbdTestClient c = client();
+        c.socket().setReceiveBufferSize(16 * 1024);
+        byte[] one = new byte[16]; // NBD_OPT_LIST: IHAVEOPT, option 3, length 0
+        java.nio.ByteBuffer.wrap(one).putLong(NbdMagic.IHAVEOPT).putInt(NbdOpt.NBD_OPT_LIST).putInt(0);
+        byte[] burst = new byte[16 * 4096];
+        for (int i = 0; i < 4096; i++) System.arraycopy(one, 0, burst, i * 16, 16);
+        long before = io.netty.util.internal.PlatformDependent.usedDirectMemory();
+        Thread flood = new Thread(() -> {
+            try {
+                for (int i = 0; i < 256; i++) c.out().write(burst); // 1M options, ~100 MB of replies if all were made
+                c.out().flush();
+            } catch (IOException stopped) {
+                // closed below, or the server stopped reading: that is the point
+            }
+        });
+        flood.setDaemon(true);
+        flood.start();
+        Thread.sleep(1500);
+        long used = io.netty.util.internal.PlatformDependent.usedDirectMemory() - before;
+        c.close();
+        flood.join(5000);
+        assertTrue(used < 16L << 20, "direct memory held for a client flooding options: " + used); // ~2 MB throttled, ~50 MB not
+        try (NbdTestClient other = client()) { // the server goes on
+            other.go("disk0");
+            assertArrayEquals(fileBytes(0, 512), other.read(0, 512, 0));
+        }
+    }
+
+    @Test
     void emptyNameSelectsTheOnlyExport() throws Exception {
         server.removeExport("ro");
         try (NbdTestClient c = client()) {

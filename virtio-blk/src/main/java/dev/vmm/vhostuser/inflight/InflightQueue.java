@@ -27,6 +27,8 @@ import java.util.Arrays;
  */
 public final class InflightQueue {
     public static final int VERSION = 1;
+    /** Most completions the caller publishes at once beyond a resubmission (its per-wake-up budget). */
+    public static final int MAX_BATCH = 512;
     private static final int HEADER = 16;
     private static final int DESC_STATE = 16;
 
@@ -41,7 +43,9 @@ public final class InflightQueue {
     public InflightQueue(long base, int queueSize) {
         this.base = base;
         this.queueSize = queueSize;
-        this.batch = new int[queueSize];
+        // A batch holds at most one publish's completions: the worker's budget plus resubmitted heads
+        // (at most the queue size). A driver re-posting heads cannot make it overflow.
+        this.batch = new int[queueSize + MAX_BATCH];
     }
 
     /** Bytes of one queue's region: libvhost-user's size, so any back-end can read ours. */
@@ -68,6 +72,11 @@ public final class InflightQueue {
             RawMemory.putLe16(base + 8, VERSION);
             counter = 1;
             return null;
+        }
+        if (RawMemory.getLe16(base + 10) != queueSize) {
+            // Not an area this queue wrote (another queue size): start it afresh rather than trust it.
+            RawMemory.putLe16(base + 8, 0);
+            return start(usedIdx);
         }
         int recordedUsed = RawMemory.getLe16(base + 14);
         if (recordedUsed != usedIdx) {
@@ -114,6 +123,7 @@ public final class InflightQueue {
 
     /** A head is about to be published as used (before {@code publishUsed}). */
     public void completing(int head) {
+        if (batchLength == batch.length) return; // cannot happen with the caller's budget; never overflow
         RawMemory.putLe16(desc(head) + 6, batchLength == 0 ? head : batch[batchLength - 1]);
         RawMemory.putLe16(base + 12, head);
         batch[batchLength++] = head;

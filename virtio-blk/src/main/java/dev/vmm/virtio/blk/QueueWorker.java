@@ -46,7 +46,7 @@ final class QueueWorker implements EpollIoHandle {
     private final int kickFd;
     private final FileDescriptor nettyKickFd;
     private volatile int callFd;
-    private final int errFd;
+    private volatile int errFd;
     private final dev.vmm.core.stats.LatencyHistogram latency;
     /** 8 bytes for eventfd reads and writes. */
     private final long scratch = RawMemory.allocate(8);
@@ -91,14 +91,19 @@ final class QueueWorker implements EpollIoHandle {
                 done.completeExceptionally(f.cause());
                 return;
             }
-            registration = (IoRegistration) f.getNow();
-            if (stopped) {
-                registration.cancel();
-            } else {
-                registration.submit(EpollIoOps.EPOLLIN);
-                if (enabled && !quiesced) process(); // nothing that arrived before must wait for the next kick
+            try {
+                registration = (IoRegistration) f.getNow();
+                if (stopped) {
+                    registration.cancel();
+                } else {
+                    registration.submit(EpollIoOps.EPOLLIN);
+                    if (enabled && !quiesced) process(); // nothing that arrived before must wait for the next kick
+                }
+                done.complete(null);
+            } catch (RuntimeException e) { // e.g. a kick fd epoll refuses: never leave a move waiting
+                LOG.error("{}: cannot watch the kick eventfd: {}", name, e.toString());
+                done.completeExceptionally(e);
             }
-            done.complete(null);
         });
         return done;
     }
@@ -109,6 +114,7 @@ final class QueueWorker implements EpollIoHandle {
     /** Handoff step 6, on the new home: serve the queue once, whatever arrived during the move. */
     void resume() {
         quiesced = false;
+        rescheduled = false; // a task posted to the old home is void now
         if (enabled && !stopped && registration != null) process();
     }
 
@@ -126,6 +132,8 @@ final class QueueWorker implements EpollIoHandle {
     }
 
     void setCallFd(int fd) { callFd = fd; }
+
+    void setErrFd(int fd) { errFd = fd; }
 
     /** Stops for good and returns the next available index (GET_VRING_BASE). */
     int stop() {
@@ -166,6 +174,7 @@ final class QueueWorker implements EpollIoHandle {
 
     /** Serves available requests; see {@link Virtqueue} for the lost-kick-free loop. */
     void process() {
+        assert home.inThread() : name + " processed off its home thread";
         if (vq.isBroken()) return;
         int served = 0;
         try {
@@ -193,6 +202,12 @@ final class QueueWorker implements EpollIoHandle {
                 LOG.error("{}: the guest broke the virtqueue: {}; the queue is stopped (device needs reset)", name, e.getMessage());
                 signal(errFd);
             }
+        } catch (RuntimeException | InternalError e) {
+            // A bug, or a fault on guest memory (SIGBUS on a shrunk memfd): stop this queue only.
+            LOG.error("{}: stopping the queue after an internal error: {}", name, e.toString());
+            stopped = true;
+            detach();
+            signal(errFd);
         }
         if (served >= BUDGET) reschedule();
         if (served > 0) {
@@ -229,7 +244,12 @@ final class QueueWorker implements EpollIoHandle {
     private void reschedule() {
         if (!rescheduled) {
             rescheduled = true;
-            home.loop().execute(processTask); // on a move, resume() serves the rest instead
+            IOThread postedTo = home;
+            // A move may run before this task: then it must not touch the ring from the old
+            // thread; resume() on the new home serves the rest instead.
+            postedTo.loop().execute(() -> {
+                if (home == postedTo) processTask.run();
+            });
         }
     }
 

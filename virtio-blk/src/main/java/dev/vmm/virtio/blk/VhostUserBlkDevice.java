@@ -30,9 +30,10 @@ import org.slf4j.LoggerFactory;
  * the back-end half of QEMU's {@code vhost-user-blk-pci}.
  *
  * <p>Thread contract: the {@link VhostUserBackendHandler} calls arrive on the listener's loop
- * (the main loop), one at a time. Everything the data path reads (guest memory, the queue
+ * (the daemon's control thread, never the main loop: see {@code Daemon.controlLoop()}), one at a
+ * time. Everything the data path reads (guest memory, the queue
  * workers) is changed only on the node's home IOThread, through {@link #onHome}, so a request in
- * progress never sees memory unmapped under it; the per-queue settings below are main-loop state.
+ * progress never sees memory unmapped under it; the per-queue settings below are control-thread state.
  */
 final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private static final Logger LOG = LoggerFactory.getLogger(VhostUserBlkDevice.class);
@@ -48,7 +49,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private final long offeredFeatures;
     private final long offeredProtocolFeatures;
 
-    // ---- main-loop state: what the front-end negotiated ----
+    // ---- control-thread state: what the front-end negotiated ----
     private long ackedFeatures;
     private long ackedProtocolFeatures;
     private final QueueSetup[] queues;
@@ -60,6 +61,8 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private long inflightAddr;
     private long inflightSize;
     private int inflightQueueSize;
+    /** Queues the area has room for: a ring index at or above it is not tracked (never mapped memory). */
+    private int inflightNumQueues;
     private int inflightFd = -1;
     /** "Packed rings are not tracked in flight" was logged (once per device). */
     private boolean packedInflightLogged;
@@ -151,6 +154,8 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                     "features 0x" + Long.toHexString(features & ~offeredFeatures) + " were not offered");
         }
         ackedFeatures = features;
+        // virtio 1.2 §5.2.5.1: without FLUSH the device MUST start in writethrough mode.
+        config.writeback = (features & bit(VIRTIO_BLK_F_FLUSH)) != 0;
     }
 
     @Override
@@ -373,6 +378,9 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                     packedInflightLogged = true;
                     LOG.warn("vhost-user-blk {}: in-flight tracking is not implemented for packed rings; not tracking them", exportId);
                 }
+            } else if (index >= inflightNumQueues) {
+                LOG.warn("vhost-user-blk {}: the in-flight area covers {} queue(s), not ring {}; not tracking it",
+                        exportId, inflightNumQueues, index);
             } else if (q.num != inflightQueueSize) {
                 LOG.warn("vhost-user-blk {}: ring {} has size {} but the in-flight area was made for {}; not tracking it",
                         exportId, index, q.num, inflightQueueSize);
@@ -400,20 +408,27 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     public void setVringCall(int index, int fd) throws VhostUserException {
         int req = VhostUserRequest.VHOST_USER_SET_VRING_CALL;
         QueueSetup q = queue(req, index);
-        int old = q.callFd;
-        q.callFd = fd;
         onHome(req, () -> {
             if (workers[index] != null) workers[index].setCallFd(fd);
             return null;
         });
+        // Only once no worker uses the old fd: a closed number may be reused at once by another file.
+        int old = q.callFd;
+        q.callFd = fd;
         if (old >= 0 && old != fd) LibcSocket.closeQuietly(old);
     }
 
     @Override
     public void setVringErr(int index, int fd) throws VhostUserException {
-        QueueSetup q = queue(VhostUserRequest.VHOST_USER_SET_VRING_ERR, index);
-        if (q.errFd >= 0 && q.errFd != fd) LibcSocket.closeQuietly(q.errFd);
-        q.errFd = fd; // read by workers created from now on
+        int req = VhostUserRequest.VHOST_USER_SET_VRING_ERR;
+        QueueSetup q = queue(req, index);
+        onHome(req, () -> {
+            if (workers[index] != null) workers[index].setErrFd(fd);
+            return null;
+        });
+        int old = q.errFd;
+        q.errFd = fd;
+        if (old >= 0 && old != fd) LibcSocket.closeQuietly(old);
     }
 
     @Override
@@ -465,7 +480,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             throw VhostUserException.replyError(req, "cannot create the in-flight area: " + e.getMessage());
         }
         try {
-            mapInflight(req, fd, size, queueSize);
+            mapInflight(req, fd, size, nq, queueSize);
         } catch (VhostUserException e) {
             LibcSocket.closeQuietly(fd);
             throw e;
@@ -481,11 +496,21 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                 || inflight.mmapSize() < inflight.numQueues() * InflightQueue.regionSize(inflight.queueSize())) {
             throw VhostUserException.replyError(req, "in-flight area description does not fit: " + inflight);
         }
-        mapInflight(req, fd, inflight.mmapSize(), inflight.queueSize());
+        mapInflight(req, fd, inflight.mmapSize(), inflight.numQueues(), inflight.queueSize());
     }
 
     /** Maps (replacing any previous area) with the rings stopped; takes {@code fd} on success. */
-    private void mapInflight(int req, int fd, long size, int queueSize) throws VhostUserException {
+    private void mapInflight(int req, int fd, long size, int numQueuesInArea, int queueSize) throws VhostUserException {
+        // A file shorter than the mapping would raise SIGBUS on the first access: check it first.
+        long fileSize;
+        try {
+            fileSize = dev.vmm.core.linux.LibC.lseek(fd, 0, dev.vmm.core.linux.LibC.SEEK_END);
+        } catch (com.sun.jna.LastErrorException e) {
+            throw VhostUserException.replyError(req, "in-flight fd: " + dev.vmm.core.linux.LibC.describe(e.getErrorCode()));
+        }
+        if (fileSize < size) {
+            throw VhostUserException.replyError(req, "in-flight area of " + size + " bytes but the file has " + fileSize);
+        }
         onHome(req, () -> {
             boolean[] running = pauseWorkers();
             long addr;
@@ -499,6 +524,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             inflightAddr = addr;
             inflightSize = size;
             inflightQueueSize = queueSize;
+            inflightNumQueues = numQueuesInArea;
             inflightFd = fd;
             restartWorkers(running);
             return null;

@@ -61,7 +61,8 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
 
             @Override
             public void start() throws IOException {
-                listener = VhostUserListener.open(path, daemon.mainLoop().loop(), device);
+                // Not the main loop: the device's handlers may wait for a move, which may need main.
+                listener = VhostUserListener.open(path, daemon.controlLoop().loop(), device);
                 node.addUser(device); // its rings follow the node when it moves
             }
 

@@ -78,7 +78,7 @@ final class VirtioBlkRequests implements AutoCloseable {
                 case VIRTIO_BLK_T_IN -> {
                     dataOffset = readable;
                     dataLength = total - 1 - readable; // writable part less the status byte
-                    if (!checkIo(sector, dataLength, type)) return complete(chain, VIRTIO_BLK_S_IOERR, 0);
+                    if (!checkData(dataLength, type) || !checkIo(sector, dataLength, type)) return complete(chain, VIRTIO_BLK_S_IOERR, 0);
                     if (dataLength > 0) {
                         int n = chain.fillIovecs(iov, dataOffset, dataLength);
                         if (n < 0) return tooManySegments(chain, type);
@@ -92,7 +92,7 @@ final class VirtioBlkRequests implements AutoCloseable {
                     dataOffset = REQUEST_HEADER_SIZE;
                     dataLength = readable - REQUEST_HEADER_SIZE;
                     if (readOnly) return complete(chain, VIRTIO_BLK_S_IOERR, 0);
-                    if (!checkIo(sector, dataLength, type)) return complete(chain, VIRTIO_BLK_S_IOERR, 0);
+                    if (!checkData(dataLength, type) || !checkIo(sector, dataLength, type)) return complete(chain, VIRTIO_BLK_S_IOERR, 0);
                     if (dataLength > 0) {
                         int n = chain.fillIovecs(iov, dataOffset, dataLength);
                         if (n < 0) return tooManySegments(chain, type);
@@ -127,6 +127,16 @@ final class VirtioBlkRequests implements AutoCloseable {
             LOG.warn("vhost-user-blk export '{}': {} at sector {} failed: {}", exportId, requestName(type), sector, e.getMessage());
             return complete(chain, VIRTIO_BLK_S_IOERR, 0);
         }
+    }
+
+    /** Largest data part of one request: keeps the used length (an le32) and each syscall sane. */
+    static final long MAX_REQUEST_BYTES = 256L << 20;
+
+    /** The data of one IN/OUT: at most {@link #MAX_REQUEST_BYTES}, so the used length fits an le32. */
+    private boolean checkData(long length, int type) {
+        if (length <= MAX_REQUEST_BYTES) return true;
+        malformed(requestName(type) + " of " + length + " bytes (more than " + MAX_REQUEST_BYTES + ")");
+        return false;
     }
 
     /** Sector-aligned length, inside the disk. */

@@ -63,8 +63,9 @@ public final class BlockNode {
 
     /**
      * Completed when no move is in progress. Control-plane code that must run on the node's home
-     * (a vhost-user message changing rings) waits for it first; a move never needs the main loop
-     * to finish, so waiting on it from there cannot deadlock.
+     * (a vhost-user message changing rings) waits for it first. MUST NOT be waited for on the main
+     * loop or an IOThread: a move from or to them needs them. The daemon's control thread is the
+     * place ({@code Daemon.controlLoop()}).
      */
     public CompletableFuture<Void> settled() { return settled; }
 

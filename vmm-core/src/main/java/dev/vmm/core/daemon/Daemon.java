@@ -34,6 +34,8 @@ public final class Daemon {
     private static final Logger LOG = LoggerFactory.getLogger(Daemon.class);
 
     private final IOThread main;
+    /** Started on first use by {@link #controlLoop()}. */
+    private IOThread control;
     private final Map<String, IOThread> iothreads = new LinkedHashMap<>();
     private final Map<String, BlockNode> nodes = new LinkedHashMap<>();
     private final Map<String, BlockExport> exports = new LinkedHashMap<>();
@@ -50,6 +52,16 @@ public final class Daemon {
     }
 
     public IOThread mainLoop() { return main; }
+
+    /**
+     * The thread for control protocols whose handlers may have to wait for a node's move to
+     * finish (vhost-user front-end messages). A move never needs it, so such a wait cannot
+     * deadlock; the main loop, which a move from or to "main" needs, must never wait like that.
+     */
+    public synchronized IOThread controlLoop() {
+        if (control == null) control = IOThread.start(IOThread.CONTROL_ID);
+        return control;
+    }
 
     // ---- IOThreads ----
 
@@ -198,6 +210,10 @@ public final class Daemon {
         BlockExport export = drivers.get(type).create(this, new ExportCommon(id, node, writable, iothread), o);
         o.checkAllConsumed();
         if (iothread != null && iothread != node.home()) {
+            if (!node.users().isEmpty() || !node.settled().isDone()) {
+                throw new DaemonException(o.optionName() + ": block node '" + nodeName + "' is in use on IOThread '"
+                        + node.home().id() + "'; move it with x-blockdev-set-iothread first");
+            }
             for (BlockExport other : exports()) {
                 if (other.node() == node) {
                     throw new DaemonException(o.optionName() + ": block node '" + nodeName + "' is served on IOThread '"
@@ -243,6 +259,9 @@ public final class Daemon {
         return result;
     }
 
+    /** A move that has not finished by then is reported failed, and the node's gate is released. */
+    static final long MOVE_TIMEOUT_SECONDS = 30;
+
     /** The six steps; started on the main loop by the node's gate, which it must release at the end. */
     private void runMove(BlockNode node, IOThread target, CompletableFuture<Long> result) {
         IOThread source = node.home();
@@ -272,7 +291,7 @@ public final class Daemon {
         }).thenCompose(v -> target.submit(() -> {
             for (NodeUser u : users) step(u, u::resume);
             return System.nanoTime() - t0[0];
-        })).whenComplete((pause, err) -> {
+        })).orTimeout(MOVE_TIMEOUT_SECONDS, java.util.concurrent.TimeUnit.SECONDS).whenComplete((pause, err) -> {
             node.settle();
             main.execute(node::moveDone);
             if (err != null) {
@@ -455,6 +474,11 @@ public final class Daemon {
             LOG.info("iothread {}: requests={} allocated-bytes={}", t.id(), t.requests(), t.allocatedBytes());
         }
         for (IOThread t : ts) t.shutdown(5000);
+        IOThread c;
+        synchronized (this) {
+            c = control;
+        }
+        if (c != null) c.shutdown(5000);
         main.shutdown(5000);
         return flushed;
     }
