@@ -83,6 +83,9 @@ public final class NbdServer {
         }
         b.option(ChannelOption.SO_BACKLOG, 128)
                 .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, 4 << 20))
+                // Reads of up to 1 MiB: a large WRITE payload arrives in few syscalls (it is streamed
+                // to the file as it comes); small requests keep the buffer small.
+                .childOption(ChannelOption.RECVBUF_ALLOCATOR, new io.netty.channel.AdaptiveRecvByteBufAllocator(512, 16 * 1024, 1 << 20))
                 .childHandler(new ChannelInitializer<Channel>() {
                     @Override
                     protected void initChannel(Channel ch) {
