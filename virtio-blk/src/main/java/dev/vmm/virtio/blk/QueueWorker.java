@@ -54,6 +54,8 @@ final class QueueWorker implements EpollIoHandle {
     private IoRegistration registration;
     private boolean enabled;
     private boolean stopped;
+    /** The guest sent something the spec forbids: serve nothing more until a reset. */
+    private boolean guestBroke;
     /** The node is moving: kicks wait in the eventfd until {@link #resume}. */
     private boolean quiesced;
     private boolean rescheduled;
@@ -142,7 +144,7 @@ final class QueueWorker implements EpollIoHandle {
         return vq.lastAvailIdx();
     }
 
-    boolean broken() { return vq.isBroken(); }
+    boolean broken() { return vq.isBroken() || guestBroke; }
 
     void release() {
         requests.close();
@@ -175,7 +177,7 @@ final class QueueWorker implements EpollIoHandle {
     /** Serves available requests; see {@link Virtqueue} for the lost-kick-free loop. */
     void process() {
         assert home.inThread() : name + " processed off its home thread";
-        if (vq.isBroken()) return;
+        if (vq.isBroken() || guestBroke) return;
         int served = 0;
         try {
             if (resubmit != null) served += resubmitInflight();
@@ -192,16 +194,16 @@ final class QueueWorker implements EpollIoHandle {
                 if (served >= BUDGET) break;
             } while (vq.enableNotification());
         } catch (VirtqueueException e) {
-            if (e.kind() == VirtqueueException.Kind.REQUEST) {
-                LOG.warn("{}: malformed descriptor chain (head {}): {}", name, e.head(), e.getMessage());
-                if (inflight != null) inflight.popped(e.head());
-                complete(e.head(), 0);
-                served++;
-                reschedule();
-            } else {
-                LOG.error("{}: the guest broke the virtqueue: {}; the queue is stopped (device needs reset)", name, e.getMessage());
-                signal(errFd);
-            }
+            // A chain the spec forbids (loop, address outside guest RAM, zero length, ...) or a
+            // broken ring. Completing it would leave its status byte unwritten, and a driver may
+            // read a stale "OK" and accept garbage; so, as QEMU does (virtio_error), the queue stops
+            // and the front-end is told through the error eventfd. Other queues and disks go on;
+            // a device reset (reconnect) starts the queue afresh.
+            LOG.error("{}: the guest sent {}: {}; the queue is stopped until the device is reset",
+                    name, e.kind() == VirtqueueException.Kind.REQUEST ? "a malformed descriptor chain (head " + e.head() + ")"
+                            : "a broken ring", e.getMessage());
+            guestBroke = true;
+            signal(errFd);
         } catch (RuntimeException | InternalError e) {
             // A bug, or a fault on guest memory (SIGBUS on a shrunk memfd): stop this queue only.
             LOG.error("{}: stopping the queue after an internal error: {}", name, e.toString());

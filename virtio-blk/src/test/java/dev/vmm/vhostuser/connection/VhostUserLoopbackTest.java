@@ -161,7 +161,7 @@ class VhostUserLoopbackTest {
             assertEquals(1, stub.calls.stream().filter("setOwner"::equals).count(), "a request with a stray fd must not reach the handler");
         }
         assertFalse(new File(path).exists());
-        assertEquals(before, openFds(), "fd leak");
+        assertTrue(openFds() <= before, "fd leak"); // more open fds is a leak; other tests' threads may close some meanwhile
     }
 
     @Test
@@ -183,7 +183,7 @@ class VhostUserLoopbackTest {
             waitFor(() -> stub.disconnects.get() == 2);
             assertEquals(2, io.call(l::accepted));
         }
-        assertEquals(before, openFds(), "fd leak");
+        assertTrue(openFds() <= before, "fd leak"); // more open fds is a leak; other tests' threads may close some meanwhile
     }
 
     @Test

@@ -76,7 +76,10 @@ class VhostUserDecoderFuzzTest {
                 assertNotNull(e.kind());
             }
         }
-        assertEquals(before, openFds(), "fd leak");
+        // Every case opens 0-8 eventfds: a leak leaves more open than before (other test threads may
+        // close fds meanwhile, so fewer is not an error).
+        int after = openFds();
+        assertTrue(after <= before, "fd leak: " + before + " open before, " + after + " after");
         assertEquals(CASES, accepted + rejected);
         assertTrue(accepted > 1000, "accepted only " + accepted);
         assertTrue(rejected > 1000, "rejected only " + rejected);
