@@ -143,7 +143,11 @@ class GuestHandoffSoakTest {
         for (int slot = 0; slot < Math.min(rounds, 8); slot++) {
             assertEquals(run.result("data"), Images.sha256(image, slot * 4L * Images.MiB, 4 * Images.MiB), "guest slot " + slot + "\n" + why);
         }
-        System.out.println("[soak] " + tail(moves.stdout(), 6).replace('\n', ' ') + " guest rounds " + rounds
+        Run.Result stats = vmm(List.of("qmp", "--socket", qmp.toString(), "query-blockstats"), 20);
+        java.util.regex.Matcher lat = java.util.regex.Pattern.compile("\"count\":(\\d+).*?\"p99-ns\":(\\d+)").matcher(stats.stdout());
+        assertTrue(lat.find() && Long.parseLong(lat.group(1)) > 1000 && Long.parseLong(lat.group(2)) > 0,
+                "query-blockstats reports request latencies: " + stats.stdout());
+        System.out.println("[soak] latency " + lat.group(0) + "; " + tail(moves.stdout(), 6).replace('\n', ' ') + " guest rounds " + rounds
                 + ", fio runs " + fioRuns + ", nbdcopy runs " + copies);
     }
 

@@ -116,7 +116,8 @@ public final class CoreCommands {
             for (BlockNode n : daemon.nodes()) out.add(nodeInfo(n));
             return out;
         }));
-        t.register("query-blockstats", QmpCommand.sync(c -> {
+        // blocking: the latency histogram is copied on each node's home thread
+        t.register("query-blockstats", QmpCommand.blocking(c -> {
             Options o = c.options();
             o.bool("query-nodes", false); // no BlockBackends: every node is listed either way
             o.checkAllConsumed();
@@ -241,6 +242,24 @@ public final class CoreCommands {
         st.put("unmap_operations", s.discardOps.sum());
         st.put("write_zeroes_operations", s.zeroOps.sum());
         st.put("failed_operations", s.errors.sum());
+        // Our extension: service time of every request on the home thread (parse to completion).
+        // Requests are executed synchronously there, so none is in flight between two events.
+        dev.vmm.core.stats.LatencyHistogram h;
+        try {
+            h = n.home().call(s.latency::copy); // its one writer: a consistent copy
+        } catch (Exception e) {
+            h = new dev.vmm.core.stats.LatencyHistogram();
+        }
+        Map<String, Object> lat = new LinkedHashMap<>();
+        lat.put("count", h.count());
+        lat.put("mean-ns", Math.round(h.mean()));
+        lat.put("p50-ns", h.percentile(50));
+        lat.put("p99-ns", h.percentile(99));
+        lat.put("p99.9-ns", h.percentile(99.9));
+        lat.put("max-ns", h.max());
+        st.put("x-latency", lat);
+        st.put("x-in-flight", 0);
+        st.put("x-iothread", n.home().id());
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("device", "");
         m.put("node-name", n.name());

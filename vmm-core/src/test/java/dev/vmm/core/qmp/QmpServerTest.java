@@ -313,6 +313,9 @@ class QmpServerTest {
             Map<String, Object> st = (Map<String, Object>) stats.get(0);
             assertEquals("d0", st.get("node-name"));
             assertEquals(0L, ((Map<String, Object>) st.get("stats")).get("rd_operations"));
+            Map<String, Object> lat = (Map<String, Object>) ((Map<String, Object>) st.get("stats")).get("x-latency");
+            assertEquals(0L, lat.get("count"));
+            assertTrue(lat.containsKey("p99-ns") && lat.containsKey("p99.9-ns"), lat.toString());
             assertEquals("GenericError: Failed to find node with node-name='zz'", c.error(cmd("blockdev-del", "{\"node-name\":\"zz\"}")));
             c.ok(cmd("blockdev-del", "{\"node-name\":\"d0\"}"));
             assertEquals(List.of(), c.ok("{\"execute\":\"query-named-block-nodes\"}"));
