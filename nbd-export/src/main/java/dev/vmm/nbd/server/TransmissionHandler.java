@@ -368,6 +368,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     /** Runs one request whose header was consumed; consumes its {@code payload} bytes from {@link #cum}. */
     private void handle(ChannelHandlerContext ctx, int type, int flags, long cookie, long offset, long length, int payload) {
+        assert home.inThread() && export.node().home() == home : "NBD request served off the node's home thread";
         if (type != NBD_CMD_WRITE && payload > 0) cum.skipBytes(payload); // only WRITE uses a payload
         try {
             switch (type) {

@@ -31,7 +31,9 @@ import org.junit.jupiter.api.io.TempDir;
 /**
  * Live handoff of a node with connected NBD clients (DESIGN.md "Context handoff"): clients keep
  * writing and verifying while the node hops between IOThreads; no request fails, is lost or is
- * answered out of its data, and a move's pause is reported.
+ * answered out of its data, and a move's pause is reported. Every request asserts (tests run with
+ * -ea) that it runs on the node's current home thread: a violation closes that client, which the
+ * workers report as an error.
  */
 @Timeout(120)
 class NbdHandoffTest {
