@@ -141,18 +141,7 @@ public final class PackedVirtqueue implements Virtqueue {
     }
 
     private long part(String what, long addr, long bytes, int align, boolean userAddresses) throws VirtqueueException {
-        if ((addr & (align - 1)) != 0) {
-            throw VirtqueueException.broken(what + " at 0x" + Long.toHexString(addr) + " is not " + align + "-byte aligned");
-        }
-        long host;
-        try {
-            host = userAddresses ? memory.uvaToHost(addr, bytes) : memory.gpaToHost(addr, bytes);
-        } catch (GuestMemoryException e) {
-            throw VirtqueueException.broken(what + ": " + e.getMessage());
-        }
-        // Host alignment matters too: flags and off_wrap must be single, atomic accesses.
-        if ((host & (align - 1)) != 0) throw VirtqueueException.broken(what + " maps to a misaligned host address");
-        return host;
+        return VirtioRing.translatePart(memory, what, addr, bytes, align, userAddresses);
     }
 
     @Override

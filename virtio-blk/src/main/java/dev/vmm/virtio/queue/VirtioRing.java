@@ -64,4 +64,27 @@ public final class VirtioRing {
     public static boolean needEvent(int eventIdx, int newIdx, int oldIdx) {
         return ((newIdx - eventIdx - 1) & 0xFFFF) < ((newIdx - oldIdx) & 0xFFFF);
     }
+
+    /**
+     * Host address of one part of a ring (descriptor table, avail/used ring, event suppression
+     * area) given as a frontend user address (vhost-user) or a guest-physical one: the part must
+     * be {@code align}-aligned in both address spaces (ring fields are single atomic accesses) and
+     * lie wholly inside one region.
+     *
+     * @throws VirtqueueException (BROKEN) otherwise
+     */
+    static long translatePart(dev.vmm.virtio.memory.GuestMemory memory, String what, long addr, long bytes, int align,
+            boolean userAddresses) throws VirtqueueException {
+        if ((addr & (align - 1)) != 0) {
+            throw VirtqueueException.broken(what + " at 0x" + Long.toHexString(addr) + " is not " + align + "-byte aligned");
+        }
+        long host;
+        try {
+            host = userAddresses ? memory.uvaToHost(addr, bytes) : memory.gpaToHost(addr, bytes);
+        } catch (dev.vmm.virtio.memory.GuestMemoryException e) {
+            throw VirtqueueException.broken(what + ": " + e.getMessage());
+        }
+        if ((host & (align - 1)) != 0) throw VirtqueueException.broken(what + " maps to a misaligned host address");
+        return host;
+    }
 }
