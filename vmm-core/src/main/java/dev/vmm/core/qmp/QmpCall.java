@@ -43,8 +43,14 @@ public final class QmpCall {
 
     /** Runs {@code task} on the monitor's control thread (one for all monitors, in order). */
     public <T> CompletableFuture<Object> blocking(Callable<T> task) {
+        ranElsewhere = true;
         return server.blocking(task);
     }
+
+    /** True when part of the command ran off the main loop (its events may still be queued there). */
+    private boolean ranElsewhere;
+
+    boolean ranElsewhere() { return ranElsewhere; }
 
     /** Runs {@code action} once the reply has been written to the client ({@code quit}). */
     public void afterReply(Runnable action) { this.afterReply = action; }

@@ -190,10 +190,12 @@ final class QmpConnection extends ChannelInboundHandlerAdapter implements QmpFra
         } catch (Exception e) {
             f = CompletableFuture.failedFuture(e);
         }
-        if (f.isDone()) {
-            complete(id, call, f);
+        if (f.isDone() && server.mainLoop().inThread() && !call.ranElsewhere()) {
+            complete(id, call, f); // a sync command: its events were written inline already
             return;
         }
+        // Through the main loop's queue: events the command emitted from another thread were
+        // queued there first, so they reach the client before the reply.
         busy = true;
         CompletableFuture<Object> pending = f;
         f.whenComplete((r, t) -> server.mainLoop().execute(() -> {
