@@ -91,6 +91,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private boolean streamFua;
     private int streamError;
     private String streamMessage;
+    /** Zero-copy receive of large payloads; opened on first use, closed with the channel. */
+    private SpliceReceiver splice;
+    private boolean spliceUnavailable;
     /** Output is full: stop producing replies until the channel is writable again. */
     private boolean paused;
     private boolean closing;
@@ -176,6 +179,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         if (cum != null) {
             cum.release();
             cum = null;
+        }
+        if (splice != null) {
+            splice.close();
+            splice = null;
         }
     }
 
@@ -332,20 +339,19 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     /** Writes what arrived of a streamed WRITE; false when it waits for more bytes. */
     private boolean streamWrite(ChannelHandlerContext ctx) {
         int n = (int) Math.min(streamRemaining, cum.readableBytes());
-        if (n == 0) return false;
-        if (streamError == 0) {
-            try {
-                driver.write(streamOffset, address(cum, cum.readerIndex()), n, false);
-            } catch (BlockException e) {
-                stats.errors.increment();
-                streamError = NbdError.fromErrno(e.errno());
-                streamMessage = e.getMessage();
-                LOG.warn("export '{}': NBD_CMD_WRITE at offset {} failed: {}", export.name(), streamOffset, e.getMessage());
+        if (n > 0) {
+            if (streamError == 0) {
+                try {
+                    driver.write(streamOffset, address(cum, cum.readerIndex()), n, false);
+                } catch (BlockException e) {
+                    streamFailed(e);
+                }
             }
+            cum.skipBytes(n); // consumed whatever happens: the stream keeps its framing
+            streamOffset += n;
+            streamRemaining -= n;
         }
-        cum.skipBytes(n); // consumed whatever happens: the stream keeps its framing
-        streamOffset += n;
-        streamRemaining -= n;
+        if (streamRemaining > 0 && streamError == 0 && !cum.isReadable()) spliceRest(ctx);
         if (streamRemaining > 0) return false;
         if (streamError == 0 && streamFua) {
             try {
@@ -364,6 +370,43 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             replyError(ctx, streamCookie, streamRequestOffset, streamError, streamMessage);
         }
         return true;
+    }
+
+    private void streamFailed(BlockException e) {
+        stats.errors.increment();
+        streamError = NbdError.fromErrno(e.errno());
+        streamMessage = e.getMessage();
+        LOG.warn("export '{}': NBD_CMD_WRITE at offset {} failed: {}", export.name(), streamOffset, e.getMessage());
+    }
+
+    /**
+     * The rest of a streamed payload that is already in the socket goes straight to the file
+     * ({@link SpliceReceiver}); what is not there yet arrives later through Netty as usual.
+     */
+    private void spliceRest(ChannelHandlerContext ctx) {
+        int fileFd = driver.sendfileFd();
+        if (fileFd < 0 || !(ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc)) return;
+        if (splice == null) {
+            if (spliceUnavailable) return;
+            splice = SpliceReceiver.open();
+            if (splice == null) {
+                spliceUnavailable = true;
+                return;
+            }
+        }
+        int socketFd = uc.fd().intValue();
+        while (streamRemaining > 0) {
+            long moved;
+            try {
+                moved = splice.receive(socketFd, fileFd, streamOffset, streamRemaining);
+            } catch (BlockException e) {
+                streamFailed(e); // the rest of the payload is read and dropped by the ordinary path
+                return;
+            }
+            if (moved <= 0) return; // nothing waiting (Netty reads the rest) or end of stream
+            streamOffset += moved;
+            streamRemaining -= moved;
+        }
     }
 
     /** Runs one request whose header was consumed; consumes its {@code payload} bytes from {@link #cum}. */

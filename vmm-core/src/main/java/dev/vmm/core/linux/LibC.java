@@ -150,6 +150,24 @@ public final class LibC {
     /** pread(2): returns bytes read, 0 at EOF. */
     public static native long pread(int fd, long buf, long count, long offset) throws LastErrorException;
 
+    /** splice(2): moves up to {@code len} bytes between an fd and a pipe; offsets are pointers to 64-bit values or 0. */
+    public static native long splice(int fdIn, long offIn, int fdOut, long offOut, long len, int flags) throws LastErrorException;
+
+    /** pipe2(2): {@code fds} points to two ints (read end, write end). */
+    public static native int pipe2(long fds, int flags) throws LastErrorException;
+
+    /** fcntl(2) with an int argument (F_SETPIPE_SZ). */
+    public static native int fcntl(int fd, int cmd, int arg) throws LastErrorException;
+
+    /** splice: move pages rather than copy, where the kernel can. */
+    public static final int SPLICE_F_MOVE = 1;
+    /** splice: do not block on the pipe (the socket is non-blocking anyway). */
+    public static final int SPLICE_F_NONBLOCK = 2;
+    /** fcntl: set a pipe's capacity. */
+    public static final int F_SETPIPE_SZ = 1031;
+    /** pipe2: non-blocking ends. */
+    public static final int O_NONBLOCK = 04000;
+
     /** sendfile(2): copies from a file to a socket inside the kernel; {@code offset} points to a 64-bit file offset it advances. */
     public static native long sendfile(int outFd, int inFd, long offset, long count) throws LastErrorException;
 
