@@ -7,6 +7,8 @@
  * decode to e.g. {@code "NBD_OPT_UNKNOWN(42)"} rather than throwing, so the caller can answer
  * with the spec's error ({@code NBD_REP_ERR_UNSUP}, {@code NBD_EINVAL}).
  *
+ * <p>Thread contract: constants and pure functions only; usable from any thread.
+ *
  * <p>Pure constants: no state, callable from any thread.
  */
 package dev.vmm.nbd.protocol;

@@ -8,7 +8,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
-/** Runs a short host command to completion, output captured through a temp file. */
+/** Runs a short host command to completion, output captured through a temp file. Stateless: any thread. */
 final class Exec {
     record Result(List<String> command, int exit, String output) {
         String describe() {

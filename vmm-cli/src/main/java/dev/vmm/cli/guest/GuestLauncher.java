@@ -27,6 +27,9 @@ import java.util.concurrent.TimeUnit;
  * <p>Always TCG: {@code -accel kvm} hangs on the machines this was built on. Guest RAM is a
  * shared memfd, which vhost-user requires. A launcher is a mutable builder, not thread-safe;
  * {@link #run} blocks the calling thread.
+ *
+ * <p>Thread contract: a builder, used by one thread; {@link #run()} blocks that thread until QEMU
+ * exits or the timeout kills it.
  */
 public final class GuestLauncher {
     private final Path kernel;

@@ -3,9 +3,7 @@ package dev.vmm.virtio.queue.driver;
 import static dev.vmm.virtio.queue.PackedRing.*;
 import static dev.vmm.virtio.queue.VirtioRing.*;
 
-import com.sun.jna.LastErrorException;
 
-import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
@@ -34,12 +32,10 @@ public final class PackedQueueDriver implements AutoCloseable {
     private final int size;
     private final long features;
     private final boolean eventIdx;
-    private final int fd;
-    private final long memorySize;
+    private final DriverMemory mem;
+    private final long base; // mem.base: our mapping, host address == the "frontend userspace address"
     private final long gpaBase;
-    private final long base; // our mapping: host address == the "frontend userspace address"
     private final long descOff, driverEventOff, deviceEventOff, dataOff;
-    private long bump;
 
     // ---- buffer ids and ring space ----
     private final int[] freeIds;       // stack of free buffer ids
@@ -73,20 +69,9 @@ public final class PackedQueueDriver implements AutoCloseable {
         this.deviceEventOff = driverEventOff + PAGE;
         this.dataOff = deviceEventOff + PAGE;
         if (memorySize % PAGE != 0 || memorySize <= dataOff) throw new IllegalArgumentException("memory size " + memorySize);
-        this.memorySize = memorySize;
+        this.mem = DriverMemory.create("pvq-driver", memorySize, guestPhysBase, dataOff);
+        this.base = mem.base;
         this.gpaBase = guestPhysBase;
-        int f = LibcMemory.memfdCreate("pvq-driver");
-        long b;
-        try {
-            LibcMemory.truncate(f, memorySize);
-            b = LibcMemory.mapShared(f, memorySize, 0, true);
-        } catch (LibcMemory.ErrnoException e) {
-            LibC.close(f);
-            throw e;
-        }
-        this.fd = f;
-        this.base = b;
-        this.bump = dataOff;
         freeIds = new int[size];
         for (int i = 0; i < size; i++) freeIds[i] = size - 1 - i; // pops 0, 1, 2 ...
         freeIdCount = size;
@@ -101,9 +86,9 @@ public final class PackedQueueDriver implements AutoCloseable {
     // ---------------------------------------------------------------- memory
 
     /** The memfd (owned by this driver; closed by {@link #close()}). */
-    public int fd() { return fd; }
+    public int fd() { return mem.fd; }
 
-    public long memorySize() { return memorySize; }
+    public long memorySize() { return mem.size; }
 
     public long guestPhysBase() { return gpaBase; }
 
@@ -124,31 +109,17 @@ public final class PackedQueueDriver implements AutoCloseable {
 
     /** Adds this memory as a region of a backend's {@link GuestMemory}, the way SET_MEM_TABLE would. */
     public void shareWith(GuestMemory memory) throws GuestMemoryException {
-        int dup;
-        try {
-            dup = LibcMemory.dup(fd);
-        } catch (LastErrorException e) {
-            throw new GuestMemoryException("dup: " + LibC.describe(e.getErrorCode()));
-        }
-        memory.addRegion(dup, gpaBase, memorySize, base, 0);
+        mem.shareWith(memory);
     }
 
     /** Allocates {@code bytes} of buffer space (64-byte aligned); returns its guest-physical address. */
     public long alloc(long bytes) {
-        if (bytes <= 0 || bytes > memorySize - bump) throw new IllegalStateException("driver memory exhausted: " + bytes);
-        long off = bump;
-        bump = align(bump + bytes, 64);
-        if (bump > memorySize) bump = memorySize;
-        return gpaBase + off;
+        return mem.alloc(bytes);
     }
 
     /** Our host address of {@code [gpa, gpa + len)}; throws if outside our memory. */
     public long host(long gpa, long len) {
-        long off = gpa - gpaBase;
-        if (len < 0 || gpa < gpaBase || off > memorySize || len > memorySize - off) {
-            throw new IndexOutOfBoundsException(String.format("0x%x+0x%x outside driver memory", gpa, len));
-        }
-        return base + off;
+        return mem.host(gpa, len);
     }
 
     // ---------------------------------------------------------------- well-formed submission
@@ -409,12 +380,6 @@ public final class PackedQueueDriver implements AutoCloseable {
     /** Unmaps the memory and closes the memfd. */
     @Override
     public void close() {
-        try {
-            LibcMemory.unmap(base, memorySize);
-        } catch (LibcMemory.ErrnoException e) {
-            throw new IllegalStateException(e);
-        } finally {
-            LibC.close(fd);
-        }
+        mem.close();
     }
 }

@@ -2,9 +2,7 @@ package dev.vmm.virtio.queue.driver;
 
 import static dev.vmm.virtio.queue.VirtioRing.*;
 
-import com.sun.jna.LastErrorException;
 
-import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
@@ -33,14 +31,10 @@ public final class SplitQueueDriver implements AutoCloseable {
     private final int mask;
     private final long features;
     private final boolean eventIdx;
-    private final int fd;
-    private final boolean ownsMemory;
-    private final long fdOffset;       // offset of our first byte in the memfd
-    private final long memorySize;
+    private final DriverMemory mem;
+    private final long base; // mem.base: our mapping, host address == the "frontend userspace address"
     private final long gpaBase;
-    private final long base; // our mapping: host address == the "frontend userspace address"
     private final long descOff, availOff, usedOff, dataOff;
-    private long bump;
 
     // ---- descriptor bookkeeping (driver-private shadow; the ring may be overwritten on purpose) ----
     private final int[] shadowNext;
@@ -90,29 +84,11 @@ public final class SplitQueueDriver implements AutoCloseable {
         this.usedOff = availOff + align(availRingSize(size), PAGE);
         this.dataOff = usedOff + align(usedRingSize(size), PAGE);
         if (memorySize % PAGE != 0 || memorySize <= dataOff) throw new IllegalArgumentException("memory size " + memorySize);
-        this.memorySize = memorySize;
+        this.mem = sliceFd >= 0
+                ? DriverMemory.slice(sliceFd, sliceOffset, sliceBase, memorySize, guestPhysBase, dataOff)
+                : DriverMemory.create("vq-driver", memorySize, guestPhysBase, dataOff);
+        this.base = mem.base;
         this.gpaBase = guestPhysBase;
-        if (sliceFd >= 0) {
-            this.fd = sliceFd;
-            this.fdOffset = sliceOffset;
-            this.base = sliceBase;
-            this.ownsMemory = false;
-        } else {
-            int f = LibcMemory.memfdCreate("vq-driver");
-            long b;
-            try {
-                LibcMemory.truncate(f, memorySize);
-                b = LibcMemory.mapShared(f, memorySize, 0, true);
-            } catch (LibcMemory.ErrnoException e) {
-                LibC.close(f);
-                throw e;
-            }
-            this.fd = f;
-            this.fdOffset = 0;
-            this.base = b;
-            this.ownsMemory = true;
-        }
-        this.bump = dataOff;
         shadowNext = new int[size];
         chainLen = new int[size];
         indirectGpa = new long[size];
@@ -127,10 +103,10 @@ public final class SplitQueueDriver implements AutoCloseable {
     // ---------------------------------------------------------------- memory
 
     /** The memfd (owned by this driver; closed by {@link #close()}). */
-    public int fd() { return fd; }
+    public int fd() { return mem.fd; }
 
     /** Bytes of memory. */
-    public long memorySize() { return memorySize; }
+    public long memorySize() { return mem.size; }
 
     /** Guest-physical address of the first byte. */
     public long guestPhysBase() { return gpaBase; }
@@ -154,37 +130,23 @@ public final class SplitQueueDriver implements AutoCloseable {
      * address as uva, offset 0.
      */
     public void shareWith(GuestMemory memory) throws GuestMemoryException {
-        int dup;
-        try {
-            dup = LibcMemory.dup(fd);
-        } catch (LastErrorException e) {
-            throw new GuestMemoryException("dup: " + LibC.describe(e.getErrorCode()));
-        }
-        memory.addRegion(dup, gpaBase, memorySize, base, fdOffset);
+        mem.shareWith(memory);
     }
 
     /** Allocates {@code bytes} of buffer space (64-byte aligned); returns its guest-physical address. */
     public long alloc(long bytes) {
-        if (bytes <= 0 || bytes > memorySize - bump) throw new IllegalStateException("driver memory exhausted: " + bytes);
-        long off = bump;
-        bump = align(bump + bytes, 64);
-        if (bump > memorySize) bump = memorySize;
-        return gpaBase + off;
+        return mem.alloc(bytes);
     }
 
     /** Forgets all buffer allocations (descriptor tables included); rings stay. */
     public void resetBuffers() {
-        bump = dataOff;
+        mem.resetBuffers();
         java.util.Arrays.fill(indirectCap, 0);
     }
 
     /** Our host address of {@code [gpa, gpa + len)}; throws if outside our memory. */
     public long host(long gpa, long len) {
-        long off = gpa - gpaBase;
-        if (len < 0 || gpa < gpaBase || off > memorySize || len > memorySize - off) {
-            throw new IndexOutOfBoundsException(String.format("0x%x+0x%x outside driver memory", gpa, len));
-        }
-        return base + off;
+        return mem.host(gpa, len);
     }
 
     // ---------------------------------------------------------------- well-formed submission
@@ -405,13 +367,6 @@ public final class SplitQueueDriver implements AutoCloseable {
     /** Unmaps the memory and closes the memfd (a slice's owner does that for a slice). */
     @Override
     public void close() {
-        if (!ownsMemory) return;
-        try {
-            LibcMemory.unmap(base, memorySize);
-        } catch (LibcMemory.ErrnoException e) {
-            throw new IllegalStateException(e);
-        } finally {
-            LibC.close(fd);
-        }
+        mem.close();
     }
 }
