@@ -45,7 +45,7 @@ final class SpliceReceiver implements AutoCloseable {
             int w = PlatformDependent.getInt(fds + 4);
             int cap;
             try {
-                cap = LibC.fcntl(w, LibC.F_SETPIPE_SZ, PIPE_SIZE);
+                cap = LibcSocket.fcntl(w, LibC.F_SETPIPE_SZ, PIPE_SIZE);
             } catch (LastErrorException e) {
                 cap = 64 * 1024; // the default capacity
             }

@@ -106,9 +106,9 @@ class VhostUserLoopbackTest {
         }
     }
 
-    static int memfd(long size) {
-        int fd = LibcSocket.memfd_create("vu-test", LibcSocket.MFD_CLOEXEC);
-        LibcSocket.ftruncate(fd, size);
+    static int memfd(long size) throws IOException {
+        int fd = dev.vmm.core.linux.LibcMemory.memfdCreate("vu-test");
+        dev.vmm.core.linux.LibcMemory.truncate(fd, size);
         return fd;
     }
 

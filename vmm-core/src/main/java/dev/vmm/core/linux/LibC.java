@@ -156,8 +156,6 @@ public final class LibC {
     /** pipe2(2): {@code fds} points to two ints (read end, write end). */
     public static native int pipe2(long fds, int flags) throws LastErrorException;
 
-    /** fcntl(2) with an int argument (F_SETPIPE_SZ). */
-    public static native int fcntl(int fd, int cmd, int arg) throws LastErrorException;
 
     /** splice: move pages rather than copy, where the kernel can. */
     public static final int SPLICE_F_MOVE = 1;

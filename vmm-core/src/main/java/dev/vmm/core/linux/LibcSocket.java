@@ -9,7 +9,7 @@ import com.sun.jna.Pointer;
 import java.nio.charset.StandardCharsets;
 
 /**
- * Unix-domain sockets with {@code SCM_RIGHTS}, eventfds and memfds: the libc calls of the
+ * Unix-domain sockets with {@code SCM_RIGHTS} and eventfds (memfds: {@link LibcMemory}): the libc calls of the
  * vhost-user control plane, bound with JNA direct mapping like {@link LibC} ({@code long}
  * native addresses, no {@code Pointer}s, one JNI transition per call).
  *
@@ -28,7 +28,7 @@ import java.nio.charset.StandardCharsets;
  * struct cmsghdr     { size_t cmsg_len @0; int cmsg_level @8; int cmsg_type @12;
  *                      data @16 }  CMSG_LEN(n) = 16 + n, CMSG_SPACE(n) = 16 + align8(n)
  * </pre>
- * See unix(7), cmsg(3), recvmsg(2), eventfd(2), memfd_create(2).
+ * See unix(7), cmsg(3), recvmsg(2), eventfd(2).
  */
 public final class LibcSocket {
     private LibcSocket() {}
@@ -79,13 +79,11 @@ public final class LibcSocket {
     /** Received fds get FD_CLOEXEC atomically. */
     public static final int MSG_CMSG_CLOEXEC = 0x40000000;
 
-    // ---- eventfd(2), memfd_create(2), fcntl(2) ----
+    // ---- eventfd(2), fcntl(2) ----
     /** eventfd: non-blocking. */
     public static final int EFD_NONBLOCK = 0x800;
     /** eventfd: close on exec. */
     public static final int EFD_CLOEXEC = 0x80000;
-    /** memfd_create: close on exec. */
-    public static final int MFD_CLOEXEC = 0x1;
     /** fcntl: get fd flags (FD_CLOEXEC); EBADF when the fd is not open. */
     public static final int F_GETFD = 1;
     /** fcntl: get file status flags. */
@@ -153,11 +151,7 @@ public final class LibcSocket {
     /** eventfd(2). */
     public static native int eventfd(int initval, int flags) throws LastErrorException;
 
-    /** memfd_create(2) (glibc 2.27+). */
-    public static native int memfd_create(String name, int flags) throws LastErrorException;
 
-    /** ftruncate(2). */
-    public static native int ftruncate(int fd, long length) throws LastErrorException;
 
     // ---- paths ----
 
