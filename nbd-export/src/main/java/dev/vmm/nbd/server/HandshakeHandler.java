@@ -64,11 +64,8 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     @Override
     public void channelRead(ChannelHandlerContext ctx, Object msg) {
         ByteBuf in = (ByteBuf) msg;
-        if (state == State.DONE) { // bytes after GO, before the move: keep them for the transmission phase
-            cum = cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in);
-            return;
-        }
         cum = cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in);
+        if (state == State.DONE) return; // bytes after GO, before the move: kept for the transmission phase
         try {
             process(ctx);
         } catch (ProtocolViolation e) {

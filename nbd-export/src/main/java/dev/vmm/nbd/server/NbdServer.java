@@ -25,7 +25,8 @@ import java.util.Map;
 import java.util.Objects;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.atomic.AtomicInteger;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -54,7 +55,8 @@ public final class NbdServer {
     private final IOThread main;
     private final Config config;
     private final Map<String, NbdExport> exports = new LinkedHashMap<>();
-    private final AtomicInteger connections = new AtomicInteger();
+    /** Every open client connection, in whatever phase: what max-connections counts and stop() closes. */
+    private final Set<Channel> connections = ConcurrentHashMap.newKeySet();
     private volatile Channel listener;
 
     public NbdServer(IOThread main, Config config) {
@@ -123,8 +125,9 @@ public final class NbdServer {
     }
 
     private void accept(Channel ch) {
-        int n = connections.incrementAndGet();
-        ch.closeFuture().addListener(f -> connections.decrementAndGet());
+        connections.add(ch);
+        ch.closeFuture().addListener(f -> connections.remove(ch));
+        int n = connections.size();
         if (config.maxConnections() > 0 && n > config.maxConnections()) {
             LOG.warn("NBD client {} refused: max-connections={} reached", ch.remoteAddress(), config.maxConnections());
             ch.close();
@@ -247,7 +250,7 @@ public final class NbdServer {
         }
     }
 
-    public int connectionCount() { return connections.get(); }
+    public int connectionCount() { return connections.size(); }
 
     /** Stops listening, then lets every client's pending replies go out and closes it. */
     public void stop(long timeoutMs) {
@@ -268,6 +271,11 @@ public final class NbdServer {
         for (io.netty.channel.ChannelFuture f : closing) {
             long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
             if (!f.awaitUninterruptibly(Math.max(1, left))) f.channel().close();
+        }
+        // Clients still negotiating (or joining) have no replies in flight: close them too.
+        for (Channel c : List.copyOf(connections)) {
+            long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+            c.close().awaitUninterruptibly(Math.max(1, left));
         }
         if (started) LOG.info("NBD server stopped");
     }

@@ -522,12 +522,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         if (length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
                 && ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc) {
             ByteBuf h = ctx.alloc().directBuffer(header);
-            if (structured) {
-                chunkHeader(h, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + length);
-                h.writeLong(offset);
-            } else {
-                h.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
-            }
+            readReplyHeader(h, cookie, offset, length);
             ctx.write(h, ctx.voidPromise());
             ctx.write(new SendfileRegion(uc.fd().intValue(), fileFd, offset, length), ctx.voidPromise());
             stats.readOps.increment();
@@ -536,12 +531,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         }
         ByteBuf b = ctx.alloc().directBuffer(header + length);
         try {
-            if (structured) {
-                chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + length);
-                b.writeLong(offset);
-            } else {
-                b.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
-            }
+            readReplyHeader(b, cookie, offset, length);
             int at = b.writerIndex();
             driver.read(offset, address(b, at), length); // capacity >= header + length: checked by construction
             b.writerIndex(at + length);
@@ -552,6 +542,16 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         stats.readOps.increment();
         stats.readBytes.add(length);
         ctx.write(b, ctx.voidPromise());
+    }
+
+    /** What precedes a successful READ's data: one OFFSET_DATA chunk header (and its offset), or a simple reply. */
+    private void readReplyHeader(ByteBuf b, long cookie, long offset, int length) {
+        if (structured) {
+            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + length);
+            b.writeLong(offset);
+        } else {
+            b.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
+        }
     }
 
     /**

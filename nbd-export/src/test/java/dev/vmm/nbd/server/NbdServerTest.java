@@ -384,6 +384,21 @@ class NbdServerTest extends NbdServerFixture {
     }
 
     @Test
+    void stopAlsoClosesClientsStillInTheirHandshake() throws Exception {
+        NbdTestClient negotiating = client(); // greeting read, no option sent yet
+        NbdTestClient serving = client();
+        serving.go("disk0");
+        long t0 = System.nanoTime();
+        server.stop(5000);
+        assertTrue(negotiating.closedByServer(), "a client in the handshake is disconnected by stop()");
+        assertTrue(serving.closedByServer());
+        assertTrue(System.nanoTime() - t0 < 4_000_000_000L, "not left to the handshake timeout");
+        assertEquals(0, server.connectionCount());
+        negotiating.close();
+        serving.close();
+    }
+
+    @Test
     void emptyNameSelectsTheOnlyExport() throws Exception {
         server.removeExport("ro");
         try (NbdTestClient c = client()) {
