@@ -93,7 +93,8 @@ class GuestHandoffSoakTest {
         AtomicInteger copies = new AtomicInteger();
         Thread fioLoop = loop("fio", over, peerErrors, fioRuns, List.of(fio, "--name=soak", "--ioengine=nbd", "--uri=" + uri,
                 "--rw=randwrite", "--bs=4k", "--iodepth=16", "--offset=64m", "--size=32m", "--io_size=16m",
-                "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", "--output-format=terse"));
+                "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--randrepeat=0",
+                "--output-format=terse"));
         Thread copyLoop = loop("nbdcopy", over, peerErrors, copies, List.of(nbdcopy, "--connections=2", uri, "null:"));
 
         // Watchdog: the node's request count must keep rising while the moves go on.
