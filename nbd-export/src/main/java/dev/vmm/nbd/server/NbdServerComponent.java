@@ -67,11 +67,7 @@ public final class NbdServerComponent implements AutoCloseable {
      */
     public static SocketAddress address(Options fields, String type) throws OptionException {
         if (type.equals("unix")) {
-            String path = fields.required("path");
-            if (path.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > dev.vmm.core.net.UnixSocketFiles.MAX_PATH_BYTES) {
-                throw new OptionException(OptionException.Kind.INVALID, fields.optionName(), fields.fullKey("path"),
-                        "'" + fields.fullKey("path") + "' is longer than the 107 bytes a unix socket path may have");
-            }
+            String path = fields.socketPath("path");
             return new DomainSocketAddress(path);
         }
         String host = fields.required("host");

@@ -34,11 +34,7 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
     public BlockExport create(Daemon daemon, ExportCommon common, Options o) throws OptionException {
         Options addr = o.sub("addr");
         addr.choice("type", "unix", "unix");
-        String path = addr.required("path");
-        if (path.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > 107) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.path",
-                    "'addr.path' is longer than the 107 bytes a unix socket path may have");
-        }
+        String path = addr.socketPath("path");
         int numQueues = (int) o.number("num-queues", 1, 1, MAX_QUEUES);
         long lbs = o.number("logical-block-size", 512, 512, 4096);
         if (lbs != 512 && lbs != 4096) {

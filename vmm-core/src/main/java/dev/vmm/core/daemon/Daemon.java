@@ -144,7 +144,7 @@ public final class Daemon {
         o.choice("driver", null, "file");
         if (!o.has("driver")) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "driver", "parameter 'driver' is missing (only 'file' is supported)");
         String name = o.required("node-name");
-        String filename = o.required("filename");
+        String filename = o.path("filename");
         boolean readOnly = o.bool("read-only", false);
         boolean direct = o.sub("cache").bool("direct", false);
         // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a

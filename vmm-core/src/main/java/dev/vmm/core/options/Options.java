@@ -221,8 +221,8 @@ public final class Options {
 
     private OptionException invalid(String key, String what, String got) {
         String full = prefix + key;
-        return new OptionException(Kind.INVALID, optionName, full,
-                "'" + full + "' must be " + what + ", got '" + got + "'");
+        String shown = got.length() > 80 ? got.substring(0, 80) + "... (" + got.length() + " characters)" : got;
+        return new OptionException(Kind.INVALID, optionName, full, "'" + full + "' must be " + what + ", got '" + shown + "'");
     }
 
     /** The value; absent is an error: {@code parameter 'filename' is missing}. */
@@ -231,6 +231,24 @@ public final class Options {
         if (v == null) {
             String full = prefix + key;
             throw new OptionException(Kind.MISSING, optionName, full, "parameter '" + full + "' is missing");
+        }
+        return v;
+    }
+
+    /** A file path (required): not empty and without NUL bytes, which no system call can take. */
+    public String path(String key) throws OptionException {
+        String v = required(key);
+        if (v.isEmpty() || v.indexOf('\0') >= 0) throw invalid(key, "a file path (not empty, no NUL byte)", v.replace("\0", "\\0"));
+        return v;
+    }
+
+    /** A unix socket path (required): {@link #path} that fits in {@code sockaddr_un} (107 bytes). */
+    public String socketPath(String key) throws OptionException {
+        String v = path(key);
+        if (v.getBytes(java.nio.charset.StandardCharsets.UTF_8).length > dev.vmm.core.net.UnixSocketFiles.MAX_PATH_BYTES) {
+            String full = prefix + key;
+            throw new OptionException(Kind.INVALID, optionName, full, "'" + full + "' is longer than the "
+                    + dev.vmm.core.net.UnixSocketFiles.MAX_PATH_BYTES + " bytes a unix socket path may have");
         }
         return v;
     }
