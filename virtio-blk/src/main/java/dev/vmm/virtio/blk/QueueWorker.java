@@ -205,19 +205,33 @@ final class QueueWorker implements EpollIoHandle {
             guestBroke = true;
             signal(errFd);
         } catch (RuntimeException | InternalError e) {
-            // A bug, or a fault on guest memory (SIGBUS on a shrunk memfd): stop this queue only.
-            LOG.error("{}: stopping the queue after an internal error: {}", name, e.toString());
-            stopped = true;
-            detach();
-            signal(errFd);
+            stopAfterInternalError(e);
         }
         if (served >= BUDGET) reschedule();
         if (served > 0) {
-            if (inflight != null) inflight.beforePublish();
-            vq.publishUsed();
-            if (inflight != null) inflight.published(vq.lastUsedIdx());
-            if (vq.needsNotify()) signal(callFd);
+            try {
+                if (inflight != null) inflight.beforePublish();
+                vq.publishUsed();
+                if (inflight != null) inflight.published(vq.lastUsedIdx());
+                if (vq.needsNotify()) signal(callFd);
+            } catch (RuntimeException | InternalError e) {
+                // The used ring and the avail flags are guest memory too (a shrunk memfd faults here
+                // as well): nothing may escape to the event loop, whose other handles are other disks.
+                stopAfterInternalError(e);
+            }
         }
+    }
+
+    /**
+     * A bug, or a fault on guest memory: HotSpot turns SIGBUS in an Unsafe access (a page beyond
+     * the end of a memfd the front-end shrank after SET_MEM_TABLE) into an InternalError. Stops
+     * this queue only and tells the front-end through the error eventfd.
+     */
+    private void stopAfterInternalError(Throwable e) {
+        LOG.error("{}: stopping the queue after an internal error: {}", name, e.toString());
+        stopped = true;
+        detach();
+        signal(errFd);
     }
 
     private void complete(int head, int written) {

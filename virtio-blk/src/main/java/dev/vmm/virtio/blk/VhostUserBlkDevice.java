@@ -504,12 +504,13 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         // A file shorter than the mapping would raise SIGBUS on the first access: check it first.
         long fileSize;
         try {
-            fileSize = dev.vmm.core.linux.LibC.lseek(fd, 0, dev.vmm.core.linux.LibC.SEEK_END);
-        } catch (com.sun.jna.LastErrorException e) {
-            throw VhostUserException.replyError(req, "in-flight fd: " + dev.vmm.core.linux.LibC.describe(e.getErrorCode()));
+            fileSize = LibcMemory.regularFileSize(fd);
+        } catch (LibcMemory.ErrnoException e) {
+            throw VhostUserException.replyError(req, "in-flight fd: " + e.getMessage());
         }
         if (fileSize < size) {
-            throw VhostUserException.replyError(req, "in-flight area of " + size + " bytes but the file has " + fileSize);
+            throw VhostUserException.replyError(req, "in-flight area of " + size + " bytes but the file has "
+                    + (fileSize < 0 ? "no size (not a regular file)" : fileSize + " bytes"));
         }
         onHome(req, () -> {
             boolean[] running = pauseWorkers();

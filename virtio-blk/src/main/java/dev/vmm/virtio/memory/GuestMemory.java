@@ -85,8 +85,10 @@ public final class GuestMemory implements AutoCloseable {
     /**
      * Maps a region. Refuses: size ≤ 0 or over {@link #MAX_REGION_SIZE}; negative addresses or
      * offset; {@code gpa + size} or {@code uva + size} overflowing; overlap with an existing
-     * region in guest-physical OR user address space; more than {@link #MAX_REGIONS}; a file
-     * shorter than {@code mmapOffset + size} (touching a page beyond EOF would raise SIGBUS).
+     * region in guest-physical OR user address space; more than {@link #MAX_REGIONS}; an fd that
+     * is not a regular file, or a file shorter than {@code mmapOffset + size} (touching a page
+     * beyond EOF would raise SIGBUS); a file the kernel will not map writable (a memfd sealed
+     * with F_SEAL_WRITE or F_SEAL_FUTURE_WRITE, a read-only fd): the used ring must be writable.
      * The fd is closed in every case (see class doc).
      */
     public synchronized void addRegion(int fd, long guestPhysAddr, long size, long userAddr, long mmapOffset)
@@ -109,13 +111,15 @@ public final class GuestMemory implements AutoCloseable {
                 if (overlaps(r.gpa, r.size, guestPhysAddr, size)) throw new GuestMemoryException(what + ": overlaps guest-physical range of another region");
                 if (overlaps(r.uva, r.size, userAddr, size)) throw new GuestMemoryException(what + ": overlaps user-address range of another region");
             }
+            // Pages of a MAP_SHARED mapping beyond the end of the file raise SIGBUS when touched.
             long fileSize;
             try {
-                fileSize = LibC.lseek(fd, 0, LibC.SEEK_END);
-            } catch (LastErrorException e) {
-                throw new GuestMemoryException(what + ": lseek: " + LibC.describe(e.getErrorCode()));
+                fileSize = LibcMemory.regularFileSize(fd);
+            } catch (LibcMemory.ErrnoException e) {
+                throw new GuestMemoryException(what + ": " + e.getMessage());
             }
-            if (fileSize >= 0 && fileSize < mmapOffset + size) {
+            if (fileSize < 0) throw new GuestMemoryException(what + ": not a regular file (memfd, tmpfs or hugetlbfs)");
+            if (fileSize < mmapOffset + size) {
                 throw new GuestMemoryException(what + ": file has only " + fileSize + " bytes");
             }
             // Map from the page that holds mmapOffset; host = base + (mmapOffset - aligned).

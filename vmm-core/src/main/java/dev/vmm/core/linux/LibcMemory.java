@@ -144,6 +144,31 @@ public final class LibcMemory {
         return addr;
     }
 
+    /**
+     * The size of {@code fd} when it is a regular file (a memfd, a tmpfs or hugetlbfs file),
+     * else -1: for other types (devices, sockets, eventfds) the size says nothing about which
+     * pages mmap may touch without SIGBUS. Uses {@code statx(fd, "", AT_EMPTY_PATH)} (an fstat),
+     * not {@code lseek(SEEK_END)}: an fd received over SCM_RIGHTS shares its file offset with the
+     * sender, and a seek would move the sender's offset.
+     */
+    public static long regularFileSize(int fd) throws ErrnoException {
+        try (com.sun.jna.Memory stx = new com.sun.jna.Memory(LibC.STATX_SIZEOF)) {
+            stx.clear();
+            try {
+                LibC.statx(fd, "", LibC.AT_EMPTY_PATH, LibC.STATX_TYPE | LibC.STATX_SIZE, com.sun.jna.Pointer.nativeValue(stx));
+            } catch (LastErrorException e) {
+                throw new ErrnoException("statx(fd " + fd + ")", e.getErrorCode());
+            }
+            int mask = stx.getInt(LibC.STATX_OFF_MASK);
+            int mode = stx.getShort(LibC.STATX_OFF_MODE) & 0xFFFF;
+            if ((mask & (LibC.STATX_TYPE | LibC.STATX_SIZE)) != (LibC.STATX_TYPE | LibC.STATX_SIZE)
+                    || (mode & LibC.S_IFMT) != LibC.S_IFREG) {
+                return -1;
+            }
+            return stx.getLong(LibC.STATX_OFF_SIZE);
+        }
+    }
+
     /** munmap of a range returned by {@link #mapShared}. */
     public static void unmap(long addr, long length) throws ErrnoException {
         try {
