@@ -6,6 +6,10 @@ import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdMagic;
 import dev.vmm.nbd.protocol.NbdOpt;
 import dev.vmm.nbd.testing.NbdTestClient;
+import io.netty.buffer.ByteBuf;
+import io.netty.buffer.ByteBufAllocator;
+import io.netty.util.ResourceLeakDetector;
+import io.netty.util.ResourceLeakDetectorFactory;
 import io.netty.util.internal.PlatformDependent;
 import java.io.ByteArrayOutputStream;
 import java.io.DataOutputStream;
@@ -13,7 +17,10 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.net.InetSocketAddress;
 import java.net.Socket;
+import java.util.List;
 import java.util.Random;
+import java.util.concurrent.CopyOnWriteArrayList;
+import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
@@ -22,14 +29,93 @@ import org.junit.jupiter.api.Timeout;
  * both protocol phases, each on its own connection, for a bounded time. Afterwards every
  * connection is gone, the server holds no more direct memory than before, its threads still run
  * tasks, and a well-behaved client is served. The number of cases run is printed.
+ *
+ * <p>Leak accounting: the whole run tracks every ByteBuf (ResourceLeakDetector PARANOID) with
+ * detectors that record what they report, and fails if any buffer was garbage-collected
+ * without being released. The detectors come from a ResourceLeakDetectorFactory installed
+ * before Netty creates its ByteBuf detector (a static final in AbstractByteBuf); when an
+ * earlier test class in this JVM already created it, a LeakListener on that detector records
+ * instead.
  */
 @Timeout(120)
 class NbdFuzzTest extends NbdServerFixture {
     static final long SECONDS = 8;
 
+    /** Leaks reported by any detector: "type: records". */
+    static final List<String> LEAKS = new CopyOnWriteArrayList<>();
+    static final ResourceLeakDetector.Level PREVIOUS_LEVEL = ResourceLeakDetector.getLevel();
+
+    static {
+        ResourceLeakDetector.setLevel(ResourceLeakDetector.Level.PARANOID);
+        ResourceLeakDetectorFactory.setResourceLeakDetectorFactory(new RecordingFactory());
+    }
+
+    /** Makes detectors that record each leak report (and still log it). */
+    static final class RecordingFactory extends ResourceLeakDetectorFactory {
+        @Override
+        @SuppressWarnings("deprecation")
+        public <T> ResourceLeakDetector<T> newResourceLeakDetector(Class<T> resource, int samplingInterval, long maxActive) {
+            return new RecordingDetector<>(resource, samplingInterval);
+        }
+    }
+
+    static final class RecordingDetector<T> extends ResourceLeakDetector<T> {
+        RecordingDetector(Class<?> resource, int samplingInterval) { super(resource, samplingInterval); }
+
+        @Override
+        protected boolean needReport() { return true; }
+
+        @Override
+        protected void reportTracedLeak(String resourceType, String records) {
+            LEAKS.add(resourceType + ": " + records);
+            super.reportTracedLeak(resourceType, records);
+        }
+
+        @Override
+        protected void reportUntracedLeak(String resourceType) {
+            LEAKS.add(resourceType + ": (untraced)");
+            super.reportUntracedLeak(resourceType);
+        }
+    }
+
+    /** The ByteBuf detector records, whoever made it. */
+    static void ensureByteBufLeaksAreRecorded() throws ReflectiveOperationException {
+        java.lang.reflect.Field f = Class.forName("io.netty.buffer.AbstractByteBuf").getDeclaredField("leakDetector");
+        f.setAccessible(true);
+        ResourceLeakDetector<?> d = (ResourceLeakDetector<?>) f.get(null);
+        if (!(d instanceof RecordingDetector)) {
+            d.setLeakListener((type, records) -> LEAKS.add(type + ": " + (records.isEmpty() ? "(untraced)" : records)));
+        }
+    }
+
+    /**
+     * Lets the detectors see every buffer that became garbage: a GC enqueues the trackers of
+     * unreleased buffers, and the next tracked allocation polls that queue and reports.
+     */
+    static void collectAndPollLeaks() throws InterruptedException {
+        for (int i = 0; i < 10; i++) {
+            System.gc();
+            byte[][] churn = new byte[64][];
+            for (int j = 0; j < churn.length; j++) churn[j] = new byte[64 << 10];
+            Thread.sleep(50); // the Reference Handler thread enqueues asynchronously
+            for (int j = 0; j < 8; j++) {
+                ByteBuf b = ByteBufAllocator.DEFAULT.directBuffer(64);
+                b.release();
+                ByteBuf h = ByteBufAllocator.DEFAULT.heapBuffer(64);
+                h.release();
+            }
+        }
+    }
+
+    @AfterAll
+    static void restoreLevel() {
+        ResourceLeakDetector.setLevel(PREVIOUS_LEVEL);
+    }
+
     @Test
     void randomAndMutatedStreamsLeaveNothingBehind() throws Exception {
         InetSocketAddress addr = (InetSocketAddress) server.boundAddress();
+        ensureByteBufLeaksAreRecorded();
         Random r = new Random(20261130);
         long baseline = PlatformDependent.usedDirectMemory();
         long end = System.nanoTime() + SECONDS * 1_000_000_000L;
@@ -64,6 +150,10 @@ class NbdFuzzTest extends NbdServerFixture {
             c.go("disk0");
             assertArrayEquals(fileBytes(0, 4096), c.read(0, 4096, 0));
         }
+        collectAndPollLeaks();
+        assertTrue(LEAKS.isEmpty(), LEAKS.size() + " ByteBuf leak(s) reported (PARANOID) after " + cases + " cases:\n"
+                + String.join("\n", LEAKS.subList(0, Math.min(3, LEAKS.size()))));
+        System.out.printf("[fuzz] leak detector PARANOID: no leak reported%n");
     }
 
     /** Sends the bytes, reads whatever comes back for a moment, then closes abruptly. */

@@ -139,11 +139,11 @@ class VhostUserDeviceFuzzTest {
         return m;
     }
 
-    /** {@code b - a} per target, zero entries left out. */
-    static Map<String, Integer> diff(Map<String, Integer> a, Map<String, Integer> b) {
+    /** Targets with more fds in {@code b} than in {@code a}, and how many more. */
+    static Map<String, Integer> grown(Map<String, Integer> a, Map<String, Integer> b) {
         Map<String, Integer> d = new TreeMap<>(b);
         a.forEach((k, v) -> d.merge(k, -v, Integer::sum));
-        d.values().removeIf(v -> v == 0);
+        d.values().removeIf(v -> v <= 0);
         return d;
     }
 
@@ -175,7 +175,7 @@ class VhostUserDeviceFuzzTest {
         // Warm-up: one case of each kind, so lazily started threads and classes exist before the baseline.
         for (int kind = 0; kind < 3; kind++) runCase(new Random(kind), kind, st);
         assertGoodFrontendWorks(fuzzSock, 1);
-        Map<String, Integer> fds0 = settle(() -> openFds(), m -> true);
+        Map<String, Integer> fds0 = openFds();
         int maps0 = memfdMappings().size();
         Set<String> threads0 = threads();
         int threadCount0 = threadCount();
@@ -205,18 +205,22 @@ class VhostUserDeviceFuzzTest {
         assertEquals(0, w.verifyFailures, w.firstVerifyFailure);
         assertEquals(0, st.missingReplies, "requests with a reply body that got neither a reply nor a close: " + st.firstMissing);
 
-        // Everything the peers made the device hold is released once they are gone.
+        // Everything the peers made the device hold is released once they are gone. Something of
+        // the JVM's may end meanwhile (an idle GlobalEventExecutor thread): only growth counts.
         assertGoodFrontendWorks(fuzzSock, 2);
-        Map<String, Integer> fds1 = settle(() -> openFds(), m -> count(m) <= count(fds0));
-        assertEquals(Map.of(), diff(fds0, fds1), "open fds (by target: after minus before)");
+        Map<String, Integer> fds1 = settle(() -> openFds(), m -> grown(fds0, m).isEmpty());
+        assertEquals(Map.of(), grown(fds0, fds1), "open fds that grew (by target: how many more)");
         int maps1 = settle(() -> memfdMappings().size(), n -> n <= maps0);
-        assertEquals(maps0, maps1, "memfd mappings back to baseline: " + memfdMappings());
+        assertTrue(maps1 <= maps0, "memfd mappings back to baseline " + maps0 + ": " + memfdMappings());
         int threadCount1 = settle(VhostUserDeviceFuzzTest::threadCount, n -> n <= threadCount0);
-        assertEquals(threads0, threads(), "live threads back to baseline");
-        assertEquals(threadCount0, threadCount1, "live thread count");
+        Set<String> newThreads = new TreeSet<>(threads());
+        newThreads.removeAll(threads0);
+        assertEquals(Set.of(), newThreads, "threads that were not there before");
+        assertTrue(threadCount1 <= threadCount0, "live threads " + threadCount1 + ", before " + threadCount0);
         assertNoEscapedExceptions();
         other.close();
-        System.out.println("[vhost-user fuzz] process after: " + count(fds1) + " fds, " + maps1 + " memfd mappings, " + threadCount1 + " threads (as before)");
+        System.out.printf("[vhost-user fuzz] process before/after: %d/%d fds, %d/%d memfd mappings, %d/%d threads%n",
+                count(fds0), count(fds1), maps0, maps1, threadCount0, threadCount1);
     }
 
     void assertNoEscapedExceptions() {
