@@ -19,6 +19,16 @@ import dev.vmm.core.linux.LibcMemory;
  * otherwise they throw. There is no partial translation. Callers access at most {@code len}
  * bytes from the returned address.
  *
+ * <p><b>The files behind the regions.</b> A region must lie inside its file when it is mapped
+ * ({@link #addRegion} checks with statx), but a front-end can still shrink an unsealed memfd
+ * afterwards, and a page beyond the new end raises SIGBUS when touched. The device touches guest
+ * memory only through the kernel (preadv/pwritev: EFAULT) and {@link RawMemory} (Unsafe), whose
+ * faults HotSpot turns into an {@link InternalError} that the queue worker catches and answers
+ * by stopping that queue; no guest-memory access goes through a JNA native memcpy, which would
+ * kill the JVM. Unsealed memfds are therefore accepted (QEMU's memory-backend-file cannot seal,
+ * its memory-backend-memfd seals by default), as in libvhost-user. See
+ * {@code VhostUserGuestMemorySafetyTest}.
+ *
  * <p><b>Thread contract.</b> Regions change on the control plane (the vhost-user connection's
  * thread) and only while the device is stopped or quiesced: a region is unmapped when it is
  * removed, so no IOThread may still hold an address inside it. Mutators are
