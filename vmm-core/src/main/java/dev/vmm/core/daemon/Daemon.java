@@ -41,6 +41,7 @@ public final class Daemon {
     private final Map<String, BlockExport> exports = new LinkedHashMap<>();
     private final Map<Class<?>, AutoCloseable> components = new LinkedHashMap<>();
     private boolean shutDown;
+    private final dev.vmm.core.stats.HandoffLog handoffs = new dev.vmm.core.stats.HandoffLog();
 
     private Daemon(IOThread main) {
         this.main = main;
@@ -52,6 +53,9 @@ public final class Daemon {
     }
 
     public IOThread mainLoop() { return main; }
+
+    /** Recent handoffs and their pauses (any thread). */
+    public dev.vmm.core.stats.HandoffLog handoffs() { return handoffs; }
 
     /**
      * The thread for control protocols whose handlers may have to wait for a node's move to
@@ -230,7 +234,8 @@ public final class Daemon {
             throw new DaemonException(o.optionName() + ": cannot start export '" + id + "': " + e.getMessage(), e);
         }
         addExport(export);
-        LOG.debug("export {} ({}) of node {} started on IOThread {}", id, type, nodeName, node.home().id());
+        LOG.info("export {} added: {}, {}, node {} ({} bytes) on IOThread {}", id, type, writable ? "writable" : "read-only",
+                nodeName, node.size(), node.home().id());
         return export;
     }
 
@@ -298,6 +303,8 @@ public final class Daemon {
                 LOG.error("moving block node {} to IOThread {} failed: {}", node.name(), target.id(), err.toString());
                 result.completeExceptionally(new DaemonException("moving block node '" + node.name() + "' failed: " + err.getMessage(), err));
             } else {
+                handoffs.record(new dev.vmm.core.stats.HandoffLog.Handoff(node.name(), source.id(), target.id(), pause,
+                        System.currentTimeMillis()));
                 LOG.info("block node {} moved from IOThread {} to {} with {} user(s): paused {} us",
                         node.name(), source.id(), target.id(), users.size(), pause / 1000);
                 result.complete(pause);
@@ -395,7 +402,7 @@ public final class Daemon {
             exports.remove(id);
         }
         e.close();
-        LOG.debug("export {} removed", id);
+        LOG.info("export {} removed{}", id, hard ? " (mode=hard)" : "");
         return e;
     }
 

@@ -27,6 +27,16 @@ public interface BlockExport {
      */
     default int users() { return 0; }
 
+    /**
+     * This export's counters (requests, bytes, errors, in flight), counted on the node's home
+     * thread; monitors read them from any thread. Exports without their own counters share an
+     * empty instance.
+     */
+    default dev.vmm.core.stats.ExportStats stats() { return NO_STATS; }
+
+    /** What {@link #stats()} returns for an export that counts nothing. */
+    dev.vmm.core.stats.ExportStats NO_STATS = new dev.vmm.core.stats.ExportStats();
+
     /** Starts serving (listeners are bound, sockets created). */
     void start() throws Exception;
 

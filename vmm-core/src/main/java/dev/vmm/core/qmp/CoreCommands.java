@@ -91,6 +91,8 @@ public final class CoreCommands {
                 for (BlockNode n : nodes) if (n.home() == it) homed.add(n.name());
                 m.put("nodes", homed);
                 m.put("requests", it.requests());
+                // Ours: CPU time of the thread; two samples give its busy fraction (vmm top).
+                m.put("x-cpu-ns", it.cpuTimeNanos());
                 out.add(m);
             }
             return out;
@@ -122,8 +124,19 @@ public final class CoreCommands {
             o.bool("query-nodes", false); // no BlockBackends: every node is listed either way
             o.checkAllConsumed();
             List<Object> out = new ArrayList<>();
-            for (BlockNode n : daemon.nodes()) out.add(blockStats(n));
+            List<BlockExport> exports = daemon.exports();
+            for (BlockNode n : daemon.nodes()) out.add(blockStats(n, exports));
             return out;
+        }));
+        t.register("x-query-export-stats", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            List<Object> out = new ArrayList<>();
+            for (BlockExport e : daemon.exports()) out.add(exportStats(e));
+            return out;
+        }));
+        t.register("x-query-handoffs", QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            return handoffs(daemon.handoffs());
         }));
         t.register("x-blockdev-set-iothread", call -> setIothread(call, daemon, mover));
 
@@ -231,7 +244,7 @@ public final class CoreCommands {
      * so the per-kind {@code failed_*} members are absent and {@code failed_operations} (ours)
      * holds the total; {@code write_zeroes_operations} is ours too.
      */
-    static Map<String, Object> blockStats(BlockNode n) {
+    static Map<String, Object> blockStats(BlockNode n, List<BlockExport> exports) {
         BlockStats s = n.stats();
         Map<String, Object> st = new LinkedHashMap<>();
         st.put("rd_bytes", s.readBytes.sum());
@@ -243,7 +256,6 @@ public final class CoreCommands {
         st.put("write_zeroes_operations", s.zeroOps.sum());
         st.put("failed_operations", s.errors.sum());
         // Our extension: service time of every request on the home thread (parse to completion).
-        // Requests are executed synchronously there, so none is in flight between two events.
         dev.vmm.core.stats.LatencyHistogram h;
         try {
             h = n.home().call(s.latency::copy); // its one writer: a consistent copy
@@ -258,12 +270,61 @@ public final class CoreCommands {
         lat.put("p99.9-ns", h.percentile(99.9));
         lat.put("max-ns", h.max());
         st.put("x-latency", lat);
-        st.put("x-in-flight", 0);
+        long inFlight = 0;
+        for (BlockExport e : exports) if (e.node() == n) inFlight += e.stats().inFlightNow();
+        st.put("x-in-flight", inFlight);
         st.put("x-iothread", n.home().id());
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("device", "");
         m.put("node-name", n.name());
         m.put("stats", st);
+        return m;
+    }
+
+    /**
+     * {@code x-query-export-stats} (ours): one entry per export with QEMU's BlockStats counter
+     * names where they apply; {@code clients} is connected users, {@code frontend} the connected
+     * vhost-user front-end (absent when none).
+     */
+    static Map<String, Object> exportStats(BlockExport e) {
+        dev.vmm.core.stats.ExportStats s = e.stats();
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("id", e.id());
+        m.put("type", e.type());
+        m.put("node-name", e.node().name());
+        m.put("iothread", e.node().home().id());
+        m.put("clients", e.users());
+        m.put("connections", s.connections.sum());
+        if (s.frontend() != null) m.put("frontend", s.frontend());
+        m.put("rd_operations", s.readOps.sum());
+        m.put("wr_operations", s.writeOps.sum());
+        m.put("rd_bytes", s.readBytes.sum());
+        m.put("wr_bytes", s.writeBytes.sum());
+        m.put("other_operations", s.otherOps.sum());
+        m.put("failed_operations", s.errors.sum());
+        m.put("in-flight", s.inFlightNow());
+        return m;
+    }
+
+    /** {@code x-query-handoffs} (ours): totals since start and the most recent moves, oldest first. */
+    static Map<String, Object> handoffs(dev.vmm.core.stats.HandoffLog log) {
+        dev.vmm.core.stats.LatencyHistogram h = log.pauses();
+        List<Object> recent = new ArrayList<>();
+        for (dev.vmm.core.stats.HandoffLog.Handoff x : log.recent()) {
+            Map<String, Object> m = new LinkedHashMap<>();
+            m.put("node-name", x.node());
+            m.put("from", x.from());
+            m.put("to", x.to());
+            m.put("pause-ns", x.pauseNs());
+            m.put("time-ms", x.epochMillis());
+            recent.add(m);
+        }
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("total", h.count());
+        m.put("pause-p50-ns", h.percentile(50));
+        m.put("pause-p99-ns", h.percentile(99));
+        m.put("pause-max-ns", h.max());
+        m.put("recent", recent);
         return m;
     }
 

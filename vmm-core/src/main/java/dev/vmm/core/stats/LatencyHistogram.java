@@ -68,6 +68,9 @@ public final class LatencyHistogram {
 
     public long count() { return count; }
 
+    /** Sum of every value recorded, in ns. */
+    public long sum() { return sum; }
+
     public long min() { return count == 0 ? 0 : min; }
 
     public long max() { return max; }
