@@ -69,7 +69,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
         try {
             process(ctx);
         } catch (ProtocolViolation e) {
-            server.log().info("NBD client {}: {}; closing", ctx.channel().remoteAddress(), e.getMessage());
+            server.log().info("NBD client {}: {}; closing", NbdServer.peer(ctx.channel()), e.getMessage());
             ctx.close();
         }
         if (cum != null && !cum.isReadable() && state != State.DONE) {
@@ -89,7 +89,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             try {
                 process(ctx);
             } catch (ProtocolViolation e) {
-                server.log().info("NBD client {}: {}; closing", ctx.channel().remoteAddress(), e.getMessage());
+                server.log().info("NBD client {}: {}; closing", NbdServer.peer(ctx.channel()), e.getMessage());
                 ctx.close();
                 return;
             }
@@ -109,7 +109,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
 
     @Override
     public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
-        LOG.debug("NBD client {} during handshake: {}", ctx.channel().remoteAddress(), cause.toString());
+        LOG.debug("NBD client {} during handshake: {}", NbdServer.peer(ctx.channel()), cause.toString());
         ctx.close();
     }
 
@@ -187,7 +187,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     }
 
     private void handleOption(ChannelHandlerContext ctx, int opt, ByteBuf data) throws ProtocolViolation {
-        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: {} ({} bytes)", ctx.channel().remoteAddress(), NbdOpt.name(opt), data.readableBytes());
+        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: {} ({} bytes)", NbdServer.peer(ctx.channel()), NbdOpt.name(opt), data.readableBytes());
         switch (opt) {
             case NBD_OPT_EXPORT_NAME -> exportName(ctx, data);
             case NBD_OPT_ABORT -> {
@@ -407,7 +407,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     }
 
     private void replyError(ChannelHandlerContext ctx, int opt, int error, String message) {
-        LOG.debug("NBD client {}: {} -> {}: {}", ctx.channel().remoteAddress(), NbdOpt.name(opt), dev.vmm.nbd.protocol.NbdRep.name(error), message);
+        LOG.debug("NBD client {}: {} -> {}: {}", NbdServer.peer(ctx.channel()), NbdOpt.name(opt), dev.vmm.nbd.protocol.NbdRep.name(error), message);
         byte[] m = message.getBytes(StandardCharsets.UTF_8);
         ByteBuf b = replyHeader(ctx, opt, error, m.length);
         b.writeBytes(m);

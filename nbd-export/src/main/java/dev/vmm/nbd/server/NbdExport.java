@@ -26,6 +26,7 @@ public final class NbdExport {
     private final BlockNode node;
     private final boolean writable;
     private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
+    private final dev.vmm.core.stats.ExportStats stats = new dev.vmm.core.stats.ExportStats();
 
     public NbdExport(String id, String name, String description, BlockNode node, boolean writable) {
         this.id = Objects.requireNonNull(id, "id");
@@ -45,6 +46,8 @@ public final class NbdExport {
     public BlockNode node() { return node; }
     public boolean writable() { return writable; }
     public Set<Channel> clients() { return clients; }
+    /** Requests, bytes, errors and in-flight count of this export's clients. */
+    public dev.vmm.core.stats.ExportStats stats() { return stats; }
 
     /**
      * Transmission flags for a client of this export. Only what works is advertised: write-side

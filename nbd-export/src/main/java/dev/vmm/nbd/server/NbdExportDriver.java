@@ -49,6 +49,7 @@ public final class NbdExportDriver implements ExportDriver {
             @Override public BlockNode node() { return node; }
             @Override public boolean writable() { return export.writable(); }
             @Override public int users() { return export.clients().size(); }
+            @Override public dev.vmm.core.stats.ExportStats stats() { return export.stats(); }
 
             @Override
             public void start() {

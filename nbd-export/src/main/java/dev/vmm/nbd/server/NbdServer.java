@@ -11,7 +11,10 @@ import io.netty.channel.ChannelInitializer;
 import io.netty.channel.ChannelOption;
 import io.netty.channel.EventLoop;
 import io.netty.channel.WriteBufferWaterMark;
+import io.netty.channel.epoll.EpollDomainSocketChannel;
 import io.netty.channel.epoll.EpollServerDomainSocketChannel;
+import io.netty.channel.unix.PeerCredentials;
+import io.netty.util.AttributeKey;
 import io.netty.channel.epoll.EpollServerSocketChannel;
 import io.netty.channel.unix.DomainSocketAddress;
 import java.io.IOException;
@@ -124,22 +127,56 @@ public final class NbdServer {
         return String.valueOf(a);
     }
 
+    /** The peer of a client connection, for log lines; set once when accepted. */
+    private static final AttributeKey<String> PEER = AttributeKey.valueOf("vmm.nbd.peer");
+    /** The export a client uses, once its handshake chose one; for the disconnect line. */
+    static final AttributeKey<String> EXPORT = AttributeKey.valueOf("vmm.nbd.export");
+
+    /**
+     * How log lines name a client: {@code host:port} over TCP; over a unix socket the peer's
+     * credentials (SO_PEERCRED), since its address is empty.
+     */
+    static String peer(Channel ch) {
+        String p = ch.attr(PEER).get();
+        return p != null ? p : describePeer(ch);
+    }
+
+    private static String describePeer(Channel ch) {
+        if (ch instanceof EpollDomainSocketChannel d) {
+            try {
+                PeerCredentials c = d.peerCredentials();
+                return "unix:pid=" + c.pid() + ",uid=" + c.uid();
+            } catch (IOException | RuntimeException e) {
+                return "unix:?";
+            }
+        }
+        SocketAddress a = ch.remoteAddress();
+        return a == null ? "?" : describe(a);
+    }
+
     private void accept(Channel ch) {
+        String who = describePeer(ch);
+        ch.attr(PEER).set(who);
         connections.add(ch);
         ch.closeFuture().addListener(f -> connections.remove(ch));
         int n = connections.size();
         if (config.maxConnections() > 0 && n > config.maxConnections()) {
-            LOG.warn("NBD client {} refused: max-connections={} reached", ch.remoteAddress(), config.maxConnections());
+            LOG.warn("NBD client {} refused: max-connections={} reached", who, config.maxConnections());
             ch.close();
             return;
         }
-        LOG.info("NBD client {} connected", ch.remoteAddress() == null ? "unix" : ch.remoteAddress());
+        LOG.info("NBD client {} connected", who);
+        // Exactly one line per connection however it ends: handshake, transmission, refused export.
+        ch.closeFuture().addListener(f -> {
+            String export = ch.attr(EXPORT).get();
+            LOG.info("NBD client {} disconnected{}", who, export == null ? " during the handshake" : " from export '" + export + "'");
+        });
         HandshakeHandler hs = new HandshakeHandler(this);
         ch.pipeline().addLast("nbd-handshake", hs);
         if (config.handshakeMaxSeconds() > 0) {
             ScheduledFuture<?> timeout = ch.eventLoop().schedule(() -> {
                 if (ch.pipeline().get("nbd-handshake") == hs && hs.inHandshake()) {
-                    LOG.warn("NBD client {} did not finish its handshake in {} s; closing", ch.remoteAddress(), config.handshakeMaxSeconds());
+                    LOG.warn("NBD client {} did not finish its handshake in {} s; closing", peer(ch), config.handshakeMaxSeconds());
                     ch.close();
                 }
             }, config.handshakeMaxSeconds(), TimeUnit.SECONDS);
@@ -178,7 +215,7 @@ public final class NbdServer {
             ((EventLoop) home.loop()).register(ch).addListener((ChannelFutureListener) r -> {
                 try {
                     if (!r.isSuccess()) {
-                        LOG.warn("NBD client {}: cannot move to IOThread {}: {}", ch.remoteAddress(), home.id(), r.cause().toString());
+                        LOG.warn("NBD client {}: cannot move to IOThread {}: {}", peer(ch), home.id(), r.cause().toString());
                         hs.releaseCumulation();
                         ch.close();
                         return;
@@ -190,8 +227,10 @@ public final class NbdServer {
                         return;
                     }
                     export.clients().add(ch);
+                    export.stats().connections.increment();
+                    ch.attr(EXPORT).set(export.name());
                     export.node().addUser(tx);
-                    LOG.info("NBD client {} uses export '{}' on IOThread {}{}", ch.remoteAddress(), export.name(), home.id(),
+                    LOG.info("NBD client {} uses export '{}' on IOThread {}{}", peer(ch), export.name(), home.id(),
                             negotiated.extendedHeaders ? " (extended headers)" : negotiated.structuredReplies ? " (structured replies)" : "");
                     tx.start(ch.pipeline().context(tx));
                 } finally {

@@ -7,6 +7,7 @@ import static dev.vmm.nbd.protocol.NbdReplyType.*;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
+import dev.vmm.core.stats.ExportStats;
 import dev.vmm.core.block.BlockStatus;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.iothread.IOThread;
@@ -61,6 +62,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final NbdExport export;
     private final BlockDriver driver;
     private final BlockStats stats;
+    /** This export's counters, beside the node's. */
+    private final ExportStats exportStats;
     /** The IOThread this client is served on; changes only in {@link #attach}. */
     private IOThread home;
     private final long size;
@@ -108,6 +111,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         this.export = export;
         this.driver = export.node().driver();
         this.stats = export.node().stats();
+        this.exportStats = export.stats();
         this.home = home;
         this.size = export.node().size();
         this.writable = export.writable();
@@ -160,7 +164,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         release();
         export.clients().remove(ctx.channel());
         export.node().removeUser(this);
-        LOG.info("NBD client {} disconnected from export '{}'", ctx.channel().remoteAddress(), export.name());
         ctx.fireChannelInactive();
     }
 
@@ -171,11 +174,15 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     @Override
     public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
-        LOG.debug("NBD client {}: {}", ctx.channel().remoteAddress(), cause.toString());
+        LOG.debug("NBD client {}: {}", NbdServer.peer(ctx.channel()), cause.toString());
         ctx.close();
     }
 
     private void release() {
+        if (streamRemaining > 0) { // a streamed WRITE the client never finished
+            streamRemaining = 0;
+            exportStats.inFlight.decrement();
+        }
         if (cum != null) {
             cum.release();
             cum = null;
@@ -190,7 +197,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     @Override
     public String describe() {
-        return "NBD client " + (ctx == null ? "?" : ctx.channel().remoteAddress()) + " of export '" + export.name() + "'";
+        return "NBD client " + (ctx == null ? "?" : NbdServer.peer(ctx.channel())) + " of export '" + export.name() + "'";
     }
 
     @Override
@@ -262,7 +269,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             int magic = cum.getInt(ri);
             int expected = extended ? NbdMagic.NBD_EXTENDED_REQUEST_MAGIC : NbdMagic.NBD_REQUEST_MAGIC;
             if (magic != expected) {
-                LOG.info("NBD client {}: bad request magic 0x{}; closing", ctx.channel().remoteAddress(), Integer.toHexString(magic));
+                LOG.info("NBD client {}: bad request magic 0x{}; closing", NbdServer.peer(ctx.channel()), Integer.toHexString(magic));
                 closing = true;
                 ctx.flush();
                 ctx.close();
@@ -278,7 +285,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             if (payload > NbdExport.MAX_PAYLOAD || payload < 0) {
                 if (extended) {
                     // proto.md (extended headers): a payload over the maximum SHOULD end the connection.
-                    LOG.info("NBD client {}: payload of {} bytes exceeds the maximum; closing", ctx.channel().remoteAddress(), Long.toUnsignedString(payload));
+                    LOG.info("NBD client {}: payload of {} bytes exceeds the maximum; closing", NbdServer.peer(ctx.channel()), Long.toUnsignedString(payload));
                     closing = true;
                     ctx.flush();
                     ctx.close();
@@ -298,6 +305,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                 if (type == NBD_CMD_WRITE && payload >= STREAM_WRITE_MIN && cum.readableBytes() > requestSize) {
                     cum.skipBytes(requestSize);
                     home.countRequest();
+                    exportStats.inFlight.increment(); // until its payload has all arrived and the reply is written
                     startStreamWrite(flags, cookie, offset, payload);
                     continue;
                 }
@@ -305,9 +313,11 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             }
             cum.skipBytes(requestSize);
             home.countRequest();
+            exportStats.inFlight.increment();
             long t0 = System.nanoTime();
             handle(ctx, type, flags, cookie, offset, length, (int) payload);
             stats.latency.record(System.nanoTime() - t0);
+            exportStats.inFlight.decrement();
         }
         if (cum != null) {
             if (!cum.isReadable()) {
@@ -363,12 +373,12 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         }
         long length = streamOffset - streamRequestOffset;
         if (streamError == 0) {
-            stats.writeOps.increment();
-            stats.writeBytes.add(length);
+            countWrite(length);
             replyOk(ctx, streamCookie, streamRequestOffset);
         } else {
             replyError(ctx, streamCookie, streamRequestOffset, streamError, streamMessage);
         }
+        exportStats.inFlight.decrement();
         return true;
     }
 
@@ -436,8 +446,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                         checkWritable();
                         checkRange(offset, length, NbdError.NBD_ENOSPC);
                         if (payload > 0) driver.write(offset, address, payload, (flags & NBD_CMD_FLAG_FUA) != 0);
-                        stats.writeOps.increment();
-                        stats.writeBytes.add(payload);
+                        countWrite(payload);
                     } finally {
                         cum.skipBytes(payload); // consumed whatever happens: the stream keeps its framing
                     }
@@ -452,6 +461,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                     checkFlags(flags, 0, type);
                     driver.flush();
                     stats.flushOps.increment();
+                    exportStats.otherOps.increment();
                 }
                 case NBD_CMD_TRIM -> {
                     checkFlags(flags, NBD_CMD_FLAG_FUA, type);
@@ -460,11 +470,13 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                     if (length > 0) driver.discard(offset, length);
                     if ((flags & NBD_CMD_FLAG_FUA) != 0) driver.flush();
                     stats.discardOps.increment();
+                    exportStats.otherOps.increment();
                 }
                 case NBD_CMD_CACHE -> {
                     checkFlags(flags, 0, type);
                     checkRange(offset, length, NbdError.NBD_EINVAL);
                     if (length > 0) driver.prefetch(offset, length);
+                    exportStats.otherOps.increment();
                 }
                 case NBD_CMD_WRITE_ZEROES -> {
                     checkFlags(flags, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, type);
@@ -473,6 +485,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                     if (length > 0) driver.writeZeroes(offset, length, (flags & NBD_CMD_FLAG_NO_HOLE) == 0,
                             (flags & NBD_CMD_FLAG_FAST_ZERO) != 0, (flags & NBD_CMD_FLAG_FUA) != 0);
                     stats.zeroOps.increment();
+                    exportStats.otherOps.increment();
                 }
                 case NBD_CMD_BLOCK_STATUS -> {
                     checkFlags(flags, NBD_CMD_FLAG_REQ_ONE, type);
@@ -480,6 +493,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                     checkRange(offset, length, NbdError.NBD_EINVAL);
                     if (length == 0) throw new RequestError(NbdError.NBD_EINVAL, "block status of length 0");
                     blockStatus(ctx, cookie, offset, length, (flags & NBD_CMD_FLAG_REQ_ONE) != 0);
+                    exportStats.otherOps.increment();
                     return;
                 }
                 default -> {
@@ -525,8 +539,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             readReplyHeader(h, cookie, offset, length);
             ctx.write(h, ctx.voidPromise());
             ctx.write(new SendfileRegion(uc.fd().intValue(), fileFd, offset, length), ctx.voidPromise());
-            stats.readOps.increment();
-            stats.readBytes.add(length);
+            countRead(length);
             return;
         }
         ByteBuf b = ctx.alloc().directBuffer(header + length);
@@ -539,8 +552,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             b.release();
             throw e;
         }
-        stats.readOps.increment();
-        stats.readBytes.add(length);
+        countRead(length);
         ctx.write(b, ctx.voidPromise());
     }
 
@@ -598,8 +610,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             }
             at += len;
         }
-        stats.readOps.increment();
-        stats.readBytes.add(length);
+        countRead(length);
         return true;
     }
 
@@ -680,8 +691,22 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         ctx.write(b, ctx.voidPromise());
     }
 
+    private void countRead(long bytes) {
+        stats.readOps.increment();
+        stats.readBytes.add(bytes);
+        exportStats.read(bytes);
+    }
+
+    private void countWrite(long bytes) {
+        stats.writeOps.increment();
+        stats.writeBytes.add(bytes);
+        exportStats.write(bytes);
+    }
+
+    /** Every error reply counts for the export (bad requests too); the node counts I/O failures only. */
     private void replyError(ChannelHandlerContext ctx, long cookie, long offset, int error, String message) {
-        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: error {}: {}", ctx.channel().remoteAddress(), NbdError.name(error), message);
+        exportStats.errors.increment();
+        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: error {}: {}", NbdServer.peer(ctx.channel()), NbdError.name(error), message);
         ByteBuf b;
         if (structured) {
             byte[] m = message.getBytes(StandardCharsets.UTF_8);
