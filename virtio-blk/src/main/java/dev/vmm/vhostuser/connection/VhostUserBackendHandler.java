@@ -114,6 +114,9 @@ public interface VhostUserBackendHandler {
     /** The front-end went away (EOF, error or a protocol violation); a new one may connect later. */
     void disconnected();
 
+    /** A front-end connected; {@code peer} names it for logs and monitors ({@code pid=P,uid=U}). */
+    default void connected(String peer) {}
+
     /** The exception for a request this handler does not implement. */
     static VhostUserException unsupported(int request) {
         return VhostUserException.replyError(request, "not supported by this back-end");

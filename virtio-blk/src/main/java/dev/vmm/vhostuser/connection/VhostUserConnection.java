@@ -130,7 +130,6 @@ public final class VhostUserConnection implements EpollIoHandle {
             if (n < 0) return false;                    // EAGAIN: resume on the next wakeup
             if (n == 0) {
                 if (have > 0) log.info("{}: front-end closed the socket in the middle of a message", name);
-                else log.info("{}: front-end disconnected", name);
                 disconnect();
                 return false;
             }
@@ -228,6 +227,7 @@ public final class VhostUserConnection implements EpollIoHandle {
         LibcSocket.closeQuietly(fd);
         for (int i = 0; i < pendingFdCount; i++) LibcSocket.closeQuietly(pendingFds[i]);
         pendingFdCount = 0;
+        log.info("{}: front-end disconnected", name); // the one line per disconnect, whatever the cause
         // rx/tx are left to the GC cleaner, not freed here: a late access must not touch freed native memory
         try {
             handler.disconnected();

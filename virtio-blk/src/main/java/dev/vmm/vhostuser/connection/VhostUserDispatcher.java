@@ -106,9 +106,9 @@ public final class VhostUserDispatcher {
         errors++;
         int req = h.request();
         if (logged.add(req)) {
-            log.warn("vhost-user request rejected: {}", e.getMessage());
+            log.warn("{}: rejected {}", handler, e.getMessage()); // the message starts with the wire name
         } else {
-            log.debug("vhost-user request rejected: {}", e.getMessage());
+            log.debug("{}: rejected {}", handler, e.getMessage());
         }
         if (hasReplyBody(req)) {
             out.sendReply(req, new byte[0], NO_FDS);

@@ -204,8 +204,10 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
                 continue;
             }
             accepted++;
-            String name = "vhost-user " + path + " #" + accepted;
+            String peer = LibcSocket.peerCredentials(c);
+            String name = "vhost-user " + path + " #" + accepted + " (" + peer + ")";
             log.info("{}: front-end connected", name);
+            handler.connected(peer);
             VhostUserConnection conn = new VhostUserConnection(c, loop, name, handler, this::connectionClosed);
             active = conn;
             conn.start();

@@ -48,6 +48,10 @@ final class QueueWorker implements EpollIoHandle {
     private volatile int callFd;
     private volatile int errFd;
     private final dev.vmm.core.stats.LatencyHistogram latency;
+    /** Chains popped and not yet pushed to the used ring, for monitors. */
+    private final java.util.concurrent.atomic.LongAdder inFlight;
+    /** A chain counted in {@link #inFlight} is being executed (a fault mid-request must uncount it). */
+    private boolean executing;
     /** 8 bytes for eventfd reads and writes. */
     private final long scratch = RawMemory.allocate(8);
     private IOThread home;
@@ -74,6 +78,7 @@ final class QueueWorker implements EpollIoHandle {
         this.chain = new DescriptorChain(VirtioBlkRequests.MAX_SEGMENTS + 2);
         this.requests = requests;
         this.latency = requests.stats().latency;
+        this.inFlight = requests.exportStats().inFlight;
         this.kickFd = kickFd;
         this.nettyKickFd = new FileDescriptor(kickFd);
         this.callFd = callFd;
@@ -185,6 +190,7 @@ final class QueueWorker implements EpollIoHandle {
                 vq.disableNotification();
                 while (served < BUDGET && vq.pop(chain)) {
                     if (inflight != null) inflight.popped(chain.head());
+                    taken();
                     long t0 = System.nanoTime();
                     complete(chain.head(), requests.execute(chain));
                     latency.record(System.nanoTime() - t0);
@@ -206,6 +212,10 @@ final class QueueWorker implements EpollIoHandle {
             signal(errFd);
         } catch (RuntimeException | InternalError e) {
             stopAfterInternalError(e);
+        }
+        if (executing) { // the queue stopped in the middle of a request: it will never complete
+            executing = false;
+            inFlight.decrement();
         }
         if (served >= BUDGET) reschedule();
         if (served > 0) {
@@ -234,9 +244,16 @@ final class QueueWorker implements EpollIoHandle {
         signal(errFd);
     }
 
+    private void taken() {
+        executing = true;
+        inFlight.increment();
+    }
+
     private void complete(int head, int written) {
         if (inflight != null) inflight.completing(head);
         vq.pushUsed(head, written);
+        executing = false;
+        inFlight.decrement();
     }
 
     /** Serves the requests a previous back-end left in flight, in the order it took them. */
@@ -247,9 +264,11 @@ final class QueueWorker implements EpollIoHandle {
         for (int head : heads) {
             try {
                 split.popHead(head, chain);
+                taken();
                 complete(head, requests.execute(chain));
             } catch (VirtqueueException e) {
                 if (e.kind() != VirtqueueException.Kind.REQUEST) throw e;
+                taken(); // taken by the previous back-end, completed now
                 complete(head, 0);
             }
         }

@@ -3,6 +3,7 @@ package dev.vmm.virtio.blk;
 import static dev.vmm.virtio.blk.VirtioBlk.*;
 
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.stats.ExportStats;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcSocket;
@@ -48,6 +49,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private final VirtioBlkConfig config;
     private final long offeredFeatures;
     private final long offeredProtocolFeatures;
+    private final ExportStats stats = new ExportStats();
 
     // ---- control-thread state: what the front-end negotiated ----
     private long ackedFeatures;
@@ -396,7 +398,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                 }
             }
         }
-        VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), !writable, config);
+        VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), stats, !writable, config);
         QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, queue, inflight, resubmit,
                 requests, kick, call, err);
         w.setEnabled(enabled);
@@ -553,6 +555,10 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     @Override
     public String describe() { return "vhost-user-blk export '" + exportId + "'"; }
 
+    /** How log lines name the device. */
+    @Override
+    public String toString() { return "vhost-user-blk " + exportId; }
+
     @Override
     public void quiesce() {
         for (QueueWorker w : workers) if (w != null) w.quiesce();
@@ -585,8 +591,18 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         } catch (VhostUserException e) {
             LOG.warn("vhost-user-blk {}: stopping after disconnect: {}", exportId, e.getMessage());
         }
-        LOG.info("vhost-user-blk {}: front-end disconnected; waiting for a new one", exportId);
+        stats.frontend(null);
+        LOG.debug("vhost-user-blk {}: front-end disconnected; waiting for a new one", exportId); // the connection logs it at INFO
     }
+
+    @Override
+    public void connected(String peer) {
+        stats.frontend(peer);
+        stats.connections.increment();
+    }
+
+    /** This device's counters (any thread). */
+    ExportStats stats() { return stats; }
 
     /** Stops every ring, unmaps guest memory, closes the eventfds: back to a fresh device. */
     void stopAll(int req) throws VhostUserException {

@@ -54,6 +54,8 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
             @Override public String type() { return "vhost-user-blk"; }
             @Override public BlockNode node() { return node; }
             @Override public boolean writable() { return common.writable(); }
+            @Override public dev.vmm.core.stats.ExportStats stats() { return device.stats(); }
+            @Override public int users() { return device.stats().frontend() == null ? 0 : 1; }
 
             @Override
             public void start() throws IOException {

@@ -5,6 +5,7 @@ import static dev.vmm.virtio.blk.VirtioBlk.*;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
+import dev.vmm.core.stats.ExportStats;
 import dev.vmm.virtio.memory.RawMemory;
 import dev.vmm.virtio.queue.DescriptorChain;
 import dev.vmm.virtio.queue.IovecArray;
@@ -35,6 +36,8 @@ final class VirtioBlkRequests implements AutoCloseable {
     private final String exportId;
     private final BlockDriver driver;
     private final BlockStats stats;
+    /** The export's counters, beside the node's; every non-OK status counts as an error there. */
+    private final ExportStats exportStats;
     private final long sizeBytes;
     private final boolean readOnly;
     private final VirtioBlkConfig config;
@@ -44,10 +47,12 @@ final class VirtioBlkRequests implements AutoCloseable {
     private final byte[] id;
     private boolean warnedMalformed;
 
-    VirtioBlkRequests(String exportId, BlockDriver driver, BlockStats stats, boolean readOnly, VirtioBlkConfig config) {
+    VirtioBlkRequests(String exportId, BlockDriver driver, BlockStats stats, ExportStats exportStats, boolean readOnly,
+            VirtioBlkConfig config) {
         this.exportId = exportId;
         this.driver = driver;
         this.stats = stats;
+        this.exportStats = exportStats;
         this.sizeBytes = driver.size();
         this.readOnly = readOnly;
         this.config = config;
@@ -56,6 +61,8 @@ final class VirtioBlkRequests implements AutoCloseable {
     }
 
     BlockStats stats() { return stats; }
+
+    ExportStats exportStats() { return exportStats; }
 
     /**
      * Runs one request and writes its status byte. Returns the number of bytes written into the
@@ -86,6 +93,7 @@ final class VirtioBlkRequests implements AutoCloseable {
                     }
                     stats.readOps.increment();
                     stats.readBytes.add(dataLength);
+                    exportStats.read(dataLength);
                     return complete(chain, VIRTIO_BLK_S_OK, dataLength);
                 }
                 case VIRTIO_BLK_T_OUT -> {
@@ -101,11 +109,13 @@ final class VirtioBlkRequests implements AutoCloseable {
                     }
                     stats.writeOps.increment();
                     stats.writeBytes.add(dataLength);
+                    exportStats.write(dataLength);
                     return complete(chain, VIRTIO_BLK_S_OK, 0);
                 }
                 case VIRTIO_BLK_T_FLUSH -> {
                     driver.flush();
                     stats.flushOps.increment();
+                    exportStats.otherOps.increment();
                     return complete(chain, VIRTIO_BLK_S_OK, 0);
                 }
                 case VIRTIO_BLK_T_GET_ID -> {
@@ -113,6 +123,7 @@ final class VirtioBlkRequests implements AutoCloseable {
                     int n = (int) Math.min(room, VIRTIO_BLK_ID_BYTES);
                     for (int i = 0; i < n; i++) RawMemory.putByte(scratch + 16 + i, i < id.length ? id[i] : 0);
                     chain.copyIn(scratch + 16, readable, n); // inside the writable part: n <= room
+                    exportStats.otherOps.increment();
                     return complete(chain, VIRTIO_BLK_S_OK, n);
                 }
                 case VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES -> {
@@ -179,9 +190,11 @@ final class VirtioBlkRequests implements AutoCloseable {
             if (type == VIRTIO_BLK_T_DISCARD) {
                 driver.discard(sector << SECTOR_SHIFT, sectors << SECTOR_SHIFT);
                 stats.discardOps.increment();
+                exportStats.otherOps.increment();
             } else {
                 driver.writeZeroes(sector << SECTOR_SHIFT, sectors << SECTOR_SHIFT, unmap, false, !config.writeback);
                 stats.zeroOps.increment();
+                exportStats.otherOps.increment();
             }
         }
         return complete(chain, VIRTIO_BLK_S_OK, 0);
@@ -196,9 +209,13 @@ final class VirtioBlkRequests implements AutoCloseable {
     private int complete(DescriptorChain chain, int status, long dataWritten) {
         if (chain.writableLength() < 1) {
             stats.errors.increment();
+            exportStats.errors.increment();
             return 0; // nowhere to put a status: the used length says nothing was written
         }
-        if (status != VIRTIO_BLK_S_OK) stats.errors.increment();
+        if (status != VIRTIO_BLK_S_OK) {
+            stats.errors.increment();
+            exportStats.errors.increment();
+        }
         RawMemory.putByte(scratch + 63, status);
         chain.copyIn(scratch + 63, chain.totalLength() - 1, 1);
         return (int) (dataWritten + 1);

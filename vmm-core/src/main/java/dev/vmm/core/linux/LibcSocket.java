@@ -66,6 +66,8 @@ public final class LibcSocket {
     public static final int SO_RCVTIMEO = 20;
     /** setsockopt: send timeout (struct timeval). */
     public static final int SO_SNDTIMEO = 21;
+    /** getsockopt: credentials of the connected peer (struct ucred { pid_t pid; uid_t uid; gid_t gid; }, 12 bytes). */
+    public static final int SO_PEERCRED = 17;
 
     // ---- recvmsg/sendmsg flags (bits/socket.h) ----
     /** msg_flags on return: control data was truncated, some fds were dropped by the kernel. */
@@ -133,6 +135,23 @@ public final class LibcSocket {
 
     /** shutdown(2); how: 0 read, 1 write, 2 both. */
     public static native int shutdown(int fd, int how) throws LastErrorException;
+
+    /** getsockopt(2); {@code optlen} points to a socklen_t holding the buffer size. */
+    public static native int getsockopt(int fd, int level, int optname, long optval, long optlen) throws LastErrorException;
+
+    /**
+     * The peer of a connected unix socket as {@code pid=P,uid=U} (SO_PEERCRED, unix(7)), for log
+     * lines; {@code "?"} when the kernel cannot tell.
+     */
+    public static String peerCredentials(int fd) {
+        try (Memory m = new Memory(16)) {
+            m.setInt(12, 12); // socklen_t in, after the 12-byte struct ucred
+            getsockopt(fd, SOL_SOCKET, SO_PEERCRED, Pointer.nativeValue(m), Pointer.nativeValue(m) + 12);
+            return "pid=" + m.getInt(0) + ",uid=" + m.getInt(4);
+        } catch (LastErrorException e) {
+            return "?";
+        }
+    }
 
     // ---- fds ----
 
