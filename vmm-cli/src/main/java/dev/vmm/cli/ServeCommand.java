@@ -75,6 +75,10 @@ public final class ServeCommand implements Callable<Integer> {
             description = "Serve the QMP monitor on this unix socket (short for --chardev + --monitor).")
     List<String> qmps = new ArrayList<>();
 
+    @Option(names = "--metrics", paramLabel = "addr.type=inet,addr.host=HOST,addr.port=PORT",
+            description = "Serve the daemon's counters over HTTP at /metrics in the Prometheus text format.")
+    List<String> metrics = new ArrayList<>();
+
     @Option(names = "--pidfile", paramLabel = "PATH",
             description = "Write the process id here once every listener accepts connections; removed at exit.")
     Path pidfile;
@@ -107,7 +111,8 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    writable=on|off          allow writes (default off: read-only)\n")
           .append("    iothread=ID              serve the node from this IOThread (default: the main loop)\n")
           .append("    fixed-iothread=on|off    accepted for QEMU compatibility\n")
-          .append(MonitorOptions.HELP).append('\n');
+          .append(MonitorOptions.HELP).append('\n')
+          .append("  --metrics\n").append(dev.vmm.core.metrics.MetricsServer.HELP_KEYS).append('\n');
         for (Map.Entry<String, ExportDriver> e : Daemon.exportDrivers().entrySet()) {
             sb.append("  --export type=").append(e.getKey()).append('\n').append(e.getValue().helpKeys()).append('\n');
         }
@@ -124,8 +129,8 @@ public final class ServeCommand implements Callable<Integer> {
     public Integer call() {
         PrintWriter err = spec.commandLine().getErr();
         if (!configureLogging(err)) return 1;
-        if (nbdServers.size() > 1) {
-            err.println("vmm: --nbd-server: may be given only once");
+        if (nbdServers.size() > 1 || metrics.size() > 1) {
+            err.println("vmm: " + (nbdServers.size() > 1 ? "--nbd-server" : "--metrics") + ": may be given only once");
             return 1;
         }
         List<Path> monitorPaths;
@@ -142,6 +147,8 @@ public final class ServeCommand implements Callable<Integer> {
             for (String b : blockdevs) daemon.blockdevAdd(KeyValueParser.parse("--blockdev", b, null));
             NbdServerComponent nbd = null;
             for (String s : nbdServers) nbd = NbdServerComponent.configure(daemon, KeyValueParser.parse("--nbd-server", s, null));
+            dev.vmm.core.metrics.MetricsServer metricsServer = null; // parsed before any export listens
+            for (String m : metrics) metricsServer = dev.vmm.core.metrics.MetricsServer.configure(daemon, KeyValueParser.parse("--metrics", m, null));
             for (String e : exports) daemon.exportAdd(KeyValueParser.parse("--export", e, "type"));
             if (nbd != null) {
                 try {
@@ -150,9 +157,15 @@ public final class ServeCommand implements Callable<Integer> {
                     throw new DaemonException("--nbd-server: " + e.getMessage(), e);
                 }
             }
+            if (metricsServer != null) {
+                try {
+                    metricsServer.start();
+                } catch (IOException e) {
+                    throw new DaemonException("--metrics: " + e.getMessage(), e);
+                }
+            }
             if (!monitorPaths.isEmpty()) startMonitors(daemon, monitorPaths, stop::countDown);
             if (pidfile != null) writePidfile(pidfile);
-            for (String line : daemon.describe()) LOG.info("serving {}", line);
         } catch (OptionException | DaemonException e) {
             err.println("vmm: " + e.getMessage());
             err.flush();
