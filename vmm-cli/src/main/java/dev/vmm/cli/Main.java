@@ -10,7 +10,7 @@ import picocli.CommandLine.Command;
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Version.class,
         description = "A storage VMM for the JVM: serves disk images over NBD (and vhost-user-blk), qemu-storage-daemon compatible.",
         subcommands = {ServeCommand.class, dev.vmm.cli.qmp.QmpClientCommand.class, GuestCommand.class, BenchCommand.class,
-                CommandLine.HelpCommand.class})
+                dev.vmm.cli.top.TopCommand.class, CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
