@@ -162,6 +162,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     @Override
     public void channelInactive(ChannelHandlerContext ctx) {
         release();
+        abandonStream();
         export.clients().remove(ctx.channel());
         export.node().removeUser(this);
         ctx.fireChannelInactive();
@@ -170,6 +171,15 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     @Override
     public void handlerRemoved(ChannelHandlerContext ctx) {
         release();
+        abandonStream();
+    }
+
+    /** The connection ended in the middle of a streamed WRITE: it will never complete. */
+    private void abandonStream() {
+        if (streamRemaining > 0) {
+            streamRemaining = 0;
+            exportStats.inFlight.decrement();
+        }
     }
 
     @Override
@@ -179,10 +189,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     }
 
     private void release() {
-        if (streamRemaining > 0) { // a streamed WRITE the client never finished
-            streamRemaining = 0;
-            exportStats.inFlight.decrement();
-        }
         if (cum != null) {
             cum.release();
             cum = null;
