@@ -220,6 +220,13 @@ public final class NbdServer {
                         ch.close();
                         return;
                     }
+                    if (ch.pipeline().context(hs) == null) {
+                        // The client closed while moving: its pipeline is torn down already (replace
+                        // would throw, and Netty would print the stack trace of a normal disconnect).
+                        hs.releaseCumulation();
+                        ch.close();
+                        return;
+                    }
                     TransmissionHandler tx = new TransmissionHandler(export, negotiated, home, hs.takeLeftover());
                     ch.pipeline().replace(hs, "nbd-transmission", tx);
                     if (!ch.isActive() || !isExported(export)) { // closed, or export removed, while moving
