@@ -6,6 +6,8 @@
 # Input: one bar per line, "GROUP<TAB>SERIES<TAB>VALUE" (e.g. "4k random read QD32<TAB>ours/nbdkit<TAB>1.28");
 # bars of one group sit together, each series has its colour; VALUE "n/a" or empty draws no bar.
 # marks: comma-separated values that get a dashed vertical line (the goals, e.g. 1 = parity).
+# cap: optional axis maximum; a longer bar stops at the edge, its label says the real value, so one
+# outlier (a p99 ratio of 30) does not flatten the rest.
 
 function esc(s) { gsub(/&/, "\\&amp;", s); gsub(/</, "\\&lt;", s); gsub(/>/, "\\&gt;", s); gsub(/"/, "\\&quot;", s); return s }
 
@@ -21,6 +23,7 @@ END {
     split(marks, mk, ",")
     for (i in mk) if (mk[i] + 0 > max) max = mk[i] + 0
     if (max <= 0) max = 1
+    if (cap > 0 && max > cap) max = cap
     max = max * 1.1
     colours = "#4e79a7,#f28e2b,#59a14f,#e15759,#76b7b2,#edc948"
     split(colours, col, ",")
@@ -37,7 +40,7 @@ END {
         for (s = 1; s <= nseries; s++) {
             for (i = 1; i <= n; i++) if (bg[i] == g && bs[i] == s) {
                 if (bv[i] ~ /^[0-9.]+$/) {
-                    w = bv[i] / max * plot
+                    w = (bv[i] + 0 > max ? max : bv[i]) / max * plot
                     printf "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"><title>%s %s: %s</title></rect>\n", left, y, w, barh - 2, col[(s - 1) % 6 + 1], esc(gname[g]), esc(sname[s]), bv[i]
                     printf "<text x=\"%.1f\" y=\"%d\" font-size=\"11\">%s</text>\n", left + w + 4, y + barh - 4, bv[i]
                 } else {
