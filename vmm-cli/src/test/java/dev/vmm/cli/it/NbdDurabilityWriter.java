@@ -1,0 +1,269 @@
+package dev.vmm.cli.it;
+
+import dev.vmm.nbd.protocol.NbdCmd;
+import dev.vmm.nbd.protocol.NbdCmdFlags;
+import dev.vmm.nbd.protocol.NbdMagic;
+import dev.vmm.nbd.protocol.NbdRep;
+import dev.vmm.nbd.protocol.NbdTransmissionFlags;
+import dev.vmm.nbd.testing.NbdTestClient;
+import java.io.DataInputStream;
+import java.io.DataOutputStream;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Writes {@link VersionedBlock}s over several NBD connections at a high queue depth until the
+ * server goes away (killed) or {@link #stop} is called, recording every request and reply in
+ * a {@link DurabilityLedger}.
+ *
+ * <p>Each connection owns a contiguous share of the blocks and mixes single-block writes,
+ * 32 KiB writes (one {@code pwrite}) and 128 KiB writes (the server's streamed path, written
+ * piecewise as the payload arrives); about a third carry FUA, and every {@value #FLUSH_EVERY}
+ * requests a FLUSH follows. Requests are pipelined: a sender thread keeps up to
+ * {@code queueDepth} in flight, a reader thread matches replies by cookie.
+ *
+ * <p>Thread contract: {@link #connect}, {@link #stop} and {@link #awaitEnd} are called by the
+ * test thread; each connection then runs its own sender and reader threads, which share only
+ * the (synchronized) ledger.
+ */
+public final class NbdDurabilityWriter {
+    static final int FLUSH_EVERY = 24;
+
+    /** One request in flight: a write of {@code versions.length} blocks from {@code first}, or a FLUSH. */
+    private record Op(boolean flush, int first, long[] versions, boolean fua, long snapshot) {}
+
+    private final DurabilityLedger ledger;
+    private final List<Conn> conns = new ArrayList<>();
+    private volatile boolean stopping;
+
+    private NbdDurabilityWriter(DurabilityLedger ledger) {
+        this.ledger = ledger;
+    }
+
+    /** Whether the export offers NBD_FLAG_CAN_MULTI_CONN (asks one throw-away connection). */
+    public static boolean multiConn(InetSocketAddress address, String export) throws IOException {
+        try (NbdTestClient c = open(address, export)) {
+            return (c.transmissionFlags & NbdTransmissionFlags.NBD_FLAG_CAN_MULTI_CONN) != 0;
+        }
+    }
+
+    /** Opens {@code connections} connections and starts writing on each. */
+    public static NbdDurabilityWriter connect(InetSocketAddress address, String export, DurabilityLedger ledger,
+            int connections, int queueDepth, long seed) throws IOException {
+        NbdDurabilityWriter w = new NbdDurabilityWriter(ledger);
+        int share = ledger.blocks() / connections;
+        for (int i = 0; i < connections; i++) {
+            w.conns.add(w.new Conn(i, open(address, export), i * share, share, queueDepth, seed + i));
+        }
+        for (Conn c : w.conns) c.start();
+        return w;
+    }
+
+    /** A connection in transmission phase with simple replies (a WRITE or FLUSH reply is 16 bytes). */
+    static NbdTestClient open(InetSocketAddress address, String export) throws IOException {
+        NbdTestClient c = new NbdTestClient(address).handshake();
+        List<NbdTestClient.OptionReply> replies = c.go(export);
+        if (replies.get(replies.size() - 1).type() != NbdRep.NBD_REP_ACK) {
+            c.close();
+            throw new IOException("NBD_OPT_GO refused: " + replies);
+        }
+        return c;
+    }
+
+    /** Sends nothing more, waits for the replies of what is in flight, then disconnects. */
+    public void stop() {
+        stopping = true;
+    }
+
+    /**
+     * Waits for every sender and reader to end (they end when the server dies or after
+     * {@link #stop}); returns false if one is still running after {@code timeoutMs}.
+     */
+    public boolean awaitEnd(long timeoutMs) throws InterruptedException {
+        long deadline = System.currentTimeMillis() + timeoutMs;
+        boolean all = true;
+        for (Conn c : conns) {
+            for (Thread t : List.of(c.sender, c.reader)) {
+                t.join(Math.max(1, deadline - System.currentTimeMillis()));
+                all &= !t.isAlive();
+            }
+        }
+        if (!all) conns.forEach(Conn::close);
+        return all;
+    }
+
+    /** Errors other than losing the server (which is what a kill does). */
+    public List<String> errors() {
+        List<String> e = new ArrayList<>();
+        for (Conn c : conns) {
+            if (c.error != null) e.add("connection " + c.index + ": " + c.error);
+        }
+        return e;
+    }
+
+    /** One connection: a sender, a reader, and the cookies in flight between them. */
+    private final class Conn {
+        final int index;
+        final NbdTestClient client;
+        final int firstBlock;
+        final int blocks;
+        final Semaphore window;
+        final int queueDepth;
+        final SplittableRandom rnd;
+        final Map<Long, Op> inFlight = new ConcurrentHashMap<>();
+        final Thread sender;
+        final Thread reader;
+        volatile boolean readerDone;
+        volatile String error;
+
+        Conn(int index, NbdTestClient client, int firstBlock, int blocks, int queueDepth, long seed) {
+            this.index = index;
+            this.client = client;
+            this.firstBlock = firstBlock;
+            this.blocks = blocks;
+            this.queueDepth = queueDepth;
+            this.window = new Semaphore(queueDepth);
+            this.rnd = new SplittableRandom(seed);
+            this.sender = new Thread(this::send, "nbd-durability-send-" + index);
+            this.reader = new Thread(this::receive, "nbd-durability-recv-" + index);
+            sender.setDaemon(true);
+            reader.setDaemon(true);
+        }
+
+        void start() {
+            reader.start();
+            sender.start();
+        }
+
+        void close() {
+            try {
+                client.close();
+            } catch (IOException ignored) {
+                // closing a socket whose peer is dead
+            }
+        }
+
+        private void send() {
+            DataOutputStream out = client.out();
+            long cookie = 0;
+            int sinceFlush = 0;
+            try {
+                while (!stopping && !readerDone) {
+                    if (!window.tryAcquire(50, TimeUnit.MILLISECONDS)) continue;
+                    Op op;
+                    if (sinceFlush >= FLUSH_EVERY) {
+                        op = new Op(true, 0, null, false, ledger.flushSnapshot());
+                        sinceFlush = 0;
+                    } else {
+                        op = nextWrite();
+                        if (op == null) {
+                            window.release();
+                            Thread.onSpinWait();
+                            continue;
+                        }
+                        sinceFlush++;
+                    }
+                    long c = ++cookie;
+                    inFlight.put(c, op); // before sending: the reply may come back at once
+                    write(out, c, op);
+                    if (window.availablePermits() == 0 || rnd.nextInt(4) == 0) out.flush();
+                }
+                out.flush();
+                // stop(): let every reply come back, then hang up politely
+                while (!readerDone && !window.tryAcquire(queueDepth, 50, TimeUnit.MILLISECONDS)) {
+                    // waiting for replies
+                }
+                if (!readerDone) {
+                    out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
+                    out.writeShort(0);
+                    out.writeShort(NbdCmd.NBD_CMD_DISC);
+                    out.writeLong(++cookie);
+                    out.writeLong(0);
+                    out.writeInt(0);
+                    out.flush();
+                }
+            } catch (IOException e) {
+                // the server died: the reader sees it too
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            } finally {
+                if (stopping) close();
+            }
+        }
+
+        /** A write of 1, 8 or 32 blocks with none in flight, or null if the random pick collides. */
+        private Op nextWrite() {
+            int roll = rnd.nextInt(100);
+            int count = roll < 80 ? 1 : roll < 95 ? 8 : 32;
+            int first = firstBlock + rnd.nextInt(blocks - count + 1);
+            boolean fua = rnd.nextInt(3) == 0;
+            long[] versions = ledger.reserve(first, count, fua);
+            return versions == null ? null : new Op(false, first, versions, fua, 0);
+        }
+
+        private void write(DataOutputStream out, long cookie, Op op) throws IOException {
+            out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
+            if (op.flush()) {
+                out.writeShort(0);
+                out.writeShort(NbdCmd.NBD_CMD_FLUSH);
+                out.writeLong(cookie);
+                out.writeLong(0);
+                out.writeInt(0);
+                return;
+            }
+            int len = op.versions().length * VersionedBlock.SIZE;
+            out.writeShort(op.fua() ? NbdCmdFlags.NBD_CMD_FLAG_FUA : 0);
+            out.writeShort(NbdCmd.NBD_CMD_WRITE);
+            out.writeLong(cookie);
+            out.writeLong((long) op.first() * VersionedBlock.SIZE);
+            out.writeInt(len);
+            ByteBuffer payload = ByteBuffer.allocate(len);
+            for (int i = 0; i < op.versions().length; i++) VersionedBlock.encode(op.first() + i, op.versions()[i], payload);
+            out.write(payload.array());
+        }
+
+        private void receive() {
+            DataInputStream in = client.in();
+            try {
+                while (true) {
+                    int magic = in.readInt();
+                    int err = in.readInt();
+                    long cookie = in.readLong();
+                    if (magic != NbdMagic.NBD_SIMPLE_REPLY_MAGIC) {
+                        error = "bad reply magic 0x" + Integer.toHexString(magic);
+                        return;
+                    }
+                    Op op = inFlight.remove(cookie);
+                    if (op == null) {
+                        error = "reply for unknown cookie " + cookie;
+                        return;
+                    }
+                    if (op.flush()) {
+                        if (err == 0) {
+                            ledger.flushReplied(index, op.snapshot());
+                        } else {
+                            ledger.problem("FLUSH failed with NBD error " + err);
+                        }
+                    } else if (err == 0) {
+                        ledger.writeReplied(index, op.first(), op.versions(), op.fua());
+                    } else {
+                        ledger.writeFailed(op.first(), op.versions(), err);
+                    }
+                    window.release();
+                }
+            } catch (IOException e) {
+                // EOF or reset: the server is gone (killed), or stop() hung up
+            } finally {
+                readerDone = true;
+            }
+        }
+    }
+}
