@@ -40,6 +40,9 @@ import org.junit.jupiter.api.Timeout;
  * the requests it took (every reply whole: the stream ends at a reply boundary), exit 0 (its
  * final flush succeeded), leave every acknowledged write in the image, and remove the NBD,
  * vhost-user and QMP sockets and the pidfile.
+ *
+ * <p>Against qemu-storage-daemon 7.2 ({@code -Dvmm.it.server=qsd}) this is skipped: with these
+ * clients connected it did not exit within 20 s of SIGTERM.
  */
 @Timeout(120)
 class SigtermShutdownTest extends PeerTestBase {
@@ -48,6 +51,7 @@ class SigtermShutdownTest extends PeerTestBase {
 
     @Test
     void sigtermFinishesInFlightWritesAndRemovesSocketsAndPidfile() throws Exception {
+        Peers.beyondQsd("qemu-storage-daemon 7.2 does not exit within 20 s of SIGTERM with these clients connected");
         Path image = Images.sparse(tmp.resolve("disk.img"), (long) WRITES * WRITE_SIZE);
         Path sockets = socketDir();
         Path nbd = sockets.resolve("nbd.sock");
