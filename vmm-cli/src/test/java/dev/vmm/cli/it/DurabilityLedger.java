@@ -53,6 +53,7 @@ public final class DurabilityLedger {
     private long blocksVerified;
     private long blocksAhead;
     private long tornInFlight;
+    private long blocksInFlightAtKills;
 
     public DurabilityLedger(int blocks, int connections, boolean multiConn) {
         this.blocks = blocks;
@@ -187,9 +188,18 @@ public final class DurabilityLedger {
         inFlight[b] = false;
     }
 
-    /** Drops every reply still waiting for a FLUSH (its connection died with the server). */
-    public synchronized void connectionsLost() {
+    /**
+     * The server died: drops every reply still waiting for a FLUSH (its connection is gone) and
+     * returns how many blocks had a write in flight without a reply.
+     */
+    public synchronized int connectionsLost() {
         for (ArrayDeque<Pending> q : pending) q.clear();
+        int n = 0;
+        for (int b = 0; b < blocks; b++) {
+            if (inFlight[b]) n++;
+        }
+        blocksInFlightAtKills += n;
+        return n;
     }
 
     public synchronized void problem(String p) {
@@ -203,9 +213,10 @@ public final class DurabilityLedger {
     /** One line with every counter, for the test's output and docs/reliability.md. */
     public synchronized String summary() {
         return String.format("write requests %d (%d blocks, %d with FUA), replies %d; flushes %d (replied %d); "
-                        + "block-versions acknowledged durable %d; blocks verified %d (%d newer than durable, %d torn while in flight); problems %d",
+                        + "block-versions acknowledged durable %d; blocks with a write in flight at the kills %d; "
+                        + "blocks verified %d (%d newer than durable, %d torn while in flight); problems %d",
                 writeRequests, blockWrites, fuaRequests, writeReplies, flushRequests, flushReplies,
-                durableBlockVersions, blocksVerified, blocksAhead, tornInFlight, problems.size());
+                durableBlockVersions, blocksInFlightAtKills, blocksVerified, blocksAhead, tornInFlight, problems.size());
     }
 
     /** The highest version of block {@code b} acknowledged durable (0: none). */

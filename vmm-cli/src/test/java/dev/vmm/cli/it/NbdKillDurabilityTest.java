@@ -46,6 +46,7 @@ class NbdKillDurabilityTest extends PeerTestBase {
         Path image = Images.sparse(tmp.resolve("disk.img"), (long) BLOCKS * VersionedBlock.SIZE);
         DurabilityLedger ledger = null;
         long t0 = System.nanoTime();
+        int killedMidIo = 0;
         for (int round = 1; round <= rounds; round++) {
             Disk d = serveDisk(image, true);
             InetSocketAddress addr = new InetSocketAddress(Net.HOST, d.port());
@@ -73,14 +74,16 @@ class NbdKillDurabilityTest extends PeerTestBase {
             d.server().kill();
             assertTrue(w.awaitEnd(30_000), "writers did not notice the kill");
             assertEquals(List.of(), w.errors(), "protocol errors before the kill");
-            ledger.connectionsLost();
-            System.out.printf("[durability] round %d: killed after %d write requests, %d block-versions durable%n",
-                    round, ledger.writeRequests() - writesBefore, ledger.durableBlockVersions() - before);
+            int inFlight = ledger.connectionsLost();
+            killedMidIo += inFlight > 0 ? 1 : 0;
+            System.out.printf("[durability] round %d: killed after %d write requests, %d block-versions durable, %d blocks with a write in flight%n",
+                    round, ledger.writeRequests() - writesBefore, ledger.durableBlockVersions() - before, inFlight);
         }
         Disk last = serveDisk(image, true);
         verifyAfterRestart(new InetSocketAddress(Net.HOST, last.port()), ledger);
         System.out.printf("[durability] NBD kill -9 %s: %d rounds, %d kills in %d ms; %s%n",
                 Peers.qsd() ? "qemu-storage-daemon" : "vmm", rounds, rounds, (System.nanoTime() - t0) / 1_000_000, ledger.summary());
+        assertTrue(killedMidIo > 0, "no kill landed while a write was in flight; the test proved little");
         List<String> problems = ledger.problems();
         assertTrue(problems.isEmpty(), ledger.summary() + "\nfirst problems:\n  "
                 + String.join("\n  ", problems.subList(0, Math.min(20, problems.size()))));
