@@ -326,10 +326,31 @@ public final class NbdServer {
         if (started) LOG.info("NBD server stopped");
     }
 
-    /** Flushes what the client was sent so far, then closes (on the channel's own loop). */
+    /** How long a stopping connection waits for its client to close after our last reply. */
+    static final long LINGER_MS = 2000;
+
+    /**
+     * Ends a connection at a reply boundary without losing replies (on the channel's own loop):
+     * no further request is taken, what was sent so far is flushed, then the write side is shut
+     * (the client reads end-of-stream after the last reply) and input is discarded until the
+     * client closes or {@link #LINGER_MS} passes. Closing at once while requests sit unread in
+     * the receive queue would make TCP send a reset, which discards replies not yet transmitted.
+     */
     private static io.netty.channel.ChannelFuture closeGracefully(Channel c) {
-        c.eventLoop().execute(() -> c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE));
+        c.eventLoop().execute(() -> {
+            if (!c.isActive()) return;
+            if (c.pipeline().get("nbd-transmission") instanceof TransmissionHandler tx) tx.stopTakingRequests();
+            c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener((ChannelFutureListener) f -> {
+                if (!f.isSuccess() || !(c instanceof io.netty.channel.socket.DuplexChannel d)) {
+                    c.close();
+                    return;
+                }
+                d.shutdownOutput().addListener((ChannelFutureListener) x -> {
+                    if (!x.isSuccess()) c.close();
+                });
+                c.eventLoop().schedule((Runnable) c::close, LINGER_MS, TimeUnit.MILLISECONDS);
+            });
+        });
         return c.closeFuture();
     }
-
 }

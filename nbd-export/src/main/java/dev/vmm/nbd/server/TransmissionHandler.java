@@ -132,6 +132,19 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         if (!paused && !closing) ctx.channel().config().setAutoRead(true);
     }
 
+    /**
+     * The server is stopping: no further request is taken, and whatever the client still sends is
+     * read and dropped, so its end-of-stream is seen (a write left half-received is abandoned,
+     * never acknowledged). Called on the channel's loop.
+     */
+    void stopTakingRequests() {
+        assert ctx == null || ctx.executor().inEventLoop();
+        closing = true;
+        release();
+        abandonStream();
+        if (ctx != null) ctx.channel().config().setAutoRead(true);
+    }
+
     @Override
     public void channelRead(ChannelHandlerContext ctx, Object msg) {
         ByteBuf in = (ByteBuf) msg;

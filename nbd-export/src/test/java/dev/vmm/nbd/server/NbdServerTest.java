@@ -384,6 +384,54 @@ class NbdServerTest extends NbdServerFixture {
     }
 
     @Test
+    void stopEndsAConnectionAtAReplyBoundaryWithoutAReset() throws Exception {
+        // A client pipelining reads while the server stops must get every reply the server sent,
+        // then end-of-stream -- not "connection reset": closing a socket with requests unread in
+        // its receive queue makes TCP send a reset, which also drops replies not yet transmitted.
+        NbdTestClient c = client();
+        c.go("disk0"); // simple replies: a 16-byte header, then the data
+        int len = 64 << 10;
+        Thread sender = new Thread(() -> {
+            try {
+                for (int i = 0; i < 50_000; i++) c.sendRequest(0, NBD_CMD_READ, (long) (i % 16) * len, len, null);
+            } catch (IOException expected) {
+                // the server stopped reading and closed: that is the point
+            }
+        });
+        sender.setDaemon(true);
+        sender.start();
+        // Replies are not read yet: the send buffers fill, the server stops reading and requests
+        // pile up in its receive queue.
+        Thread.sleep(1000);
+        Thread stopper = new Thread(() -> server.stop(5000));
+        stopper.start();
+        int replies = 0;
+        String end;
+        try {
+            java.io.InputStream in = c.socket().getInputStream();
+            byte[] header = new byte[16];
+            byte[] payload = new byte[len];
+            while (true) {
+                int got = in.readNBytes(header, 0, 16);
+                if (got == 0) {
+                    end = "end-of-stream";
+                    break;
+                }
+                assertEquals(16, got, "torn reply header after " + replies + " replies");
+                assertEquals(0, NbdTestClient.readInt(header, 4), "error reply");
+                assertEquals(len, in.readNBytes(payload, 0, len), "torn reply payload after " + replies + " replies");
+                replies++;
+            }
+        } catch (IOException e) {
+            end = e.toString();
+        }
+        stopper.join(10_000);
+        assertEquals("end-of-stream", end, "after " + replies + " replies");
+        assertTrue(replies > 0);
+        c.close();
+    }
+
+    @Test
     void stopAlsoClosesClientsStillInTheirHandshake() throws Exception {
         NbdTestClient negotiating = client(); // greeting read, no option sent yet
         NbdTestClient serving = client();
