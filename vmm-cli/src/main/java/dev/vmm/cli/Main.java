@@ -9,7 +9,7 @@ import picocli.CommandLine.Command;
  */
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Version.class,
         description = "A storage VMM for the JVM: serves disk images over NBD (and vhost-user-blk), qemu-storage-daemon compatible.",
-        subcommands = {ServeCommand.class, dev.vmm.cli.qmp.QmpClientCommand.class, GuestCommand.class, BenchCommand.class,
+        subcommands = {DemoCommand.class, ServeCommand.class, dev.vmm.cli.qmp.QmpClientCommand.class, GuestCommand.class, BenchCommand.class,
                 dev.vmm.cli.top.TopCommand.class, CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @CommandLine.Spec
@@ -27,7 +27,8 @@ public final class Main implements Runnable {
     /** Runs the command line and returns the exit code (tests call this in-process). */
     public static int run(String... args) {
         // Logging is configured before any class creates a logger; serve validates the value.
-        String level = "info";
+        // demo prints its own steps: only warnings and errors of the daemon would interleave.
+        String level = args.length > 0 && args[0].equals("demo") ? "warn" : "info";
         for (int i = 0; i < args.length; i++) {
             if (args[i].equals("--log-level") && i + 1 < args.length) level = args[i + 1];
             else if (args[i].startsWith("--log-level=")) level = args[i].substring("--log-level=".length());

@@ -194,11 +194,17 @@ public final class ServeCommand implements Callable<Integer> {
         return flushed ? 0 : 1;
     }
 
-    /** The QMP monitors: every command registered, then each socket bound (0600). */
-    private static void startMonitors(Daemon daemon, List<Path> paths, Runnable quit) throws DaemonException {
+    /** Every QMP command of the daemon (docs/qmp.md documents each; QmpReferenceTest checks it). */
+    public static QmpCommands qmpCommands(Daemon daemon, Runnable quit) {
         QmpCommands commands = new QmpCommands();
         CoreCommands.register(commands, daemon, daemon::moveNode, quit);
         NbdQmpCommands.register(commands, daemon);
+        return commands;
+    }
+
+    /** The QMP monitors: every command registered, then each socket bound (0600). Also used by {@code vmm demo}. */
+    public static void startMonitors(Daemon daemon, List<Path> paths, Runnable quit) throws DaemonException {
+        QmpCommands commands = qmpCommands(daemon, quit);
         QmpServer qmp = new QmpServer(daemon.mainLoop(), commands,
                 new QmpServer.Version(QmpServer.Version.DEFAULT.major(), QmpServer.Version.DEFAULT.minor(),
                         QmpServer.Version.DEFAULT.micro(), new Version().getVersion()[0].replaceFirst(" \\(.*", "")));

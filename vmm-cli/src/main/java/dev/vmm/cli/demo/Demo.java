@@ -1,0 +1,268 @@
+package dev.vmm.cli.demo;
+
+import dev.vmm.cli.ServeCommand;
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.daemon.DaemonException;
+import dev.vmm.core.net.UnixSocketFiles;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+import dev.vmm.nbd.server.NbdExport;
+import dev.vmm.nbd.server.NbdServer;
+import dev.vmm.nbd.server.NbdServerComponent;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.net.InetSocketAddress;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The server half of {@code vmm demo}: the same daemon {@code vmm serve} builds, configured
+ * in-process. A sparse image, IOThreads {@value #IOT0} and {@value #IOT1}, block node
+ * {@value #NODE} homed on {@value #IOT0}, its NBD export on a unix socket in the work folder and
+ * on TCP localhost, a vhost-user-blk export and a QMP monitor. Each part is one printed step.
+ *
+ * <p>Thread contract: built and closed by the demo's main thread; the daemon's own threads do
+ * the serving.
+ */
+public final class Demo implements AutoCloseable {
+    public static final String NODE = "disk0";
+    public static final String IOT0 = "iot0";
+    public static final String IOT1 = "iot1";
+    public static final String IMAGE = "demo.img";
+    /** The number of steps {@link #start} prints. */
+    public static final int STEPS = 6;
+
+    /** What the user asked for. {@code port} is the preferred TCP port (another is picked when it is taken). */
+    public record Config(Path dir, long size, int port) { }
+
+    private final Config config;
+    private final Daemon daemon;
+    private final Path image;
+    private final Path nbdSocket;
+    private final Path vhostSocket;
+    private final Path qmpSocket;
+    private int tcpPort = -1;
+    private boolean flushed;
+
+    private Demo(Config config, Daemon daemon) {
+        this.config = config;
+        this.daemon = daemon;
+        Path dir = config.dir().toAbsolutePath().normalize();
+        this.image = dir.resolve(IMAGE);
+        this.nbdSocket = dir.resolve("nbd.sock");
+        this.vhostSocket = dir.resolve("vhost-user-blk.sock");
+        this.qmpSocket = dir.resolve("qmp.sock");
+    }
+
+    /**
+     * Runs the six set-up steps. A failure is printed as its step's outcome and thrown as a
+     * {@link DemoException} after everything started so far is stopped again.
+     *
+     * @param onQuit what QMP {@code quit} does (the Ctrl-C path)
+     */
+    public static Demo start(Config config, Steps steps, Runnable onQuit) throws DemoException {
+        Demo d = new Demo(config, Daemon.start());
+        try {
+            d.setUp(steps, onQuit);
+            return d;
+        } catch (DemoException e) {
+            d.daemon.shutdown(false);
+            throw e;
+        }
+    }
+
+    private void setUp(Steps steps, Runnable onQuit) throws DemoException {
+        checkPaths();
+        Steps.Step s = steps.begin("image " + display(image) + " (" + Sizes.human(config.size()) + ", sparse)");
+        s.ok(createImage(s));
+
+        s = steps.begin("IOThreads " + IOT0 + " and " + IOT1);
+        run(s, () -> {
+            daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", IOT0)));
+            daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", IOT1)));
+        });
+        s.ok();
+
+        s = steps.begin("block node " + NODE + " (raw file " + IMAGE + ")");
+        run(s, () -> daemon.blockdevAdd(Options.of("--blockdev",
+                Map.of("driver", "file", "node-name", NODE, "filename", image.toString()))));
+        s.ok();
+
+        s = steps.begin("NBD export " + NODE + " on " + IOT0);
+        Steps.Step nbdStep = s;
+        run(s, () -> {
+            NbdServerComponent unix = NbdServerComponent.configure(daemon,
+                    Options.of("--nbd-server", Map.of("addr", Map.of("type", "unix", "path", nbdSocket.toString()))));
+            daemon.exportAdd(Options.of("--export",
+                    Map.of("type", "nbd", "id", "nbd0", "node-name", NODE, "writable", "on", "iothread", IOT0)));
+            try {
+                unix.start();
+            } catch (IOException e) {
+                throw new DaemonException(e.getMessage(), e);
+            }
+            startTcp(nbdStep);
+        });
+        s.ok("unix " + display(nbdSocket) + (tcpPort > 0 ? ", tcp 127.0.0.1:" + tcpPort : ""));
+
+        s = steps.begin("vhost-user-blk export on " + IOT0);
+        run(s, () -> daemon.exportAdd(Options.of("--export", Map.of("type", "vhost-user-blk", "id", "vub0", "node-name", NODE,
+                "writable", "on", "iothread", IOT0, "addr", Map.of("type", "unix", "path", vhostSocket.toString())))));
+        s.ok(display(vhostSocket));
+
+        s = steps.begin("QMP monitor");
+        run(s, () -> ServeCommand.startMonitors(daemon, List.of(qmpSocket), onQuit));
+        s.ok(display(qmpSocket));
+    }
+
+    /**
+     * A second NBD listener on TCP: the daemon's NBD server has one address (as QSD's), so this
+     * one is a server of its own with an export of the same node, stopped with the daemon. A
+     * taken port is not an error for a demo: another is picked and the step says so.
+     */
+    private void startTcp(Steps.Step step) throws DaemonException {
+        NbdServer tcp = new NbdServer(daemon.mainLoop(),
+                new NbdServer.Config(new InetSocketAddress("127.0.0.1", config.port()), 0, NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS));
+        try {
+            tcp.start();
+        } catch (IOException e) {
+            if (!String.valueOf(e.getMessage()).contains("in use")) throw new DaemonException(e.getMessage(), e);
+            tcp = new NbdServer(daemon.mainLoop(),
+                    new NbdServer.Config(new InetSocketAddress("127.0.0.1", 0), 0, NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS));
+            try {
+                tcp.start();
+            } catch (IOException again) {
+                step.accept("TCP: " + again.getMessage() + "; serving on the unix socket only");
+                return;
+            }
+            tcpPort = ((InetSocketAddress) tcp.boundAddress()).getPort();
+            step.accept("port " + config.port() + " is in use by another program: using port " + tcpPort + " instead");
+        }
+        if (tcpPort < 0) tcpPort = ((InetSocketAddress) tcp.boundAddress()).getPort();
+        tcp.addExport(new NbdExport("nbd0-tcp", NODE, null, daemon.node(NODE), true));
+        daemon.putComponent(TcpListener.class, new TcpListener(tcp));
+    }
+
+    /** The TCP listener as a daemon component, so the daemon's shutdown stops it with the rest. */
+    private record TcpListener(NbdServer server) implements AutoCloseable {
+        @Override
+        public void close() {
+            server.stop(10_000);
+        }
+
+        @Override
+        public String toString() {
+            return "NBD server (tcp)";
+        }
+    }
+
+    private void checkPaths() throws DemoException {
+        for (Path p : List.of(nbdSocket, vhostSocket, qmpSocket)) {
+            if (p.toString().getBytes(StandardCharsets.UTF_8).length > UnixSocketFiles.MAX_PATH_BYTES) {
+                throw new DemoException("--dir: " + p + " is longer than the 107 bytes a unix socket path may have;"
+                        + " give a shorter --dir (e.g. /tmp/vmm-demo)");
+            }
+        }
+    }
+
+    /** Creates the sparse image (or reuses one of the same size); returns the step's detail. */
+    private String createImage(Steps.Step s) throws DemoException {
+        try {
+            Files.createDirectories(image.getParent());
+            if (Files.exists(image)) {
+                long existing = Files.size(image);
+                if (existing != config.size()) {
+                    s.fail("exists with another size");
+                    throw new DemoException(image + " exists with size " + existing + " bytes, not " + config.size()
+                            + ": remove it or give --size " + existing);
+                }
+                return "exists, reused";
+            }
+            // setLength on a new file allocates nothing: a 1 GiB image costs no disk space until written.
+            try (RandomAccessFile f = new RandomAccessFile(image.toFile(), "rw")) {
+                f.setLength(config.size());
+            }
+            return "created";
+        } catch (IOException e) {
+            s.fail(e.getMessage());
+            throw new DemoException("cannot create " + image + ": " + e.getMessage(), e);
+        }
+    }
+
+    @FunctionalInterface
+    private interface Action {
+        void run() throws OptionException, DaemonException;
+    }
+
+    private static void run(Steps.Step s, Action a) throws DemoException {
+        try {
+            a.run();
+        } catch (OptionException | DaemonException e) {
+            s.fail(e.getMessage());
+            throw new DemoException(e.getMessage(), e);
+        }
+    }
+
+    /** A path as the user should type it: relative to the current folder when inside it. */
+    static String display(Path p) {
+        Path cwd = Path.of("").toAbsolutePath();
+        return p.startsWith(cwd) && !p.equals(cwd) ? cwd.relativize(p).toString() : p.toString();
+    }
+
+    public Daemon daemon() { return daemon; }
+    public Path image() { return image; }
+    public Path nbdSocket() { return nbdSocket; }
+    public Path vhostSocket() { return vhostSocket; }
+    public Path qmpSocket() { return qmpSocket; }
+    /** The TCP port of the NBD server, or -1 when only the unix socket listens. */
+    public int tcpPort() { return tcpPort; }
+    public List<Path> sockets() { return List.of(nbdSocket, vhostSocket, qmpSocket); }
+
+    /** The NBD URIs of the export, unix first. */
+    public List<String> nbdUris() {
+        List<String> out = new ArrayList<>();
+        out.add("nbd+unix:///" + NODE + "?socket=" + nbdSocket);
+        if (tcpPort > 0) out.add("nbd://127.0.0.1:" + tcpPort + "/" + NODE);
+        return out;
+    }
+
+    /** The copy-pasteable commands to try next, one per line, comments aligned. */
+    public List<String> nextCommands() {
+        String uri = tcpPort > 0 ? "nbd://127.0.0.1:" + tcpPort + "/" + NODE : "'" + nbdUris().get(0) + "'";
+        String[][] rows = {
+            {"nbdinfo " + uri, "size and capabilities (apt-get install libnbd-bin)"},
+            {"nbdinfo --map " + uri, "which parts hold data"},
+            {"./vmm guest --socket " + vhostSocket, "a guest with a shell on the disk (Ctrl-A X quits)"},
+            {"./vmm qmp --socket " + qmpSocket + " query-iothreads", "where each disk lives"},
+            {"./vmm qmp --socket " + qmpSocket + " x-blockdev-set-iothread node-name=" + NODE + " iothread=" + IOT1, "handoff"},
+        };
+        int width = 0;
+        for (String[] r : rows) width = Math.max(width, r[0].length());
+        List<String> out = new ArrayList<>();
+        for (String[] r : rows) out.add(r[0] + " ".repeat(width - r[0].length()) + "   # " + r[1]);
+        return out;
+    }
+
+    /**
+     * Stops serving: listeners close (their sockets are removed), in-flight requests finish and
+     * the image is flushed.
+     */
+    @Override
+    public void close() {
+        flushed = daemon.shutdown(false);
+    }
+
+    /** After {@link #close()}: true when the image's final flush succeeded. */
+    public boolean flushed() {
+        return flushed;
+    }
+
+    /** A socket the daemon did not remove (for the shutdown report), or null. */
+    public Path leftoverSocket() {
+        for (Path p : sockets()) if (Files.exists(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)) return p;
+        return null;
+    }
+}
