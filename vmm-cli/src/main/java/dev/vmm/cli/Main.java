@@ -8,9 +8,9 @@ import picocli.CommandLine.Command;
  * Runs on the process's main thread; each subcommand owns its threads.
  */
 @Command(name = "vmm", mixinStandardHelpOptions = true, versionProvider = Version.class,
-        description = "A storage VMM for the JVM: serves disk images over NBD (and vhost-user-blk), qemu-storage-daemon compatible.",
+        description = "A storage VMM for the JVM: serves disk images over NBD and vhost-user-blk, qemu-storage-daemon compatible.",
         subcommands = {DemoCommand.class, ServeCommand.class, dev.vmm.cli.qmp.QmpClientCommand.class, GuestCommand.class, BenchCommand.class,
-                dev.vmm.cli.top.TopCommand.class, CommandLine.HelpCommand.class})
+                dev.vmm.cli.top.TopCommand.class, dev.vmm.cli.docs.DocsCommand.class, CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -24,6 +24,14 @@ public final class Main implements Runnable {
         System.exit(run(args));
     }
 
+    /** The command model every run uses, and docs/cli.md is generated from ({@code vmm docs}). */
+    public static CommandLine commandLine() {
+        CommandLine cl = new CommandLine(new Main());
+        CommandLine serve = cl.getSubcommands().get("serve");
+        serve.getCommandSpec().usageMessage().footer(ServeCommand.keysHelp());
+        return cl;
+    }
+
     /** Runs the command line and returns the exit code (tests call this in-process). */
     public static int run(String... args) {
         // Logging is configured before any class creates a logger; serve validates the value.
@@ -34,9 +42,7 @@ public final class Main implements Runnable {
             else if (args[i].startsWith("--log-level=")) level = args[i].substring("--log-level=".length());
         }
         Logging.configure(level.toLowerCase(java.util.Locale.ROOT));
-        CommandLine cl = new CommandLine(new Main());
-        CommandLine serve = cl.getSubcommands().get("serve");
-        serve.getCommandSpec().usageMessage().footer(ServeCommand.keysHelp());
+        CommandLine cl = commandLine();
         cl.setParameterExceptionHandler((ex, a) -> {
             CommandLine c = ex.getCommandLine();
             c.getErr().println("vmm: " + ex.getMessage());

@@ -36,7 +36,7 @@ import picocli.CommandLine.Option;
  */
 @Command(name = "serve", sortOptions = false, usageHelpAutoWidth = true,
         description = {
-            "Serve disk images to NBD clients (and, later, vhost-user-blk frontends).",
+            "Serve disk images to NBD clients and to vhost-user-blk frontends (QEMU guests).",
             "Options use qemu-storage-daemon's syntax: key=value pairs separated by ',' (write ',,' for a comma",
             "in a value), or a JSON object. Every option may be repeated except --nbd-server and --pidfile.",
             "QMP monitors (--chardev + --monitor, or --qmp) take QEMU's commands; 'vmm qmp' is a client."},
@@ -103,7 +103,7 @@ public final class ServeCommand implements Callable<Integer> {
           .append("  --object iothread\n")
           .append("    id=ID                    the IOThread's id (unique)\n")
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")
-          .append("  --nbd-server\n").append(NbdServerComponent.HELP_KEYS).append('\n')
+          .append("  --nbd-server\n").append(keys(NbdServerComponent.HELP_KEYS, 4))
           .append("  --export (all types)\n")
           .append("    type=TYPE                one of ").append(Daemon.exportDrivers().keySet()).append('\n')
           .append("    id=ID                    the export's id (unique)\n")
@@ -111,10 +111,10 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    writable=on|off          allow writes (default off: read-only)\n")
           .append("    iothread=ID              serve the node from this IOThread (default: the main loop)\n")
           .append("    fixed-iothread=on|off    accepted for QEMU compatibility\n")
-          .append(MonitorOptions.HELP).append('\n')
-          .append("  --metrics\n").append(dev.vmm.core.metrics.MetricsServer.HELP_KEYS).append('\n');
+          .append(keys(MonitorOptions.HELP, 2))
+          .append("  --metrics\n").append(keys(dev.vmm.core.metrics.MetricsServer.HELP_KEYS, 4));
         for (Map.Entry<String, ExportDriver> e : Daemon.exportDrivers().entrySet()) {
-            sb.append("  --export type=").append(e.getKey()).append('\n').append(e.getValue().helpKeys()).append('\n');
+            sb.append("  --export type=").append(e.getKey()).append('\n').append(keys(e.getValue().helpKeys(), 4));
         }
         sb.append("\nExample:\n")
           .append("  vmm serve --blockdev driver=file,node-name=disk0,filename=disk.img \\\n")
@@ -123,6 +123,11 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    --export type=nbd,id=exp0,node-name=disk0,writable=on,iothread=iot0 --pidfile vmm.pid\n")
           .append("  nbdinfo nbd://127.0.0.1/disk0\n");
         return sb.toString();
+    }
+
+    /** Java text blocks lose their indentation: put it back so the key lists line up. */
+    private static String keys(String block, int indent) {
+        return block.stripIndent().indent(indent);
     }
 
     @Override
