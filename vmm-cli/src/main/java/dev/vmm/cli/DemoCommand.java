@@ -42,7 +42,7 @@ public final class DemoCommand implements Callable<Integer> {
     String size;
 
     @Option(names = "--port", paramLabel = "P", defaultValue = "10809",
-            description = "TCP port for NBD on 127.0.0.1 (default ${DEFAULT-VALUE}; when it is taken a free one is picked and printed).")
+            description = "TCP port for NBD on 127.0.0.1 (default ${DEFAULT-VALUE}; 0 or a taken port: a free one is picked and printed).")
     int port;
 
     @Option(names = "--no-guest", description = "Do not boot the guest, even when QEMU is installed.")
@@ -71,8 +71,8 @@ public final class DemoCommand implements Callable<Integer> {
             err.println("vmm demo: --log-level: expected error, warn, info or debug, got '" + logLevel + "'");
             return 1;
         }
-        if (port < 1 || port > 65535) {
-            err.println("vmm demo: --port: expected 1 to 65535, got " + port);
+        if (port < 0 || port > 65535) {
+            err.println("vmm demo: --port: expected 0 (any free port) to 65535, got " + port);
             return 1;
         }
         CountDownLatch stop = new CountDownLatch(1);
