@@ -79,7 +79,7 @@ public final class DemoCommand implements Callable<Integer> {
         // Installed first: Ctrl-C during a slow step (a kernel download, a guest boot) stops the demo too.
         Signals.onTermination(stop::countDown);
 
-        String missing = noGuest ? null : DemoGuest.missingTools();
+        DemoGuest.Missing missing = noGuest ? null : DemoGuest.missingTools();
         boolean guest = !noGuest && missing == null;
         Steps steps = new Steps(out, Demo.STEPS + (guest ? DemoGuest.STEPS : 0));
         Demo demo;
@@ -98,9 +98,9 @@ public final class DemoCommand implements Callable<Integer> {
         out.flush();
 
         if (missing != null) {
-            out.println("QEMU or a static busybox is missing, so no guest boots here. Install them with:");
-            out.println("  " + missing);
-            out.println("and run ./vmm demo again. NBD is served all the same.");
+            out.println("No guest: " + missing.what() + " is not installed. To see the guest part, run");
+            out.println("  " + missing.install());
+            out.println("and ./vmm demo again. NBD is served all the same.");
         } else if (guest) {
             new DemoGuest(demo, steps, () -> stop.getCount() == 0).run();
         }

@@ -229,20 +229,21 @@ public final class Demo implements AutoCloseable {
         return out;
     }
 
-    /** The copy-pasteable commands to try next, one per line, comments aligned. */
+    /** The copy-pasteable commands to try next, one per line, comments aligned (paths relative when short). */
     public List<String> nextCommands() {
         String uri = tcpPort > 0 ? "nbd://127.0.0.1:" + tcpPort + "/" + NODE : "'" + nbdUris().get(0) + "'";
+        String qmp = "./vmm qmp --socket " + display(qmpSocket);
         String[][] rows = {
             {"nbdinfo " + uri, "size and capabilities (apt-get install libnbd-bin)"},
             {"nbdinfo --map " + uri, "which parts hold data"},
-            {"./vmm guest --socket " + vhostSocket, "a guest with a shell on the disk (Ctrl-A X quits)"},
-            {"./vmm qmp --socket " + qmpSocket + " query-iothreads", "where each disk lives"},
-            {"./vmm qmp --socket " + qmpSocket + " x-blockdev-set-iothread node-name=" + NODE + " iothread=" + IOT1, "handoff"},
+            {"./vmm guest --socket " + display(vhostSocket), "a guest with a shell on the disk (Ctrl-A X quits)"},
+            {qmp + " query-iothreads", "which IOThread serves the disk"},
+            {qmp + " x-blockdev-set-iothread node-name=" + NODE + " iothread=" + IOT1, null},
         };
         int width = 0;
-        for (String[] r : rows) width = Math.max(width, r[0].length());
+        for (String[] r : rows) if (r[1] != null) width = Math.max(width, r[0].length());
         List<String> out = new ArrayList<>();
-        for (String[] r : rows) out.add(r[0] + " ".repeat(width - r[0].length()) + "   # " + r[1]);
+        for (String[] r : rows) out.add(r[1] == null ? r[0] : r[0] + " ".repeat(width - r[0].length()) + "   # " + r[1]);
         return out;
     }
 

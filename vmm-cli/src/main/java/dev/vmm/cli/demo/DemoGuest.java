@@ -279,20 +279,25 @@ public final class DemoGuest {
         }
     }
 
-    /**
-     * Null when the guest can run here, else the one-line install hint ({@code apt-get install
-     * PACKAGE}, with sudo when not root).
-     */
-    public static String missingTools() {
-        StringBuilder pkgs = new StringBuilder();
-        if (HostTools.find(HostTools.QEMU) == null) pkgs.append(" qemu-system-x86");
+    /** What the guest part lacks on this host, and the one command that installs it. */
+    public record Missing(String what, String install) { }
+
+    /** Null when the guest can run here, else what is missing and the {@code apt-get install} line (with sudo when not root). */
+    public static Missing missingTools() {
+        List<String> what = new java.util.ArrayList<>();
+        List<String> pkgs = new java.util.ArrayList<>();
+        if (HostTools.find(HostTools.QEMU) == null) {
+            what.add("QEMU (" + HostTools.QEMU + ")");
+            pkgs.add(HostTools.debianPackage(HostTools.QEMU));
+        }
         try {
             HostTools.staticBusybox();
         } catch (GuestException e) {
-            pkgs.append(" busybox-static");
+            what.add("a static busybox (" + HostTools.STATIC_BUSYBOX + ")");
+            pkgs.add("busybox-static");
         }
-        if (pkgs.length() == 0) return null;
+        if (pkgs.isEmpty()) return null;
         boolean root = "root".equals(System.getProperty("user.name"));
-        return (root ? "" : "sudo ") + "apt-get install" + pkgs;
+        return new Missing(String.join(" and ", what), (root ? "" : "sudo ") + "apt-get install " + String.join(" ", pkgs));
     }
 }

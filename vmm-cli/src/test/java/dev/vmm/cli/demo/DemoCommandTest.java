@@ -141,6 +141,18 @@ class DemoCommandTest {
     }
 
     @Test
+    void withoutQemuItSaysWhatToInstallAndStillServesNbd() throws Exception {
+        Path emptyPath = Files.createDirectory(dir.resolve("empty-path"));
+        Run.Result r = Run.cmd(command("--dir", dir.toString(), "--once", "--port", Integer.toString(Net.freePort()), "--size", "8M"))
+                .env("PATH", emptyPath.toString()).timeoutSeconds(60).expect(0);
+        String out = r.stdout();
+        assertEquals(6, stepLines(out).size(), out);
+        assertTrue(out.contains("No guest: QEMU (qemu-system-x86_64) is not installed"), out);
+        assertTrue(Pattern.compile("(?m)^  (sudo )?apt-get install qemu-system-x86( busybox-static)?$").matcher(out).find(), out);
+        assertSocketsGone();
+    }
+
+    @Test
     void badSizeIsOneLineAndExitOne() {
         Run.Result r = Run.cmd(command("--dir", dir.toString(), "--size", "lots", "--once")).timeoutSeconds(60).expect(1);
         assertEquals("vmm demo: --size: expected a multiple of 4 KiB of at least 4M (e.g. 64M, 1G), got 'lots'", r.stderr().strip());
