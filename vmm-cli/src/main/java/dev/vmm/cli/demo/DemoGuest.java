@@ -206,6 +206,10 @@ public final class DemoGuest {
     }
 
     private boolean fail(Steps.Step s, String why) {
+        if (stopped.getAsBoolean()) { // Ctrl-C also reaches QEMU (same process group): whatever broke, it was that
+            s.interrupted();
+            return false;
+        }
         s.fail(why);
         String tail = tail(12);
         if (!tail.isEmpty()) {
@@ -231,11 +235,11 @@ public final class DemoGuest {
     private String awaitResult(String key, long timeoutMs) {
         long deadline = System.currentTimeMillis() + timeoutMs;
         while (true) {
+            if (stopped.getAsBoolean()) return "interrupted";
             Map<String, String> r = GuestRun.parseResults(read());
             if (r.containsKey("error")) return "the guest reports: " + r.get("error");
             if (r.containsKey(key)) return null;
             if (!qemu.isAlive()) return "QEMU exited with code " + qemu.exitValue() + " before the guest got there";
-            if (stopped.getAsBoolean()) return "interrupted";
             if (System.currentTimeMillis() > deadline) return "no sign of the guest after " + timeoutMs / 1000 + " s";
             sleep(50);
         }

@@ -68,6 +68,11 @@ public final class Steps {
             end("ok", detail);
         }
 
+        /** Ends the step because the user stopped the demo (Ctrl-C): not a failure. */
+        public void interrupted() {
+            end("interrupted", null);
+        }
+
         public void fail(String why) {
             failed++;
             end("FAILED", why);

@@ -153,6 +153,35 @@ class DemoCommandTest {
     }
 
     @Test
+    void ctrlCWhileTheGuestBootsKillsQemuAndExitsZero() throws Exception {
+        Peers.require(HostTools.QEMU);
+        try {
+            HostTools.staticBusybox();
+        } catch (GuestException e) {
+            Peers.missing("a static /bin/busybox", "busybox-static");
+        }
+        start("--dir", dir.toString(), "--port", Integer.toString(Net.freePort()), "--size", "8M");
+        awaitOutput("[8/11] boot the guest");
+        awaitQemu(true);
+        assertEquals(0, interrupt(), stderr());
+        String out = Files.readString(stdout);
+        assertTrue(out.contains("... interrupted ("), out);
+        assertFalse(out.contains("FAILED"), out);
+        awaitQemu(false);
+        assertSocketsGone();
+    }
+
+    /** Waits (up to 30 s) until a QEMU using this test's socket runs, or until none does. */
+    private void awaitQemu(boolean running) throws InterruptedException {
+        String socket = dir.resolve("vhost-user-blk.sock").toString();
+        long deadline = System.currentTimeMillis() + 30_000;
+        while (ProcessHandle.allProcesses().anyMatch(p -> p.info().commandLine().orElse("").contains(socket)) != running) {
+            if (System.currentTimeMillis() > deadline) fail(running ? "QEMU never started" : "QEMU outlived the demo");
+            Thread.sleep(50);
+        }
+    }
+
+    @Test
     void badSizeIsOneLineAndExitOne() {
         Run.Result r = Run.cmd(command("--dir", dir.toString(), "--size", "lots", "--once")).timeoutSeconds(60).expect(1);
         assertEquals("vmm demo: --size: expected a multiple of 4 KiB of at least 4M (e.g. 64M, 1G), got 'lots'", r.stderr().strip());
