@@ -237,6 +237,7 @@ public final class Demo implements AutoCloseable {
             {"nbdinfo " + uri, "size and capabilities (apt-get install libnbd-bin)"},
             {"nbdinfo --map " + uri, "which parts hold data"},
             {"./vmm guest --socket " + display(vhostSocket), "a guest with a shell on the disk (Ctrl-A X quits)"},
+            {"./vmm top --qmp " + display(qmpSocket), "live view: IOThreads, exports, moves"},
             {qmp + " query-iothreads", "which IOThread serves the disk"},
             {qmp + " x-blockdev-set-iothread node-name=" + NODE + " iothread=" + IOT1, null},
         };
