@@ -360,7 +360,10 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             try {
                 vq = newQueue(q, features);
             } catch (VirtqueueException e) {
-                throw VhostUserException.replyError(req, "ring " + index + ": " + e.getMessage());
+                // The usual cause of an empty table: QEMU's guest RAM is not shared (no fd to send).
+                String hint = memory.regionCount() > 0 ? "" : " (the front-end shared no guest memory: start QEMU with"
+                        + " -object memory-backend-memfd,id=mem,size=<RAM>,share=on -numa node,memdev=mem)";
+                throw VhostUserException.replyError(req, "ring " + index + ": " + e.getMessage() + hint);
             }
             workers[index] = newWorker(index, vq, q, kick, call, err, enabled);
             return null;
