@@ -7,6 +7,8 @@ import dev.vmm.core.export.ExportCommon;
 import dev.vmm.core.export.ExportDriver;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
+import dev.vmm.core.tls.TlsCredentials;
+import dev.vmm.core.tls.TlsException;
 import java.nio.file.Path;
 import java.util.ServiceLoader;
 import java.util.concurrent.CompletableFuture;
@@ -37,6 +39,8 @@ public final class Daemon {
     /** Started on first use by {@link #controlLoop()}. */
     private IOThread control;
     private final Map<String, IOThread> iothreads = new LinkedHashMap<>();
+    /** {@code tls-creds-x509} objects; they share the object id namespace with the IOThreads. */
+    private final Map<String, TlsCredentials> tlsCreds = new LinkedHashMap<>();
     private final Map<String, BlockNode> nodes = new LinkedHashMap<>();
     private final Map<String, BlockExport> exports = new LinkedHashMap<>();
     private final Map<Class<?>, AutoCloseable> components = new LinkedHashMap<>();
@@ -70,7 +74,7 @@ public final class Daemon {
     // ---- IOThreads ----
 
     public synchronized IOThread addIOThread(String id) throws DaemonException {
-        if (id.equals(IOThread.MAIN_ID) || iothreads.containsKey(id)) {
+        if (objectExists(id)) {
             throw new DaemonException("an object with id '" + id + "' exists already");
         }
         IOThread t = IOThread.start(id);
@@ -88,6 +92,24 @@ public final class Daemon {
     }
 
     public synchronized List<IOThread> iothreads() { return new ArrayList<>(iothreads.values()); }
+
+    private synchronized boolean objectExists(String id) {
+        return id.equals(IOThread.MAIN_ID) || iothreads.containsKey(id) || tlsCreds.containsKey(id);
+    }
+
+    // ---- TLS credentials ----
+
+    /**
+     * The {@code tls-creds-x509} object with this id, marked as used by {@code user} until the
+     * user calls {@link TlsCredentials#removeUser}; {@link #objectDel} refuses it meanwhile. Looked
+     * up and marked under the daemon's lock, so a concurrent object-del cannot slip in between.
+     */
+    public synchronized TlsCredentials useTlsCredentials(String id, String user) throws DaemonException {
+        TlsCredentials c = tlsCreds.get(id);
+        if (c == null) throw new DaemonException("No TLS credentials with id '" + id + "'"); // QEMU's wording
+        c.addUser(user);
+        return c;
+    }
 
     // ---- nodes ----
 
@@ -129,10 +151,19 @@ public final class Daemon {
 
     // ---- the commands that --object, --blockdev and --export (and their QMP twins) run ----
 
-    /** {@code --object iothread,id=ID} ({@code object-add qom-type=iothread}). */
+    /**
+     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,...}
+     * ({@code object-add qom-type=...}).
+     *
+     * @return the new IOThread, or null when the object is not an IOThread
+     */
     public IOThread objectAdd(Options o) throws OptionException, DaemonException {
-        String type = o.choice("qom-type", null, "iothread");
+        String type = o.choice("qom-type", null, "iothread", "tls-creds-x509");
         if (type == null) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "qom-type", "the object type is missing (e.g. 'iothread,id=iot0')");
+        if (type.equals("tls-creds-x509")) {
+            addTlsCredentials(o);
+            return null;
+        }
         String id = o.required("id");
         // QEMU's polling knobs: accepted for compatibility; epoll loops do not busy-poll.
         o.number("poll-max-ns", 0, 0, Long.MAX_VALUE);
@@ -141,6 +172,48 @@ public final class Daemon {
         o.number("aio-max-batch", 0, 0, Long.MAX_VALUE);
         o.checkAllConsumed();
         return addIOThread(id);
+    }
+
+    /**
+     * {@code tls-creds-x509}: the files are read and checked now, so a bad directory fails here,
+     * before anything listens. Only {@code endpoint=server} is useful to a server; QEMU's default
+     * is {@code client}, so forgetting the key gets a hint instead of a silent client object.
+     */
+    private TlsCredentials addTlsCredentials(Options o) throws OptionException, DaemonException {
+        String id = o.required("id");
+        String dir = o.required("dir");
+        String endpoint = o.choice("endpoint", "client", "client", "server");
+        boolean verifyPeer = o.bool("verify-peer", true);
+        boolean sanityCheck = o.bool("sanity-check", true);
+        if (o.has("priority")) {
+            o.required("priority");
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "priority",
+                    "'priority': GnuTLS priority strings are not supported (we offer TLS 1.3 and 1.2 with the JDK's default ciphers)");
+        }
+        if (o.has("passwordid")) {
+            o.required("passwordid");
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "passwordid",
+                    "'passwordid': encrypted private keys are not supported; give an unencrypted " + TlsCredentials.SERVER_KEY);
+        }
+        o.bool("loaded", true); // QEMU's deprecated property: the object is always loaded at creation
+        o.checkAllConsumed();
+        if (!endpoint.equals("server")) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "endpoint",
+                    "'endpoint': only 'server' is supported (credentials for our NBD server); QEMU's default is 'client', give endpoint=server");
+        }
+        if (objectExists(id)) throw new DaemonException(o.optionName() + ": an object with id '" + id + "' exists already");
+        TlsCredentials c;
+        try {
+            c = TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck);
+        } catch (TlsException e) {
+            throw new DaemonException(o.optionName() + ": " + id + ": " + e.getMessage(), e);
+        }
+        synchronized (this) {
+            if (objectExists(id)) throw new DaemonException(o.optionName() + ": an object with id '" + id + "' exists already");
+            tlsCreds.put(id, c);
+        }
+        LOG.debug("TLS credentials {} loaded: {}", id, c);
+        return c;
     }
 
     /** {@code --blockdev driver=file,...} ({@code blockdev-add}). The node starts on the main loop. */
@@ -337,12 +410,23 @@ public final class Daemon {
     // ---- removal (QMP object-del, blockdev-del, block-export-del) ----
 
     /**
-     * {@code object-del}: stops an IOThread. Refused while a block node lives there: its users
-     * would be left on a dead loop (qemu-storage-daemon 7.2 aborts in that case).
+     * {@code object-del}: stops an IOThread, or forgets TLS credentials. Refused while a block node
+     * lives on the IOThread: its users would be left on a dead loop (qemu-storage-daemon 7.2 aborts
+     * in that case); refused while a server uses the credentials (as QEMU: "in use").
      */
     public void objectDel(String id) throws DaemonException {
         IOThread t;
         synchronized (this) {
+            TlsCredentials creds = tlsCreds.get(id);
+            if (creds != null) {
+                List<String> users = creds.users();
+                if (!users.isEmpty()) {
+                    throw new DaemonException("object '" + id + "' is in use by " + String.join(", ", users) + ", can not be deleted");
+                }
+                tlsCreds.remove(id);
+                LOG.debug("TLS credentials {} removed", id);
+                return;
+            }
             t = iothreads.get(id);
             if (t == null) throw new DaemonException("object '" + id + "' not found");
             List<String> homed = new ArrayList<>();
