@@ -13,6 +13,9 @@ import io.netty.channel.ChannelFutureListener;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInboundHandlerAdapter;
 import io.netty.handler.codec.ByteToMessageDecoder;
+import io.netty.handler.ssl.SslHandler;
+import io.netty.handler.ssl.SslHandshakeCompletionEvent;
+import dev.vmm.core.tls.TlsCredentials;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
@@ -27,6 +30,13 @@ import org.slf4j.LoggerFactory;
  * <p>Thread contract: runs on the main loop only (every method is a Netty callback of a channel
  * registered there). Framing violations (bad magic, unknown client flags) close the connection;
  * everything else gets the spec's error reply and the client may go on.
+ *
+ * <p>TLS (proto.md "TLS support"): when the server has credentials it is in FORCEDTLS mode.
+ * Before NBD_OPT_STARTTLS every option but ABORT gets NBD_REP_ERR_TLS_REQD and
+ * NBD_OPT_EXPORT_NAME closes the connection, so a plain client learns nothing, not even the
+ * export names. STARTTLS is acknowledged in plain text, then an {@link SslHandler} goes to the
+ * head of the pipeline and haggling continues over TLS with a fresh negotiation state. The
+ * handler stays in the pipeline for the life of the channel, through its moves between loops.
  */
 final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     private static final Logger LOG = LoggerFactory.getLogger(HandshakeHandler.class);
@@ -41,6 +51,8 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     private enum State { CLIENT_FLAGS, OPTION_HEADER, OPTION_DATA, SKIP_OPTION, DONE }
 
     private final NbdServer server;
+    /** Non-null: TLS is required (FORCEDTLS). */
+    private final TlsCredentials tls;
     private final Negotiated negotiated = new Negotiated();
     private ByteBuf cum;
     private State state = State.CLIENT_FLAGS;
@@ -50,6 +62,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
 
     HandshakeHandler(NbdServer server) {
         this.server = server;
+        this.tls = server.config().tls();
     }
 
     @Override
@@ -111,6 +124,27 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
         LOG.debug("NBD client {} during handshake: {}", NbdServer.peer(ctx.channel()), cause.toString());
         ctx.close();
+    }
+
+    @Override
+    public void userEventTriggered(ChannelHandlerContext ctx, Object evt) {
+        if (evt instanceof SslHandshakeCompletionEvent e) {
+            if (e.isSuccess()) {
+                if (LOG.isDebugEnabled()) {
+                    var session = ctx.pipeline().get(SslHandler.class).engine().getSession();
+                    LOG.debug("NBD client {}: TLS established ({}, {})", NbdServer.peer(ctx.channel()), session.getProtocol(), session.getCipherSuite());
+                }
+            } else {
+                // One line for the operator: a refused certificate is the usual cause. SslHandler closes the channel.
+                server.log().info("NBD client {}: TLS handshake failed: {}; closing", NbdServer.peer(ctx.channel()), rootMessage(e.cause()));
+            }
+        }
+        ctx.fireUserEventTriggered(evt);
+    }
+
+    private static String rootMessage(Throwable t) {
+        while (t.getCause() != null && t.getCause() != t) t = t.getCause();
+        return t.getMessage() == null ? t.toString() : t.getMessage();
     }
 
     /** True until the handshake ended (GO, EXPORT_NAME or ABORT). */
@@ -188,6 +222,12 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
 
     private void handleOption(ChannelHandlerContext ctx, int opt, ByteBuf data) throws ProtocolViolation {
         if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: {} ({} bytes)", NbdServer.peer(ctx.channel()), NbdOpt.name(opt), data.readableBytes());
+        if (tls != null && !negotiated.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+            // FORCEDTLS: nothing but STARTTLS and ABORT before TLS (proto.md "TLS support").
+            if (opt == NBD_OPT_EXPORT_NAME) throw new ProtocolViolation("NBD_OPT_EXPORT_NAME without TLS");
+            replyError(ctx, opt, NBD_REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
+            return;
+        }
         switch (opt) {
             case NBD_OPT_EXPORT_NAME -> exportName(ctx, data);
             case NBD_OPT_ABORT -> {
@@ -196,7 +236,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
                 ctx.writeAndFlush(ctx.alloc().buffer(0)).addListener(ChannelFutureListener.CLOSE);
             }
             case NBD_OPT_LIST -> list(ctx, data);
-            case NBD_OPT_STARTTLS -> replyError(ctx, opt, NBD_REP_ERR_UNSUP, "TLS is not configured on this server");
+            case NBD_OPT_STARTTLS -> startTls(ctx, data);
             case NBD_OPT_INFO, NBD_OPT_GO -> infoOrGo(ctx, opt, data);
             case NBD_OPT_STRUCTURED_REPLY -> {
                 if (data.isReadable()) {
@@ -220,6 +260,35 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             case NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT -> metaContext(ctx, opt, data);
             default -> replyError(ctx, opt, NBD_REP_ERR_UNSUP, "unsupported option " + NbdOpt.name(opt));
         }
+    }
+
+    /**
+     * NBD_OPT_STARTTLS: ACK in plain text, then TLS from the next byte on. Without credentials the
+     * server is in NOTLS mode and answers NBD_REP_ERR_POLICY ("supports TLS but has been
+     * configured not to use it"; never TLS_REQD there). A second STARTTLS is invalid.
+     */
+    private void startTls(ChannelHandlerContext ctx, ByteBuf data) throws ProtocolViolation {
+        if (tls == null) {
+            replyError(ctx, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+            return;
+        }
+        if (data.isReadable()) {
+            replyError(ctx, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+            return;
+        }
+        if (negotiated.tls) {
+            replyError(ctx, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is already negotiated");
+            return;
+        }
+        if (cum.isReadable()) {
+            // The client may not send anything before our reply: what it sent cannot be a TLS hello.
+            throw new ProtocolViolation("data after NBD_OPT_STARTTLS before its reply");
+        }
+        // The ACK reaches the socket's outbound buffer before the SslHandler exists, so it goes out in clear.
+        ctx.writeAndFlush(ackBuffer(ctx, NBD_OPT_STARTTLS), ctx.voidPromise());
+        negotiated.tls = true;
+        negotiated.forgetAfterStartTls();
+        ctx.pipeline().addFirst("tls", tls.newHandler(ctx.alloc()));
     }
 
     private void exportName(ChannelHandlerContext ctx, ByteBuf data) throws ProtocolViolation {

@@ -27,18 +27,15 @@ public final class NbdQmpCommands {
             SocketAddress address = address(o);
             int max = (int) o.number("max-connections", 0, 0, Integer.MAX_VALUE);
             int handshake = (int) o.number("handshake-max-seconds", NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS, 0, 24 * 3600);
-            if (o.has("tls-creds") || o.has("tls-authz")) {
-                String k = o.has("tls-creds") ? "tls-creds" : "tls-authz";
-                o.required(k);
-                throw QmpException.generic("'" + k + "': TLS is not supported yet");
-            }
+            String tlsCreds = NbdServerComponent.tlsCredsId(o);
             o.checkAllConsumed();
             if (daemon.component(NbdServerComponent.class) != null) throw QmpException.generic("NBD server already running");
-            NbdServerComponent s = NbdServerComponent.configure(daemon, new NbdServer.Config(address, max, handshake));
+            NbdServerComponent s = NbdServerComponent.configure(daemon, address, max, handshake, tlsCreds);
             try {
                 s.start();
             } catch (IOException e) {
                 daemon.removeComponent(NbdServerComponent.class);
+                s.close(); // releases the TLS credentials it held
                 throw new DaemonException(e.getMessage(), e);
             }
             return Map.of();

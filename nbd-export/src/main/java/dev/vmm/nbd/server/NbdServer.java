@@ -1,6 +1,7 @@
 package dev.vmm.nbd.server;
 
 import dev.vmm.core.net.UnixSocketFiles;
+import dev.vmm.core.tls.TlsCredentials;
 import dev.vmm.iothread.IOThread;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.buffer.ByteBuf;
@@ -46,12 +47,20 @@ import org.slf4j.LoggerFactory;
 public final class NbdServer {
     private static final Logger LOG = LoggerFactory.getLogger(NbdServer.class);
 
-    /** Where to listen and how. */
-    public record Config(SocketAddress address, int maxConnections, int handshakeMaxSeconds) {
+    /**
+     * Where to listen and how. With {@code tls} set the server runs in the spec's FORCEDTLS mode:
+     * a client must send NBD_OPT_STARTTLS before any other option (proto.md, "TLS support").
+     */
+    public record Config(SocketAddress address, int maxConnections, int handshakeMaxSeconds, TlsCredentials tls) {
         public Config {
             Objects.requireNonNull(address, "address");
             if (maxConnections < 0) throw new IllegalArgumentException("max-connections must be >= 0");
             if (handshakeMaxSeconds < 0) throw new IllegalArgumentException("handshake-max-seconds must be >= 0");
+        }
+
+        /** Without TLS. */
+        public Config(SocketAddress address, int maxConnections, int handshakeMaxSeconds) {
+            this(address, maxConnections, handshakeMaxSeconds, null);
         }
     }
 
@@ -105,7 +114,8 @@ public final class NbdServer {
         if (socketPath != null) {
             UnixSocketFiles.restrictToOwner(socketPath);
         }
-        LOG.info("NBD server listening on {}", describe(address));
+        LOG.info("NBD server listening on {}{}", describe(address),
+                config.tls() == null ? "" : " (TLS required: " + config.tls().id() + ", verify-peer=" + (config.tls().verifyPeer() ? "on" : "off") + ")");
     }
 
     /** The bound address (with the real port when port 0 was asked for). */
@@ -237,8 +247,9 @@ public final class NbdServer {
                     export.stats().connections.increment();
                     ch.attr(EXPORT).set(export.name());
                     export.node().addUser(tx);
-                    LOG.info("NBD client {} uses export '{}' on IOThread {}{}", peer(ch), export.name(), home.id(),
-                            negotiated.extendedHeaders ? " (extended headers)" : negotiated.structuredReplies ? " (structured replies)" : "");
+                    LOG.info("NBD client {} uses export '{}' on IOThread {}{}{}", peer(ch), export.name(), home.id(),
+                            negotiated.extendedHeaders ? " (extended headers)" : negotiated.structuredReplies ? " (structured replies)" : "",
+                            negotiated.tls ? " over TLS" : "");
                     tx.start(ch.pipeline().context(tx));
                 } finally {
                     done.run();

@@ -4,6 +4,7 @@ import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
+import dev.vmm.core.tls.TlsCredentials;
 import io.netty.channel.unix.DomainSocketAddress;
 import java.io.IOException;
 import java.net.InetSocketAddress;
@@ -31,7 +32,8 @@ public final class NbdServerComponent implements AutoCloseable {
               addr.port=PORT             inet: TCP port (10809 is NBD's)
               addr.path=PATH             unix: socket path (created mode 0600; a stale socket is replaced)
               max-connections=N          refuse clients beyond N at once (0: no limit, the default)
-              handshake-max-seconds=N    drop clients that have not finished the handshake after N s (default 10, 0: never)""";
+              handshake-max-seconds=N    drop clients that have not finished the handshake after N s (default 10, 0: never)
+              tls-creds=ID               require TLS (NBD_OPT_STARTTLS) with this --object tls-creds-x509; plain clients get nothing""";
 
     /** Registers (does not yet start) a server with these settings on the daemon. */
     public static NbdServerComponent configure(Daemon daemon, NbdServer.Config config) throws DaemonException {
@@ -45,14 +47,55 @@ public final class NbdServerComponent implements AutoCloseable {
         SocketAddress address = address(o);
         int max = (int) o.number("max-connections", 0, 0, Integer.MAX_VALUE);
         int handshake = (int) o.number("handshake-max-seconds", DEFAULT_HANDSHAKE_MAX_SECONDS, 0, 24 * 3600);
-        if (o.has("tls-creds")) {
-            o.required("tls-creds");
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-creds", "'tls-creds': TLS is not supported yet");
-        }
+        String tlsCreds = tlsCredsId(o);
         o.checkAllConsumed();
-        NbdServerComponent c = new NbdServerComponent(new NbdServer(daemon.mainLoop(), new NbdServer.Config(address, max, handshake)));
-        daemon.putComponent(NbdServerComponent.class, c);
+        try {
+            return configure(daemon, address, max, handshake, tlsCreds);
+        } catch (DaemonException e) {
+            throw new DaemonException(o.optionName() + ": " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * {@code tls-creds=ID} (a {@code tls-creds-x509} object), or null. {@code tls-authz} (QEMU's
+     * client-name ACL) is refused, not ignored: dropping it would let in clients it would not.
+     */
+    static String tlsCredsId(Options o) throws OptionException {
+        if (o.has("tls-authz")) {
+            o.required("tls-authz");
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-authz",
+                    "'tls-authz': authorization objects are not supported; every client with a certificate from the CA is accepted");
+        }
+        return o.has("tls-creds") ? o.required("tls-creds") : null;
+    }
+
+    /** What marks the credentials as used, so that object-del refuses them while the server lives. */
+    static final String TLS_USER = "the NBD server";
+
+    /**
+     * Registers (does not yet start) a server; with {@code tlsCredsId} the server requires TLS with
+     * those credentials and holds them until {@link #close}.
+     */
+    public static NbdServerComponent configure(Daemon daemon, SocketAddress address, int maxConnections, int handshakeMaxSeconds,
+            String tlsCredsId) throws DaemonException {
+        TlsCredentials tls = null;
+        if (tlsCredsId != null) {
+            tls = daemon.useTlsCredentials(tlsCredsId, TLS_USER);
+        }
+        NbdServerComponent c = new NbdServerComponent(new NbdServer(daemon.mainLoop(),
+                new NbdServer.Config(address, maxConnections, handshakeMaxSeconds, tls)));
+        try {
+            daemon.putComponent(NbdServerComponent.class, c);
+        } catch (DaemonException e) {
+            c.releaseTls();
+            throw e;
+        }
         return c;
+    }
+
+    private void releaseTls() {
+        TlsCredentials tls = server.config().tls();
+        if (tls != null) tls.removeUser(TLS_USER);
     }
 
     /** {@code addr.type=inet,addr.host=...,addr.port=...} or {@code addr.type=unix,addr.path=...} (QAPI SocketAddress). */
@@ -88,6 +131,7 @@ public final class NbdServerComponent implements AutoCloseable {
     @Override
     public void close() {
         server.stop(10_000);
+        releaseTls();
     }
 
     @Override

@@ -15,4 +15,14 @@ final class Negotiated {
     boolean baseAllocation;
     /** The export name the meta contexts were selected for. */
     String metaContextExport;
+    /** NBD_OPT_STARTTLS succeeded: the channel has an SslHandler, its socket carries ciphertext. */
+    boolean tls;
+
+    /** proto.md "TLS support": after STARTTLS the server "MUST NOT preserve any negotiation state". */
+    void forgetAfterStartTls() {
+        structuredReplies = false;
+        extendedHeaders = false;
+        baseAllocation = false;
+        metaContextExport = null;
+    }
 }

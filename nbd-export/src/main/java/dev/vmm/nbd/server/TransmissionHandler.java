@@ -40,6 +40,10 @@ import org.slf4j.LoggerFactory;
  * stream keeps its framing. Replies stop being produced while the channel is not writable (the
  * client does not read), and reading stops with them.
  *
+ * <p>TLS: on a channel that did NBD_OPT_STARTTLS the socket carries ciphertext, so the zero-copy
+ * paths that touch the socket fd directly ({@link SendfileRegion} for READ,
+ * {@link SpliceReceiver} for WRITE) are off; data goes through the SslHandler in buffers.
+ *
  * <p>Errors: a request the spec calls invalid gets its error reply and the connection goes on;
  * only a framing violation (bad request magic) closes it.
  */
@@ -71,6 +75,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final boolean structured;
     private final boolean extended;
     private final boolean baseAllocation;
+    /** The socket carries TLS records: no sendfile, no splice. */
+    private final boolean tls;
     private final int requestSize;
     /** Chunk header size: 20 for structured replies, 32 for extended ones. */
     private final int chunkHeaderSize;
@@ -118,9 +124,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         this.structured = negotiated.structuredReplies;
         this.extended = negotiated.extendedHeaders;
         this.baseAllocation = negotiated.baseAllocation;
+        this.tls = negotiated.tls;
         this.requestSize = extended ? 32 : 28;
         this.chunkHeaderSize = extended ? 32 : 20;
-        this.cum = leftover;
+        this.cum = leftover == null ? null : direct(leftover);
     }
 
     /** Called once on the IOThread after the channel was registered there: serve what already arrived, then read. */
@@ -152,7 +159,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             in.release();
             return;
         }
-        cum = cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in);
+        // direct(): an SslHandler's plaintext may come in heap buffers (a no-op on plain sockets)
+        cum = direct(cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in));
         if (!quiesced) process(ctx);
     }
 
@@ -199,6 +207,19 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
         LOG.debug("NBD client {}: {}", NbdServer.peer(ctx.channel()), cause.toString());
         ctx.close();
+    }
+
+    /**
+     * {@code b} itself when it is direct, else a direct copy (and {@code b} is released): the data
+     * path hands native addresses of {@link #cum} to the driver. Plain sockets always deliver
+     * direct buffers; a cumulation that merges into a direct buffer stays direct.
+     */
+    private static ByteBuf direct(ByteBuf b) {
+        if (b.isDirect() && (b.hasMemoryAddress() || b.nioBufferCount() == 1)) return b;
+        ByteBuf d = io.netty.buffer.PooledByteBufAllocator.DEFAULT.directBuffer(Math.max(b.readableBytes(), 1));
+        d.writeBytes(b);
+        b.release();
+        return d;
     }
 
     private void release() {
@@ -380,7 +401,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             streamOffset += n;
             streamRemaining -= n;
         }
-        if (streamRemaining > 0 && streamError == 0 && !cum.isReadable()) spliceRest(ctx);
+        if (streamRemaining > 0 && streamError == 0 && !cum.isReadable() && !tls) spliceRest(ctx);
         if (streamRemaining > 0) return false;
         if (streamError == 0 && streamFua) {
             try {
@@ -552,7 +573,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         if (structured && length >= SPARSE_READ_MIN && sparseRead(ctx, cookie, offset, length, df)) return;
         int header = structured ? chunkHeaderSize + 8 : SIMPLE_REPLY_SIZE;
         int fileFd;
-        if (length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
+        if (!tls && length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
                 && ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc) {
             ByteBuf h = ctx.alloc().directBuffer(header);
             readReplyHeader(h, cookie, offset, length);

@@ -73,6 +73,8 @@ class NbdHandoffTest {
         final AtomicBoolean stop;
         final AtomicLong ops;
         final ConcurrentLinkedQueue<String> errors;
+        /** Non-null: STARTTLS first, with this client context. */
+        javax.net.ssl.SSLContext tls;
 
         Worker(InetSocketAddress address, int id, boolean extended, AtomicBoolean stop, AtomicLong ops, ConcurrentLinkedQueue<String> errors) {
             this.address = address;
@@ -89,6 +91,7 @@ class NbdHandoffTest {
             byte[][] expect = new byte[64][];
             Random r = new Random(id);
             try (NbdTestClient c = new NbdTestClient(address).handshake()) {
+                if (tls != null && c.startTls(tls).isError()) throw new java.io.IOException("STARTTLS refused");
                 if (extended) c.extendedHeaders(); else c.structuredReplies();
                 c.go("disk0");
                 int round = 0;

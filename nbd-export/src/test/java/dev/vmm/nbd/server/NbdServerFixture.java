@@ -54,6 +54,9 @@ abstract class NbdServerFixture {
 
     int handshakeSeconds() { return 10; }
 
+    /** TLS credentials the server requires, or null (the default: no TLS). */
+    dev.vmm.core.tls.TlsCredentials tls() throws Exception { return null; }
+
     void start(int maxConnections, int handshakeSeconds) throws Exception {
         main = IOThread.start("main");
         iot = IOThread.start("iot-test");
@@ -69,7 +72,7 @@ abstract class NbdServerFixture {
         roDriver = RawFileDriver.open(image, true, false);
         BlockNode node = new BlockNode("disk0", driver, iot);
         BlockNode roNode = new BlockNode("ro", roDriver, iot);
-        server = new NbdServer(main, new NbdServer.Config(new InetSocketAddress("127.0.0.1", 0), maxConnections, handshakeSeconds));
+        server = new NbdServer(main, new NbdServer.Config(new InetSocketAddress("127.0.0.1", 0), maxConnections, handshakeSeconds, tls()));
         server.addExport(new NbdExport("e0", "disk0", "the disk", node, true));
         server.addExport(new NbdExport("e1", "ro", null, roNode, false));
         server.start();

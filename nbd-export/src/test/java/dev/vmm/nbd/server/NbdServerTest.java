@@ -63,7 +63,7 @@ class NbdServerTest extends NbdServerFixture {
     @Test
     void optionErrorsLeaveTheHandshakeUsable() throws Exception {
         try (NbdTestClient c = client()) {
-            assertEquals(NBD_REP_ERR_UNSUP, c.option(NbdOpt.NBD_OPT_STARTTLS, new byte[0]).get(0).type(), "STARTTLS without TLS");
+            assertEquals(NBD_REP_ERR_POLICY, c.option(NbdOpt.NBD_OPT_STARTTLS, new byte[0]).get(0).type(), "STARTTLS without TLS configured (NOTLS mode)");
             assertEquals(NBD_REP_ERR_UNSUP, c.option(99, new byte[100]).get(0).type(), "unknown option, data consumed");
             assertEquals(NBD_REP_ERR_INVALID, c.option(NbdOpt.NBD_OPT_LIST, new byte[3]).get(0).type(), "LIST takes no data");
             assertEquals(NBD_REP_ERR_INVALID, c.metaContext(NbdOpt.NBD_OPT_SET_META_CONTEXT, "disk0", NbdMetaContext.BASE_ALLOCATION).get(0).type(),

@@ -50,9 +50,9 @@ public final class NbdTestClient implements Closeable {
 
     public static final int SIMPLE = -1;
 
-    private final Socket socket;
-    private final DataInputStream in;
-    private final DataOutputStream out;
+    private Socket socket;
+    private DataInputStream in;
+    private DataOutputStream out;
     private boolean structured;
     private boolean extended;
     private long nextCookie = 1;
@@ -113,6 +113,51 @@ public final class NbdTestClient implements Closeable {
             replies.add(r);
             if (r.type() == NbdRep.NBD_REP_ACK || r.isError()) return replies;
         }
+    }
+
+    /**
+     * NBD_OPT_STARTTLS, then a TLS handshake over the same socket with {@code tls} (see
+     * {@link #clientContext}); the following options and requests go over TLS. Returns the
+     * option reply; on an error reply the connection stays plain.
+     */
+    public OptionReply startTls(javax.net.ssl.SSLContext tls) throws IOException {
+        OptionReply r = option(NbdOpt.NBD_OPT_STARTTLS, new byte[0]).get(0);
+        if (r.type() != NbdRep.NBD_REP_ACK) return r;
+        javax.net.ssl.SSLSocket s = (javax.net.ssl.SSLSocket) tls.getSocketFactory()
+                .createSocket(socket, socket.getInetAddress().getHostAddress(), socket.getPort(), true);
+        s.setUseClientMode(true);
+        s.startHandshake();
+        socket = s;
+        in = new DataInputStream(new java.io.BufferedInputStream(s.getInputStream()));
+        out = new DataOutputStream(new java.io.BufferedOutputStream(s.getOutputStream()));
+        return r;
+    }
+
+    /**
+     * A TLS client context from a QEMU/libnbd client directory: trusts {@code ca-cert.pem} and
+     * presents {@code client-cert.pem}/{@code client-key.pem} when they exist.
+     */
+    public static javax.net.ssl.SSLContext clientContext(java.nio.file.Path dir) throws Exception {
+        java.security.KeyStore trust = java.security.KeyStore.getInstance("PKCS12");
+        trust.load(null, null);
+        int i = 0;
+        for (var c : dev.vmm.core.tls.Pem.certificates(dir.resolve("ca-cert.pem"))) trust.setCertificateEntry("ca" + i++, c);
+        javax.net.ssl.TrustManagerFactory tmf = javax.net.ssl.TrustManagerFactory.getInstance(javax.net.ssl.TrustManagerFactory.getDefaultAlgorithm());
+        tmf.init(trust);
+        javax.net.ssl.KeyManager[] kms = null;
+        if (java.nio.file.Files.exists(dir.resolve("client-key.pem"))) {
+            java.security.KeyStore keys = java.security.KeyStore.getInstance("PKCS12");
+            keys.load(null, null);
+            char[] pw = "x".toCharArray();
+            keys.setKeyEntry("client", dev.vmm.core.tls.Pem.privateKey(dir.resolve("client-key.pem")), pw,
+                    dev.vmm.core.tls.Pem.certificates(dir.resolve("client-cert.pem")).toArray(new java.security.cert.X509Certificate[0]));
+            javax.net.ssl.KeyManagerFactory kmf = javax.net.ssl.KeyManagerFactory.getInstance(javax.net.ssl.KeyManagerFactory.getDefaultAlgorithm());
+            kmf.init(keys, pw);
+            kms = kmf.getKeyManagers();
+        }
+        javax.net.ssl.SSLContext ctx = javax.net.ssl.SSLContext.getInstance("TLS");
+        ctx.init(kms, tmf.getTrustManagers(), null);
+        return ctx;
     }
 
     public OptionReply structuredReplies() throws IOException {
