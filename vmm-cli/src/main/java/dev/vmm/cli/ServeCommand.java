@@ -51,8 +51,8 @@ public final class ServeCommand implements Callable<Integer> {
             description = "Open a disk image as a named block node.")
     List<String> blockdevs = new ArrayList<>();
 
-    @Option(names = "--object", paramLabel = "iothread,id=ID",
-            description = "Create an IOThread: an event-loop thread that serves the disks placed on it.")
+    @Option(names = "--object", paramLabel = "iothread,id=ID | tls-creds-x509,id=ID,dir=DIR,endpoint=server",
+            description = "Create an IOThread (an event-loop thread that serves the disks placed on it) or TLS credentials for --nbd-server tls-creds=ID.")
     List<String> objects = new ArrayList<>();
 
     @Option(names = "--nbd-server", paramLabel = "addr.type=inet|unix,...",
@@ -103,6 +103,12 @@ public final class ServeCommand implements Callable<Integer> {
           .append("  --object iothread\n")
           .append("    id=ID                    the IOThread's id (unique)\n")
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")
+          .append("  --object tls-creds-x509\n")
+          .append("    id=ID                    the credentials' id (unique among objects)\n")
+          .append("    dir=DIR                  holds ca-cert.pem, server-cert.pem, server-key.pem (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key)\n")
+          .append("    endpoint=server          required (QEMU's default, client, is not useful to a server)\n")
+          .append("    verify-peer=on|off       clients must present a certificate from a CA in ca-cert.pem (default on)\n")
+          .append("    sanity-check=on|off      check validity dates and that server-cert.pem is issued by ca-cert.pem (default on)\n")
           .append("  --nbd-server\n").append(keys(NbdServerComponent.HELP_KEYS, 4))
           .append("  --export (all types)\n")
           .append("    type=TYPE                one of ").append(Daemon.exportDrivers().keySet()).append('\n')
