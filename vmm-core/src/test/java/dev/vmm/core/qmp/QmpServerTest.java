@@ -229,7 +229,7 @@ class QmpServerTest {
             c.ok(cmd("object-add", "{\"qom-type\":\"iothread\",\"id\":\"iot0\",\"poll-max-ns\":32768}"));
             assertEquals("GenericError: 'poll-max-ns' must be a number from 0 to 9223372036854775807, got 'x'",
                     c.error(cmd("object-add", "{\"qom-type\":\"iothread\",\"id\":\"iot1\",\"poll-max-ns\":\"x\"}")));
-            assertEquals("GenericError: 'qom-type' must be one of iothread, got 'memory-backend-ram'",
+            assertEquals("GenericError: 'qom-type' must be one of iothread, tls-creds-x509, got 'memory-backend-ram'",
                     c.error(cmd("object-add", "{\"qom-type\":\"memory-backend-ram\",\"id\":\"m\"}")));
             assertEquals("GenericError: parameter 'id' is missing", c.error(cmd("object-add", "{\"qom-type\":\"iothread\"}")));
             assertEquals("GenericError: an object with id 'iot0' exists already",
