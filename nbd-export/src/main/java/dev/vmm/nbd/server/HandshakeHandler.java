@@ -206,7 +206,11 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
                     cum.skipBytes(n);
                     skipRemaining -= n;
                     if (skipRemaining > 0) return;
-                    replyError(ctx, option, NBD_REP_ERR_TOO_BIG, "option data longer than " + MAX_OPTION_LENGTH + " bytes");
+                    if (tlsRequired(option)) {
+                        replyError(ctx, option, NBD_REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
+                    } else {
+                        replyError(ctx, option, NBD_REP_ERR_TOO_BIG, "option data longer than " + MAX_OPTION_LENGTH + " bytes");
+                    }
                     state = State.OPTION_HEADER;
                 }
                 case OPTION_DATA -> {
@@ -222,7 +226,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
 
     private void handleOption(ChannelHandlerContext ctx, int opt, ByteBuf data) throws ProtocolViolation {
         if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: {} ({} bytes)", NbdServer.peer(ctx.channel()), NbdOpt.name(opt), data.readableBytes());
-        if (tls != null && !negotiated.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+        if (tlsRequired(opt)) {
             // FORCEDTLS: nothing but STARTTLS and ABORT before TLS (proto.md "TLS support").
             if (opt == NBD_OPT_EXPORT_NAME) throw new ProtocolViolation("NBD_OPT_EXPORT_NAME without TLS");
             replyError(ctx, opt, NBD_REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
@@ -260,6 +264,11 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             case NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT -> metaContext(ctx, opt, data);
             default -> replyError(ctx, opt, NBD_REP_ERR_UNSUP, "unsupported option " + NbdOpt.name(opt));
         }
+    }
+
+    /** FORCEDTLS before STARTTLS: every option but STARTTLS and ABORT "MUST" get NBD_REP_ERR_TLS_REQD. */
+    private boolean tlsRequired(int opt) {
+        return tls != null && !negotiated.tls && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT;
     }
 
     /**

@@ -58,6 +58,8 @@ class NbdTlsTest extends NbdServerFixture {
             assertEquals(known.type(), unknown.type());
             assertArrayEquals(known.data(), unknown.data());
             assertEquals(NBD_REP_ERR_TLS_REQD, c.option(NbdOpt.NBD_OPT_INFO, NbdTestClient.infoRequest("disk0")).get(0).type());
+            assertEquals(NBD_REP_ERR_TLS_REQD, c.option(NbdOpt.NBD_OPT_INFO, new byte[HandshakeHandler.MAX_OPTION_LENGTH + 1]).get(0).type(),
+                    "an oversized option too (its data is skipped)");
             assertEquals(NBD_REP_ACK, c.option(NbdOpt.NBD_OPT_ABORT, new byte[0]).get(0).type());
         }
     }
