@@ -346,6 +346,7 @@ public final class NbdServer {
      * (the client reads end-of-stream after the last reply) and input is discarded until the
      * client closes or {@link #LINGER_MS} passes. Closing at once while requests sit unread in
      * the receive queue would make TCP send a reset, which discards replies not yet transmitted.
+     * On a TLS channel the SslHandler sends close_notify before the write side is shut.
      */
     private static io.netty.channel.ChannelFuture closeGracefully(Channel c) {
         c.eventLoop().execute(() -> {
@@ -356,9 +357,13 @@ public final class NbdServer {
                     c.close();
                     return;
                 }
-                d.shutdownOutput().addListener((ChannelFutureListener) x -> {
+                // TLS: close_notify goes first, so the client reads a clean end of the TLS stream
+                // rather than a truncation (RFC 8446 6.1); then the TCP write side is shut.
+                io.netty.handler.ssl.SslHandler ssl = c.pipeline().get(io.netty.handler.ssl.SslHandler.class);
+                io.netty.channel.ChannelFuture notified = ssl == null ? f : ssl.closeOutbound();
+                notified.addListener((ChannelFutureListener) n -> d.shutdownOutput().addListener((ChannelFutureListener) x -> {
                     if (!x.isSuccess()) c.close();
-                });
+                }));
                 c.eventLoop().schedule((Runnable) c::close, LINGER_MS, TimeUnit.MILLISECONDS);
             });
         });

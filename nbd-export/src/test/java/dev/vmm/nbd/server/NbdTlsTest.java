@@ -105,6 +105,29 @@ class NbdTlsTest extends NbdServerFixture {
     }
 
     @Test
+    void serverStopEndsTlsAtAReplyBoundaryWithCloseNotify() throws Exception {
+        try (NbdTestClient c = client()) {
+            c.startTls(client);
+            c.go("disk0");
+            byte[] block = random(64 << 10, 5);
+            for (int i = 0; i < 64; i++) c.sendRequest(0, dev.vmm.nbd.protocol.NbdCmd.NBD_CMD_WRITE, (24L << 20) + i * block.length, block.length, block);
+            Thread stopper = new Thread(() -> server.stop(5000));
+            stopper.start();
+            int replies = 0;
+            try {
+                while (true) {
+                    assertEquals(0, c.readReply(0).error());
+                    replies++;
+                }
+            } catch (java.io.EOFException end) {
+                // close_notify read: a clean end of the TLS stream (a truncation would be an SSLException)
+            }
+            stopper.join(10_000);
+            assertTrue(replies <= 64, "replies: " + replies);
+        }
+    }
+
+    @Test
     void startTlsWithDataIsInvalidAndTheHandshakeGoesOn() throws Exception {
         try (NbdTestClient c = client()) {
             assertEquals(NBD_REP_ERR_INVALID, c.option(NbdOpt.NBD_OPT_STARTTLS, new byte[1]).get(0).type());
