@@ -25,7 +25,7 @@ import java.util.Arrays;
  * <p>Thread contract: the queue's IOThread only. The region was bounds-checked at mapping
  * (its size is {@link #regionSize(int)}); every access below stays inside it.
  */
-public final class InflightQueue {
+public final class InflightQueue implements InflightTracker {
     public static final int VERSION = 1;
     /** Most completions the caller publishes at once beyond a resubmission (its per-wake-up budget). */
     public static final int MAX_BATCH = 512;
@@ -114,6 +114,7 @@ public final class InflightQueue {
     }
 
     /** A head was taken from the avail ring. */
+    @Override
     public void popped(int head) {
         long d = desc(head); // head < queueSize: checked by the virtqueue
         RawMemory.putLe64(d + 8, counter++);
@@ -122,6 +123,7 @@ public final class InflightQueue {
     }
 
     /** A head is about to be published as used (before {@code publishUsed}). */
+    @Override
     public void completing(int head) {
         if (batchLength == batch.length) return; // cannot happen with the caller's budget; never overflow
         RawMemory.putLe16(desc(head) + 6, batchLength == 0 ? head : batch[batchLength - 1]);
@@ -130,11 +132,13 @@ public final class InflightQueue {
     }
 
     /** Call before publishing used->idx: the batch links must be stored first. */
+    @Override
     public void beforePublish() {
         VarHandle.releaseFence();
     }
 
     /** After used->idx = {@code usedIdx} was published: the batch is no longer in flight. */
+    @Override
     public void published(int usedIdx) {
         if (batchLength == 0) return;
         VarHandle.releaseFence();

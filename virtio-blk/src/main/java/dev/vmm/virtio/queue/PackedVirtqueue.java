@@ -104,6 +104,8 @@ public final class PackedVirtqueue implements Virtqueue {
     private boolean broken;
     /** Why the queue broke outside pop() (a bad SET_VRING_BASE), for the next pop's message. */
     private String brokenReason;
+    /** Receives the raw descriptors of each buffer pop() takes (in-flight tracking), or null. */
+    private PackedDescriptorList record;
 
     /**
      * A queue whose ring addresses are the frontend's userspace addresses, as vhost-user
@@ -176,6 +178,7 @@ public final class PackedVirtqueue implements Virtqueue {
         if (!isAvailable(flags, availWrap)) return false;
 
         out.reset(-1);
+        if (record != null) record.clear();
         int pos = nextAvail;
         boolean wrap = availWrap;
         int count = 0;
@@ -196,6 +199,7 @@ public final class PackedVirtqueue implements Virtqueue {
             long len = RawMemory.getLe32(d + 8) & 0xFFFFFFFFL;
             int descId = RawMemory.getLe16(d + 12);
             boolean next = (flags & VIRTQ_DESC_F_NEXT) != 0;
+            if (record != null) record.add(addr, (int) len, flags); // count <= size = its capacity
             if (error == null) {
                 if ((flags & VIRTQ_DESC_F_INDIRECT) != 0) {
                     error = indirectTable(addr, len, next || count > 1, out);
@@ -224,6 +228,7 @@ public final class PackedVirtqueue implements Virtqueue {
         availWrap = wrap;
         inFlight[id] = count;
         out.setHead(id);
+        if (record != null) record.setId(id);
         if (eventIdx && notificationsEnabled) {
             // Tell the driver where to kick next (§2.8.10); ordered by the fence in
             // enableNotification() when it matters.
@@ -231,6 +236,73 @@ public final class PackedVirtqueue implements Virtqueue {
         }
         if (error != null) throw VirtqueueException.request(id, error);
         return true;
+    }
+
+    /**
+     * From now on every buffer {@link #pop} takes (also one it throws REQUEST for) leaves its raw
+     * descriptors in {@code list}, whose capacity must be at least the queue size; null stops it.
+     */
+    public void recordPopsInto(PackedDescriptorList list) {
+        if (list != null && list.capacity() < size) throw new IllegalArgumentException("list capacity " + list.capacity() + " < queue size " + size);
+        record = list;
+    }
+
+    /**
+     * Takes again a buffer a previous back-end took (vhost-user in-flight tracking): its
+     * descriptors come from {@code list}, not from the ring, whose slots may hold used
+     * descriptors by now. Validated exactly as {@link #pop} does; the buffer is then in flight
+     * here and occupies {@code list.count()} ring slots, as when it was first taken. Does not
+     * move the avail position ({@link #restore} sets it).
+     *
+     * @throws VirtqueueException REQUEST with the id (complete it with length 0) for a bad
+     *         element; BROKEN for an empty or over-long list, an id {@code >= size} or one in flight
+     */
+    public void popRecorded(PackedDescriptorList list, DescriptorChain out) throws VirtqueueException {
+        if (broken) throw VirtqueueException.broken(brokenReason != null ? brokenReason : "queue is broken; reset required");
+        int n = list.count();
+        int id = list.id();
+        if (n == 0 || n > size) throw markBroken("in-flight buffer of " + n + " descriptors in a queue of " + size);
+        if (id >= size) throw markBroken("in-flight buffer id " + id + " >= queue size " + size);
+        if (inFlight[id] != 0) throw markBroken("in-flight buffer id " + id + " recorded twice");
+        out.reset(-1);
+        String error = null;
+        boolean sawWritable = false;
+        for (int i = 0; i < n && error == null; i++) {
+            int f = list.flags(i);
+            long addr = list.addr(i);
+            long len = list.len(i) & 0xFFFFFFFFL;
+            if ((f & VIRTQ_DESC_F_INDIRECT) != 0) {
+                error = indirectTable(addr, len, (f & VIRTQ_DESC_F_NEXT) != 0 || i > 0, out);
+            } else {
+                error = element(addr, len, (f & VIRTQ_DESC_F_WRITE) != 0, sawWritable, i, out);
+                sawWritable |= (f & VIRTQ_DESC_F_WRITE) != 0;
+            }
+        }
+        inFlight[id] = n;
+        out.setHead(id);
+        if (error != null) throw VirtqueueException.request(id, error);
+    }
+
+    /**
+     * Sets both positions, as recovered from an in-flight area after a back-end restart (the
+     * front-end cannot know them: a packed ring has no used index in guest memory). Forgets
+     * buffers in flight; {@link #popRecorded} takes them again. A slot beyond the ring breaks
+     * the queue.
+     */
+    public void restore(int availSlot, boolean availWrapCounter, int usedSlot, boolean usedWrapCounter) {
+        setLastAvailIdx(encodeBase(availSlot, availWrapCounter, usedSlot, usedWrapCounter));
+        if (broken) return;
+        // setLastAvailIdx() guesses "nothing in flight" for a zero used half; here both are known.
+        nextUsed = usedSlot;
+        usedWrap = usedWrapCounter;
+        signalledUsed = nextUsed;
+        signalledWrap = usedWrap;
+    }
+
+    /** The flags of ring slot {@code slot} now (acquire); {@code 0 <= slot < size}. */
+    public int descriptorFlags(int slot) {
+        if (slot < 0 || slot >= size) throw new IndexOutOfBoundsException("slot " + slot + " of " + size);
+        return RawMemory.getLe16Acquire(slot(slot) + 14);
     }
 
     /** Validates and adds one direct element; returns an error message or null. */
