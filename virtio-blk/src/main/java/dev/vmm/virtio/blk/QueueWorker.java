@@ -3,8 +3,12 @@ package dev.vmm.virtio.blk;
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.vhostuser.inflight.InflightPackedQueue;
 import dev.vmm.vhostuser.inflight.InflightQueue;
+import dev.vmm.vhostuser.inflight.InflightTracker;
 import dev.vmm.virtio.queue.DescriptorChain;
+import dev.vmm.virtio.queue.PackedDescriptorList;
+import dev.vmm.virtio.queue.PackedVirtqueue;
 import dev.vmm.virtio.queue.SplitVirtqueue;
 import dev.vmm.virtio.queue.Virtqueue;
 import dev.vmm.virtio.queue.VirtqueueException;
@@ -35,12 +39,16 @@ final class QueueWorker implements EpollIoHandle {
     private final String name;
     private final Virtqueue vq;
     /**
-     * In-flight tracking in memory the front-end keeps across our restarts, or null. Split rings
-     * only: {@link #vq} is then a {@link SplitVirtqueue} (resubmission re-reads heads with popHead).
+     * In-flight tracking in memory the front-end keeps across our restarts, or null: an
+     * {@link InflightQueue} with a {@link SplitVirtqueue} (resubmission re-reads heads with
+     * popHead), or an {@link InflightPackedQueue} with a {@link PackedVirtqueue} (resubmission takes
+     * the recorded descriptors with popRecorded: the ring slots may hold used descriptors by now).
      */
-    private final InflightQueue inflight;
-    /** Heads a previous back-end took but did not complete: served first, then null. */
+    private final InflightTracker inflight;
+    /** Split: heads a previous back-end took but did not complete: served first, then null. */
     private int[] resubmit;
+    /** Packed: the buffers a previous back-end took but did not complete, oldest first; then null. */
+    private java.util.List<PackedDescriptorList> resubmitPacked;
     private final DescriptorChain chain;
     private final VirtioBlkRequests requests;
     private final int kickFd;
@@ -65,16 +73,18 @@ final class QueueWorker implements EpollIoHandle {
     private boolean rescheduled;
     private final Runnable processTask = this::processScheduled;
 
-    QueueWorker(int index, String name, Virtqueue vq, InflightQueue inflight, int[] resubmit,
-            VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
-        if ((inflight != null || resubmit != null) && !(vq instanceof SplitVirtqueue)) {
-            throw new IllegalArgumentException("in-flight tracking is implemented for split rings only");
-        }
+    QueueWorker(int index, String name, Virtqueue vq, InflightTracker inflight, int[] resubmit,
+            java.util.List<PackedDescriptorList> resubmitPacked, VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
+        boolean split = inflight == null ? resubmit == null && resubmitPacked == null
+                : inflight instanceof InflightQueue && vq instanceof SplitVirtqueue && resubmitPacked == null;
+        boolean packed = inflight instanceof InflightPackedQueue && vq instanceof PackedVirtqueue && resubmit == null;
+        if (!split && !packed) throw new IllegalArgumentException("in-flight tracker does not match the ring layout");
         this.index = index;
         this.name = name;
         this.vq = vq;
         this.inflight = inflight;
         this.resubmit = resubmit;
+        this.resubmitPacked = resubmitPacked;
         this.chain = new DescriptorChain(VirtioBlkRequests.MAX_SEGMENTS + 2);
         this.requests = requests;
         this.latency = requests.stats().latency;
@@ -186,6 +196,7 @@ final class QueueWorker implements EpollIoHandle {
         int served = 0;
         try {
             if (resubmit != null) served += resubmitInflight();
+            if (resubmitPacked != null) served += resubmitInflightPacked();
             do {
                 vq.disableNotification();
                 while (served < BUDGET && vq.pop(chain)) {
@@ -274,6 +285,24 @@ final class QueueWorker implements EpollIoHandle {
         }
         if (heads.length > 0) LOG.info("{}: resubmitted {} request(s) left in flight by the previous back-end", name, heads.length);
         return heads.length;
+    }
+
+    /** Serves the buffers a previous back-end left in flight on a packed ring, in the order it took them. */
+    private int resubmitInflightPacked() throws VirtqueueException {
+        java.util.List<PackedDescriptorList> lists = resubmitPacked;
+        resubmitPacked = null;
+        PackedVirtqueue packed = (PackedVirtqueue) vq; // checked in the constructor
+        for (PackedDescriptorList l : lists) {
+            try {
+                packed.popRecorded(l, chain);
+                complete(l.id(), requests.execute(chain));
+            } catch (VirtqueueException e) {
+                if (e.kind() != VirtqueueException.Kind.REQUEST) throw e;
+                complete(l.id(), 0);
+            }
+        }
+        if (!lists.isEmpty()) LOG.info("{}: resubmitted {} request(s) left in flight by the previous back-end", name, lists.size());
+        return lists.size();
     }
 
     private void reschedule() {

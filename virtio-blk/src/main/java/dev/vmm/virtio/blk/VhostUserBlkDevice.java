@@ -9,7 +9,9 @@ import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.vhostuser.connection.VhostUserBackendHandler;
+import dev.vmm.vhostuser.inflight.InflightPackedQueue;
 import dev.vmm.vhostuser.inflight.InflightQueue;
+import dev.vmm.vhostuser.inflight.InflightTracker;
 import dev.vmm.vhostuser.message.MemoryRegion;
 import dev.vmm.vhostuser.message.VhostUserException;
 import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
@@ -66,8 +68,8 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     /** Queues the area has room for: a ring index at or above it is not tracked (never mapped memory). */
     private int inflightNumQueues;
     private int inflightFd = -1;
-    /** "Packed rings are not tracked in flight" was logged (once per device). */
-    private boolean packedInflightLogged;
+    /** "The in-flight area is too small for packed rings" was logged (once per device). */
+    private boolean inflightTooSmallLogged;
 
     /** What SET_VRING_* said about one queue. */
     private static final class QueueSetup {
@@ -372,28 +374,44 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
 
     /** A worker for a freshly built queue, recovering in-flight requests when there is an area; home thread. */
     private QueueWorker newWorker(int index, Virtqueue queue, QueueSetup q, int kick, int call, int err, boolean enabled) {
-        InflightQueue inflight = null;
+        InflightTracker inflight = null;
         int[] resubmit = null;
+        java.util.List<dev.vmm.virtio.queue.PackedDescriptorList> resubmitPacked = null;
         queue.setLastAvailIdx(q.base);
         if (inflightAddr != 0 && (ackedProtocolFeatures & VhostUserProtocolFeature.mask(VhostUserProtocolFeature.INFLIGHT_SHMFD)) != 0) {
-            if (!(queue instanceof SplitVirtqueue)) {
-                // DescStatePacked tracking is not implemented: a restarted back-end cannot
-                // resubmit what a packed ring had in flight.
-                if (!packedInflightLogged) {
-                    packedInflightLogged = true;
-                    LOG.warn("vhost-user-blk {}: in-flight tracking is not implemented for packed rings; not tracking them", exportId);
-                }
-            } else if (index >= inflightNumQueues) {
+            long stride = inflightRegionSize(queue instanceof PackedVirtqueue, q.num);
+            if (index >= inflightNumQueues) {
                 LOG.warn("vhost-user-blk {}: the in-flight area covers {} queue(s), not ring {}; not tracking it",
                         exportId, inflightNumQueues, index);
             } else if (q.num != inflightQueueSize) {
                 LOG.warn("vhost-user-blk {}: ring {} has size {} but the in-flight area was made for {}; not tracking it",
                         exportId, index, q.num, inflightQueueSize);
+            } else if ((index + 1) * stride > inflightSize) {
+                // A front-end that asks for the area before SET_FEATURES (QEMU before 5.2) gets one
+                // sized for split rings; packed regions are larger.
+                if (!inflightTooSmallLogged) {
+                    inflightTooSmallLogged = true;
+                    LOG.warn("vhost-user-blk {}: the in-flight area ({} bytes) is too small for {} rings of {}; not tracking them",
+                            exportId, inflightSize, queue instanceof PackedVirtqueue ? "packed" : "split", q.num);
+                }
+            } else if (queue instanceof PackedVirtqueue vq) {
+                InflightPackedQueue tracker = new InflightPackedQueue(inflightAddr + index * stride, q.num);
+                int used = vq.lastUsedIdx();
+                InflightPackedQueue.Recovery r = tracker.start(used & 0x7FFF, (used & 0x8000) != 0, vq::descriptorFlags);
+                if (r != null) {
+                    // A packed ring keeps no used index in guest memory, so after a crash the
+                    // front-end's SET_VRING_BASE is stale: the area has the positions.
+                    vq.restore(r.availSlot(), r.availWrap(), r.usedSlot(), r.usedWrap());
+                    resubmitPacked = r.resubmit();
+                }
+                vq.recordPopsInto(tracker.popList());
+                inflight = tracker;
             } else {
                 SplitVirtqueue vq = (SplitVirtqueue) queue;
-                inflight = new InflightQueue(inflightAddr + index * InflightQueue.regionSize(q.num), q.num);
+                InflightQueue tracker = new InflightQueue(inflightAddr + index * stride, q.num);
+                inflight = tracker;
                 int usedIdx = vq.usedIdxInRing();
-                resubmit = inflight.start(usedIdx);
+                resubmit = tracker.start(usedIdx);
                 if (resubmit != null) {
                     // Everything after used->idx was taken in order: the in-flight ones first, so the
                     // next new request is at used + in-flight (as libvhost-user does).
@@ -403,7 +421,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         }
         VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), stats, !writable, config);
         QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, queue, inflight, resubmit,
-                requests, kick, call, err);
+                resubmitPacked, requests, kick, call, err);
         w.setEnabled(enabled);
         w.attach(home());
         return w;
@@ -476,7 +494,8 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         if (nq <= 0 || nq > numQueues || queueSize <= 0 || queueSize > MAX_QUEUE_SIZE) {
             throw VhostUserException.replyError(req, "in-flight area for " + nq + " queues of " + queueSize);
         }
-        long size = nq * InflightQueue.regionSize(queueSize);
+        // The ring layout is known here: QEMU (since 5.2) sends SET_FEATURES before GET_INFLIGHT_FD.
+        long size = nq * inflightRegionSize(packed(), queueSize);
         int fd;
         try {
             fd = LibcMemory.memfdCreate("vmm-inflight-" + exportId);
@@ -498,10 +517,19 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         int req = VhostUserRequest.VHOST_USER_SET_INFLIGHT_FD;
         if (inflight.mmapOffset() != 0 || inflight.queueSize() <= 0 || inflight.queueSize() > MAX_QUEUE_SIZE
                 || inflight.numQueues() <= 0 || inflight.numQueues() > numQueues
-                || inflight.mmapSize() < inflight.numQueues() * InflightQueue.regionSize(inflight.queueSize())) {
+                // the smaller, split size: a ring that needs more is not tracked (logged at its start)
+                || inflight.mmapSize() < inflight.numQueues() * inflightRegionSize(false, inflight.queueSize())) {
             throw VhostUserException.replyError(req, "in-flight area description does not fit: " + inflight);
         }
         mapInflight(req, fd, inflight.mmapSize(), inflight.numQueues(), inflight.queueSize());
+    }
+
+    /**
+     * Bytes of one queue's part of the in-flight area: QueueRegionSplit or QueueRegionPacked
+     * (vhost-user.rst, "Inflight I/O tracking"); queue i's part starts at i times this.
+     */
+    private static long inflightRegionSize(boolean packed, int queueSize) {
+        return packed ? InflightPackedQueue.regionSize(queueSize) : InflightQueue.regionSize(queueSize);
     }
 
     /** Maps (replacing any previous area) with the rings stopped; takes {@code fd} on success. */
