@@ -13,6 +13,7 @@ import dev.vmm.virtio.queue.SplitVirtqueue;
 import dev.vmm.virtio.queue.Virtqueue;
 import dev.vmm.virtio.queue.VirtqueueException;
 import com.sun.jna.LastErrorException;
+import java.util.List;
 import io.netty.channel.IoEvent;
 import io.netty.channel.IoRegistration;
 import io.netty.channel.epoll.EpollIoHandle;
@@ -48,7 +49,7 @@ final class QueueWorker implements EpollIoHandle {
     /** Split: heads a previous back-end took but did not complete: served first, then null. */
     private int[] resubmit;
     /** Packed: the buffers a previous back-end took but did not complete, oldest first; then null. */
-    private java.util.List<PackedDescriptorList> resubmitPacked;
+    private List<PackedDescriptorList> resubmitPacked;
     private final DescriptorChain chain;
     private final VirtioBlkRequests requests;
     private final int kickFd;
@@ -74,7 +75,7 @@ final class QueueWorker implements EpollIoHandle {
     private final Runnable processTask = this::processScheduled;
 
     QueueWorker(int index, String name, Virtqueue vq, InflightTracker inflight, int[] resubmit,
-            java.util.List<PackedDescriptorList> resubmitPacked, VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
+            List<PackedDescriptorList> resubmitPacked, VirtioBlkRequests requests, int kickFd, int callFd, int errFd) {
         boolean split = inflight == null ? resubmit == null && resubmitPacked == null
                 : inflight instanceof InflightQueue && vq instanceof SplitVirtqueue && resubmitPacked == null;
         boolean packed = inflight instanceof InflightPackedQueue && vq instanceof PackedVirtqueue && resubmit == null;
@@ -289,7 +290,7 @@ final class QueueWorker implements EpollIoHandle {
 
     /** Serves the buffers a previous back-end left in flight on a packed ring, in the order it took them. */
     private int resubmitInflightPacked() throws VirtqueueException {
-        java.util.List<PackedDescriptorList> lists = resubmitPacked;
+        List<PackedDescriptorList> lists = resubmitPacked;
         resubmitPacked = null;
         PackedVirtqueue packed = (PackedVirtqueue) vq; // checked in the constructor
         for (PackedDescriptorList l : lists) {

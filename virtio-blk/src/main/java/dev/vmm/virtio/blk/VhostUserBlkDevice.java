@@ -19,6 +19,7 @@ import dev.vmm.vhostuser.message.VhostUserRequest;
 import dev.vmm.vhostuser.message.VringAddr;
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
+import dev.vmm.virtio.queue.PackedDescriptorList;
 import dev.vmm.virtio.queue.PackedVirtqueue;
 import dev.vmm.virtio.queue.SplitVirtqueue;
 import dev.vmm.virtio.queue.Virtqueue;
@@ -376,7 +377,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private QueueWorker newWorker(int index, Virtqueue queue, QueueSetup q, int kick, int call, int err, boolean enabled) {
         InflightTracker inflight = null;
         int[] resubmit = null;
-        java.util.List<dev.vmm.virtio.queue.PackedDescriptorList> resubmitPacked = null;
+        List<PackedDescriptorList> resubmitPacked = null;
         queue.setLastAvailIdx(q.base);
         if (inflightAddr != 0 && (ackedProtocolFeatures & VhostUserProtocolFeature.mask(VhostUserProtocolFeature.INFLIGHT_SHMFD)) != 0) {
             long stride = inflightRegionSize(queue instanceof PackedVirtqueue, q.num);
