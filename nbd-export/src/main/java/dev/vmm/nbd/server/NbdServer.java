@@ -107,7 +107,8 @@ public final class NbdServer {
                     }
                 });
         try {
-            listener = b.bind(address).sync().channel();
+            listener = socketPath != null ? UnixSocketFiles.bindPrivately(() -> b.bind(address).sync().channel())
+                    : b.bind(address).sync().channel();
         } catch (Exception e) {
             throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
         }

@@ -12,8 +12,9 @@ import java.nio.file.attribute.PosixFilePermissions;
 /**
  * The rules every listening unix socket of the daemon follows (NBD server, QMP monitors): a
  * stale socket file left by a dead server is replaced, a live one or any other file is an error,
- * and the socket is made mode 0600 once bound (qemu-storage-daemon leaves it to the umask; we
- * are stricter, issue 5: "Unix sockets created 0600 unless told otherwise").
+ * and the socket is created mode 0600 (qemu-storage-daemon leaves it to the umask; we are
+ * stricter: "Unix sockets created 0600 unless told otherwise"). Netty binds and listens in one
+ * step, so the mode must be right at bind time, not chmod-ed after: {@link #bindPrivately}.
  *
  * <p>Thread contract: stateless; control plane only (it connects and deletes files).
  */
@@ -35,7 +36,30 @@ public final class UnixSocketFiles {
         }
     }
 
-    /** After bind: only the owner may connect. */
+    /** What {@link #bindPrivately} runs: a bind that may fail. */
+    @FunctionalInterface
+    public interface Bind<T> {
+        T bind() throws Exception;
+    }
+
+    /**
+     * Runs {@code bind} with the process umask at 0177, so the socket file is born 0600: with a
+     * permissive umask a socket bound and listening before a chmod could take another user's
+     * connection in between. The umask is process-wide; a file another thread creates in these
+     * microseconds is only made more private. Control plane only, serialized by the callers' locks.
+     */
+    public static <T> T bindPrivately(Bind<T> bind) throws Exception {
+        synchronized (UnixSocketFiles.class) {
+            int old = dev.vmm.core.linux.LibC.umask(0177);
+            try {
+                return bind.bind();
+            } finally {
+                dev.vmm.core.linux.LibC.umask(old);
+            }
+        }
+    }
+
+    /** After bind: only the owner may connect (a no-op after {@link #bindPrivately}; kept explicit). */
     public static void restrictToOwner(Path p) throws IOException {
         Files.setPosixFilePermissions(p, PosixFilePermissions.fromString("rw-------"));
     }

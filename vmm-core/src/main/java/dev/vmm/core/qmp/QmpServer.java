@@ -118,7 +118,7 @@ public final class QmpServer implements AutoCloseable {
                 });
         Channel l;
         try {
-            l = b.bind(new DomainSocketAddress(path.toString())).sync().channel();
+            l = UnixSocketFiles.bindPrivately(() -> b.bind(new DomainSocketAddress(path.toString())).sync().channel());
         } catch (Exception e) {
             throw new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
         }
