@@ -356,7 +356,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             exportStats.inFlight.increment();
             long t0 = System.nanoTime();
             handle(ctx, type, flags, cookie, offset, length, (int) payload);
-            stats.latency.record(System.nanoTime() - t0);
+            long ns = System.nanoTime() - t0;
+            stats.latency.record(ns);
+            exportStats.latency.record(ns);
             exportStats.inFlight.decrement();
         }
         if (cum != null) {

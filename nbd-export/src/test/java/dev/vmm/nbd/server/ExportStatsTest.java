@@ -45,6 +45,8 @@ class ExportStatsTest extends NbdServerFixture {
             assertEquals(1, s.otherOps.sum());
             assertEquals(0, s.errors.sum());
             assertEquals(1, s.connections.sum());
+            long timed = export.node().home().call(s.latency::copy).count();
+            assertEquals(220_000 + 1 + 1, timed, "every request's service time is in the export's histogram");
             // A read beyond the end is an error reply, counted for the export, not as a node I/O failure.
             assertTrue(c.request(0, NbdCmd.NBD_CMD_READ, SIZE, 4096, null).error() != 0);
             assertEquals(1, s.errors.sum());

@@ -57,6 +57,7 @@ final class QueueWorker implements EpollIoHandle {
     private volatile int callFd;
     private volatile int errFd;
     private final dev.vmm.core.stats.LatencyHistogram latency;
+    private final dev.vmm.core.stats.LatencyHistogram exportLatency;
     /** Chains popped and not yet pushed to the used ring, for monitors. */
     private final java.util.concurrent.atomic.LongAdder inFlight;
     /** A chain counted in {@link #inFlight} is being executed (a fault mid-request must uncount it). */
@@ -89,6 +90,7 @@ final class QueueWorker implements EpollIoHandle {
         this.chain = new DescriptorChain(VirtioBlkRequests.MAX_SEGMENTS + 2);
         this.requests = requests;
         this.latency = requests.stats().latency;
+        this.exportLatency = requests.exportStats().latency;
         this.inFlight = requests.exportStats().inFlight;
         this.kickFd = kickFd;
         this.nettyKickFd = new FileDescriptor(kickFd);
@@ -205,7 +207,9 @@ final class QueueWorker implements EpollIoHandle {
                     taken();
                     long t0 = System.nanoTime();
                     complete(chain.head(), requests.execute(chain));
-                    latency.record(System.nanoTime() - t0);
+                    long ns = System.nanoTime() - t0;
+                    latency.record(ns);
+                    exportLatency.record(ns);
                     served++;
                     home.countRequest();
                 }

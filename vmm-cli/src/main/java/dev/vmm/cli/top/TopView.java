@@ -52,9 +52,7 @@ final class TopView {
             Map<String, Object> p = nodesBefore.getOrDefault(str(n, "node-name"), s);
             Map<String, Object> lat = sub(s, "x-latency");
             Map<String, Object> latBefore = sub(p, "x-latency");
-            long dCount = num(lat, "count") - num(latBefore, "count");
-            double dSum = num(lat, "count") * (double) num(lat, "mean-ns") - num(latBefore, "count") * (double) num(latBefore, "mean-ns");
-            String avg = dCount > 0 ? us((long) (dSum / dCount)) : "-";
+            String avg = intervalMean(lat, latBefore);
             String iothread = s.containsKey("x-iothread") ? str(s, "x-iothread") : "";
             o.append(String.format(Locale.ROOT, "%-14s %-10s %9s %9s %8s %8s %5s %8s %8s %8s %8s %6s%n", str(n, "node-name"), iothread,
                     rate(delta(s, p, "rd_operations"), secs), rate(delta(s, p, "wr_operations"), secs),
@@ -66,16 +64,18 @@ final class TopView {
 
         // ---- exports ----
         if (!cur.exports().isEmpty()) {
-            o.append(String.format(Locale.ROOT, "%n%-14s %-15s %-12s %-16s %9s %9s %8s %8s %5s %6s%n", "EXPORT", "TYPE", "NODE",
-                    "CLIENTS", "R IOPS", "W IOPS", "R MiB/s", "W MiB/s", "INFL", "ERR/S"));
+            o.append(String.format(Locale.ROOT, "%n%-14s %-15s %-12s %-16s %9s %9s %8s %8s %5s %8s %8s %8s %6s%n", "EXPORT", "TYPE", "NODE",
+                    "CLIENTS", "R IOPS", "W IOPS", "R MiB/s", "W MiB/s", "INFL", "AVG us", "P50 us", "P99 us", "ERR/S"));
             Map<String, Map<String, Object>> exportsBefore = byKey(prev.exports(), "id");
             for (Map<String, Object> e : cur.exports()) {
                 Map<String, Object> p = exportsBefore.getOrDefault(str(e, "id"), e);
                 String clients = e.containsKey("frontend") ? str(e, "frontend") : String.valueOf(num(e, "clients"));
-                o.append(String.format(Locale.ROOT, "%-14s %-15s %-12s %-16s %9s %9s %8s %8s %5s %6s%n", str(e, "id"), str(e, "type"),
+                Map<String, Object> lat = sub(e, "x-latency");
+                o.append(String.format(Locale.ROOT, "%-14s %-15s %-12s %-16s %9s %9s %8s %8s %5s %8s %8s %8s %6s%n", str(e, "id"), str(e, "type"),
                         str(e, "node-name"), clients, rate(delta(e, p, "rd_operations"), secs), rate(delta(e, p, "wr_operations"), secs),
                         mib(delta(e, p, "rd_bytes"), secs), mib(delta(e, p, "wr_bytes"), secs), num(e, "in-flight"),
-                        rate(delta(e, p, "failed_operations"), secs)));
+                        intervalMean(lat, sub(p, "x-latency")), lat.isEmpty() ? "-" : us(num(lat, "p50-ns")),
+                        lat.isEmpty() ? "-" : us(num(lat, "p99-ns")), rate(delta(e, p, "failed_operations"), secs)));
             }
         }
 
@@ -95,6 +95,13 @@ final class TopView {
             }
         }
         return o.toString();
+    }
+
+    /** The mean service time of the requests between two samples of a latency summary. */
+    private static String intervalMean(Map<String, Object> lat, Map<String, Object> latBefore) {
+        long dCount = num(lat, "count") - num(latBefore, "count");
+        double dSum = num(lat, "count") * (double) num(lat, "mean-ns") - num(latBefore, "count") * (double) num(latBefore, "mean-ns");
+        return dCount > 0 ? us((long) (dSum / dCount)) : "-";
     }
 
     private static Map<String, Map<String, Object>> byKey(List<Map<String, Object>> l, String key) {

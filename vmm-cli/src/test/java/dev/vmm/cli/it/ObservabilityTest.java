@@ -119,6 +119,8 @@ class ObservabilityTest extends PeerTestBase {
         assertTrue(after.get("vmm_iothread_requests_total{iothread=\"iot0\"}") > before.get("vmm_iothread_requests_total{iothread=\"iot0\"}"));
         assertTrue(after.get("vmm_iothread_cpu_seconds_total{iothread=\"iot0\"}") > 0);
         assertTrue(after.get("vmm_node_request_latency_seconds_count{node=\"disk0\"}") >= exportReads);
+        assertEquals(exportReads, after.get("vmm_export_request_latency_seconds_count{export=\"exp0\"}"), 1.0,
+                "the export's latency summary counts its own requests");
         assertEquals(1.0, after.get("vmm_export_connections_total{export=\"exp0\"}"));
 
         // A handoff, an export added and removed over QMP.

@@ -104,6 +104,16 @@ public final class PrometheusText {
         exportCounter(exports, "vmm_export_failed_operations_total", "Requests answered with an error.", s -> s.errors.sum());
         family("vmm_export_in_flight_requests", "gauge", "Requests accepted and not yet completed.");
         for (BlockExport e : exports) sample("export", e.id(), e.stats().inFlightNow());
+        family("vmm_export_request_latency_seconds", "summary", "Service time of the export's requests on the home IOThread.");
+        for (BlockExport e : exports) {
+            LatencyHistogram h;
+            try {
+                h = e.node().home().call(e.stats().latency::copy); // its one writer: a consistent copy
+            } catch (Exception x) {
+                continue; // the export is being removed: skip it this time
+            }
+            summary("export", e.id(), h);
+        }
 
         // ---- handoffs ----
         HandoffLog log = daemon.handoffs();

@@ -128,7 +128,7 @@ public final class CoreCommands {
             for (BlockNode n : daemon.nodes()) out.add(blockStats(n, exports));
             return out;
         }));
-        t.register("x-query-export-stats", QmpCommand.sync(c -> {
+        t.register("x-query-export-stats", QmpCommand.blocking(c -> { // waits for each home thread's histogram copy
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (BlockExport e : daemon.exports()) out.add(exportStats(e));
@@ -256,20 +256,7 @@ public final class CoreCommands {
         st.put("write_zeroes_operations", s.zeroOps.sum());
         st.put("failed_operations", s.errors.sum());
         // Our extension: service time of every request on the home thread (parse to completion).
-        dev.vmm.core.stats.LatencyHistogram h;
-        try {
-            h = n.home().call(s.latency::copy); // its one writer: a consistent copy
-        } catch (Exception e) {
-            h = new dev.vmm.core.stats.LatencyHistogram();
-        }
-        Map<String, Object> lat = new LinkedHashMap<>();
-        lat.put("count", h.count());
-        lat.put("mean-ns", Math.round(h.mean()));
-        lat.put("p50-ns", h.percentile(50));
-        lat.put("p99-ns", h.percentile(99));
-        lat.put("p99.9-ns", h.percentile(99.9));
-        lat.put("max-ns", h.max());
-        st.put("x-latency", lat);
+        st.put("x-latency", latency(n, s.latency));
         long inFlight = 0;
         for (BlockExport e : exports) if (e.node() == n) inFlight += e.stats().inFlightNow();
         st.put("x-in-flight", inFlight);
@@ -303,7 +290,29 @@ public final class CoreCommands {
         m.put("other_operations", s.otherOps.sum());
         m.put("failed_operations", s.errors.sum());
         m.put("in-flight", s.inFlightNow());
+        m.put("x-latency", latency(e.node(), s.latency));
         return m;
+    }
+
+    /**
+     * A histogram's count, mean and percentiles in ns, copied on {@code n}'s home thread (its one
+     * writer). Not on the main loop or an IOThread: it waits for the copy.
+     */
+    static Map<String, Object> latency(BlockNode n, dev.vmm.core.stats.LatencyHistogram live) {
+        dev.vmm.core.stats.LatencyHistogram h;
+        try {
+            h = n.home().call(live::copy);
+        } catch (Exception e) {
+            h = new dev.vmm.core.stats.LatencyHistogram(); // the node is being removed
+        }
+        Map<String, Object> lat = new LinkedHashMap<>();
+        lat.put("count", h.count());
+        lat.put("mean-ns", Math.round(h.mean()));
+        lat.put("p50-ns", h.percentile(50));
+        lat.put("p99-ns", h.percentile(99));
+        lat.put("p99.9-ns", h.percentile(99.9));
+        lat.put("max-ns", h.max());
+        return lat;
     }
 
     /** {@code x-query-handoffs} (ours): totals since start and the most recent moves, oldest first. */

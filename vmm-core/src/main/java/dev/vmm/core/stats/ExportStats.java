@@ -29,6 +29,11 @@ public final class ExportStats {
     public final LongAdder inFlight = new LongAdder();
     /** Clients (NBD connections, a vhost-user front-end) that have connected so far. */
     public final LongAdder connections = new LongAdder();
+    /**
+     * Service time of this export's requests on the home thread (parse to completion). One
+     * writer at a time, like the node's: read it with {@code node.home().call(latency::copy)}.
+     */
+    public final LatencyHistogram latency = new LatencyHistogram();
     /** The connected front-end of a vhost-user device, e.g. "pid 1234", or null. */
     private volatile String frontend;
 
