@@ -87,8 +87,8 @@ public final class NbdServer {
         Path socketPath = null;
         if (address instanceof DomainSocketAddress unix) {
             socketPath = Path.of(unix.path());
-            UnixSocketFiles.prepare(socketPath);
-            b.channel(EpollServerDomainSocketChannel.class);
+            int fd = UnixSocketFiles.listen(socketPath, 128); // 0600 before it listens
+            b.channelFactory(() -> new EpollServerDomainSocketChannel(fd, true));
         } else {
             b.channel(EpollServerSocketChannel.class)
                     .option(ChannelOption.SO_REUSEADDR, true)
@@ -107,13 +107,11 @@ public final class NbdServer {
                     }
                 });
         try {
-            listener = socketPath != null ? UnixSocketFiles.bindPrivately(() -> b.bind(address).sync().channel())
-                    : b.bind(address).sync().channel();
+            // A unix socket listens already (its fd is registered, not bound); TCP binds here.
+            listener = socketPath != null ? b.register().sync().channel() : b.bind(address).sync().channel();
         } catch (Exception e) {
+            if (socketPath != null) UnixSocketFiles.removeQuietly(socketPath);
             throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
-        }
-        if (socketPath != null) {
-            UnixSocketFiles.restrictToOwner(socketPath);
         }
         LOG.info("NBD server listening on {}{}", describe(address),
                 config.tls() == null ? "" : " (TLS required: " + config.tls().id() + ", verify-peer=" + (config.tls().verifyPeer() ? "on" : "off") + ")");
@@ -122,7 +120,8 @@ public final class NbdServer {
     /** The bound address (with the real port when port 0 was asked for). */
     public SocketAddress boundAddress() {
         Channel l = listener;
-        return l == null ? null : l.localAddress();
+        if (l == null) return null;
+        return config.address() instanceof DomainSocketAddress u ? u : l.localAddress(); // a registered fd knows no address
     }
 
     private static String rootMessage(Throwable e) {
@@ -317,7 +316,7 @@ public final class NbdServer {
         if (l != null) {
             l.close().awaitUninterruptibly(timeoutMs);
             listener = null;
-            if (l.localAddress() instanceof DomainSocketAddress u) {
+            if (config.address() instanceof DomainSocketAddress u) {
                 UnixSocketFiles.removeQuietly(Path.of(u.path()));
             }
         }

@@ -1,8 +1,6 @@
 package dev.vmm.vhostuser.connection;
 
 import com.sun.jna.LastErrorException;
-import com.sun.jna.Memory;
-import com.sun.jna.Pointer;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcSocket;
 import io.netty.channel.IoEvent;
@@ -32,8 +30,6 @@ import org.slf4j.LoggerFactory;
  */
 public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(VhostUserListener.class);
-    private static final int S_IFSOCK = 0xC000;
-    private static final int AT_SYMLINK_NOFOLLOW = 0x100;
 
     private final String path;
     private final int fd;
@@ -86,74 +82,10 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
     }
 
     private static int createSocket(String path) throws IOException {
-        Memory addr;
         try {
-            addr = LibcSocket.sockaddrUn(path);
-        } catch (IllegalArgumentException e) {
-            throw new IOException(e.getMessage());
-        }
-        replaceStale(path, addr);
-        int fd;
-        try {
-            fd = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC | LibcSocket.SOCK_NONBLOCK, 0);
-        } catch (LastErrorException e) {
-            throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
-        }
-        try {
-            LibcSocket.bind(fd, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
-        } catch (LastErrorException e) {
-            LibcSocket.closeQuietly(fd);
-            throw new IOException("cannot bind vhost-user socket " + path + ": " + LibC.describe(e.getErrorCode()));
-        } finally {
-            java.lang.ref.Reference.reachabilityFence(addr);   // native memory in use until bind returns
-        }
-        try {
-            LibcSocket.chmod(path, 0600);   // before listen(): nobody can connect in between
-            LibcSocket.listen(fd, 1);
-        } catch (LastErrorException e) {
-            LibcSocket.closeQuietly(fd);
-            unlinkQuietly(path);
-            throw new IOException("cannot listen on vhost-user socket " + path + ": " + LibC.describe(e.getErrorCode()));
-        }
-        return fd;
-    }
-
-    /** Removes a stale socket file; refuses a live socket or a file of another type. */
-    private static void replaceStale(String path, Memory addr) throws IOException {
-        int type;
-        try (Memory stx = new Memory(LibC.STATX_SIZEOF)) {
-            stx.clear();
-            try {
-                LibC.statx(LibC.AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, LibC.STATX_TYPE, Pointer.nativeValue(stx));
-            } catch (LastErrorException e) {
-                if (e.getErrorCode() == LibC.ENOENT) return;
-                throw new IOException("cannot stat " + path + ": " + LibC.describe(e.getErrorCode()));
-            }
-            type = stx.getShort(LibC.STATX_OFF_MODE) & LibC.S_IFMT;
-        }
-        if (type != S_IFSOCK) throw new IOException(path + " exists and is not a socket");
-        int probe;
-        try {
-            probe = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC, 0);
-        } catch (LastErrorException e) {
-            throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
-        }
-        try {
-            LibcSocket.connect(probe, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
-            throw new IOException(path + " is in use: another process listens on it");
-        } catch (LastErrorException e) {
-            if (e.getErrorCode() != LibcSocket.ECONNREFUSED) {
-                throw new IOException("cannot probe " + path + ": " + LibC.describe(e.getErrorCode()));
-            }
-        } finally {
-            LibcSocket.closeQuietly(probe);
-            java.lang.ref.Reference.reachabilityFence(addr);
-        }
-        log.info("replacing stale vhost-user socket {}", path);
-        try {
-            LibcSocket.unlink(path);
-        } catch (LastErrorException e) {
-            throw new IOException("cannot remove stale socket " + path + ": " + LibC.describe(e.getErrorCode()));
+            return dev.vmm.core.net.UnixSocketFiles.listen(java.nio.file.Path.of(path), 1); // 0600 before it listens
+        } catch (java.nio.file.InvalidPathException e) {
+            throw new IOException("bad socket path " + path + ": " + e.getMessage());
         }
     }
 

@@ -142,9 +142,6 @@ public final class LibC {
     /** lseek(2); also the size of a file or block device with SEEK_END. */
     public static native long lseek(int fd, long offset, int whence) throws LastErrorException;
 
-    /** umask(2): sets the process's file-mode creation mask, returns the previous one (never fails). */
-    public static native int umask(int mask);
-
     /** statx(2) into a {@link #STATX_SIZEOF}-byte buffer at {@code statxbuf}. */
     public static native int statx(int dirfd, String path, int flags, int mask, long statxbuf) throws LastErrorException;
 

@@ -1,5 +1,8 @@
 package dev.vmm.core.net;
 
+import com.sun.jna.LastErrorException;
+import dev.vmm.core.linux.LibC;
+import dev.vmm.core.linux.LibcSocket;
 import java.io.IOException;
 import java.net.ConnectException;
 import java.net.UnixDomainSocketAddress;
@@ -7,16 +10,14 @@ import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
-import java.nio.file.attribute.PosixFilePermissions;
 
 /**
  * The rules every listening unix socket of the daemon follows (NBD server, QMP monitors): a
  * stale socket file left by a dead server is replaced, a live one or any other file is an error,
  * and the socket is created mode 0600 (qemu-storage-daemon leaves it to the umask; we are
- * stricter: "Unix sockets created 0600 unless told otherwise"). Netty binds and listens in one
- * step, so the mode must be right at bind time, not chmod-ed after: {@link #bindPrivately}.
+ * stricter: "Unix sockets created 0600 unless told otherwise") before it listens: {@link #listen}.
  *
- * <p>Thread contract: stateless; control plane only (it connects and deletes files).
+ * <p>Thread contract: stateless; control plane only (it connects, binds and deletes files).
  */
 public final class UnixSocketFiles {
     /** Longest path a {@code sockaddr_un} holds, without its terminating NUL. */
@@ -36,32 +37,45 @@ public final class UnixSocketFiles {
         }
     }
 
-    /** What {@link #bindPrivately} runs: a bind that may fail. */
-    @FunctionalInterface
-    public interface Bind<T> {
-        T bind() throws Exception;
-    }
-
     /**
-     * Runs {@code bind} with the process umask at 0177, so the socket file is born 0600: with a
-     * permissive umask a socket bound and listening before a chmod could take another user's
-     * connection in between. The umask is process-wide; a file another thread creates in these
-     * microseconds is only made more private. Control plane only, serialized by the callers' locks.
+     * A listening unix socket at {@code p} that only the owner may connect to, whatever the
+     * umask: a stale socket file is replaced ({@link #prepare}), the socket is bound, made 0600
+     * and only then listens, so nobody can connect in between (Netty's bind() binds and listens
+     * in one step, which leaves that window open). Returns the file descriptor (non-blocking,
+     * close-on-exec), owned by the caller; on failure nothing is left behind.
      */
-    public static <T> T bindPrivately(Bind<T> bind) throws Exception {
-        synchronized (UnixSocketFiles.class) {
-            int old = dev.vmm.core.linux.LibC.umask(0177);
-            try {
-                return bind.bind();
-            } finally {
-                dev.vmm.core.linux.LibC.umask(old);
-            }
+    public static int listen(Path p, int backlog) throws IOException {
+        prepare(p);
+        String path = p.toString();
+        com.sun.jna.Memory addr;
+        try {
+            addr = LibcSocket.sockaddrUn(path);
+        } catch (IllegalArgumentException e) {
+            throw new IOException(e.getMessage());
         }
-    }
-
-    /** After bind: only the owner may connect (a no-op after {@link #bindPrivately}; kept explicit). */
-    public static void restrictToOwner(Path p) throws IOException {
-        Files.setPosixFilePermissions(p, PosixFilePermissions.fromString("rw-------"));
+        int fd;
+        try {
+            fd = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC | LibcSocket.SOCK_NONBLOCK, 0);
+        } catch (LastErrorException e) {
+            throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
+        }
+        try {
+            LibcSocket.bind(fd, com.sun.jna.Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+        } catch (LastErrorException e) {
+            LibcSocket.closeQuietly(fd);
+            throw new IOException("cannot bind " + path + ": " + LibC.describe(e.getErrorCode()));
+        } finally {
+            java.lang.ref.Reference.reachabilityFence(addr); // native memory in use until bind returns
+        }
+        try {
+            LibcSocket.chmod(path, 0600); // before listen(): nobody can connect in between
+            LibcSocket.listen(fd, backlog);
+        } catch (LastErrorException e) {
+            LibcSocket.closeQuietly(fd);
+            removeQuietly(p);
+            throw new IOException("cannot listen on " + path + ": " + LibC.describe(e.getErrorCode()));
+        }
+        return fd;
     }
 
     /** Removes the socket file at shutdown; best effort (the next start replaces a stale one). */

@@ -10,12 +10,10 @@ import io.netty.channel.ChannelInitializer;
 import io.netty.channel.ChannelOption;
 import io.netty.channel.WriteBufferWaterMark;
 import io.netty.channel.epoll.EpollServerDomainSocketChannel;
-import io.netty.channel.unix.DomainSocketAddress;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.time.Instant;
-import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -57,7 +55,8 @@ public final class QmpServer implements AutoCloseable {
     private final IOThread main;
     private final QmpCommands commands;
     private final Version version;
-    private final List<Channel> listeners = new ArrayList<>();
+    /** Listening channels and their socket paths (a channel made from a listening fd knows no address). */
+    private final java.util.Map<Channel, Path> listeners = new java.util.LinkedHashMap<>();
     private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
     private final ExecutorService control = Executors.newSingleThreadExecutor(r -> {
         Thread t = new Thread(r, "vmm-qmp-control");
@@ -102,10 +101,9 @@ public final class QmpServer implements AutoCloseable {
         if (path.toString().getBytes(StandardCharsets.UTF_8).length > UnixSocketFiles.MAX_PATH_BYTES) {
             throw new IOException(path + " is longer than the " + UnixSocketFiles.MAX_PATH_BYTES + " bytes a unix socket path may have");
         }
-        UnixSocketFiles.prepare(path);
+        int fd = UnixSocketFiles.listen(path, 16); // 0600 before it listens
         ServerBootstrap b = new ServerBootstrap().group(main.loop(), main.loop())
-                .channel(EpollServerDomainSocketChannel.class)
-                .option(ChannelOption.SO_BACKLOG, 16)
+                .channelFactory(() -> new EpollServerDomainSocketChannel(fd, true))
                 .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, MAX_PENDING_OUTPUT))
                 .childHandler(new ChannelInitializer<Channel>() {
                     @Override
@@ -118,12 +116,12 @@ public final class QmpServer implements AutoCloseable {
                 });
         Channel l;
         try {
-            l = UnixSocketFiles.bindPrivately(() -> b.bind(new DomainSocketAddress(path.toString())).sync().channel());
+            l = b.register().sync().channel(); // listening already: registered, not bound
         } catch (Exception e) {
+            UnixSocketFiles.removeQuietly(path);
             throw new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
         }
-        UnixSocketFiles.restrictToOwner(path);
-        listeners.add(l);
+        listeners.put(l, path);
         LOG.info("QMP monitor listening on {}", path);
     }
 
@@ -181,9 +179,9 @@ public final class QmpServer implements AutoCloseable {
     /** Stops listening, disconnects every client, removes the socket files. Not on the main loop. */
     @Override
     public synchronized void close() {
-        for (Channel l : listeners) {
-            l.close().awaitUninterruptibly(5000);
-            if (l.localAddress() instanceof DomainSocketAddress u) UnixSocketFiles.removeQuietly(Path.of(u.path()));
+        for (java.util.Map.Entry<Channel, Path> l : listeners.entrySet()) {
+            l.getKey().close().awaitUninterruptibly(5000);
+            UnixSocketFiles.removeQuietly(l.getValue());
         }
         listeners.clear();
         for (Channel c : clients) c.close().awaitUninterruptibly(5000);

@@ -1,13 +1,16 @@
 package dev.vmm.core.net;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import dev.vmm.core.linux.LibC;
+import dev.vmm.core.linux.LibcSocket;
 import java.io.IOException;
 import java.net.StandardProtocolFamily;
 import java.net.UnixDomainSocketAddress;
 import java.nio.channels.ServerSocketChannel;
+import java.nio.channels.SocketChannel;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.attribute.PosixFilePermissions;
@@ -19,25 +22,24 @@ class UnixSocketFilesTest {
     Path dir;
 
     @Test
-    void aSocketIsBornOwnerOnlyWhateverTheUmaskAndTheUmaskIsRestored() throws Exception {
-        int saved = LibC.umask(0); // the most permissive umask: a plain bind makes the socket 0777
+    void aListeningSocketIsOwnerOnlyAndAcceptsConnections() throws Exception {
+        Path p = dir.resolve("s.sock");
+        int fd = UnixSocketFiles.listen(p, 4);
         try {
-            Path p = dir.resolve("s.sock");
-            try (ServerSocketChannel s = UnixSocketFiles.bindPrivately(() -> {
-                ServerSocketChannel c = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
-                c.bind(UnixDomainSocketAddress.of(p)); // bound and listening: connectable from here on
-                return c;
-            })) {
-                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(p)));
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(p)));
+            try (SocketChannel c = SocketChannel.open(UnixDomainSocketAddress.of(p))) {
+                assertTrue(c.isConnected());
             }
-            assertEquals(0, LibC.umask(0), "the umask is put back");
-            assertThrows(IOException.class, () -> UnixSocketFiles.bindPrivately(() -> {
-                throw new IOException("bind failed");
-            }));
-            assertEquals(0, LibC.umask(0), "the umask is put back after a failed bind too");
+            IOException inUse = assertThrows(IOException.class, () -> UnixSocketFiles.listen(p, 4));
+            assertEquals(p + " is in use by another server", inUse.getMessage());
         } finally {
-            LibC.umask(saved);
+            LibcSocket.closeQuietly(fd);
         }
+        // What a killed server leaves: the file, nobody listening. The next start replaces it.
+        int again = UnixSocketFiles.listen(p, 4);
+        LibcSocket.closeQuietly(again);
+        UnixSocketFiles.removeQuietly(p);
+        assertFalse(Files.exists(p));
     }
 
     @Test
@@ -45,11 +47,14 @@ class UnixSocketFilesTest {
         Path stale = dir.resolve("stale.sock");
         ServerSocketChannel c = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
         c.bind(UnixDomainSocketAddress.of(stale));
-        c.close(); // the file stays, nobody listens: what a killed server leaves
+        c.close(); // the file stays, nobody listens
         UnixSocketFiles.prepare(stale);
-        assertEquals(false, Files.exists(stale));
+        assertFalse(Files.exists(stale));
         Path regular = Files.writeString(dir.resolve("file"), "x");
-        IOException e = assertThrows(IOException.class, () -> UnixSocketFiles.prepare(regular));
+        IOException e = assertThrows(IOException.class, () -> UnixSocketFiles.listen(regular, 1));
         assertEquals(regular + " exists and is not a socket", e.getMessage());
+        assertEquals("x", Files.readString(regular), "the file is left alone");
+        IOException tooLong = assertThrows(IOException.class, () -> UnixSocketFiles.listen(dir.resolve("x".repeat(120)), 1));
+        assertTrue(tooLong.getMessage().contains("must be 1..107 bytes"), tooLong.getMessage());
     }
 }
