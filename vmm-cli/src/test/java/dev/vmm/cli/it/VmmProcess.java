@@ -25,7 +25,7 @@ import java.util.concurrent.atomic.AtomicInteger;
  * once the pidfile exists (the issue: it is written only when every listener accepts).
  */
 public final class VmmProcess implements AutoCloseable {
-    static final long START_TIMEOUT_MS = 20_000;
+    static final long START_TIMEOUT_MS = 60_000; // a cold JVM on a loaded 2-core machine took over 20 s once
     static final long STOP_TIMEOUT_MS = 20_000;
     private static final AtomicInteger SEQ = new AtomicInteger();
 
