@@ -48,7 +48,14 @@ import java.util.function.IntUnaryOperator;
  * <p>Beyond the spec: the rollback check also compares the wrap counters (a batch of exactly
  * desc_num descriptors leaves {@code used_idx == old_used_idx}); a batch whose
  * {@code old_free_head} is stored counts as published (its other {@code old_*} fields may be
- * torn); every index read back from the area is bounds-checked (the front-end owns the memory).
+ * torn).
+ *
+ * <p>The front-end owns the memory and may rewrite it at any time: the area is read only in
+ * {@link #start}, where every value read is checked before use as an index or position, and is
+ * write-only afterwards. Steady state works from a copy in Java ({@link #next}, {@link #freeHead},
+ * {@link #lastOf}, {@link #numOf}, the used position), so whatever the front-end writes there,
+ * every store below stays inside the region; it only corrupts what a later restart recovers,
+ * which that restart checks again.
  *
  * <p>Thread contract: the queue's IOThread only. The region was bounds-checked at mapping (its
  * size is at least {@link #regionSize(int)}); every access below stays inside it.
@@ -85,8 +92,20 @@ public final class InflightPackedQueue implements InflightTracker {
     /** Where the ring fills {@link #popped}'s descriptors ({@code PackedVirtqueue.recordPopsInto}). */
     private final PackedDescriptorList popList;
     private long counter;
+
+    // ---- steady state: what this tracker last wrote, never read back from the area ----
     /** Head entry of each buffer id in flight, or -1. */
     private final int[] headOfId;
+    /** Each entry's {@code next} (the free list's links); {@code queueSize} ends the list. */
+    private final int[] next;
+    /** {@code free_head}; {@code queueSize} when the list is empty. */
+    private int freeHead;
+    /** Per head entry in flight: its {@code last} and {@code num}, each < queueSize / <= queueSize. */
+    private final int[] lastOf;
+    private final int[] numOf;
+    /** {@code used_idx} and {@code used_wrap_counter}. */
+    private int usedSlot;
+    private boolean usedWrap;
     /** Head entries completed in the batch being published. */
     private final int[] batch;
     private int batchLength;
@@ -101,6 +120,9 @@ public final class InflightPackedQueue implements InflightTracker {
         this.popList = new PackedDescriptorList(queueSize);
         this.headOfId = new int[queueSize];
         Arrays.fill(headOfId, -1);
+        this.next = new int[queueSize];
+        this.lastOf = new int[queueSize];
+        this.numOf = new int[queueSize];
         this.batch = new int[queueSize + MAX_BATCH];
     }
 
@@ -139,7 +161,13 @@ public final class InflightPackedQueue implements InflightTracker {
         Arrays.fill(headOfId, -1);
         RawMemory.fill(base, HEADER + (long) DESC_STATE * queueSize, 0);
         RawMemory.putLe16(base + DESC_NUM, queueSize);
-        for (int e = 0; e < queueSize; e++) RawMemory.putLe16(desc(e) + NEXT, e + 1); // desc_num ends the list
+        for (int e = 0; e < queueSize; e++) {
+            next[e] = e + 1; // desc_num ends the list
+            RawMemory.putLe16(desc(e) + NEXT, e + 1);
+        }
+        freeHead = 0;
+        this.usedSlot = usedSlot;
+        this.usedWrap = usedWrap;
         RawMemory.putLe16(base + USED_IDX, usedSlot);
         RawMemory.putLe16(base + OLD_USED_IDX, usedSlot);
         RawMemory.putByte(base + USED_WRAP_COUNTER, usedWrap ? 1 : 0);
@@ -152,23 +180,29 @@ public final class InflightPackedQueue implements InflightTracker {
 
     /** The spec's "When reconnecting"; null when the region cannot be ours (start it afresh). */
     private Recovery recover(IntUnaryOperator ringFlags) {
+        // Each field is read once: the front-end may change it between two reads.
         int oldUsed = u16(OLD_USED_IDX);
         boolean oldWrap = RawMemory.getByte(base + OLD_USED_WRAP_COUNTER) != 0;
-        if (oldUsed >= queueSize || u16(OLD_FREE_HEAD) > queueSize || u16(FREE_HEAD) > queueSize || u16(USED_IDX) >= queueSize) {
+        int oldFreeHead = u16(OLD_FREE_HEAD);
+        int curFreeHead = u16(FREE_HEAD);
+        int curUsed = u16(USED_IDX);
+        boolean curWrap = RawMemory.getByte(base + USED_WRAP_COUNTER) != 0;
+        if (oldUsed >= queueSize || oldFreeHead > queueSize || curFreeHead > queueSize || curUsed >= queueSize) {
             return null;
         }
-        if (u16(USED_IDX) != oldUsed || (RawMemory.getByte(base + USED_WRAP_COUNTER) != 0) != oldWrap) {
+        if (curUsed != oldUsed || curWrap != oldWrap) {
             // A batch was linked and maybe published. If its commit had begun (old_free_head is
             // stored first, and linking always moves free_head), it was published. Otherwise
             // old_used_idx/old_used_wrap_counter still name its first used descriptor, whose flags
             // were stored last: if they no longer say "available" in that lap, the driver may have
             // seen the batch, so commit it; else roll it back below.
             int availableFlags = oldWrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
-            if (u16(FREE_HEAD) == u16(OLD_FREE_HEAD)
+            if (curFreeHead == oldFreeHead
                     || (ringFlags.applyAsInt(oldUsed) & (VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) != availableFlags) {
-                commit();
-                oldUsed = u16(OLD_USED_IDX);
-                oldWrap = RawMemory.getByte(base + OLD_USED_WRAP_COUNTER) != 0;
+                commit(curFreeHead, curUsed, curWrap);
+                oldFreeHead = curFreeHead;
+                oldUsed = curUsed;
+                oldWrap = curWrap;
             }
         }
         // Roll back any in-progress update: a half-recorded pop, an unpublished batch. free_head
@@ -176,15 +210,18 @@ public final class InflightPackedQueue implements InflightTracker {
         RawMemory.putByte(base + USED_WRAP_COUNTER, oldWrap ? 1 : 0);
         RawMemory.putLe16(base + USED_IDX, oldUsed);
         VarHandle.releaseFence();
-        RawMemory.putLe16(base + FREE_HEAD, u16(OLD_FREE_HEAD));
+        RawMemory.putLe16(base + FREE_HEAD, oldFreeHead);
+        // The links as they are now; the walks below check each against the queue size. Values
+        // beyond it end a list, as desc_num does.
+        for (int e = 0; e < queueSize; e++) next[e] = Math.min(RawMemory.getLe16(desc(e) + NEXT), queueSize);
         // Nothing on the free list is in flight (a half-recorded head, a committed batch).
         boolean[] free = new boolean[queueSize];
-        int e = u16(FREE_HEAD);
+        int e = oldFreeHead;
         for (int n = 0; e < queueSize; n++) {
             if (n == queueSize || free[e]) return null; // a loop: not a list we wrote
             free[e] = true;
             RawMemory.putByte(desc(e) + INFLIGHT, 0);
-            e = RawMemory.getLe16(desc(e) + NEXT);
+            e = next[e];
         }
         // Every head still in flight, with its descriptors (num entries from the head through next).
         List<long[]> heads = new ArrayList<>(); // {counter, head}
@@ -193,8 +230,9 @@ public final class InflightPackedQueue implements InflightTracker {
         for (int h = 0; h < queueSize; h++) {
             if (RawMemory.getByte(desc(h) + INFLIGHT) != 1) continue;
             long c = RawMemory.getLe64(desc(h) + COUNTER);
-            heads.add(new long[] {c, h});
-            slots += RawMemory.getLe16(desc(h) + NUM);
+            int num = RawMemory.getLe16(desc(h) + NUM);
+            heads.add(new long[] {c, h, num});
+            slots += num;
             max = Math.max(max, c);
         }
         if (slots > queueSize) return null; // more slots in flight than the ring has
@@ -203,7 +241,7 @@ public final class InflightPackedQueue implements InflightTracker {
         boolean[] seen = free;
         for (long[] hc : heads) {
             int h = (int) hc[1];
-            int num = RawMemory.getLe16(desc(h) + NUM);
+            int num = (int) hc[2];
             PackedDescriptorList list = new PackedDescriptorList(Math.max(num, 1));
             int d = h;
             for (int k = 0; k < num; k++) {
@@ -214,26 +252,29 @@ public final class InflightPackedQueue implements InflightTracker {
                 if (k == num - 1) {
                     if (d != RawMemory.getLe16(desc(h) + LAST)) return null;
                     list.setId(RawMemory.getLe16(at + ID));
+                    lastOf[h] = d;
                 } else {
-                    d = RawMemory.getLe16(at + NEXT);
+                    d = next[d];
                 }
             }
             if (num == 0 || list.id() >= queueSize || headOfId[list.id()] >= 0) return null;
             headOfId[list.id()] = h;
+            numOf[h] = num;
             resubmit.add(list);
         }
         counter = max + 1;
-        int used = u16(USED_IDX);
-        boolean usedWrap = RawMemory.getByte(base + USED_WRAP_COUNTER) != 0;
+        freeHead = oldFreeHead;
+        usedSlot = oldUsed;
+        usedWrap = oldWrap;
         // The previous back-end took the buffers in flight from consecutive slots after the used
         // position (a driver reuses a slot only after it was used), so the next one starts there.
-        int avail = used + slots;
-        boolean availWrap = usedWrap;
+        int avail = oldUsed + slots;
+        boolean availWrap = oldWrap;
         if (avail >= queueSize) {
             avail -= queueSize;
             availWrap = !availWrap;
         }
-        return new Recovery(resubmit, avail, availWrap, used, usedWrap);
+        return new Recovery(resubmit, avail, availWrap, oldUsed, oldWrap);
     }
 
     /**
@@ -242,47 +283,55 @@ public final class InflightPackedQueue implements InflightTracker {
      * and a torn pair (one lap's index with the other lap's counter) could make a slot the device
      * skipped, still "available" from an older lap, look like an unpublished batch.
      */
-    private void commit() {
-        RawMemory.putLe16(base + OLD_FREE_HEAD, u16(FREE_HEAD));
+    private void commit(int freeHead, int used, boolean wrap) {
+        RawMemory.putLe16(base + OLD_FREE_HEAD, freeHead);
         VarHandle.releaseFence();
-        RawMemory.putLe16(base + OLD_USED_IDX, u16(USED_IDX));
-        RawMemory.putByte(base + OLD_USED_WRAP_COUNTER, RawMemory.getByte(base + USED_WRAP_COUNTER));
+        RawMemory.putLe16(base + OLD_USED_IDX, used);
+        RawMemory.putByte(base + OLD_USED_WRAP_COUNTER, wrap ? 1 : 0);
     }
 
     /**
      * The buffer {@code id} was taken; its descriptors are in {@link #popList()}.
      *
      * @throws IllegalStateException when the free list runs out or the list is not that buffer's
-     *         (the front-end changed the area under us, or a bug): the queue must stop
+     *         (more buffers in flight than the ring has, or a bug): the queue must stop
      */
     @Override
     public void popped(int id) {
         PackedDescriptorList l = popList;
         int n = l.count();
         if (l.id() != id || n == 0 || id < 0 || id >= queueSize) throw new IllegalStateException("recorded list is not buffer " + id);
-        int h = u16(OLD_FREE_HEAD); // == free_head: no batch is being linked (class comment)
+        int h = freeHead; // == old_free_head: no batch is being linked (class comment)
         if (h >= queueSize) throw new IllegalStateException("in-flight area: no free entry for buffer " + id);
         long head = desc(h);
         RawMemory.putLe16(head + NUM, 0);
         RawMemory.putLe64(head + COUNTER, counter++);
         RawMemory.putByte(head + INFLIGHT, 1);
         int f = h;
+        int last = h;
         for (int i = 0; i < n; i++) {
+            // f < queueSize: next[] holds only values <= queueSize (start, beforePublish)
             if (f >= queueSize) throw new IllegalStateException("in-flight area: free list ran out for buffer " + id);
-            if (i == n - 1) RawMemory.putLe16(head + LAST, f);
+            if (i == n - 1) {
+                RawMemory.putLe16(head + LAST, f);
+                last = f;
+            }
             RawMemory.putLe16(head + NUM, i + 1);
             long d = desc(f);
             RawMemory.putLe64(d + ADDR, l.addr(i));
             RawMemory.putLe32(d + LEN, l.len(i));
             RawMemory.putLe16(d + FLAGS, l.flags(i));
             RawMemory.putLe16(d + ID, id);
-            f = RawMemory.getLe16(d + NEXT);
+            f = next[f];
             RawMemory.putLe16(base + FREE_HEAD, f);
         }
         // The whole record before the commit: a crash before it leaves a half-recorded head on the
         // free list, which a restart clears.
         VarHandle.releaseFence();
         RawMemory.putLe16(base + OLD_FREE_HEAD, f);
+        freeHead = f;
+        lastOf[h] = last;
+        numOf[h] = n;
         headOfId[id] = h;
     }
 
@@ -298,21 +347,25 @@ public final class InflightPackedQueue implements InflightTracker {
     @Override
     public void beforePublish() {
         if (batchLength == 0) return;
-        int freeHead = u16(FREE_HEAD);
-        int used = u16(USED_IDX);
-        boolean wrap = RawMemory.getByte(base + USED_WRAP_COUNTER) != 0;
+        int fh = freeHead;
+        int used = usedSlot;
+        boolean wrap = usedWrap;
         for (int i = 0; i < batchLength; i++) {
-            long h = desc(batch[i]);
-            int last = RawMemory.getLe16(h + LAST); // < queueSize: written by popped()
-            RawMemory.putLe16(desc(last) + NEXT, freeHead);
-            freeHead = batch[i];
-            used += RawMemory.getLe16(h + NUM);
+            int h = batch[i];
+            int last = lastOf[h]; // < queueSize: from popped() or a checked recovery, not the area
+            RawMemory.putLe16(desc(last) + NEXT, fh);
+            next[last] = fh;
+            fh = h;
+            used += numOf[h]; // each <= queueSize: one wrap at most
             if (used >= queueSize) {
                 used -= queueSize;
                 wrap = !wrap;
             }
         }
-        RawMemory.putLe16(base + FREE_HEAD, freeHead);
+        freeHead = fh;
+        usedSlot = used;
+        usedWrap = wrap;
+        RawMemory.putLe16(base + FREE_HEAD, fh);
         RawMemory.putLe16(base + USED_IDX, used);
         RawMemory.putByte(base + USED_WRAP_COUNTER, wrap ? 1 : 0);
         // Pairs with a restart's read of the ring: the record of the batch before its flags.
@@ -329,11 +382,14 @@ public final class InflightPackedQueue implements InflightTracker {
         VarHandle.releaseFence();
         for (int i = 0; i < batchLength; i++) RawMemory.putByte(desc(batch[i]) + INFLIGHT, 0);
         VarHandle.releaseFence();
-        commit();
+        commit(freeHead, usedSlot, usedWrap);
         batchLength = 0;
     }
 
-    /** The used position this region records, in {@code lastUsedIdx} form (tests, checks). */
+    /**
+     * The used position this region records, in {@code lastUsedIdx} form, read from the area
+     * (tests, checks; not used by the tracker).
+     */
     public int usedIdx() {
         return u16(USED_IDX) | (RawMemory.getByte(base + USED_WRAP_COUNTER) != 0 ? 1 << 15 : 0);
     }

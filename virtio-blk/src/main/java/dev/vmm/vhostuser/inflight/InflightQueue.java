@@ -22,6 +22,10 @@ import java.util.Arrays;
  * publishing, clear their {@code inflight} and store {@code used_idx}. Store order matters if
  * the process dies between two stores, so the phases are separated by release fences.
  *
+ * <p>The front-end owns the memory and may rewrite it at any time: it is read only in
+ * {@link #start} (every index read there is checked against the queue size) and is write-only
+ * afterwards; the heads stored to come from the virtqueue, which checked them.
+ *
  * <p>Thread contract: the queue's IOThread only. The region was bounds-checked at mapping
  * (its size is {@link #regionSize(int)}); every access below stays inside it.
  */

@@ -14,6 +14,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Random;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
@@ -42,6 +43,9 @@ class InflightPackedQueueTest {
     long region;
     long regionSize;
     final DescriptorChain chain = new DescriptorChain(64);
+    /** Bytes after the region, filled with {@link #CANARY}: a store past the region lands there. */
+    long guard;
+    static final int CANARY = 0xA5;
 
     // ---- what the guest may see: the expectation at each crash point ----
     /** Buffer ids taken and recorded, not yet published as used, in take order. */
@@ -62,8 +66,9 @@ class InflightPackedQueueTest {
         driver.shareWith(mem);
         vq = PackedVirtqueue.ofGuestPhysical(mem, size, driver.descGpa(), driver.driverEventGpa(), driver.deviceEventGpa(), FEATURES);
         regionSize = InflightPackedQueue.regionSize(size);
-        region = RawMemory.allocate(regionSize);
+        region = RawMemory.allocate(regionSize + guard);
         RawMemory.fill(region, regionSize, 0); // a new memfd
+        RawMemory.fill(region + regionSize, guard, CANARY);
         tracker = new InflightPackedQueue(region, size);
         vq.recordPopsInto(tracker.popList());
         assertNull(tracker.start(0, true, vq::descriptorFlags), "fresh region");
@@ -291,6 +296,69 @@ class InflightPackedQueueTest {
         publish();
         reap(2);
         verifyEveryCrash();
+    }
+
+    /** Where the first byte after the region that is not {@link #CANARY} is, or -1. */
+    long firstStoreOutside() {
+        for (long i = 0; i < guard; i++) if (RawMemory.getByte(region + regionSize + i) != CANARY) return regionSize + i;
+        return -1;
+    }
+
+    /** What a hostile front-end may do to the area at any time. */
+    void rewriteArea(Random r) {
+        switch (r.nextInt(4)) {
+            case 0 -> RawMemory.fill(region, regionSize, 0xFF); // every index 0xFFFF
+            case 1 -> { for (long i = 0; i < regionSize; i++) RawMemory.putByte(region + i, r.nextInt(256)); }
+            case 2 -> { // the fields the tracker used to read back: free_head, used_idx, and each entry's next/last/num
+                for (int off : new int[] {12, 14, 16, 18}) RawMemory.putLe16(region + off, 0xFFFF);
+                for (int e = 0; e < qsize; e++) for (int f : new int[] {2, 4, 6}) RawMemory.putLe16(region + 32 + 32L * e + f, 0xFFFF);
+            }
+            default -> { for (int k = 0; k < 8; k++) RawMemory.putByte(region + r.nextInt((int) regionSize), r.nextInt(256)); }
+        }
+    }
+
+    /**
+     * Regression (a front-end rewriting the area between a pop and its completion made
+     * beforePublish() store at desc(last) for last = 0xFFFF, 2 MB past a 320-byte region): the
+     * area is write-only in steady state, so whatever it holds the tracker stores inside it and
+     * the ring keeps working.
+     */
+    @Test
+    void aFrontEndRewritingTheAreaCannotMakeTheTrackerStoreOutsideIt() throws Exception {
+        guard = 32L * 0x10000 + 64; // past desc(0xFFFF) + 32
+        setUp(8);
+        Random r = new Random(7);
+        for (int round = 0; round < 300; round++) {
+            List<Integer> ids = new ArrayList<>();
+            int slots = 0;
+            while (ids.size() < 3) {
+                int n = 1 + r.nextInt(3);
+                if (slots + n > qsize) break;
+                slots += n;
+                ids.add(submit(n));
+            }
+            for (int id : ids) {
+                assertTrue(vq.pop(chain));
+                assertEquals(id, chain.head());
+                tracker.popped(id);
+                if (r.nextBoolean()) rewriteArea(r);
+            }
+            rewriteArea(r);
+            java.util.Collections.shuffle(ids, r);
+            for (int id : ids) {
+                tracker.completing(id);
+                vq.pushUsed(id, 1);
+            }
+            if (r.nextBoolean()) rewriteArea(r);
+            tracker.beforePublish();
+            assertEquals(-1, firstStoreOutside(), "round " + round + ": a store outside the region at this offset");
+            vq.publishUsed();
+            rewriteArea(r);
+            tracker.published(vq.lastUsedIdx());
+            assertEquals(-1, firstStoreOutside(), "round " + round + ": a store outside the region at this offset");
+            int[] got = new int[qsize];
+            assertEquals(ids.size(), driver.pollUsed(got, new int[qsize]), "round " + round + ": the ring goes on");
+        }
     }
 
     @Test
