@@ -300,9 +300,11 @@ final class QueueWorker implements EpollIoHandle {
         for (PackedDescriptorList l : lists) {
             try {
                 packed.popRecorded(l, chain);
+                taken();
                 complete(l.id(), requests.execute(chain));
             } catch (VirtqueueException e) {
                 if (e.kind() != VirtqueueException.Kind.REQUEST) throw e;
+                taken(); // taken by the previous back-end, completed now
                 complete(l.id(), 0);
             }
         }

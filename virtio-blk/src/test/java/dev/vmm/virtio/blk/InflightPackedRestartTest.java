@@ -264,5 +264,7 @@ class InflightPackedRestartTest {
                 assertTrue(Arrays.equals(block(blk), got), "block " + blk + " in the image");
             }
         }
+        // Regression: the resubmitted buffers were completed without being counted as taken (-1).
+        assertEquals(0, daemon.export("vub0").stats().inFlight.sum(), "requests in flight on the restarted export");
     }
 }
