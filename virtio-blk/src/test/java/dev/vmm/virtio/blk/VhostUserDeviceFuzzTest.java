@@ -22,7 +22,12 @@ import dev.vmm.vhostuser.message.VhostUserHeader;
 import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
 import dev.vmm.vhostuser.message.VringAddr;
 import dev.vmm.vhostuser.message.VringState;
+import dev.vmm.vhostuser.inflight.InflightPackedQueue;
+import dev.vmm.vhostuser.inflight.InflightQueue;
 import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.virtio.queue.PackedRing;
+import dev.vmm.virtio.queue.driver.PackedQueueDriver;
+import dev.vmm.virtio.queue.driver.SplitQueueDriver;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
@@ -58,6 +63,10 @@ import org.junit.jupiter.api.io.TempDir;
  * bad ring indexes, requests before SET_MEM_TABLE, GET_VRING_BASE at odd times, random NEED_REPLY
  * flags; a third of the peers also set up a ring whose descriptors are mutated chains (random
  * addresses, lengths, flags, next indexes, loops, indirect tables, avail index jumps) and kick it.
+ * A quarter negotiate INFLIGHT_SHMFD with an in-flight area of their own, run well-formed I/O on a
+ * split or packed ring and rewrite random bytes of the area while the device works: no store of
+ * the device may land outside the area (the file goes on past it, filled with a canary checked
+ * after the ring stopped).
  *
  * <p>Meanwhile a well-behaved front-end runs a verified random-write workload on vub-other. What
  * must hold afterwards: no exception reached an event loop or a thread's top (stderr is scanned
@@ -173,7 +182,7 @@ class VhostUserDeviceFuzzTest {
 
         VirtioBlkFrontend other = VirtioBlkFrontend.connect(otherSock, VhostUserBlkDeviceTest.settings(1));
         // Warm-up: one case of each kind, so lazily started threads and classes exist before the baseline.
-        for (int kind = 0; kind < 3; kind++) runCase(new Random(kind), kind, st);
+        for (int kind = 0; kind < 4; kind++) runCase(new Random(kind), kind, st);
         assertGoodFrontendWorks(fuzzSock, 1);
         Map<String, Integer> fds0 = openFds();
         int maps0 = memfdMappings().size();
@@ -185,7 +194,7 @@ class VhostUserDeviceFuzzTest {
         Future<BlkWorkload.Result> work = ex.submit(new BlkWorkload(other.queue(0), new BlkWorkload.Spec(
                 BlkWorkload.Pattern.RANDWRITE, 4096, 4, 1L << 20, 16L << 20, FUZZ_NS, 0, 2000, seed))::run);
         while (System.nanoTime() - t0 < FUZZ_NS) {
-            runCase(r, r.nextInt(3), st);
+            runCase(r, r.nextInt(4), st);
             st.cases++;
         }
         long fuzzNs = System.nanoTime() - t0;
@@ -194,9 +203,10 @@ class VhostUserDeviceFuzzTest {
         assertTrue(ex.awaitTermination(10, TimeUnit.SECONDS));
 
         System.out.printf("[vhost-user fuzz] %d cases (%.0f/s), %d messages, %d fds sent, %d rings started, %d kicks, %d used entries, %d replies,"
-                        + " %d closed by the device, %d refused; other disk: %d verified writes of %d I/Os, %d errors%n",
+                        + " %d closed by the device, %d refused; %d tracked rings (%d packed), %d area rewrites;"
+                        + " other disk: %d verified writes of %d I/Os, %d errors%n",
                 st.cases, st.cases * 1e9 / fuzzNs, st.messages, st.fdsSent, st.ringsStarted, st.kicks, st.usedEntries, st.replies, st.closedByDevice, st.refused,
-                w.verified, w.ios, w.errors);
+                st.trackedRings, st.trackedPacked, st.areaRewrites, w.verified, w.ios, w.errors);
 
         // The other disk served verified I/O throughout.
         assertTrue(w.ios > 100, "the other disk kept serving: " + w.ios + " I/Os");
@@ -282,6 +292,7 @@ class VhostUserDeviceFuzzTest {
 
     static final class Stats {
         long cases, messages, fdsSent, kicks, replies, closedByDevice, refused, missingReplies, ringsStarted, usedEntries;
+        long trackedRings, trackedPacked, areaRewrites;
         String firstMissing;
     }
 
@@ -304,6 +315,11 @@ class VhostUserDeviceFuzzTest {
         boolean replyAck;
         long features;
         int kickFd = -1;
+        /** Kind 3: the ring's driver double (its own guest memory) and our mapping of the in-flight file. */
+        SplitQueueDriver splitDriver;
+        PackedQueueDriver packedDriver;
+        long areaBase;
+        long areaMapSize;
 
         Peer(Random r, Stats st) throws IOException {
             this.r = r;
@@ -637,6 +653,136 @@ class VhostUserDeviceFuzzTest {
             st.usedEntries += RawMemory.getLe16Acquire(used + 2); // what the device completed (wraps at 64k: a rough count)
         }
 
+        // ---- a tracked ring whose in-flight area the peer rewrites under the device ----
+
+        /** Past the area: beyond any entry a 16-bit index can name (desc(0xFFFF) + 32 of a packed region). */
+        static final long AREA_GUARD = 32L * 0x10000 + 4096;
+        static final int CANARY = 0xA5;
+
+        /**
+         * INFLIGHT_SHMFD with an area in a file of ours that goes on {@link #AREA_GUARD} bytes
+         * past it (filled with {@link #CANARY}), well-formed reads and writes on ring 0 (split or
+         * packed), and random bytes of the area rewritten while the device takes and completes
+         * them. After the ring stopped (GET_VRING_BASE), the canary must be intact.
+         */
+        void inflightRing() throws IOException {
+            long offered = c.getFeatures();
+            long pf = c.getProtocolFeatures() & (VhostUserProtocolFeature.mask(VhostUserProtocolFeature.CONFIG)
+                    | VhostUserProtocolFeature.mask(VhostUserProtocolFeature.INFLIGHT_SHMFD));
+            c.setProtocolFeatures(pf);
+            c.setOwner();
+            boolean packed = (offered & 1L << VIRTIO_F_RING_PACKED) != 0 && r.nextBoolean();
+            features = 1L << VIRTIO_F_VERSION_1 | (packed ? 1L << VIRTIO_F_RING_PACKED : 0)
+                    | 1L << VhostUserProtocolFeature.VHOST_USER_F_PROTOCOL_FEATURES;
+            c.setFeatures(features & offered);
+            st.messages += 5;
+            int num = 1 << (2 + r.nextInt(5));
+            long memSize = 1L << 20;
+            long driverFeatures = 1L << VIRTIO_F_VERSION_1 | (packed ? 1L << VIRTIO_F_RING_PACKED : 0);
+            int driverFd;
+            long driverUva;
+            try {
+                if (packed) {
+                    packedDriver = new PackedQueueDriver(num, memSize, GPA, driverFeatures);
+                    driverFd = packedDriver.fd();
+                    driverUva = packedDriver.userAddress();
+                } else {
+                    splitDriver = new SplitQueueDriver(num, memSize, GPA, driverFeatures);
+                    driverFd = splitDriver.fd();
+                    driverUva = splitDriver.userAddress();
+                }
+            } catch (LibcMemory.ErrnoException e) {
+                throw new IllegalStateException(e);
+            }
+            long area = packed ? InflightPackedQueue.regionSize(num) : InflightQueue.regionSize(num);
+            areaMapSize = (area + AREA_GUARD + 4095) & ~4095L;
+            int areaFd = memfd(areaMapSize, 0);
+            areaBase = LibcMemory.mapShared(areaFd, areaMapSize, 0, true);
+            RawMemory.fill(areaBase + area, areaMapSize - area, CANARY);
+            c.setInflightFd(new Inflight(areaMapSize, 0, 1, num), areaFd);
+            c.setMemTable(List.of(new MemoryRegion(GPA, memSize, driverUva, 0)), new int[] {driverFd});
+            c.setVringNum(0, num);
+            c.setVringBase(0, packed ? PackedRing.INITIAL_BASE : 0);
+            c.setVringAddr(packed
+                    ? new VringAddr(0, 0, packedDriver.descUserAddr(), packedDriver.deviceEventUserAddr(), packedDriver.driverEventUserAddr(), 0)
+                    : new VringAddr(0, 0, splitDriver.descUserAddr(), splitDriver.usedUserAddr(), splitDriver.availUserAddr(), 0));
+            c.setVringErr(0, eventfd());
+            c.setVringCall(0, eventfd());
+            kickFd = eventfd();
+            c.setVringKick(0, kickFd);
+            c.setVringEnable(0, true);
+            st.messages += 10;
+            st.fdsSent += 5;
+            st.ringsStarted++;
+            st.trackedRings++;
+            if (packed) st.trackedPacked++;
+            // Buffers for up to 4 requests at once (header, one block, status), reused every round.
+            int slots = Math.min(4, num / 3);
+            long[][] bufs = new long[slots][];
+            for (int i = 0; i < slots; i++) {
+                bufs[i] = packed ? new long[] {packedDriver.alloc(16), packedDriver.alloc(4096), packedDriver.alloc(1)}
+                        : new long[] {splitDriver.alloc(16), splitDriver.alloc(4096), splitDriver.alloc(1)};
+            }
+            int[] ids = new int[num];
+            int[] lens = new int[num];
+            try {
+                int rounds = 2 + r.nextInt(8);
+                for (int round = 0; round < rounds && !closed; round++) {
+                    int outstanding = 0;
+                    int submit = 1 + r.nextInt(slots);
+                    for (int i = 0; i < submit; i++) {
+                        long[] b = bufs[i];
+                        boolean write = r.nextBoolean();
+                        long h = packed ? packedDriver.host(b[0], 16) : splitDriver.host(b[0], 16);
+                        RawMemory.putLe32(h, write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN);
+                        RawMemory.putLe32(h + 4, 0);
+                        RawMemory.putLe64(h + 8, (40L << 11) + 8L * r.nextInt(1024)); // 20 MiB on: apart from assertGoodFrontendWorks
+                        long[] gpa = b;
+                        int[] len = {16, 4096, 1};
+                        int id = packed ? packedDriver.submit(gpa, len, write ? 2 : 1, 3) : splitDriver.submit(gpa, len, write ? 2 : 1, 3);
+                        if (id < 0) break; // no room: the device stopped taking
+                        outstanding++;
+                    }
+                    kick();
+                    long end = System.nanoTime() + 50_000_000L;
+                    while (outstanding > 0 && System.nanoTime() < end) {
+                        rewriteArea(area);
+                        outstanding -= packed ? packedDriver.pollUsed(ids, lens) : splitDriver.pollUsed(ids, lens);
+                    }
+                    if (outstanding > 0) break; // the device stopped the ring (its right): keep the buffers out of reach
+                }
+            } finally {
+                try {
+                    c.getVringBase(0); // the ring stops: no store of the device's after the reply
+                    st.messages++;
+                } catch (IOException e) {
+                    deviceClosed();
+                    try {
+                        Thread.sleep(100); // the device stops its rings as it drops us
+                    } catch (InterruptedException ie) {
+                        Thread.currentThread().interrupt();
+                    }
+                }
+                for (long i = area; i < areaMapSize; i++) {
+                    if (RawMemory.getByte(areaBase + i) != CANARY) {
+                        fail("the device stored " + (i - area) + " bytes past the in-flight area of a " + (packed ? "packed" : "split")
+                                + " ring of " + num + " (" + area + " bytes)");
+                    }
+                }
+            }
+        }
+
+        /** What a hostile front-end may write into its in-flight area at any time. */
+        void rewriteArea(long area) {
+            st.areaRewrites++;
+            switch (r.nextInt(4)) {
+                case 0 -> RawMemory.fill(areaBase, area, 0xFF);                                  // every index 0xFFFF
+                case 1 -> { for (int k = 0; k < 16; k++) RawMemory.putByte(areaBase + r.nextInt((int) area), r.nextInt(256)); }
+                case 2 -> { for (int k = 0; k < 16; k++) RawMemory.putLe16(areaBase + (r.nextInt((int) area) & ~1), r.nextInt(0x10000)); }
+                default -> { for (long i = 0; i < area; i++) RawMemory.putByte(areaBase + i, r.nextInt(256)); }
+            }
+        }
+
         void kick() {
             try {
                 LibcSocket.eventfdWrite(kickFd, 1, Pointer.nativeValue(scratch));
@@ -706,6 +852,15 @@ class VhostUserDeviceFuzzTest {
                     throw new IllegalStateException(e);
                 }
             }
+            if (areaBase != 0) {
+                try {
+                    LibcMemory.unmap(areaBase, areaMapSize);
+                } catch (IOException e) {
+                    throw new IllegalStateException(e);
+                }
+            }
+            if (splitDriver != null) splitDriver.close();
+            if (packedDriver != null) packedDriver.close();
             for (int fd : fds) LibcSocket.closeQuietly(fd);
             pfd.close();
             scratch.close();
@@ -716,7 +871,8 @@ class VhostUserDeviceFuzzTest {
     /**
      * One peer. Kinds: 0 random messages from the first byte (requests before SET_MEM_TABLE),
      * 1 a plausible negotiation and memory table then random messages, 2 the same plus a
-     * hostile ring that is kicked.
+     * hostile ring that is kicked, 3 a tracked ring whose in-flight area is rewritten under it
+     * then random messages.
      */
     void runCase(Random r, int kind, Stats st) throws Exception {
         Peer p;
@@ -728,11 +884,12 @@ class VhostUserDeviceFuzzTest {
             return;
         }
         try (p) {
-            if (kind >= 1) {
+            if (kind == 1 || kind == 2) {
                 p.negotiate();
                 p.shareMemory();
             }
             if (kind == 2) p.hostileRing();
+            if (kind == 3) p.inflightRing();
             int n = kind == 0 ? 1 + r.nextInt(16) : r.nextInt(8);
             for (int i = 0; i < n && !p.closed; i++) p.randomMessage();
             p.drain(-1);
