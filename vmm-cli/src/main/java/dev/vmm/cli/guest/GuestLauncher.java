@@ -29,7 +29,8 @@ import java.util.concurrent.TimeUnit;
  * {@link #run} blocks the calling thread.
  *
  * <p>Thread contract: a builder, used by one thread; {@link #run()} blocks that thread until QEMU
- * exits or the timeout kills it.
+ * exits or the timeout kills it. {@link #destroy()} may be called from any thread (a test's
+ * clean-up while {@code run()} blocks another).
  */
 public final class GuestLauncher {
     private final Path kernel;
@@ -44,6 +45,8 @@ public final class GuestLauncher {
     private final List<String> extraArgs = new ArrayList<>();
     private Path consoleLog;
     private Duration timeout = Duration.ofSeconds(120);
+    /** The QEMU of the last {@link #start}, for {@link #destroy()} from another thread. */
+    private volatile Process process;
 
     private GuestLauncher(Path kernel, Path initrd) {
         this.kernel = Objects.requireNonNull(kernel, "kernel");
@@ -147,9 +150,26 @@ public final class GuestLauncher {
                     .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
         }
         try {
-            return pb.start();
+            Process p = pb.start();
+            process = p;
+            return p;
         } catch (IOException e) {
             throw new GuestException("cannot start " + cmd.get(0) + ": " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * Kills the QEMU this launcher started last, if it still runs, and waits (up to 10 s) for it
+     * to be gone: a test's clean-up after a failed assertion left {@link #run()} blocked.
+     */
+    public void destroy() {
+        Process p = process;
+        if (p == null) return;
+        p.destroyForcibly();
+        try {
+            p.waitFor(10, TimeUnit.SECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
         }
     }
 

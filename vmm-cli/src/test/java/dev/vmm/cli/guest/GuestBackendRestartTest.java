@@ -33,8 +33,12 @@ class GuestBackendRestartTest {
     VmmProcess first;
     VmmProcess second;
 
+    /** The guest's QEMU runs on another thread: a failed assertion must not leave it running. */
+    GuestLauncher guestLauncher;
+
     @AfterEach
     void stop() {
+        if (guestLauncher != null) guestLauncher.destroy();
         if (first != null) first.close();
         if (second != null) second.close();
     }
@@ -72,11 +76,13 @@ class GuestBackendRestartTest {
                 + "dmesg | grep -ci 'I/O error' | sed 's/^/VMMTEST:ioerrors=/'\n";
         Path initrd = Initramfs.build(kernel, workload, dir.resolve("initrd.gz"));
         Path console = dir.resolve("console.log");
+        GuestLauncher launcher = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket).reconnect(true)
+                .consoleLog(console).timeout(Duration.ofSeconds(180));
+        if (packed) launcher.deviceOption("packed=on");
+        guestLauncher = launcher;
         CompletableFuture<GuestRun> guest = CompletableFuture.supplyAsync(() -> {
             try {
-                GuestLauncher launcher = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket).reconnect(true);
-                if (packed) launcher = launcher.deviceOption("packed=on");
-                return launcher.consoleLog(console).timeout(Duration.ofSeconds(180)).run();
+                return launcher.run();
             } catch (InterruptedException e) {
                 throw new IllegalStateException(e);
             }

@@ -39,8 +39,12 @@ class GuestHandoffSoakTest {
     VmmProcess server;
     final List<Process> peers = new ArrayList<>();
 
+    /** The guest's QEMU runs on another thread: a failed assertion must not leave it running. */
+    GuestLauncher guestLauncher;
+
     @AfterEach
     void stop() {
+        if (guestLauncher != null) guestLauncher.destroy();
         for (Process p : peers) p.destroyForcibly();
         if (server != null) server.close();
     }
@@ -76,10 +80,12 @@ class GuestHandoffSoakTest {
                 + "vmmtest data $(sha256sum < /tmp/data | cut -d' ' -f1)\n"
                 + "dmesg | grep -ci 'I/O error' | sed 's/^/VMMTEST:ioerrors=/'\n";
         Path initrd = Initramfs.build(kernel, workload, dir.resolve("initrd.gz"));
+        GuestLauncher launcher = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(vhost).consoleLog(dir.resolve("console.log"))
+                .timeout(Duration.ofSeconds(200));
+        guestLauncher = launcher;
         CompletableFuture<GuestRun> guest = CompletableFuture.supplyAsync(() -> {
             try {
-                return GuestLauncher.of(kernel.vmlinuz(), initrd).socket(vhost).consoleLog(dir.resolve("console.log"))
-                        .timeout(Duration.ofSeconds(200)).run();
+                return launcher.run();
             } catch (InterruptedException e) {
                 throw new IllegalStateException(e);
             }

@@ -59,9 +59,12 @@ class GuestKillDurabilityTest {
     @TempDir
     Path dir;
     final List<VmmProcess> backends = new ArrayList<>();
+    /** The guest's QEMU runs on another thread: a failed assertion must not leave it running. */
+    GuestLauncher guestLauncher;
 
     @AfterEach
     void stop() {
+        if (guestLauncher != null) guestLauncher.destroy();
         backends.forEach(VmmProcess::close);
     }
 
@@ -75,10 +78,12 @@ class GuestKillDurabilityTest {
 
         Path initrd = Initramfs.build(kernel, workload(), dir.resolve("initrd.gz"));
         Path console = dir.resolve("console.log");
+        GuestLauncher launcher = GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket).reconnect(true)
+                .consoleLog(console).timeout(Duration.ofSeconds(200));
+        guestLauncher = launcher;
         CompletableFuture<GuestRun> guest = CompletableFuture.supplyAsync(() -> {
             try {
-                return GuestLauncher.of(kernel.vmlinuz(), initrd).socket(socket).reconnect(true)
-                        .consoleLog(console).timeout(Duration.ofSeconds(200)).run();
+                return launcher.run();
             } catch (InterruptedException e) {
                 throw new IllegalStateException(e);
             }
