@@ -89,6 +89,15 @@ public final class DemoCommand implements Callable<Integer> {
             err.println("vmm demo: " + e.getMessage());
             return 1;
         }
+        Signals.onHalt(() -> {
+            for (java.nio.file.Path p : java.util.List.of(demo.nbdSocket(), demo.vhostSocket(), demo.qmpSocket())) {
+                try {
+                    java.nio.file.Files.deleteIfExists(p);
+                } catch (java.io.IOException ignored) {
+                    // best effort: the process halts
+                }
+            }
+        });
         out.println();
         out.println("NBD URIs:");
         for (String uri : demo.nbdUris()) out.println("  " + uri);

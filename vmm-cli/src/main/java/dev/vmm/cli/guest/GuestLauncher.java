@@ -150,7 +150,7 @@ public final class GuestLauncher {
                     .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null")));
         }
         try {
-            Process p = pb.start();
+            Process p = dev.vmm.cli.ChildProcesses.register(pb.start()); // killed by a second Ctrl-C as well
             process = p;
             return p;
         } catch (IOException e) {

@@ -171,6 +171,36 @@ class DemoCommandTest {
         assertSocketsGone();
     }
 
+    /**
+     * Regression: a second SIGINT halted the JVM at once, and a QEMU that got the signals from
+     * {@code kill} rather than the terminal's process group ran on, orphaned, with the socket
+     * files left behind.
+     */
+    @Test
+    void aSecondCtrlCFromKillHaltsAndTakesQemuAndTheSocketsAlong() throws Exception {
+        Peers.require(HostTools.QEMU);
+        try {
+            HostTools.staticBusybox();
+        } catch (GuestException e) {
+            Peers.missing("a static /bin/busybox", "busybox-static");
+        }
+        start("--dir", dir.toString(), "--port", Integer.toString(Net.freePort()), "--size", "8M");
+        awaitOutput("[8/11] boot the guest");
+        awaitQemu(true);
+        List<ProcessHandle> qemu = process.descendants().toList();
+        assertFalse(qemu.isEmpty(), "the demo's QEMU is its child");
+        Run.cmd("kill", "-INT", Long.toString(process.pid())).expect(0);
+        Run.cmd("kill", "-INT", Long.toString(process.pid())).expect(0);
+        if (!process.waitFor(30, TimeUnit.SECONDS)) fail("demo ignored two SIGINTs for 30 s\n" + stderr());
+        try {
+            awaitQemu(false);
+            for (ProcessHandle h : qemu) assertFalse(h.isAlive(), "child " + h.pid() + " outlived the demo: " + h.info());
+            assertSocketsGone();
+        } finally {
+            qemu.forEach(ProcessHandle::destroyForcibly); // never leave an orphan behind, whatever failed
+        }
+    }
+
     /** Waits (up to 30 s) until a QEMU using this test's socket runs, or until none does. */
     private void awaitQemu(boolean running) throws InterruptedException {
         String socket = dir.resolve("vhost-user-blk.sock").toString();
