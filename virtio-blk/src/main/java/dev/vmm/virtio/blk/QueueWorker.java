@@ -59,7 +59,7 @@ final class QueueWorker implements EpollIoHandle {
     private final dev.vmm.core.stats.LatencyHistogram latency;
     private final dev.vmm.core.stats.LatencyHistogram exportLatency;
     /** Chains popped and not yet pushed to the used ring, for monitors. */
-    private final java.util.concurrent.atomic.LongAdder inFlight;
+    private final dev.vmm.core.stats.Counter inFlight;
     /** A chain counted in {@link #inFlight} is being executed (a fault mid-request must uncount it). */
     private boolean executing;
     /** 8 bytes for eventfd reads and writes. */

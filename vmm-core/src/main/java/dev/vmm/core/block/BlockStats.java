@@ -1,22 +1,23 @@
 package dev.vmm.core.block;
 
-import java.util.concurrent.atomic.LongAdder;
+import dev.vmm.core.stats.Counter;
+import dev.vmm.core.stats.LatencyHistogram;
 
 /**
- * Per-node counters. Written on the node's home IOThread, read by monitors from any thread;
- * {@link LongAdder} keeps the writer cheap and the readers safe across a handoff. The latency
- * histogram has one writer at a time (the home thread; a handoff orders the old thread's writes
- * before the new one's): read it with {@code node.home().call(() -> stats.latency.copy())}.
+ * Per-node counters. Written on the node's home IOThread only, one writer at a time (a handoff
+ * orders the old thread's writes before the new one's), so each {@link Counter} update is a
+ * plain add and an opaque store, no atomic instruction; monitors read the counters from any
+ * thread. Read the latency histogram with {@code node.home().call(() -> stats.latency.copy())}.
  */
 public final class BlockStats {
-    public final LongAdder readOps = new LongAdder();
-    public final LongAdder readBytes = new LongAdder();
-    public final LongAdder writeOps = new LongAdder();
-    public final LongAdder writeBytes = new LongAdder();
-    public final LongAdder flushOps = new LongAdder();
-    public final LongAdder discardOps = new LongAdder();
-    public final LongAdder zeroOps = new LongAdder();
-    public final LongAdder errors = new LongAdder();
+    public final Counter readOps = new Counter();
+    public final Counter readBytes = new Counter();
+    public final Counter writeOps = new Counter();
+    public final Counter writeBytes = new Counter();
+    public final Counter flushOps = new Counter();
+    public final Counter discardOps = new Counter();
+    public final Counter zeroOps = new Counter();
+    public final Counter errors = new Counter();
     /** Service time of each request on the home thread, in ns (parse to completion). */
-    public final dev.vmm.core.stats.LatencyHistogram latency = new dev.vmm.core.stats.LatencyHistogram();
+    public final LatencyHistogram latency = new LatencyHistogram();
 }

@@ -13,21 +13,23 @@ import java.util.concurrent.atomic.LongAdder;
  * run synchronously on the home thread, so it is mostly 0 or 1 per export when sampled; more
  * means payloads are still arriving.
  *
- * <p>Thread contract: the data-path methods are called on the node's home IOThread (one writer
- * at a time; a handoff orders the old thread's writes before the new one's); {@link LongAdder}
- * makes them allocation-free after its first use and the sums safe to read from any thread.
+ * <p>Thread contract: the data-path counters ({@link Counter}s and {@link #latency}) are written
+ * on the node's home IOThread only (one writer at a time; a handoff orders the old thread's
+ * writes before the new one's), so an update is a plain add and an opaque store, no atomic
+ * instruction; any thread may read them. {@link #connections} is counted where a client is
+ * accepted, not necessarily on the home thread, so it stays a {@link LongAdder}.
  * {@link #frontend(String)} is called by the control plane.
  */
 public final class ExportStats {
-    public final LongAdder readOps = new LongAdder();
-    public final LongAdder readBytes = new LongAdder();
-    public final LongAdder writeOps = new LongAdder();
-    public final LongAdder writeBytes = new LongAdder();
+    public final Counter readOps = new Counter();
+    public final Counter readBytes = new Counter();
+    public final Counter writeOps = new Counter();
+    public final Counter writeBytes = new Counter();
     /** Flush, discard, write-zeroes, cache, block status, get-id: requests that move no data. */
-    public final LongAdder otherOps = new LongAdder();
-    public final LongAdder errors = new LongAdder();
-    public final LongAdder inFlight = new LongAdder();
-    /** Clients (NBD connections, a vhost-user front-end) that have connected so far. */
+    public final Counter otherOps = new Counter();
+    public final Counter errors = new Counter();
+    public final Counter inFlight = new Counter();
+    /** Clients (NBD connections, a vhost-user front-end) that have connected so far; any thread. */
     public final LongAdder connections = new LongAdder();
     /**
      * Service time of this export's requests on the home thread (parse to completion). One
@@ -47,7 +49,7 @@ public final class ExportStats {
         writeBytes.add(bytes);
     }
 
-    /** Requests in flight now, never negative (the sum is not an atomic snapshot). */
+    /** Requests in flight now (one writer: never negative unless a request is uncounted twice). */
     public long inFlightNow() { return Math.max(0, inFlight.sum()); }
 
     public String frontend() { return frontend; }
