@@ -6,6 +6,7 @@ import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.stats.ExportStats;
 import dev.vmm.core.stats.HandoffLog;
+import dev.vmm.core.stats.LatencyCopies;
 import dev.vmm.core.stats.LatencyHistogram;
 import dev.vmm.iothread.IOThread;
 import java.util.List;
@@ -23,7 +24,9 @@ import java.util.Locale;
  * not start new series.
  *
  * <p>Thread contract: any thread except the main loop and the IOThreads: each node's latency
- * histogram is copied on its home thread, and this waits for that.
+ * histogram is copied on its home thread, and this waits for that, at most
+ * {@link LatencyCopies#WAIT_MS} per IOThread: the summaries of a node or an export whose
+ * IOThread does not answer are left out of that scrape (logged once by {@link LatencyCopies}).
  */
 public final class PrometheusText {
     private final StringBuilder out = new StringBuilder(8192);
@@ -79,13 +82,8 @@ public final class PrometheusText {
         }
         family("vmm_node_request_latency_seconds", "summary", "Service time of each request on the home IOThread (parse to completion).");
         for (BlockNode n : nodes) {
-            LatencyHistogram h;
-            try {
-                h = n.home().call(n.stats().latency::copy); // its one writer: a consistent copy
-            } catch (Exception e) {
-                continue; // the node is being removed: skip it this time
-            }
-            summary("node", n.name(), h);
+            LatencyHistogram h = LatencyCopies.copy(n.home(), n.stats().latency); // its one writer: a consistent copy
+            if (h != null) summary("node", n.name(), h); // else being removed, or its IOThread is stuck: skip it this time
         }
 
         // ---- exports ----
@@ -106,13 +104,8 @@ public final class PrometheusText {
         for (BlockExport e : exports) sample("export", e.id(), e.stats().inFlightNow());
         family("vmm_export_request_latency_seconds", "summary", "Service time of the export's requests on the home IOThread.");
         for (BlockExport e : exports) {
-            LatencyHistogram h;
-            try {
-                h = e.node().home().call(e.stats().latency::copy); // its one writer: a consistent copy
-            } catch (Exception x) {
-                continue; // the export is being removed: skip it this time
-            }
-            summary("export", e.id(), h);
+            LatencyHistogram h = LatencyCopies.copy(e.node().home(), e.stats().latency);
+            if (h != null) summary("export", e.id(), h);
         }
 
         // ---- handoffs ----

@@ -7,6 +7,8 @@ import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.options.Options;
+import dev.vmm.core.stats.LatencyCopies;
+import dev.vmm.core.stats.LatencyHistogram;
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -118,7 +120,8 @@ public final class CoreCommands {
             for (BlockNode n : daemon.nodes()) out.add(nodeInfo(n));
             return out;
         }));
-        // blocking: the latency histogram is copied on each node's home thread
+        // blocking, not sync: the latency histogram is copied on each node's home thread, and
+        // the main loop must not wait for that (LatencyCopies bounds the wait per IOThread)
         t.register("query-blockstats", QmpCommand.blocking(c -> {
             Options o = c.options();
             o.bool("query-nodes", false); // no BlockBackends: every node is listed either way
@@ -256,7 +259,7 @@ public final class CoreCommands {
         st.put("write_zeroes_operations", s.zeroOps.sum());
         st.put("failed_operations", s.errors.sum());
         // Our extension: service time of every request on the home thread (parse to completion).
-        st.put("x-latency", latency(n, s.latency));
+        putLatency(st, n, s.latency);
         long inFlight = 0;
         for (BlockExport e : exports) if (e.node() == n) inFlight += e.stats().inFlightNow();
         st.put("x-in-flight", inFlight);
@@ -290,21 +293,22 @@ public final class CoreCommands {
         m.put("other_operations", s.otherOps.sum());
         m.put("failed_operations", s.errors.sum());
         m.put("in-flight", s.inFlightNow());
-        m.put("x-latency", latency(e.node(), s.latency));
+        putLatency(m, e.node(), s.latency);
         return m;
     }
 
     /**
-     * A histogram's count, mean and percentiles in ns, copied on {@code n}'s home thread (its one
-     * writer). Not on the main loop or an IOThread: it waits for the copy.
+     * {@code x-latency}: a histogram's count, mean and percentiles in ns, copied on {@code n}'s
+     * home thread (its one writer). Absent when that thread does not answer within
+     * {@link LatencyCopies#WAIT_MS} (stuck; logged once) or the node is being removed. Not on the
+     * main loop or an IOThread: it waits for the copy.
      */
-    static Map<String, Object> latency(BlockNode n, dev.vmm.core.stats.LatencyHistogram live) {
-        dev.vmm.core.stats.LatencyHistogram h;
-        try {
-            h = n.home().call(live::copy);
-        } catch (Exception e) {
-            h = new dev.vmm.core.stats.LatencyHistogram(); // the node is being removed
-        }
+    static void putLatency(Map<String, Object> into, BlockNode n, LatencyHistogram live) {
+        LatencyHistogram h = LatencyCopies.copy(n.home(), live);
+        if (h != null) into.put("x-latency", latency(h));
+    }
+
+    static Map<String, Object> latency(LatencyHistogram h) {
         Map<String, Object> lat = new LinkedHashMap<>();
         lat.put("count", h.count());
         lat.put("mean-ns", Math.round(h.mean()));

@@ -360,6 +360,54 @@ class QmpServerTest {
         }
     }
 
+    /**
+     * Regression: a stuck IOThread hung the metrics scrape and query-blockstats for good (each
+     * waited without bound for the histogram copy on the node's home thread).
+     */
+    @Test
+    @SuppressWarnings("unchecked")
+    void aStuckIOThreadDoesNotHangQueryBlockstatsOrAScrape() throws Exception {
+        dev.vmm.iothread.IOThread iot1 = daemon.addIOThread("iot1");
+        CountDownLatch release = new CountDownLatch(1);
+        try (Client c = negotiated()) {
+            c.ok(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d0\",\"filename\":\"" + image("a.img", 1 << 20) + "\"}"));
+            c.ok(cmd("block-export-add", "{\"type\":\"test\",\"id\":\"e0\",\"node-name\":\"d0\"}"));
+            c.ok(cmd("x-blockdev-set-iothread", "{\"node-name\":\"d0\",\"iothread\":\"iot1\"}"));
+            iot1.execute(() -> {
+                try {
+                    release.await(30, TimeUnit.SECONDS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            });
+            for (int round = 0; round < 2; round++) { // the second finds iot1 known stuck and does not wait
+                long t0 = System.nanoTime();
+                Map<String, Object> st = (Map<String, Object>) ((Map<String, Object>) ((List<Object>) c.ok(cmd("query-blockstats", "{}"))).get(0)).get("stats");
+                Map<String, Object> ex = (Map<String, Object>) ((List<Object>) c.ok("{\"execute\":\"x-query-export-stats\"}")).get(0);
+                String scrape = dev.vmm.core.metrics.PrometheusText.render(daemon);
+                long ms = (System.nanoTime() - t0) / 1_000_000;
+                assertTrue(ms < 1000, "round " + round + " took " + ms + " ms");
+                assertEquals(0L, st.get("rd_operations"));
+                assertFalse(st.containsKey("x-latency"), "no latency from a stuck IOThread: " + st);
+                assertFalse(ex.containsKey("x-latency"), ex.toString());
+                assertTrue(scrape.contains("vmm_node_read_operations_total{node=\"d0\"} 0"), scrape);
+                assertFalse(scrape.contains("vmm_node_request_latency_seconds_count{node=\"d0\"}"), scrape);
+                assertFalse(scrape.contains("vmm_export_request_latency_seconds_count{export=\"e0\"}"), scrape);
+            }
+            release.countDown();
+            // Once it has run the copies queued meanwhile, it is waited for again.
+            long deadline = System.nanoTime() + 10_000_000_000L;
+            Map<String, Object> st;
+            do {
+                st = (Map<String, Object>) ((Map<String, Object>) ((List<Object>) c.ok(cmd("query-blockstats", "{}"))).get(0)).get("stats");
+            } while (!st.containsKey("x-latency") && System.nanoTime() < deadline);
+            assertEquals(0L, ((Map<String, Object>) st.get("x-latency")).get("count"));
+            assertTrue(dev.vmm.core.metrics.PrometheusText.render(daemon).contains("vmm_export_request_latency_seconds_count{export=\"e0\"} 0"));
+        } finally {
+            release.countDown();
+        }
+    }
+
     @Test
     void commandsOfOneMonitorRunInOrderWhileAnotherMonitorIsServed() throws Exception {
         daemon.addIOThread("iot1");
