@@ -1,5 +1,6 @@
 package dev.vmm.cli;
 
+import dev.vmm.core.options.Options;
 import dev.vmm.core.stats.LatencyHistogram;
 import dev.vmm.vhostuser.frontend.BlkWorkload;
 import dev.vmm.vhostuser.frontend.VirtioBlkFrontend;
@@ -34,28 +35,15 @@ public final class BenchCommand implements Runnable {
         spec.commandLine().usage(spec.commandLine().getOut());
     }
 
-    /** "4k", "1M", "256M", "512" (bytes); binary units. */
+    /** "4k", "1M", "256M", "512" (bytes): {@link Options#parseSize}, and more than 0. */
     static long parseSize(String s, String what) {
-        String t = s.trim().toLowerCase(Locale.ROOT);
-        long mult = 1;
-        if (t.endsWith("ib")) t = t.substring(0, t.length() - 2);
-        else if (t.endsWith("b") && t.length() > 1 && !Character.isDigit(t.charAt(t.length() - 2))) t = t.substring(0, t.length() - 1);
-        char last = t.isEmpty() ? ' ' : t.charAt(t.length() - 1);
-        switch (last) {
-            case 'k' -> mult = 1L << 10;
-            case 'm' -> mult = 1L << 20;
-            case 'g' -> mult = 1L << 30;
-            case 't' -> mult = 1L << 40;
-            default -> { }
-        }
-        if (mult != 1) t = t.substring(0, t.length() - 1);
         try {
-            long v = Long.parseLong(t);
-            if (v <= 0 || v > Long.MAX_VALUE / mult) throw new NumberFormatException();
-            return v * mult;
+            long v = Options.parseSize(s);
+            if (v > 0) return v;
         } catch (NumberFormatException e) {
-            throw new CommandLine.ParameterException(new CommandLine(new BenchCommand()), "invalid " + what + " '" + s + "' (e.g. 4k, 1M, 256M)");
+            // the same message for every bad size, below
         }
+        throw new CommandLine.ParameterException(new CommandLine(new BenchCommand()), "invalid " + what + " '" + s + "' (e.g. 4k, 1M, 256M)");
     }
 
     @Command(name = "vhost-user", sortOptions = false, usageHelpAutoWidth = true,

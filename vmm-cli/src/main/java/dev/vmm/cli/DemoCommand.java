@@ -3,8 +3,8 @@ package dev.vmm.cli;
 import dev.vmm.cli.demo.Demo;
 import dev.vmm.cli.demo.DemoException;
 import dev.vmm.cli.demo.DemoGuest;
-import dev.vmm.cli.demo.Sizes;
 import dev.vmm.cli.demo.Steps;
+import dev.vmm.core.options.Options;
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
@@ -62,8 +62,13 @@ public final class DemoCommand implements Callable<Integer> {
     public Integer call() {
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
-        Long bytes = Sizes.parse(size);
-        if (bytes == null || bytes < DemoGuest.MIN_SIZE || bytes % 4096 != 0) {
+        long bytes;
+        try {
+            bytes = Options.parseSize(size);
+        } catch (NumberFormatException e) {
+            bytes = -1;
+        }
+        if (bytes < DemoGuest.MIN_SIZE || bytes % 4096 != 0) {
             err.println("vmm demo: --size: expected a multiple of 4 KiB of at least 4M (e.g. 64M, 1G), got '" + size + "'");
             return 1;
         }

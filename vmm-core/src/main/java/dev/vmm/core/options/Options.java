@@ -304,10 +304,26 @@ public final class Options {
         if (v == null) {
             return dflt;
         }
-        int end = v.length();
+        try {
+            return parseSize(v);
+        } catch (NumberFormatException e) {
+            throw invalid(key, e.getMessage(), v);
+        }
+    }
+
+    /**
+     * {@link #size}'s syntax for sizes outside key=value options (command-line flags such as
+     * {@code vmm demo --size 1G}): the byte count.
+     *
+     * @throws NumberFormatException when {@code text} is not a size; its message completes
+     *         "must be ..." ({@code a size in bytes with an optional suffix K, M, G, T, P or E},
+     *         {@code at most 9223372036854775807 bytes})
+     */
+    public static long parseSize(String text) {
+        int end = text.length();
         int shift = 0;
         if (end > 0) {
-            int s = "BKMGTPE".indexOf(Character.toUpperCase(v.charAt(end - 1)));
+            int s = "BKMGTPE".indexOf(Character.toUpperCase(text.charAt(end - 1)));
             if (s >= 0) {
                 shift = 10 * s;
                 end--;
@@ -315,21 +331,21 @@ public final class Options {
         }
         String what = "a size in bytes with an optional suffix K, M, G, T, P or E";
         if (end == 0) {
-            throw invalid(key, what, v);
+            throw new NumberFormatException(what);
         }
         long n = 0;
         for (int i = 0; i < end; i++) {
-            char c = v.charAt(i);
+            char c = text.charAt(i);
             if (c < '0' || c > '9') {
-                throw invalid(key, what, v);
+                throw new NumberFormatException(what);
             }
             if (n > (Long.MAX_VALUE - (c - '0')) / 10) {
-                throw invalid(key, "at most " + Long.MAX_VALUE + " bytes", v);
+                throw new NumberFormatException("at most " + Long.MAX_VALUE + " bytes");
             }
             n = n * 10 + (c - '0');
         }
         if (shift > 0 && n > (Long.MAX_VALUE >> shift)) {
-            throw invalid(key, "at most " + Long.MAX_VALUE + " bytes", v);
+            throw new NumberFormatException("at most " + Long.MAX_VALUE + " bytes");
         }
         return n << shift;
     }

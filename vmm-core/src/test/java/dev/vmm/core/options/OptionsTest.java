@@ -110,6 +110,16 @@ class OptionsTest {
         assertEquals(123, o.size("absent", 123));
     }
 
+    /** The command line's sizes (vmm demo --size, vmm bench --bs) use the same syntax. */
+    @Test
+    void parseSizeIsSizesSyntaxOutsideOptions() {
+        assertEquals(64L << 20, Options.parseSize("64M"));
+        assertEquals(4096, Options.parseSize("4k"));
+        assertEquals("a size in bytes with an optional suffix K, M, G, T, P or E",
+                assertThrows(NumberFormatException.class, () -> Options.parseSize("1GiB")).getMessage());
+        assertEquals("at most 9223372036854775807 bytes", assertThrows(NumberFormatException.class, () -> Options.parseSize("8E")).getMessage());
+    }
+
     @Test
     void badSizes() throws Exception {
         Options o = opts("--blockdev", "a=-1,b=1.5G,c=8E,d=9223372036854775808,e=G,f=,g=1X,h=1KB,i=+1,j=8796093022208T");
