@@ -52,7 +52,7 @@ public final class DemoCommand implements Callable<Integer> {
     boolean once;
 
     @Option(names = "--log-level", paramLabel = "LEVEL", defaultValue = "warn",
-            description = "error, warn (default), info or debug: the daemon's log on stderr.")
+            description = "error, warn (default), info, debug or trace: the daemon's log on stderr.")
     String logLevel;
 
     @Option(names = {"-h", "--help"}, usageHelp = true, description = "Show this help and exit.")
@@ -72,10 +72,7 @@ public final class DemoCommand implements Callable<Integer> {
             err.println("vmm demo: --size: expected a multiple of 4 KiB of at least 4M (e.g. 64M, 1G), got '" + size + "'");
             return 1;
         }
-        if (!java.util.List.of("error", "warn", "info", "debug", "trace").contains(logLevel.toLowerCase(java.util.Locale.ROOT))) {
-            err.println("vmm demo: --log-level: expected error, warn, info or debug, got '" + logLevel + "'");
-            return 1;
-        }
+        if (!Logging.checkLevel(logLevel, "vmm demo", err)) return 1;
         if (port < 0 || port > 65535) {
             err.println("vmm demo: --port: expected 0 (any free port) to 65535, got " + port);
             return 1;

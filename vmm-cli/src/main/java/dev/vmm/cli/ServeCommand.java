@@ -84,7 +84,7 @@ public final class ServeCommand implements Callable<Integer> {
     Path pidfile;
 
     @Option(names = "--log-level", paramLabel = "LEVEL", defaultValue = "info",
-            description = "error, warn, info (default) or debug. Logs go to stderr.")
+            description = "error, warn, info (default), debug or trace. Logs go to stderr.")
     String logLevel;
 
     @Option(names = {"-h", "--help"}, usageHelp = true, description = "Show this help and exit.")
@@ -139,7 +139,7 @@ public final class ServeCommand implements Callable<Integer> {
     @Override
     public Integer call() {
         PrintWriter err = spec.commandLine().getErr();
-        if (!configureLogging(err)) return 1;
+        if (!Logging.checkLevel(logLevel, "vmm", err)) return 1; // applied by Main before any logger existed
         if (nbdServers.size() > 1 || metrics.size() > 1) {
             err.println("vmm: " + (nbdServers.size() > 1 ? "--nbd-server" : "--metrics") + ": may be given only once");
             return 1;
@@ -227,15 +227,6 @@ public final class ServeCommand implements Callable<Integer> {
                 throw new DaemonException("--monitor: " + e.getMessage(), e);
             }
         }
-    }
-
-    private boolean configureLogging(PrintWriter err) {
-        String level = logLevel.toLowerCase(java.util.Locale.ROOT);
-        if (!List.of("error", "warn", "info", "debug", "trace").contains(level)) {
-            err.println("vmm: --log-level: expected error, warn, info or debug, got '" + logLevel + "'");
-            return false;
-        }
-        return true; // applied by Main before any logger existed
     }
 
     /** Written to a temporary file and renamed, so a reader never sees a partial pid. */
