@@ -113,15 +113,7 @@ public final class NbdServerComponent implements AutoCloseable {
             String path = fields.socketPath("path");
             return new DomainSocketAddress(path);
         }
-        String host = fields.required("host");
-        int port = (int) fields.number("port", 10809, 0, 65535);
-        if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
-        InetSocketAddress a = new InetSocketAddress(host, port);
-        if (a.isUnresolved()) {
-            throw new OptionException(OptionException.Kind.INVALID, fields.optionName(), fields.fullKey("host"),
-                    "'" + fields.fullKey("host") + "': cannot resolve '" + host + "'");
-        }
-        return a;
+        return fields.inetAddress(10809); // NBD's port
     }
 
     public void start() throws IOException {

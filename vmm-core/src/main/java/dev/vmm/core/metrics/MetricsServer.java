@@ -53,15 +53,9 @@ public final class MetricsServer implements AutoCloseable {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.type",
                     "'addr.type' must be inet (metrics are served over HTTP on TCP), got '" + type + "'");
         }
-        String host = addr.required("host");
-        if (!addr.has("port")) addr.required("port"); // no default port for metrics: "parameter 'addr.port' is missing"
-        int port = (int) addr.number("port", 0, 0, 65535); // 0: any free port (tests), logged once bound
+        // No default port for metrics ("parameter 'addr.port' is missing"); 0 is any free port (tests), logged once bound.
+        InetSocketAddress a = addr.inetAddress(-1);
         o.checkAllConsumed();
-        if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
-        InetSocketAddress a = new InetSocketAddress(host, port);
-        if (a.isUnresolved()) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.host", "'addr.host': cannot resolve '" + host + "'");
-        }
         MetricsServer m = new MetricsServer(daemon, a);
         daemon.putComponent(MetricsServer.class, m);
         return m;

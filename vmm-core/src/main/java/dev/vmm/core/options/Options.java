@@ -253,6 +253,26 @@ public final class Options {
         return v;
     }
 
+    /**
+     * The fields {@code host} (required) and {@code port} of a QAPI {@code InetSocketAddress}:
+     * a host name or an address, an IPv6 address bare or in brackets ({@code [::1]}); a port from
+     * 0 to 65535, {@code defaultPort} when absent, or required when {@code defaultPort} is
+     * negative. A host that does not resolve is an error naming its key
+     * ({@code 'addr.host': cannot resolve 'x'}).
+     */
+    public java.net.InetSocketAddress inetAddress(int defaultPort) throws OptionException {
+        String host = required("host");
+        if (defaultPort < 0 && !has("port")) required("port"); // "parameter 'addr.port' is missing"
+        int port = (int) number("port", Math.max(defaultPort, 0), 0, 65535);
+        if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
+        java.net.InetSocketAddress a = new java.net.InetSocketAddress(host, port);
+        if (a.isUnresolved()) {
+            String full = prefix + "host";
+            throw new OptionException(Kind.INVALID, optionName, full, "'" + full + "': cannot resolve '" + host + "'");
+        }
+        return a;
+    }
+
     /** The value, or {@code dflt} (may be null) if absent. */
     public String optional(String key, String dflt) {
         String v = take(key);

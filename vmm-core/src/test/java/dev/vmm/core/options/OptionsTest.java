@@ -120,6 +120,19 @@ class OptionsTest {
         assertEquals("at most 9223372036854775807 bytes", assertThrows(NumberFormatException.class, () -> Options.parseSize("8E")).getMessage());
     }
 
+    /** --nbd-server and --metrics addresses (one implementation since both had their own). */
+    @Test
+    void inetAddresses() throws Exception {
+        assertEquals(new java.net.InetSocketAddress("::1", 10809),
+                opts("--nbd-server", "addr.type=inet,addr.host=[::1]").sub("addr").inetAddress(10809));
+        assertEquals(new java.net.InetSocketAddress("127.0.0.1", 0),
+                opts("--metrics", "addr.host=127.0.0.1,addr.port=0").sub("addr").inetAddress(-1));
+        assertEquals("--metrics: parameter 'addr.port' is missing",
+                error(() -> opts("--metrics", "addr.host=127.0.0.1").sub("addr").inetAddress(-1)));
+        assertEquals("--nbd-server: 'addr.port' must be a number from 0 to 65535, got '65536'",
+                error(() -> opts("--nbd-server", "addr.host=127.0.0.1,addr.port=65536").sub("addr").inetAddress(10809)));
+    }
+
     @Test
     void badSizes() throws Exception {
         Options o = opts("--blockdev", "a=-1,b=1.5G,c=8E,d=9223372036854775808,e=G,f=,g=1X,h=1KB,i=+1,j=8796093022208T");
