@@ -29,13 +29,10 @@ public interface BlockExport {
 
     /**
      * This export's counters (requests, bytes, errors, in flight), counted on the node's home
-     * thread; monitors read them from any thread. Exports without their own counters share an
-     * empty instance.
+     * thread; monitors read them from any thread. Each export has its own instance, also one that
+     * counts nothing (counters have one writer: the home thread of the export's node).
      */
-    default dev.vmm.core.stats.ExportStats stats() { return NO_STATS; }
-
-    /** What {@link #stats()} returns for an export that counts nothing. */
-    dev.vmm.core.stats.ExportStats NO_STATS = new dev.vmm.core.stats.ExportStats();
+    dev.vmm.core.stats.ExportStats stats();
 
     /** Starts serving (listeners are bound, sockets created). */
     void start() throws Exception;

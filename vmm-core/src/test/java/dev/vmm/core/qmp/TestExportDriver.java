@@ -6,6 +6,7 @@ import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.export.ExportCommon;
 import dev.vmm.core.export.ExportDriver;
 import dev.vmm.core.options.Options;
+import dev.vmm.core.stats.ExportStats;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
 
@@ -27,11 +28,13 @@ public final class TestExportDriver implements ExportDriver {
     @Override
     public BlockExport create(Daemon daemon, ExportCommon common, Options options) {
         return new BlockExport() {
+            private final ExportStats stats = new ExportStats();
             @Override public String id() { return common.id(); }
             @Override public String type() { return "test"; }
             @Override public BlockNode node() { return common.node(); }
             @Override public boolean writable() { return common.writable(); }
             @Override public int users() { return users; }
+            @Override public ExportStats stats() { return stats; }
             @Override public void start() { }
             @Override public void close() { closed.add(common.id()); }
         };
