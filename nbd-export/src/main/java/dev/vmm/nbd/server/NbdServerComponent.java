@@ -7,7 +7,6 @@ import dev.vmm.core.options.Options;
 import dev.vmm.core.tls.TlsCredentials;
 import io.netty.channel.unix.DomainSocketAddress;
 import java.io.IOException;
-import java.net.InetSocketAddress;
 import java.net.SocketAddress;
 
 /**
