@@ -114,7 +114,8 @@ public final class NbdServer {
             throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
         }
         LOG.info("NBD server listening on {}{}", describe(address),
-                config.tls() == null ? "" : " (TLS required: " + config.tls().id() + ", verify-peer=" + (config.tls().verifyPeer() ? "on" : "off") + ")");
+                config.tls() == null ? "" : " (TLS required: " + config.tls().id() + ", verify-peer=" + (config.tls().verifyPeer() ? "on" : "off")
+                        + ", " + config.tls().providerName() + ")");
     }
 
     /** The bound address (with the real port when port 0 was asked for). */

@@ -2,6 +2,7 @@ package dev.vmm.core.tls;
 
 import io.netty.buffer.ByteBufAllocator;
 import io.netty.handler.ssl.ClientAuth;
+import io.netty.handler.ssl.OpenSsl;
 import io.netty.handler.ssl.SslContext;
 import io.netty.handler.ssl.SslContextBuilder;
 import io.netty.handler.ssl.SslHandler;
@@ -20,6 +21,8 @@ import java.util.List;
 import java.util.Objects;
 import java.util.Set;
 import javax.net.ssl.SSLException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]}: the server
@@ -36,6 +39,13 @@ import javax.net.ssl.SSLException;
  * A {@value #CA_CRL} is refused rather than ignored: silently accepting revoked client
  * certificates would let in someone who should not get in.
  *
+ * <p>Provider: Netty's BoringSSL ({@link SslProvider#OPENSSL}, netty-tcnative) when it loads,
+ * else the JDK's; {@code -Dvmm.tls.provider=jdk|openssl} forces one (tests, benchmarks). BoringSSL
+ * is native code: fast from the first byte, where the JDK's TLS needs seconds of JIT warm-up
+ * (docs/nbd-protocol-notes.md section 8). Not {@code OPENSSL_REFCNT}: with {@code OPENSSL} the
+ * native context and engines are freed by the garbage collector, so credentials deleted with
+ * {@code object-del} need no release call (an engine is also freed when its SslHandler is removed).
+ *
  * <p>Thread contract: immutable once loaded, except the set of users, which is guarded by the
  * object's monitor. {@link #load} runs on a control-plane thread (file I/O);
  * {@link #newHandler} may be called from any thread (the main loop calls it for each client
@@ -48,6 +58,12 @@ public final class TlsCredentials {
     public static final String SERVER_KEY = "server-key.pem";
     /** TLS versions we offer: 1.3 and 1.2 (what QEMU's default GnuTLS priority negotiates with current peers). */
     static final String[] PROTOCOLS = {"TLSv1.3", "TLSv1.2"};
+    /** System property forcing a provider: {@code jdk} or {@code openssl}. */
+    public static final String PROVIDER_PROPERTY = "vmm.tls.provider";
+
+    private static final Logger LOG = LoggerFactory.getLogger(TlsCredentials.class);
+    /** The fallback to the JDK is logged once per process, not once per object. */
+    private static volatile boolean fallbackLogged;
 
     private final String id;
     private final Path dir;
@@ -57,12 +73,46 @@ public final class TlsCredentials {
     /** What uses these credentials (e.g. "the NBD server"); guarded by this. */
     private final Set<String> users = new LinkedHashSet<>();
 
-    private TlsCredentials(String id, Path dir, boolean verifyPeer, SslContext context, X509Certificate certificate) {
+    private final SslProvider provider;
+
+    private TlsCredentials(String id, Path dir, boolean verifyPeer, SslProvider provider, SslContext context, X509Certificate certificate) {
         this.id = id;
         this.dir = dir;
         this.verifyPeer = verifyPeer;
+        this.provider = provider;
         this.context = context;
         this.certificate = certificate;
+    }
+
+    /**
+     * The provider for new credentials: {@value #PROVIDER_PROPERTY} if set, else BoringSSL when it
+     * loads on this machine, else the JDK (one INFO line saying why). Read at every load, so a
+     * test can switch it between objects.
+     */
+    public static SslProvider defaultProvider() throws TlsException {
+        String forced = System.getProperty(PROVIDER_PROPERTY, "").strip();
+        switch (forced) {
+            case "jdk":
+                return SslProvider.JDK;
+            case "openssl":
+                if (!OpenSsl.isAvailable()) {
+                    throw new TlsException("-D" + PROVIDER_PROPERTY + "=openssl, but netty-tcnative (BoringSSL) does not load: "
+                            + OpenSsl.unavailabilityCause());
+                }
+                return SslProvider.OPENSSL;
+            case "":
+                break;
+            default:
+                throw new TlsException("-D" + PROVIDER_PROPERTY + "=" + forced + ": expected 'jdk' or 'openssl'");
+        }
+        if (OpenSsl.isAvailable()) return SslProvider.OPENSSL;
+        if (!fallbackLogged) {
+            fallbackLogged = true;
+            Throwable why = OpenSsl.unavailabilityCause();
+            LOG.info("TLS: using the JDK provider (slower on first connections: JIT warm-up): netty-tcnative (BoringSSL) does not load: {}",
+                    why == null ? "unknown reason" : why.toString());
+        }
+        return SslProvider.JDK;
     }
 
     /**
@@ -72,7 +122,15 @@ public final class TlsCredentials {
      *                    must match its certificate either way, or no handshake could succeed)
      */
     public static TlsCredentials loadServer(String id, Path dir, boolean verifyPeer, boolean sanityCheck) throws TlsException {
+        return loadServer(id, dir, verifyPeer, sanityCheck, defaultProvider());
+    }
+
+    /** {@link #loadServer(String, Path, boolean, boolean)} with the given provider ({@code JDK} or {@code OPENSSL}). */
+    public static TlsCredentials loadServer(String id, Path dir, boolean verifyPeer, boolean sanityCheck, SslProvider provider) throws TlsException {
         Objects.requireNonNull(id, "id");
+        if (provider != SslProvider.JDK && provider != SslProvider.OPENSSL) {
+            throw new IllegalArgumentException("provider " + provider + ": JDK or OPENSSL");
+        }
         if (!Files.isDirectory(dir)) {
             throw new TlsException(dir + ": " + (Files.exists(dir) ? "not a directory" : "no such directory")
                     + " (tls-creds-x509 'dir' must hold " + CA_CERT + ", " + SERVER_CERT + " and " + SERVER_KEY + ")");
@@ -95,7 +153,7 @@ public final class TlsCredentials {
             checkIssuedByCa(chain, cas, certFile, caFile);
         }
         SslContextBuilder b = SslContextBuilder.forServer(key, chain.toArray(new X509Certificate[0]))
-                .sslProvider(SslProvider.JDK)
+                .sslProvider(provider)
                 .protocols(PROTOCOLS);
         if (verifyPeer) {
             b.clientAuth(ClientAuth.REQUIRE).trustManager(cas.toArray(new X509Certificate[0]));
@@ -103,7 +161,7 @@ public final class TlsCredentials {
             b.clientAuth(ClientAuth.NONE);
         }
         try {
-            return new TlsCredentials(id, dir, verifyPeer, b.build(), cert);
+            return new TlsCredentials(id, dir, verifyPeer, provider, b.build(), cert);
         } catch (SSLException | RuntimeException e) {
             throw new TlsException(dir + ": cannot build a TLS context from " + SERVER_CERT + " and " + SERVER_KEY + ": " + e.getMessage(), e);
         }
@@ -167,6 +225,12 @@ public final class TlsCredentials {
 
     /** True when clients must present a certificate signed by one of our CAs. */
     public boolean verifyPeer() { return verifyPeer; }
+
+    /** The TLS implementation: {@code OPENSSL} (BoringSSL) or {@code JDK}. */
+    public SslProvider provider() { return provider; }
+
+    /** For logs: "BoringSSL" or "JDK TLS". */
+    public String providerName() { return provider == SslProvider.OPENSSL ? "BoringSSL" : "JDK TLS"; }
 
     /** Our (leaf) certificate. */
     public X509Certificate certificate() { return certificate; }

@@ -1,7 +1,7 @@
 /**
  * TLS credentials: QEMU's {@code tls-creds-x509} object (a directory of PEM files, see QEMU's
- * docs/system/tls.rst) loaded into a Netty {@link io.netty.handler.ssl.SslContext} on the JDK
- * provider.
+ * docs/system/tls.rst) loaded into a Netty {@link io.netty.handler.ssl.SslContext}: BoringSSL
+ * (netty-tcnative) when it loads, else the JDK provider.
  *
  * <ul>
  * <li>{@link dev.vmm.core.tls.Pem}: certificates and private keys from PEM text (PKCS#8, and
