@@ -97,7 +97,7 @@ class NbdTlsHandoffTest {
         for (Thread t : threads) t.join(20_000);
         assertEquals(List.of(), List.copyOf(errors));
         assertTrue(moves > 10, "moves done: " + moves);
-        System.out.printf("[tls handoff] %d moves, %d client ops%n", moves, ops.get());
+        System.out.printf("[tls handoff, %s] %d moves, %d client ops%n", nbd.server().config().tls().providerName(), moves, ops.get());
     }
 
     @Test

@@ -6,6 +6,8 @@ import static org.junit.jupiter.api.Assertions.*;
 import dev.vmm.core.testing.TestCertificates;
 import dev.vmm.core.testing.TestCertificates.KeyFormat;
 import dev.vmm.core.tls.TlsCredentials;
+import dev.vmm.core.tls.TlsException;
+import io.netty.handler.ssl.SslProvider;
 import dev.vmm.nbd.protocol.NbdOpt;
 import dev.vmm.nbd.testing.NbdTestClient;
 import dev.vmm.nbd.testing.NbdTestClient.OptionReply;
@@ -38,9 +40,17 @@ class NbdTlsTest extends NbdServerFixture {
         client = NbdTestClient.clientContext(ca.clientDir("client"));
     }
 
+    /** Null: the default (BoringSSL where it loads); {@link NbdTlsJdkTest} runs every test on the JDK's provider. */
+    SslProvider provider() { return null; }
+
+    TlsCredentials load(boolean verifyPeer) throws TlsException {
+        return provider() == null ? TlsCredentials.loadServer("tls0", serverDir, verifyPeer, true)
+                : TlsCredentials.loadServer("tls0", serverDir, verifyPeer, true, provider());
+    }
+
     @Override
     TlsCredentials tls() throws Exception {
-        return TlsCredentials.loadServer("tls0", serverDir, true, true);
+        return load(true);
     }
 
     @Test
@@ -184,15 +194,17 @@ class NbdTlsTest extends NbdServerFixture {
 
     /** verify-peer=off: no client certificate is asked for. */
     static final class VerifyPeerOff extends NbdServerFixture {
+        final TlsCredentials tls;
+
+        VerifyPeerOff(TlsCredentials tls) { this.tls = tls; }
+
         @Override
-        TlsCredentials tls() throws Exception {
-            return TlsCredentials.loadServer("tls0", serverDir, false, true);
-        }
+        TlsCredentials tls() { return tls; }
     }
 
     @Test
     void verifyPeerOffAcceptsAClientWithoutCertificate() throws Exception {
-        VerifyPeerOff f = new VerifyPeerOff();
+        VerifyPeerOff f = new VerifyPeerOff(load(false));
         f.tmp = tmp.resolve("off");
         Files.createDirectories(f.tmp);
         f.start();

@@ -9,11 +9,24 @@ import dev.vmm.core.options.OptionException;
 import dev.vmm.core.testing.TestCertificates;
 import dev.vmm.core.testing.TestCertificates.KeyFormat;
 import io.netty.buffer.ByteBufAllocator;
+import io.netty.handler.ssl.OpenSsl;
+import io.netty.handler.ssl.SslProvider;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.security.KeyStore;
+import java.security.cert.X509Certificate;
+import javax.net.ssl.KeyManagerFactory;
+import javax.net.ssl.SSLContext;
+import javax.net.ssl.SSLEngine;
+import javax.net.ssl.SSLEngineResult.HandshakeStatus;
+import javax.net.ssl.SSLException;
+import javax.net.ssl.TrustManagerFactory;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
 
 /**
  * Loading QEMU's tls-creds-x509 server directory: the key formats certtool and openssl write, and
@@ -45,15 +58,145 @@ class TlsCredentialsTest {
         return d;
     }
 
-    @Test
-    void pkcs8Pkcs1AndSec1KeysLoad() throws Exception {
+    /** The key formats load and serve a handshake (TLS 1.3 and 1.2, client certificate required) on both providers. */
+    @ParameterizedTest
+    @EnumSource(value = SslProvider.class, names = {"OPENSSL", "JDK"})
+    void pkcs8Pkcs1AndSec1KeysLoadAndHandshake(SslProvider provider) throws Exception {
+        SSLContext client = clientContext(ca.clientDir("client-" + provider), true);
         for (KeyFormat f : KeyFormat.values()) {
-            Path dir = f == KeyFormat.PKCS8_RSA ? good : ca.serverDir("server-" + f, f);
+            Path dir = f == KeyFormat.PKCS8_RSA ? good : ca.serverDir("server-" + f + "-" + provider, f);
             String head = Files.readAllLines(dir.resolve("server-key.pem")).get(0);
-            TlsCredentials c = TlsCredentials.loadServer("tls0", dir, true, true);
-            assertNotNull(c.newHandler(ByteBufAllocator.DEFAULT), f + " (" + head + ")");
+            TlsCredentials c = TlsCredentials.loadServer("tls0", dir, true, true, provider);
+            assertEquals(provider, c.provider());
             assertTrue(c.verifyPeer());
+            for (String version : new String[] {"TLSv1.3", "TLSv1.2"}) {
+                assertEquals(version, handshake(c, client, version), f + " (" + head + "), " + version);
+            }
         }
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = SslProvider.class, names = {"OPENSSL", "JDK"})
+    void verifyPeerDecidesWhetherAClientCertificateIsRequired(SslProvider provider) throws Exception {
+        SSLContext anonymous = clientContext(ca.clientDir("anonymous-" + provider), false);
+        TlsCredentials on = TlsCredentials.loadServer("tls0", good, true, true, provider);
+        assertThrows(SSLException.class, () -> handshake(on, anonymous, "TLSv1.3"));
+        assertThrows(SSLException.class, () -> handshake(on, anonymous, "TLSv1.2"));
+        TlsCredentials off = TlsCredentials.loadServer("tls0", good, false, true, provider);
+        assertEquals("TLSv1.3", handshake(off, anonymous, "TLSv1.3"));
+        assertEquals("TLSv1.2", handshake(off, anonymous, "TLSv1.2"));
+        // A certificate from another CA is refused.
+        TestCertificates other = TestCertificates.createCa(tmp.resolve("other-ca-" + provider), "another CA");
+        Path foreign = other.clientDir("client");
+        Files.copy(ca.caCert, foreign.resolve("ca-cert.pem"), java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+        assertThrows(SSLException.class, () -> handshake(on, clientContext(foreign, true), "TLSv1.3"));
+    }
+
+    @ParameterizedTest
+    @EnumSource(value = SslProvider.class, names = {"OPENSSL", "JDK"})
+    void onlyTls13And12AreEnabled(SslProvider provider) throws Exception {
+        SSLEngine e = TlsCredentials.loadServer("tls0", good, false, true, provider).newHandler(ByteBufAllocator.DEFAULT).engine();
+        try {
+            // The JDK engine also lists SSLv2Hello: a ClientHello format, it still negotiates 1.2 or 1.3.
+            String[] enabled = java.util.Arrays.stream(e.getEnabledProtocols()).filter(p -> !p.equals("SSLv2Hello")).sorted().toArray(String[]::new);
+            assertArrayEquals(new String[] {"TLSv1.2", "TLSv1.3"}, enabled, java.util.Arrays.toString(enabled));
+        } finally {
+            io.netty.util.ReferenceCountUtil.release(e);
+        }
+    }
+
+    /** CI's platform is linux-x86_64, whose netty-tcnative jar we ship: BoringSSL must load there and be the default. */
+    @Test
+    void boringSslIsTheDefaultOnLinuxX86_64() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(System.getProperty("os.name").equals("Linux")
+                && System.getProperty("os.arch").equals("amd64") && System.getProperty(TlsCredentials.PROVIDER_PROPERTY) == null);
+        assertTrue(OpenSsl.isAvailable(), () -> "netty-tcnative does not load: " + OpenSsl.unavailabilityCause());
+        assertEquals(SslProvider.OPENSSL, TlsCredentials.loadServer("tls0", good, true, true).provider());
+    }
+
+    @Test
+    void providerPropertyForcesOneAndRejectsOthers() throws Exception {
+        String saved = System.getProperty(TlsCredentials.PROVIDER_PROPERTY);
+        try {
+            System.setProperty(TlsCredentials.PROVIDER_PROPERTY, "jdk");
+            assertEquals(SslProvider.JDK, TlsCredentials.loadServer("tls0", good, true, true).provider());
+            if (OpenSsl.isAvailable()) {
+                System.setProperty(TlsCredentials.PROVIDER_PROPERTY, "openssl");
+                assertEquals(SslProvider.OPENSSL, TlsCredentials.loadServer("tls0", good, true, true).provider());
+            }
+            System.setProperty(TlsCredentials.PROVIDER_PROPERTY, "gnutls");
+            String m = loadError(good);
+            assertTrue(m.contains("vmm.tls.provider=gnutls") && m.contains("'jdk' or 'openssl'"), m);
+        } finally {
+            if (saved == null) System.clearProperty(TlsCredentials.PROVIDER_PROPERTY);
+            else System.setProperty(TlsCredentials.PROVIDER_PROPERTY, saved);
+        }
+    }
+
+    /** A JDK client context trusting our CA, with the directory's client certificate when {@code withCert}. */
+    static SSLContext clientContext(Path dir, boolean withCert) throws Exception {
+        KeyStore trust = KeyStore.getInstance("PKCS12");
+        trust.load(null, null);
+        trust.setCertificateEntry("ca", Pem.certificates(dir.resolve("ca-cert.pem")).get(0));
+        TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
+        tmf.init(trust);
+        KeyManagerFactory kmf = null;
+        if (withCert) {
+            KeyStore keys = KeyStore.getInstance("PKCS12");
+            keys.load(null, null);
+            char[] pw = "x".toCharArray();
+            keys.setKeyEntry("client", Pem.privateKey(dir.resolve("client-key.pem")), pw,
+                    Pem.certificates(dir.resolve("client-cert.pem")).toArray(new X509Certificate[0]));
+            kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
+            kmf.init(keys, pw);
+        }
+        SSLContext ctx = SSLContext.getInstance("TLS");
+        ctx.init(kmf == null ? null : kmf.getKeyManagers(), tmf.getTrustManagers(), null);
+        return ctx;
+    }
+
+    /**
+     * A handshake in memory between a JDK client limited to {@code version} and the server engine
+     * of {@code c}, then one application record each way. Returns the negotiated protocol; throws
+     * the SSLException of whichever side gave up.
+     */
+    static String handshake(TlsCredentials c, SSLContext clientContext, String version) throws Exception {
+        SSLEngine server = c.newHandler(ByteBufAllocator.DEFAULT).engine();
+        SSLEngine client = clientContext.createSSLEngine("localhost", 1);
+        client.setUseClientMode(true);
+        client.setEnabledProtocols(new String[] {version});
+        try {
+            ByteBuffer toServer = ByteBuffer.allocate(1 << 17), toClient = ByteBuffer.allocate(1 << 17);
+            ByteBuffer serverIn = ByteBuffer.allocate(1 << 17), clientIn = ByteBuffer.allocate(1 << 17);
+            ByteBuffer ping = ByteBuffer.wrap("ping".getBytes()), pong = ByteBuffer.wrap("pong".getBytes());
+            client.beginHandshake();
+            server.beginHandshake();
+            for (int round = 0; round < 100 && (clientIn.position() < 4 || serverIn.position() < 4); round++) {
+                if (server.isInboundDone() || client.isInboundDone()) throw new SSLException("closed during the handshake");
+                boolean clientReady = client.getHandshakeStatus() == HandshakeStatus.NOT_HANDSHAKING;
+                boolean serverReady = server.getHandshakeStatus() == HandshakeStatus.NOT_HANDSHAKING;
+                client.wrap(clientReady ? ping : ByteBuffer.allocate(0), toServer);
+                server.wrap(serverReady ? pong : ByteBuffer.allocate(0), toClient);
+                runTasks(client);
+                runTasks(server);
+                toServer.flip();
+                while (toServer.hasRemaining() && server.unwrap(toServer, serverIn).bytesConsumed() > 0) runTasks(server);
+                toServer.compact();
+                toClient.flip();
+                while (toClient.hasRemaining() && client.unwrap(toClient, clientIn).bytesConsumed() > 0) runTasks(client);
+                toClient.compact();
+            }
+            assertEquals("ping", new String(serverIn.array(), 0, serverIn.position()));
+            assertEquals("pong", new String(clientIn.array(), 0, clientIn.position()));
+            assertEquals(client.getSession().getProtocol(), server.getSession().getProtocol());
+            return server.getSession().getProtocol();
+        } finally {
+            io.netty.util.ReferenceCountUtil.release(server); // the OpenSSL engine's native state; a no-op for the JDK's
+        }
+    }
+
+    private static void runTasks(SSLEngine e) {
+        for (Runnable t; (t = e.getDelegatedTask()) != null; ) t.run();
     }
 
     @Test
