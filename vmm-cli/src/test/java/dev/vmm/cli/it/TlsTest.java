@@ -118,6 +118,11 @@ class TlsTest extends PeerTestBase {
         Run.cmd(cmd(qemuImg, List.of("compare"), "--object", "tls-creds-x509,id=tls0,dir=" + clientDir + ",endpoint=client",
                 "--image-opts", qemuNbd(s.port(), "disk0"), "driver=file,filename=" + img)).expect(0);
         s.process().assertAlive();
+        if (!Peers.qsd()) { // BoringSSL unless -Dvmm.tls.provider=jdk was given (passed on to the server)
+            String provider = "jdk".equals(System.getProperty("vmm.tls.provider")) ? "JDK TLS" : "BoringSSL";
+            String log = s.process().stdout() + s.process().stderr();
+            assertTrue(log.contains("verify-peer=on, " + provider + ")"), log);
+        }
     }
 
     @Test

@@ -52,6 +52,10 @@ public final class VmmProcess implements AutoCloseable {
             if (!flags.isEmpty() && !flags.startsWith("${")) {
                 cmd.addAll(Arrays.asList(flags.split("\\s+")));
             }
+            // Passed on from the mvn command line: -Dvmm.tls.provider=jdk runs the TLS tests on the JDK provider.
+            for (String p : new String[] {"vmm.tls.provider", "io.netty.leakDetection.level"}) {
+                if (System.getProperty(p) != null) cmd.add("-D" + p + "=" + System.getProperty(p));
+            }
             cmd.add("-cp");
             cmd.add(System.getProperty("java.class.path"));
             cmd.add("dev.vmm.cli.Main");
