@@ -159,7 +159,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             in.release();
             return;
         }
-        // direct(): an SslHandler's plaintext may come in heap buffers (a no-op on plain sockets)
+        // direct(): a guard; sockets and Netty 4.2's SslHandler (BoringSSL and JDK alike) deliver direct buffers
         cum = direct(cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in));
         if (!quiesced) process(ctx);
     }
