@@ -1,5 +1,6 @@
 package dev.vmm.nbd.server;
 
+import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.core.tls.TlsCredentials;
 import dev.vmm.iothread.IOThread;
@@ -40,9 +41,11 @@ import org.slf4j.LoggerFactory;
  * NBD_OPT_GO (or NBD_OPT_EXPORT_NAME) names an export, the channel moves to the home IOThread
  * of the export's block node, so a disk's NBD clients share its event loop.
  *
- * <p>Thread contract: {@link #start}, {@link #stop}, {@link #addExport} and {@link #removeExport}
- * are control-plane calls (main loop or the CLI thread before serving starts); handshakes run on
- * the main loop; {@link #lookup} and {@link #exports} may be called from any thread.
+ * <p>Thread contract: {@link #start}, {@link #addExport} and {@link #removeExport} are
+ * control-plane calls (main loop, control thread, or the CLI thread); {@link #stop} waits for the
+ * main loop and MUST NOT be called on it; handshakes run on the main loop; {@link #lookup} and
+ * {@link #exports} may be called from any thread. A client is closed on its node's home with no
+ * move of the node in progress (see {@link #closeGracefully}).
  */
 public final class NbdServer {
     private static final Logger LOG = LoggerFactory.getLogger(NbdServer.class);
@@ -279,7 +282,7 @@ public final class NbdServer {
             e = exports.remove(name);
         }
         if (e != null) {
-            for (Channel c : e.clients()) closeGracefully(c);
+            for (Channel c : e.clients()) closeGracefully(c, e);
             LOG.debug("NBD export '{}' removed", name);
         }
     }
@@ -310,8 +313,12 @@ public final class NbdServer {
 
     public int connectionCount() { return connections.size(); }
 
-    /** Stops listening, then lets every client's pending replies go out and closes it. */
+    /**
+     * Stops listening, then lets every client's pending replies go out and closes it. Waits for
+     * the main loop and the IOThreads, so it MUST NOT be called on either (CLI or control thread).
+     */
     public void stop(long timeoutMs) {
+        assert !main.inThread() : "NbdServer.stop waits for the main loop";
         Channel l = listener;
         boolean started = l != null;
         if (l != null) {
@@ -323,7 +330,7 @@ public final class NbdServer {
         }
         List<io.netty.channel.ChannelFuture> closing = new ArrayList<>();
         for (NbdExport e : exports()) {
-            for (Channel c : e.clients()) closing.add(closeGracefully(c));
+            for (Channel c : e.clients()) closing.add(closeGracefully(c, e));
         }
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         for (io.netty.channel.ChannelFuture f : closing) {
@@ -342,32 +349,64 @@ public final class NbdServer {
     static final long LINGER_MS = 2000;
 
     /**
-     * Ends a connection at a reply boundary without losing replies (on the channel's own loop):
-     * no further request is taken, what was sent so far is flushed, then the write side is shut
-     * (the client reads end-of-stream after the last reply) and input is discarded until the
-     * client closes or {@link #LINGER_MS} passes. Closing at once while requests sit unread in
-     * the receive queue would make TCP send a reset, which discards replies not yet transmitted.
-     * On a TLS channel the SslHandler sends close_notify before the write side is shut.
+     * Ends a transmission-phase connection of {@code export} at a reply boundary without losing
+     * replies; returns its close future. Any thread.
+     *
+     * <p>The work runs on the node's home inside the node's gate ({@link BlockNode#requestJoin}):
+     * while a move is in progress the channel is between its old loop and its new one, and work
+     * queued on {@code c.eventLoop()} would release the request buffer and write to the channel on
+     * the old home while the new home attaches and resumes it. Inside the gate no move runs, so
+     * the channel is registered on the home; there it stops taking requests and leaves the node's
+     * users, so later moves leave it on this loop for the rest of its close (it serves nothing).
      */
-    private static io.netty.channel.ChannelFuture closeGracefully(Channel c) {
-        c.eventLoop().execute(() -> {
-            if (!c.isActive()) return;
-            if (c.pipeline().get("nbd-transmission") instanceof TransmissionHandler tx) tx.stopTakingRequests();
-            c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener((ChannelFutureListener) f -> {
-                if (!f.isSuccess() || !(c instanceof io.netty.channel.socket.DuplexChannel d)) {
-                    c.close();
-                    return;
-                }
-                // TLS: close_notify goes first, so the client reads a clean end of the TLS stream
-                // rather than a truncation (RFC 8446 6.1); then the TCP write side is shut.
-                io.netty.handler.ssl.SslHandler ssl = c.pipeline().get(io.netty.handler.ssl.SslHandler.class);
-                io.netty.channel.ChannelFuture notified = ssl == null ? f : ssl.closeOutbound();
-                notified.addListener((ChannelFutureListener) n -> d.shutdownOutput().addListener((ChannelFutureListener) x -> {
-                    if (!x.isSuccess()) c.close();
-                }));
-                c.eventLoop().schedule((Runnable) c::close, LINGER_MS, TimeUnit.MILLISECONDS);
-            });
-        });
+    private io.netty.channel.ChannelFuture closeGracefully(Channel c, NbdExport export) {
+        BlockNode node = export.node();
+        main.execute(() -> node.requestJoin(() -> {
+            IOThread home = node.home();
+            try {
+                home.execute(() -> {
+                    try {
+                        closeOnHome(c, node);
+                    } finally {
+                        main.execute(node::joinDone);
+                    }
+                });
+            } catch (RuntimeException e) { // the IOThread is shutting down: its channels close with it
+                node.joinDone();
+                c.close();
+            }
+        }));
         return c.closeFuture();
+    }
+
+    /**
+     * The graceful close itself, on the node's home with no move in progress: no further request
+     * is taken, what was sent so far is flushed, then the write side is shut (the client reads
+     * end-of-stream after the last reply) and input is discarded until the client closes or
+     * {@link #LINGER_MS} passes. Closing at once while requests sit unread in the receive queue
+     * would make TCP send a reset, which discards replies not yet transmitted. On a TLS channel
+     * the SslHandler sends close_notify before the write side is shut.
+     */
+    private static void closeOnHome(Channel c, BlockNode node) {
+        if (!c.isActive()) return;
+        assert c.eventLoop().inEventLoop() && node.home().inThread() : "graceful close off the node's home";
+        if (c.pipeline().get("nbd-transmission") instanceof TransmissionHandler tx) {
+            tx.stopTakingRequests();
+            node.removeUser(tx); // not moved any more: it ends on this loop
+        }
+        c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener((ChannelFutureListener) f -> {
+            if (!f.isSuccess() || !(c instanceof io.netty.channel.socket.DuplexChannel d)) {
+                c.close();
+                return;
+            }
+            // TLS: close_notify goes first, so the client reads a clean end of the TLS stream
+            // rather than a truncation (RFC 8446 6.1); then the TCP write side is shut.
+            io.netty.handler.ssl.SslHandler ssl = c.pipeline().get(io.netty.handler.ssl.SslHandler.class);
+            io.netty.channel.ChannelFuture notified = ssl == null ? f : ssl.closeOutbound();
+            notified.addListener((ChannelFutureListener) n -> d.shutdownOutput().addListener((ChannelFutureListener) x -> {
+                if (!x.isSuccess()) c.close();
+            }));
+            c.eventLoop().schedule((Runnable) c::close, LINGER_MS, TimeUnit.MILLISECONDS);
+        });
     }
 }
