@@ -116,25 +116,56 @@ class NbdTlsTest extends NbdServerFixture {
 
     @Test
     void serverStopEndsTlsAtAReplyBoundaryWithCloseNotify() throws Exception {
-        try (NbdTestClient c = client()) {
-            c.startTls(client);
-            c.go("disk0");
-            byte[] block = random(64 << 10, 5);
-            for (int i = 0; i < 64; i++) c.sendRequest(0, dev.vmm.nbd.protocol.NbdCmd.NBD_CMD_WRITE, (24L << 20) + i * block.length, block.length, block);
-            Thread stopper = new Thread(() -> server.stop(5000));
-            stopper.start();
-            int replies = 0;
+        // As NbdServerTest.stopEndsAConnectionAtAReplyBoundaryWithoutAReset, over TLS: requests pile
+        // up unread while stop() starts; the client must get whole replies, then close_notify (a
+        // clean end-of-stream), not a truncation (SSLException) or a reset.
+        NbdTestClient c = client();
+        c.startTls(client);
+        c.go("disk0"); // simple replies: a 16-byte header, then the data
+        int len = 64 << 10;
+        Thread sender = new Thread(() -> {
             try {
-                while (true) {
-                    assertEquals(0, c.readReply(0).error());
-                    replies++;
-                }
-            } catch (java.io.EOFException end) {
-                // close_notify read: a clean end of the TLS stream (a truncation would be an SSLException)
+                for (int i = 0; i < 50_000; i++) c.sendRequest(0, dev.vmm.nbd.protocol.NbdCmd.NBD_CMD_READ, (long) (i % 16) * len, len, null);
+            } catch (java.io.IOException expected) {
+                // the server stopped reading and closed: that is the point
             }
-            stopper.join(10_000);
-            assertTrue(replies <= 64, "replies: " + replies);
+        });
+        sender.setDaemon(true);
+        sender.start();
+        Thread.sleep(1000); // replies are not read: the server stops reading, requests pile up
+        java.util.concurrent.CountDownLatch stopping = new java.util.concurrent.CountDownLatch(1);
+        Thread stopper = new Thread(() -> {
+            stopping.countDown();
+            server.stop(5000);
+        });
+        stopper.start();
+        stopping.await();
+        Thread.sleep(100); // reading starts only once stop() is under way
+        int replies = 0;
+        String end;
+        try {
+            java.io.InputStream in = c.in();
+            byte[] header = new byte[16];
+            byte[] payload = new byte[len];
+            while (true) {
+                int got = in.readNBytes(header, 0, 16);
+                if (got == 0) {
+                    end = "end-of-stream";
+                    break;
+                }
+                assertEquals(16, got, "torn reply header after " + replies + " replies");
+                assertEquals(0, NbdTestClient.readInt(header, 4), "error reply");
+                assertEquals(len, in.readNBytes(payload, 0, len), "torn reply payload after " + replies + " replies");
+                replies++;
+            }
+        } catch (java.io.IOException e) {
+            end = e.toString(); // SSLException: truncated without close_notify; SocketException: reset
         }
+        stopper.join(10_000);
+        assertEquals("end-of-stream", end, "after " + replies + " replies");
+        assertTrue(replies > 0, "replies before the end");
+        assertFalse(stopper.isAlive(), "stop() finished");
+        c.close();
     }
 
     @Test
