@@ -1,6 +1,7 @@
 package dev.vmm.nbd.server;
 
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.core.tls.TlsCredentials;
 import dev.vmm.iothread.IOThread;
@@ -15,7 +16,6 @@ import io.netty.channel.EventLoop;
 import io.netty.channel.WriteBufferWaterMark;
 import io.netty.channel.epoll.EpollDomainSocketChannel;
 import io.netty.channel.epoll.EpollServerDomainSocketChannel;
-import io.netty.channel.unix.PeerCredentials;
 import io.netty.util.AttributeKey;
 import io.netty.channel.epoll.EpollServerSocketChannel;
 import io.netty.channel.unix.DomainSocketAddress;
@@ -155,15 +155,9 @@ public final class NbdServer {
         return p != null ? p : describePeer(ch);
     }
 
-    private static String describePeer(Channel ch) {
-        if (ch instanceof EpollDomainSocketChannel d) {
-            try {
-                PeerCredentials c = d.peerCredentials();
-                return "unix:pid=" + c.pid() + ",uid=" + c.uid();
-            } catch (IOException | RuntimeException e) {
-                return "unix:?";
-            }
-        }
+    /** As {@link #peer}, read from the socket; {@code pid=P,uid=U} as the vhost-user listener logs its front-ends. */
+    static String describePeer(Channel ch) {
+        if (ch instanceof EpollDomainSocketChannel d) return LibcSocket.peerCredentials(d.fd().intValue());
         SocketAddress a = ch.remoteAddress();
         return a == null ? "?" : describe(a);
     }
