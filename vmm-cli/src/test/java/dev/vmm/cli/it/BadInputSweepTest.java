@@ -12,6 +12,7 @@ import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.options.KeyValueParser;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
+import dev.vmm.core.testing.TestCertificates;
 import dev.vmm.nbd.server.NbdServerComponent;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -41,10 +42,13 @@ class BadInputSweepTest extends PeerTestBase {
     void everyCommandLineFieldRejectsBadValuesByName() throws Exception {
         Path img = Images.sparse(tmp.resolve("disk.img"), 4 * MiB);
         Path sock = socketDir();
+        Path certs = TestCertificates.createCa(tmp.resolve("pki"), "sweep CA").serverDir("server", TestCertificates.KeyFormat.PKCS8_RSA);
         Map<String, String> templates = new LinkedHashMap<>();
         templates.put("--object", "qom-type=iothread,id=iotX,poll-max-ns=0,poll-grow=0,poll-shrink=0,aio-max-batch=0");
+        templates.put("--object tls", "qom-type=tls-creds-x509,id=tlsX,dir=" + certs + ",endpoint=server,verify-peer=on,sanity-check=on");
         templates.put("--blockdev", "driver=file,node-name=nX,filename=" + img + ",read-only=off,cache.direct=off,discard=unmap");
         templates.put("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0,max-connections=0,handshake-max-seconds=10");
+        templates.put("--nbd-server tls", "addr.type=inet,addr.host=127.0.0.1,addr.port=0,tls-creds=tls0");
         templates.put("--export nbd", "type=nbd,id=eX,node-name=d0,writable=on,iothread=iot0,fixed-iothread=off,name=n,description=d");
         templates.put("--export vhost-user-blk", "type=vhost-user-blk,id=eX,node-name=d0,writable=on,iothread=iot0,"
                 + "addr.type=unix,addr.path=" + sock.resolve("vu.sock") + ",num-queues=1,logical-block-size=512");
@@ -61,6 +65,9 @@ class BadInputSweepTest extends PeerTestBase {
                     try {
                         daemon.addIOThread("iot0");
                         daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=file,node-name=d0,filename=" + img, null));
+                        if (t.getKey().endsWith(" tls")) {
+                            daemon.objectAdd(KeyValueParser.parse("--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + certs, "qom-type"));
+                        }
                         if (optionName.equals("--export")) {
                             NbdServerComponent.configure(daemon, KeyValueParser.parse("--nbd-server",
                                     "addr.type=unix,addr.path=" + sock.resolve("nbd.sock"), null));
@@ -121,13 +128,18 @@ class BadInputSweepTest extends PeerTestBase {
         Path img2 = Images.sparse(tmp.resolve("other.img"), 1 * MiB);
         Path dir = socketDir();
         Path mon = dir.resolve("qmp.sock");
+        Path certs = TestCertificates.createCa(tmp.resolve("pki"), "sweep CA").serverDir("server", TestCertificates.KeyFormat.PKCS8_RSA);
         VmmProcess vmm = serve("--object", "iothread,id=iot0", "--object", "iothread,id=iot1",
+                "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + certs,
                 "--blockdev", "driver=file,node-name=disk0,filename=" + img,
                 "--nbd-server", Net.unixServer(dir.resolve("nbd.sock")),
                 "--export", "type=nbd,id=exp0,node-name=disk0,writable=on,iothread=iot0",
                 "--qmp", mon.toString());
         Map<String, Map<String, Object>> templates = new LinkedHashMap<>();
         templates.put("object-add", map("qom-type", "iothread", "id", "iotS"));
+        // a second template of a command: "name#variant"
+        templates.put("object-add#tls", map("qom-type", "tls-creds-x509", "id", "tlsS", "dir", certs.toString(), "endpoint", "server",
+                "verify-peer", true, "sanity-check", true));
         templates.put("object-del", map("id", "iotS"));
         templates.put("blockdev-add", map("driver", "file", "node-name", "nS", "filename", img2.toString(), "read-only", false,
                 "cache", map("direct", false), "discard", "unmap"));
@@ -141,6 +153,8 @@ class BadInputSweepTest extends PeerTestBase {
         templates.put("nbd-server-stop", map());
         templates.put("nbd-server-start", map("addr", map("type", "unix", "data", map("path", dir.resolve("n2.sock").toString())),
                 "max-connections", 4));
+        templates.put("nbd-server-start#tls", map("addr", map("type", "unix", "data", map("path", dir.resolve("n3.sock").toString())),
+                "tls-creds", "tls0"));
         List<Object> badValues = new ArrayList<>(List.of(1, -1, 1.5, 1e300, true, false, List.of(), List.of(1, "x"), map(), map("a", 1),
                 Long.MAX_VALUE, new java.math.BigInteger("123456789012345678901234567890")));
         badValues.addAll(BAD_TEXT);
@@ -153,12 +167,14 @@ class BadInputSweepTest extends PeerTestBase {
             for (Object c : (List<?>) cmds) registered.add((String) ((Map<?, ?>) c).get("name"));
             for (String name : registered) {
                 if (name.equals("quit")) continue;
-                Map<String, Object> template = templates.getOrDefault(name, map());
                 List<Map<String, Object>> variants = new ArrayList<>();
                 variants.add(map("bogus", 1));
-                for (String path : leafPaths(template, "")) {
-                    for (Object bad : badValues) variants.add(replaced(template, path, bad));
-                    variants.add(replaced(template, path, REMOVE));
+                for (Map.Entry<String, Map<String, Object>> t : templates.entrySet()) {
+                    if (!t.getKey().equals(name) && !t.getKey().startsWith(name + "#")) continue;
+                    for (String path : leafPaths(t.getValue(), "")) {
+                        for (Object bad : badValues) variants.add(replaced(t.getValue(), path, bad));
+                        variants.add(replaced(t.getValue(), path, REMOVE));
+                    }
                 }
                 for (Map<String, Object> args : variants) {
                     cases++;

@@ -181,7 +181,7 @@ public final class Daemon {
      */
     private TlsCredentials addTlsCredentials(Options o) throws OptionException, DaemonException {
         String id = o.required("id");
-        String dir = o.required("dir");
+        String dir = o.path("dir"); // no NUL byte: Path.of would throw
         String endpoint = o.choice("endpoint", "client", "client", "server");
         boolean verifyPeer = o.bool("verify-peer", true);
         boolean sanityCheck = o.bool("sanity-check", true);
