@@ -48,9 +48,19 @@ public final class NbdServerComponent implements AutoCloseable {
         int handshake = (int) o.number("handshake-max-seconds", DEFAULT_HANDSHAKE_MAX_SECONDS, 0, 24 * 3600);
         String tlsCreds = tlsCredsId(o);
         o.checkAllConsumed();
+        TlsCredentials tls = null;
+        if (tlsCreds != null) {
+            try {
+                tls = daemon.useTlsCredentials(tlsCreds, TLS_USER);
+            } catch (DaemonException e) { // the only failure: no such object
+                throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-creds",
+                        "'tls-creds': no TLS credentials object with id '" + tlsCreds + "'");
+            }
+        }
         try {
-            return configure(daemon, address, max, handshake, tlsCreds);
+            return configure(daemon, new NbdServer.Config(address, max, handshake, tls));
         } catch (DaemonException e) {
+            if (tls != null) tls.removeUser(TLS_USER);
             throw new DaemonException(o.optionName() + ": " + e.getMessage(), e);
         }
     }

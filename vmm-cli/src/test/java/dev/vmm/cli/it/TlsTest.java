@@ -276,6 +276,6 @@ class TlsTest extends PeerTestBase {
                 "--blockdev", "driver=file,node-name=disk0,filename=" + img,
                 "--nbd-server", Net.inetServer(port) + ",tls-creds=nope"), 30);
         assertEquals(1, r.exit(), r.describe());
-        assertEquals("vmm: --nbd-server: No TLS credentials with id 'nope'", r.stderr().strip(), r.describe());
+        assertEquals("vmm: --nbd-server: 'tls-creds': no TLS credentials object with id 'nope'", r.stderr().strip(), r.describe());
     }
 }
