@@ -33,6 +33,8 @@ import java.util.regex.Pattern;
  * credentials).
  */
 public final class Pem {
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(Pem.class);
+
     private static final Pattern BLOCK = Pattern.compile(
             "-----BEGIN ([A-Z0-9 ]+)-----\\R(.*?)-----END \\1-----", Pattern.DOTALL);
 
@@ -74,8 +76,15 @@ public final class Pem {
         return out;
     }
 
-    /** The first private key in {@code file}. */
+    /**
+     * The first private key in {@code file}. Logs one WARN line when the file is readable by its
+     * group or by everyone (QEMU does not check; a key others can read is a key others may have).
+     * The decoded key bytes are zeroed once the key object is built; the PEM text and the JDK's
+     * own copies cannot be.
+     */
     public static PrivateKey privateKey(Path file) throws TlsException {
+        String exposed = readableByOthers(file);
+        if (exposed != null) LOG.warn("{}", exposed);
         String text = read(file);
         Matcher m = BLOCK.matcher(text);
         while (m.find()) {
@@ -87,16 +96,40 @@ public final class Pem {
                         + " (e.g. 'openssl pkcs8 -topk8 -nocrypt -in KEY -out " + file.getFileName() + "')");
             }
             byte[] der = base64(file, body);
-            byte[] pkcs8 = switch (label) {
-                case "PRIVATE KEY" -> der;
-                case "RSA PRIVATE KEY" -> wrapPkcs1(der);
-                case "EC PRIVATE KEY" -> wrapSec1(file, der);
-                default -> throw new TlsException(file + ": unsupported key format '" + label + "' (PKCS#8, PKCS#1 RSA and SEC1 EC"
-                        + " keys are supported; convert with 'openssl pkcs8 -topk8 -nocrypt')");
-            };
-            return decodePkcs8(file, pkcs8);
+            byte[] pkcs8 = null;
+            try {
+                pkcs8 = switch (label) {
+                    case "PRIVATE KEY" -> der;
+                    case "RSA PRIVATE KEY" -> wrapPkcs1(der);
+                    case "EC PRIVATE KEY" -> wrapSec1(file, der);
+                    default -> throw new TlsException(file + ": unsupported key format '" + label + "' (PKCS#8, PKCS#1 RSA and SEC1 EC"
+                            + " keys are supported; convert with 'openssl pkcs8 -topk8 -nocrypt')");
+                };
+                return decodePkcs8(file, pkcs8);
+            } finally {
+                java.util.Arrays.fill(der, (byte) 0);
+                if (pkcs8 != null) java.util.Arrays.fill(pkcs8, (byte) 0);
+            }
         }
         throw new TlsException(file + ": no PEM private key ('-----BEGIN PRIVATE KEY-----') in the file");
+    }
+
+    /**
+     * A warning when {@code keyFile} may be read by its group or by everyone, else null (also
+     * when the file system has no POSIX permissions or the file cannot be inspected).
+     */
+    static String readableByOthers(Path keyFile) {
+        java.util.Set<java.nio.file.attribute.PosixFilePermission> p;
+        try {
+            p = Files.getPosixFilePermissions(keyFile);
+        } catch (IOException | UnsupportedOperationException e) {
+            return null; // read() reports a missing or unreadable file
+        }
+        boolean group = p.contains(java.nio.file.attribute.PosixFilePermission.GROUP_READ);
+        boolean others = p.contains(java.nio.file.attribute.PosixFilePermission.OTHERS_READ);
+        if (!group && !others) return null;
+        return keyFile + ": the private key is readable by " + (others ? "every user" : "its group") + " (mode "
+                + java.nio.file.attribute.PosixFilePermissions.toString(p) + "); restrict it with 'chmod 600 " + keyFile + "'";
     }
 
     private static PrivateKey decodePkcs8(Path file, byte[] pkcs8) throws TlsException {

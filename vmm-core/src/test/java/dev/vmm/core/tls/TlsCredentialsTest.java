@@ -200,6 +200,20 @@ class TlsCredentialsTest {
     }
 
     @Test
+    void aKeyReadableByItsGroupOrEveryoneIsWarnedAboutButLoads() throws Exception {
+        Path d = variant("exposed", "ca-cert.pem", Files.readString(good.resolve("ca-cert.pem")));
+        Path key = d.resolve("server-key.pem");
+        Files.setPosixFilePermissions(key, java.nio.file.attribute.PosixFilePermissions.fromString("rw-------"));
+        assertNull(Pem.readableByOthers(key));
+        Files.setPosixFilePermissions(key, java.nio.file.attribute.PosixFilePermissions.fromString("rw-r-----"));
+        String m = Pem.readableByOthers(key);
+        assertTrue(m.startsWith(key + ": the private key is readable by its group (mode rw-r-----)"), m);
+        Files.setPosixFilePermissions(key, java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--"));
+        assertTrue(Pem.readableByOthers(key).contains("readable by every user"));
+        assertNotNull(TlsCredentials.loadServer("tls0", d, true, true), "a warning, not an error");
+    }
+
+    @Test
     void certtoolStyleTextAroundTheBlocksIsIgnored() throws Exception {
         String key = Files.readString(good.resolve("server-key.pem"));
         Path d = variant("certtool", "server-key.pem", "Public Key Info:\n\tPublic Key Algorithm: RSA\n\n" + key + "\n");
