@@ -83,8 +83,6 @@ public final class Pem {
      * own copies cannot be.
      */
     public static PrivateKey privateKey(Path file) throws TlsException {
-        String exposed = readableByOthers(file);
-        if (exposed != null) LOG.warn("{}", exposed);
         String text = read(file);
         Matcher m = BLOCK.matcher(text);
         while (m.find()) {
@@ -105,7 +103,10 @@ public final class Pem {
                     default -> throw new TlsException(file + ": unsupported key format '" + label + "' (PKCS#8, PKCS#1 RSA and SEC1 EC"
                             + " keys are supported; convert with 'openssl pkcs8 -topk8 -nocrypt')");
                 };
-                return decodePkcs8(file, pkcs8);
+                PrivateKey key = decodePkcs8(file, pkcs8);
+                String exposed = readableByOthers(file); // only about a key that works: a broken one gets its error alone
+                if (exposed != null) LOG.warn("{}", exposed);
+                return key;
             } finally {
                 java.util.Arrays.fill(der, (byte) 0);
                 if (pkcs8 != null) java.util.Arrays.fill(pkcs8, (byte) 0);
@@ -125,6 +126,7 @@ public final class Pem {
         } catch (IOException | UnsupportedOperationException e) {
             return null; // read() reports a missing or unreadable file
         }
+        if (!Files.isRegularFile(keyFile)) return null;
         boolean group = p.contains(java.nio.file.attribute.PosixFilePermission.GROUP_READ);
         boolean others = p.contains(java.nio.file.attribute.PosixFilePermission.OTHERS_READ);
         if (!group && !others) return null;
