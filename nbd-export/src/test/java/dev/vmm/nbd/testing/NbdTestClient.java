@@ -1,15 +1,12 @@
 package dev.vmm.nbd.testing;
 
+import dev.vmm.nbd.client.NbdClient;
 import dev.vmm.nbd.protocol.NbdCmd;
-import dev.vmm.nbd.protocol.NbdHandshakeFlags;
-import dev.vmm.nbd.protocol.NbdInfo;
-import dev.vmm.nbd.protocol.NbdMagic;
 import dev.vmm.nbd.protocol.NbdOpt;
 import dev.vmm.nbd.protocol.NbdRep;
-import dev.vmm.nbd.protocol.NbdReplyFlags;
-import dev.vmm.nbd.protocol.NbdReplyType;
+import java.io.BufferedInputStream;
+import java.io.BufferedOutputStream;
 import java.io.ByteArrayOutputStream;
-import java.io.Closeable;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
@@ -17,102 +14,56 @@ import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
 import java.util.List;
 
 /**
- * A blocking NBD client for tests: speaks every part of the protocol the server implements,
- * extended headers included (Debian's libnbd and qemu are too old for those), and can send
- * malformed bytes on purpose. One thread per client; not for production use.
+ * The {@link NbdClient} for tests: a TCP socket with timeouts, raw access to its streams to
+ * send malformed bytes on purpose, STARTTLS, meta contexts, and a probe for the server hanging
+ * up. Options, {@code go}, requests and replies (extended headers included: Debian's libnbd
+ * and qemu are too old for those) are the client's own. One thread per client; not for
+ * production use.
  */
-public final class NbdTestClient implements Closeable {
-    /** One option reply. */
-    public record OptionReply(int option, int type, byte[] data) {
-        public boolean isError() { return NbdRep.isError(type); }
-    }
-
-    /** One reply chunk (a simple reply is reported as one chunk of type -1 with its error). */
-    public record Chunk(int flags, int type, long cookie, long offset, byte[] payload, int error) {
-        public boolean done() { return (flags & NbdReplyFlags.NBD_REPLY_FLAG_DONE) != 0; }
-    }
-
-    /** Everything the server sent for one request. */
-    public record Reply(long cookie, List<Chunk> chunks) {
-        /** The NBD error of the reply, 0 when it succeeded. */
-        public int error() {
-            for (Chunk c : chunks) {
-                if (c.type == -1) return c.error;
-                if (NbdReplyType.isError(c.type)) return readInt(c.payload, 0);
-            }
-            return 0;
-        }
-    }
-
-    public static final int SIMPLE = -1;
-
+public final class NbdTestClient extends NbdClient {
     private Socket socket;
     private DataInputStream in;
     private DataOutputStream out;
-    private boolean structured;
-    private boolean extended;
-    private long nextCookie = 1;
     /** Set by {@link #go}: export size and transmission flags. */
     public long size;
     public int transmissionFlags;
 
+    /** A connected socket and the streams over it, built before the superclass is. */
+    private record Connection(Socket socket, DataInputStream in, DataOutputStream out) {
+        static Connection open(InetSocketAddress address) throws IOException {
+            Socket socket = new Socket();
+            socket.connect(address, 5000);
+            socket.setSoTimeout(20_000);
+            socket.setTcpNoDelay(true);
+            return new Connection(socket, new DataInputStream(new BufferedInputStream(socket.getInputStream())),
+                    new DataOutputStream(new BufferedOutputStream(socket.getOutputStream())));
+        }
+    }
+
     public NbdTestClient(InetSocketAddress address) throws IOException {
-        socket = new Socket();
-        socket.connect(address, 5000);
-        socket.setSoTimeout(20_000);
-        socket.setTcpNoDelay(true);
-        in = new DataInputStream(new java.io.BufferedInputStream(socket.getInputStream()));
-        out = new DataOutputStream(new java.io.BufferedOutputStream(socket.getOutputStream()));
+        this(Connection.open(address));
+    }
+
+    private NbdTestClient(Connection c) {
+        super(c.in(), c.out(), c.socket());
+        socket = c.socket();
+        in = c.in();
+        out = c.out();
     }
 
     public Socket socket() { return socket; }
+    /** The stream requests are written to; bytes written here go out in order with the client's. */
     public DataOutputStream out() { return out; }
     public DataInputStream in() { return in; }
 
     /** Reads the greeting and sends the client flags (fixed newstyle, no zeroes). */
+    @Override
     public NbdTestClient handshake() throws IOException {
-        if (in.readLong() != NbdMagic.NBDMAGIC) throw new IOException("bad NBDMAGIC");
-        if (in.readLong() != NbdMagic.IHAVEOPT) throw new IOException("bad IHAVEOPT");
-        int flags = in.readUnsignedShort();
-        if ((flags & NbdHandshakeFlags.NBD_FLAG_FIXED_NEWSTYLE) == 0) throw new IOException("not fixed newstyle");
-        out.writeInt(NbdHandshakeFlags.NBD_FLAG_C_FIXED_NEWSTYLE | NbdHandshakeFlags.NBD_FLAG_C_NO_ZEROES);
-        out.flush();
+        super.handshake();
         return this;
-    }
-
-    public void sendOption(int option, byte[] data) throws IOException {
-        out.writeLong(NbdMagic.IHAVEOPT);
-        out.writeInt(option);
-        out.writeInt(data.length);
-        out.write(data);
-        out.flush();
-    }
-
-    public OptionReply readOptionReply() throws IOException {
-        long magic = in.readLong();
-        if (magic != NbdMagic.NBD_REP_MAGIC) throw new IOException("bad option reply magic 0x" + Long.toHexString(magic));
-        int option = in.readInt();
-        int type = in.readInt();
-        int len = in.readInt();
-        if (len < 0 || len > 1 << 20) throw new IOException("option reply length " + len);
-        byte[] data = new byte[len];
-        in.readFully(data);
-        return new OptionReply(option, type, data);
-    }
-
-    /** Sends an option and collects replies up to the final ACK or error. */
-    public List<OptionReply> option(int option, byte[] data) throws IOException {
-        sendOption(option, data);
-        List<OptionReply> replies = new ArrayList<>();
-        while (true) {
-            OptionReply r = readOptionReply();
-            replies.add(r);
-            if (r.type() == NbdRep.NBD_REP_ACK || r.isError()) return replies;
-        }
     }
 
     /**
@@ -128,8 +79,9 @@ public final class NbdTestClient implements Closeable {
         s.setUseClientMode(true);
         s.startHandshake();
         socket = s;
-        in = new DataInputStream(new java.io.BufferedInputStream(s.getInputStream()));
-        out = new DataOutputStream(new java.io.BufferedOutputStream(s.getOutputStream()));
+        in = new DataInputStream(new BufferedInputStream(s.getInputStream()));
+        out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
+        switchTransport(in, out, s);
         return r;
     }
 
@@ -160,21 +112,6 @@ public final class NbdTestClient implements Closeable {
         return ctx;
     }
 
-    public OptionReply structuredReplies() throws IOException {
-        OptionReply r = option(NbdOpt.NBD_OPT_STRUCTURED_REPLY, new byte[0]).get(0);
-        if (r.type() == NbdRep.NBD_REP_ACK) structured = true;
-        return r;
-    }
-
-    public OptionReply extendedHeaders() throws IOException {
-        OptionReply r = option(NbdOpt.NBD_OPT_EXTENDED_HEADERS, new byte[0]).get(0);
-        if (r.type() == NbdRep.NBD_REP_ACK) {
-            structured = true;
-            extended = true;
-        }
-        return r;
-    }
-
     /** NBD_OPT_SET_META_CONTEXT (or LIST) for one export and the given queries. */
     public List<OptionReply> metaContext(int option, String export, String... queries) throws IOException {
         ByteArrayOutputStream b = new ByteArrayOutputStream();
@@ -191,125 +128,18 @@ public final class NbdTestClient implements Closeable {
         return option(option, b.toByteArray());
     }
 
-    public static byte[] infoRequest(String export, int... infos) throws IOException {
-        ByteArrayOutputStream b = new ByteArrayOutputStream();
-        DataOutputStream d = new DataOutputStream(b);
-        byte[] n = export.getBytes(StandardCharsets.UTF_8);
-        d.writeInt(n.length);
-        d.write(n);
-        d.writeShort(infos.length);
-        for (int i : infos) d.writeShort(i);
-        return b.toByteArray();
-    }
-
     /** NBD_OPT_GO; on success records size and flags and enters transmission. */
+    @Override
     public List<OptionReply> go(String export, int... infos) throws IOException {
-        List<OptionReply> replies = option(NbdOpt.NBD_OPT_GO, infoRequest(export, infos));
-        for (OptionReply r : replies) {
-            if (r.type() == NbdRep.NBD_REP_INFO && readShort(r.data(), 0) == NbdInfo.NBD_INFO_EXPORT) {
-                size = readLong(r.data(), 2);
-                transmissionFlags = readShort(r.data(), 10);
-            }
-        }
+        List<OptionReply> replies = super.go(export, infos);
+        size = size();
+        transmissionFlags = transmissionFlags();
         return replies;
     }
 
-    // ---- transmission ----
-
-    public long sendRequest(int flags, int type, long offset, long length, byte[] payload) throws IOException {
-        long cookie = nextCookie++;
-        if (extended) {
-            out.writeInt(NbdMagic.NBD_EXTENDED_REQUEST_MAGIC);
-            out.writeShort(flags);
-            out.writeShort(type);
-            out.writeLong(cookie);
-            out.writeLong(offset);
-            out.writeLong(length);
-        } else {
-            out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
-            out.writeShort(flags);
-            out.writeShort(type);
-            out.writeLong(cookie);
-            out.writeLong(offset);
-            out.writeInt((int) length);
-        }
-        if (payload != null) out.write(payload);
-        out.flush();
-        return cookie;
-    }
-
-    /** Reads one whole reply (all chunks up to DONE, or one simple reply). */
-    public Reply readReply(int readLengthIfSimple) throws IOException {
-        List<Chunk> chunks = new ArrayList<>();
-        long cookie;
-        while (true) {
-            int magic = in.readInt();
-            if (magic == NbdMagic.NBD_SIMPLE_REPLY_MAGIC) {
-                if (extended) throw new IOException("simple reply with extended headers");
-                int error = in.readInt();
-                cookie = in.readLong();
-                byte[] data = new byte[error == 0 ? readLengthIfSimple : 0];
-                in.readFully(data);
-                chunks.add(new Chunk(NbdReplyFlags.NBD_REPLY_FLAG_DONE, SIMPLE, cookie, 0, data, error));
-                return new Reply(cookie, chunks);
-            }
-            int flags;
-            int type;
-            long offset = 0;
-            long len;
-            if (magic == NbdMagic.NBD_STRUCTURED_REPLY_MAGIC) {
-                if (extended) throw new IOException("structured reply with extended headers");
-                flags = in.readUnsignedShort();
-                type = in.readUnsignedShort();
-                cookie = in.readLong();
-                len = in.readInt() & 0xFFFFFFFFL;
-            } else if (magic == NbdMagic.NBD_EXTENDED_REPLY_MAGIC) {
-                if (!extended) throw new IOException("extended reply without extended headers");
-                flags = in.readUnsignedShort();
-                type = in.readUnsignedShort();
-                cookie = in.readLong();
-                offset = in.readLong();
-                len = in.readLong();
-            } else {
-                throw new IOException("bad reply magic 0x" + Integer.toHexString(magic));
-            }
-            if (len > 64 << 20) throw new IOException("chunk of " + len + " bytes");
-            byte[] payload = new byte[(int) len];
-            in.readFully(payload);
-            chunks.add(new Chunk(flags, type, cookie, offset, payload, 0));
-            if ((flags & NbdReplyFlags.NBD_REPLY_FLAG_DONE) != 0) return new Reply(cookie, chunks);
-        }
-    }
-
-    public Reply request(int flags, int type, long offset, long length, byte[] payload) throws IOException {
-        sendRequest(flags, type, offset, length, payload);
-        return readReply(type == NbdCmd.NBD_CMD_READ ? (int) length : 0);
-    }
-
-    /**
-     * Reads {@code length} bytes, assembling data and hole chunks; throws on an error reply.
-     */
-    public byte[] read(long offset, int length, int flags) throws IOException {
-        Reply r = request(flags, NbdCmd.NBD_CMD_READ, offset, length, null);
-        if (r.error() != 0) throw new NbdErrorException(r.error());
-        byte[] data = new byte[length];
-        for (Chunk c : r.chunks()) {
-            if (c.type() == SIMPLE) return c.payload();
-            if (c.type() == NbdReplyType.NBD_REPLY_TYPE_OFFSET_DATA) {
-                long at = readLong(c.payload(), 0);
-                System.arraycopy(c.payload(), 8, data, (int) (at - offset), c.payload().length - 8);
-            }
-            // OFFSET_HOLE: already zero
-        }
-        return data;
-    }
-
+    /** NBD_CMD_WRITE with {@code flags}; returns the reply's NBD error, 0 on success. */
     public int write(long offset, byte[] data, int flags) throws IOException {
         return request(flags, NbdCmd.NBD_CMD_WRITE, offset, data.length, data).error();
-    }
-
-    public void disconnect() throws IOException {
-        sendRequest(0, NbdCmd.NBD_CMD_DISC, 0, 0, null);
     }
 
     /** True when the server closed the connection (EOF within the socket timeout). */
@@ -326,9 +156,10 @@ public final class NbdTestClient implements Closeable {
         }
     }
 
+    /** Closes the socket without NBD_CMD_DISC (tests disconnect explicitly, or not at all on purpose). */
     @Override
     public void close() throws IOException {
-        socket.close();
+        abort();
     }
 
     public static int readShort(byte[] b, int at) {
@@ -341,16 +172,5 @@ public final class NbdTestClient implements Closeable {
 
     public static long readLong(byte[] b, int at) {
         return ((long) readInt(b, at) << 32) | (readInt(b, at + 4) & 0xFFFFFFFFL);
-    }
-
-    /** An NBD error reply, with the NBD error number. */
-    public static final class NbdErrorException extends IOException {
-        private static final long serialVersionUID = 1L;
-        public final int error;
-
-        public NbdErrorException(int error) {
-            super("NBD error " + error);
-            this.error = error;
-        }
     }
 }
