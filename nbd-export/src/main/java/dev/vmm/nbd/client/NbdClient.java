@@ -117,7 +117,7 @@ public class NbdClient implements Closeable {
     private boolean extended;
     private long size;
     private int transmissionFlags;
-    /** NBD_OPT_GO was acknowledged: {@link #close} says NBD_CMD_DISC. */
+    /** NBD_OPT_GO was acknowledged and no NBD_CMD_DISC sent yet: {@link #close} sends one. */
     private boolean transmission;
 
     // ---- sending thread ----
@@ -325,8 +325,12 @@ public class NbdClient implements Closeable {
         return cookie;
     }
 
-    /** Sends NBD_CMD_DISC (the server answers it by closing the connection, with no reply). */
+    /**
+     * Sends NBD_CMD_DISC (the server answers it by closing the connection, with no reply;
+     * replies to earlier requests still come). {@link #close} then says nothing more.
+     */
     public void disconnect() throws IOException {
+        transmission = false;
         sendRequest(0, NbdCmd.NBD_CMD_DISC, 0, 0, null);
     }
 
