@@ -10,7 +10,9 @@ import dev.vmm.cli.guest.Initramfs;
 import dev.vmm.cli.qmp.QmpClient;
 import dev.vmm.cli.qmp.ShellSyntax;
 import dev.vmm.core.qmp.CoreCommands;
+import dev.vmm.nbd.client.NbdClient;
 import java.io.IOException;
+import java.net.UnixDomainSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -145,7 +147,7 @@ public final class DemoGuest {
         s = steps.begin("boot the guest (QEMU, TCG) and write 1 MiB through /dev/vda (O_DIRECT)");
         // A reused image still holds the last run's patterns and go signal: wipe them first, or
         // the read-back would prove nothing and the guest would not wait for the move.
-        try (NbdBlockClient nbd = NbdBlockClient.connect(demo.nbdSocket(), Demo.NODE)) {
+        try (NbdClient nbd = openNbd()) {
             nbd.write(GO_OFFSET, new byte[(int) (MIN_SIZE - GO_OFFSET)]);
             nbd.flush();
         } catch (IOException e) {
@@ -189,7 +191,7 @@ public final class DemoGuest {
 
         // 5. go signal; guest re-reads A and writes B through iot1; host reads B
         s = steps.begin("guest re-reads and writes again through " + Demo.IOT1 + "; NBD reads it back");
-        try (NbdBlockClient nbd = NbdBlockClient.connect(demo.nbdSocket(), Demo.NODE)) {
+        try (NbdClient nbd = openNbd()) {
             byte[] go = new byte[512];
             System.arraycopy(GO.getBytes(StandardCharsets.US_ASCII), 0, go, 0, GO.length());
             nbd.write(GO_OFFSET, go);
@@ -219,9 +221,14 @@ public final class DemoGuest {
         return false;
     }
 
+    /** The demo's export over its unix socket, in transmission; closing it says NBD_CMD_DISC. */
+    private NbdClient openNbd() throws IOException {
+        return NbdClient.open(UnixDomainSocketAddress.of(demo.nbdSocket()), Demo.NODE);
+    }
+
     /** Null when the NBD read at {@code offset} equals {@code expected}, else why not. */
     private String compareOverNbd(long offset, byte[] expected) {
-        try (NbdBlockClient nbd = NbdBlockClient.connect(demo.nbdSocket(), Demo.NODE)) {
+        try (NbdClient nbd = openNbd()) {
             byte[] got = nbd.read(offset, expected.length);
             int at = Arrays.mismatch(got, expected);
             return at < 0 ? null : "byte " + (offset + at) + " differs: read 0x" + Integer.toHexString(got[at] & 0xff)

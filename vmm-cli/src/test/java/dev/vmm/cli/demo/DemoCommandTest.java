@@ -12,10 +12,12 @@ import dev.vmm.cli.guest.HostTools;
 import dev.vmm.cli.it.Net;
 import dev.vmm.cli.it.Peers;
 import dev.vmm.cli.it.Run;
+import dev.vmm.nbd.client.NbdClient;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.net.InetSocketAddress;
 import java.net.ServerSocket;
+import java.net.UnixDomainSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -96,8 +98,8 @@ class DemoCommandTest {
         assertTrue(out.contains("nbd://127.0.0.1:" + port + "/disk0"), out);
         assertTrue(out.contains("./vmm guest --socket " + dir.resolve("vhost-user-blk.sock")), out);
         assertTrue(out.contains("./vmm qmp --socket " + dir.resolve("qmp.sock") + " x-blockdev-set-iothread node-name=disk0 iothread=iot1"), out);
-        try (NbdBlockClient unix = NbdBlockClient.connect(dir.resolve("nbd.sock"), "disk0");
-             NbdBlockClient tcp = NbdBlockClient.connect(new InetSocketAddress("127.0.0.1", port), "disk0")) {
+        try (NbdClient unix = NbdClient.open(UnixDomainSocketAddress.of(dir.resolve("nbd.sock")), "disk0");
+             NbdClient tcp = NbdClient.open(new InetSocketAddress("127.0.0.1", port), "disk0")) {
             assertEquals(64L << 20, unix.size());
             byte[] data = "written over TCP, read over unix".getBytes(StandardCharsets.US_ASCII);
             tcp.write(8192, Arrays.copyOf(data, 512));
@@ -119,7 +121,7 @@ class DemoCommandTest {
             int used = Integer.parseInt(m.group(1));
             assertNotEquals(busy, used);
             assertTrue(out.contains("nbd://127.0.0.1:" + used + "/disk0"), out);
-            try (NbdBlockClient c = NbdBlockClient.connect(new InetSocketAddress("127.0.0.1", used), "disk0")) {
+            try (NbdClient c = NbdClient.open(new InetSocketAddress("127.0.0.1", used), "disk0")) {
                 assertEquals(8L << 20, c.size());
             }
             if (HostTools.find("nbdinfo") != null) { // a real peer too, when installed
