@@ -5,20 +5,10 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import dev.vmm.nbd.client.NbdClient;
 import dev.vmm.nbd.protocol.NbdCmd;
-import dev.vmm.nbd.protocol.NbdHandshakeFlags;
-import dev.vmm.nbd.protocol.NbdMagic;
-import dev.vmm.nbd.protocol.NbdOpt;
-import dev.vmm.nbd.protocol.NbdRep;
-import dev.vmm.nbd.testing.NbdTestClient;
-import java.io.BufferedInputStream;
-import java.io.BufferedOutputStream;
-import java.io.DataInputStream;
-import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
-import java.io.InputStream;
-import java.io.OutputStream;
 import java.nio.ByteBuffer;
 import java.net.UnixDomainSocketAddress;
 import java.nio.channels.Channels;
@@ -68,17 +58,15 @@ class SigtermShutdownTest extends PeerTestBase {
         for (Path p : List.of(nbd, vhost, qmp, server.pidfile())) assertTrue(Files.exists(p), p + " missing while serving");
 
         try (SocketChannel monitor = SocketChannel.open(UnixDomainSocketAddress.of(qmp));
-                SocketChannel frontEnd = SocketChannel.open(UnixDomainSocketAddress.of(vhost));
-                SocketChannel nbdChannel = SocketChannel.open(UnixDomainSocketAddress.of(nbd))) {
+                SocketChannel frontEnd = SocketChannel.open(UnixDomainSocketAddress.of(vhost))) {
             // QMP: greeting, then capabilities negotiation; the client stays connected.
             var qin = new java.io.BufferedReader(new java.io.InputStreamReader(Channels.newInputStream(monitor), StandardCharsets.UTF_8));
             assertTrue(qin.readLine().contains("QMP"), "QMP greeting");
             monitor.write(ByteBuffer.wrap("{\"execute\":\"qmp_capabilities\"}\n".getBytes(StandardCharsets.UTF_8)));
             assertTrue(qin.readLine().contains("return"), "qmp_capabilities");
 
-            DataInputStream in = new DataInputStream(new BufferedInputStream(inputOf(nbdChannel)));
-            DataOutputStream out = new DataOutputStream(new BufferedOutputStream(outputOf(nbdChannel), 1 << 20));
-            handshake(in, out, "disk0");
+            // simple replies: one thread sends, another reads (NbdClient's documented split)
+            NbdClient client = NbdClient.open(UnixDomainSocketAddress.of(nbd), "disk0");
 
             Set<Long> acked = ConcurrentHashMap.newKeySet();
             List<String> errors = new java.util.concurrent.CopyOnWriteArrayList<>();
@@ -86,11 +74,11 @@ class SigtermShutdownTest extends PeerTestBase {
             Thread reader = new Thread(() -> {
                 try {
                     while (true) {
-                        int magic;
+                        NbdClient.Reply reply;
                         try {
-                            magic = in.readInt();
+                            reply = client.readReply(0);
                         } catch (EOFException e) {
-                            return; // closed at a reply boundary: fine
+                            return; // closed at a reply boundary: fine (a torn reply is another IOException)
                         } catch (java.net.SocketException e) {
                             // ECONNRESET: the server closed with requests of ours still unread in
                             // its socket (those it did not take). A unix socket delivers every
@@ -98,11 +86,8 @@ class SigtermShutdownTest extends PeerTestBase {
                             if (String.valueOf(e.getMessage()).contains("reset")) return;
                             throw e;
                         }
-                        int error = in.readInt(); // EOF from here on is a torn reply
-                        long cookie = in.readLong();
-                        if (magic != NbdMagic.NBD_SIMPLE_REPLY_MAGIC) errors.add("bad reply magic " + Integer.toHexString(magic));
-                        if (error != 0) errors.add("write " + cookie + " failed with NBD error " + error);
-                        else acked.add(cookie);
+                        if (reply.error() != 0) errors.add("write " + reply.cookie() + " failed with NBD error " + reply.error());
+                        else acked.add(reply.cookie());
                         firstReply.countDown();
                     }
                 } catch (IOException e) {
@@ -113,15 +98,9 @@ class SigtermShutdownTest extends PeerTestBase {
             Thread writer = new Thread(() -> {
                 try {
                     for (int i = 0; i < WRITES; i++) {
-                        out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
-                        out.writeShort(0);
-                        out.writeShort(NbdCmd.NBD_CMD_WRITE);
-                        out.writeLong(i);
-                        out.writeLong((long) i * WRITE_SIZE);
-                        out.writeInt(WRITE_SIZE);
-                        out.write(Images.data(i, WRITE_SIZE));
+                        client.writeRequest(0, NbdCmd.NBD_CMD_WRITE, i, (long) i * WRITE_SIZE, WRITE_SIZE, Images.data(i, WRITE_SIZE));
                     }
-                    out.flush();
+                    client.flushOutput();
                 } catch (IOException e) {
                     // the server stopped reading: expected once it is shutting down
                 }
@@ -133,6 +112,7 @@ class SigtermShutdownTest extends PeerTestBase {
             reader.join(10_000);
             writer.join(10_000);
             assertFalse(reader.isAlive(), "the server did not close the NBD connection");
+            client.abort();
             assertEquals(List.of(), errors);
             assertTrue(repliedBeforeSigterm < WRITES, "no write was in flight at SIGTERM; the test proves little");
             for (long i : acked) {
@@ -143,62 +123,5 @@ class SigtermShutdownTest extends PeerTestBase {
                     WRITES, repliedBeforeSigterm, acked.size());
         }
         for (Path p : List.of(nbd, vhost, qmp, server.pidfile())) assertFalse(Files.exists(p), p + " left behind after SIGTERM");
-    }
-
-    /**
-     * Streams over a blocking channel that one thread may read while another writes. (JDK 17's
-     * {@code Channels.newInputStream}/{@code newOutputStream} both take the channel's blocking
-     * lock, so a blocked read stalls every write.)
-     */
-    private static InputStream inputOf(SocketChannel ch) {
-        return new InputStream() {
-            @Override
-            public int read() throws IOException {
-                byte[] one = new byte[1];
-                return read(one, 0, 1) < 0 ? -1 : one[0] & 0xff;
-            }
-
-            @Override
-            public int read(byte[] b, int off, int len) throws IOException {
-                return ch.read(ByteBuffer.wrap(b, off, len));
-            }
-        };
-    }
-
-    private static OutputStream outputOf(SocketChannel ch) {
-        return new OutputStream() {
-            @Override
-            public void write(int b) throws IOException {
-                write(new byte[] {(byte) b}, 0, 1);
-            }
-
-            @Override
-            public void write(byte[] b, int off, int len) throws IOException {
-                ByteBuffer buf = ByteBuffer.wrap(b, off, len);
-                while (buf.hasRemaining()) ch.write(buf);
-            }
-        };
-    }
-
-    /** Fixed newstyle handshake with NBD_OPT_GO; simple replies from then on. */
-    private static void handshake(DataInputStream in, DataOutputStream out, String export) throws IOException {
-        assertEquals(NbdMagic.NBDMAGIC, in.readLong());
-        assertEquals(NbdMagic.IHAVEOPT, in.readLong());
-        in.readUnsignedShort();
-        out.writeInt(NbdHandshakeFlags.NBD_FLAG_C_FIXED_NEWSTYLE | NbdHandshakeFlags.NBD_FLAG_C_NO_ZEROES);
-        byte[] go = NbdTestClient.infoRequest(export);
-        out.writeLong(NbdMagic.IHAVEOPT);
-        out.writeInt(NbdOpt.NBD_OPT_GO);
-        out.writeInt(go.length);
-        out.write(go);
-        out.flush();
-        while (true) {
-            assertEquals(NbdMagic.NBD_REP_MAGIC, in.readLong());
-            in.readInt();
-            int type = in.readInt();
-            in.skipNBytes(in.readInt());
-            if (type == NbdRep.NBD_REP_ACK) return;
-            assertFalse(NbdRep.isError(type), "NBD_OPT_GO refused: " + type);
-        }
     }
 }
