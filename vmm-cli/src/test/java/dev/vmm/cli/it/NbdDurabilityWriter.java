@@ -1,13 +1,9 @@
 package dev.vmm.cli.it;
 
+import dev.vmm.nbd.client.NbdClient;
 import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdCmdFlags;
-import dev.vmm.nbd.protocol.NbdMagic;
-import dev.vmm.nbd.protocol.NbdRep;
 import dev.vmm.nbd.protocol.NbdTransmissionFlags;
-import dev.vmm.nbd.testing.NbdTestClient;
-import java.io.DataInputStream;
-import java.io.DataOutputStream;
 import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.nio.ByteBuffer;
@@ -50,8 +46,8 @@ public final class NbdDurabilityWriter {
 
     /** Whether the export offers NBD_FLAG_CAN_MULTI_CONN (asks one throw-away connection). */
     public static boolean multiConn(InetSocketAddress address, String export) throws IOException {
-        try (NbdTestClient c = open(address, export)) {
-            return (c.transmissionFlags & NbdTransmissionFlags.NBD_FLAG_CAN_MULTI_CONN) != 0;
+        try (NbdClient c = NbdClient.open(address, export)) {
+            return (c.transmissionFlags() & NbdTransmissionFlags.NBD_FLAG_CAN_MULTI_CONN) != 0;
         }
     }
 
@@ -61,21 +57,10 @@ public final class NbdDurabilityWriter {
         NbdDurabilityWriter w = new NbdDurabilityWriter(ledger);
         int share = ledger.blocks() / connections;
         for (int i = 0; i < connections; i++) {
-            w.conns.add(w.new Conn(i, open(address, export), i * share, share, queueDepth, seed + i));
+            w.conns.add(w.new Conn(i, NbdClient.open(address, export), i * share, share, queueDepth, seed + i));
         }
         for (Conn c : w.conns) c.start();
         return w;
-    }
-
-    /** A connection in transmission phase with simple replies (a WRITE or FLUSH reply is 16 bytes). */
-    static NbdTestClient open(InetSocketAddress address, String export) throws IOException {
-        NbdTestClient c = new NbdTestClient(address).handshake();
-        List<NbdTestClient.OptionReply> replies = c.go(export);
-        if (replies.get(replies.size() - 1).type() != NbdRep.NBD_REP_ACK) {
-            c.close();
-            throw new IOException("NBD_OPT_GO refused: " + replies);
-        }
-        return c;
     }
 
     /** Sends nothing more, waits for the replies of what is in flight, then disconnects. */
@@ -109,10 +94,13 @@ public final class NbdDurabilityWriter {
         return e;
     }
 
-    /** One connection: a sender, a reader, and the cookies in flight between them. */
+    /**
+     * One connection: a sender, a reader, and the cookies in flight between them; the client's
+     * documented split (simple replies: a WRITE or FLUSH reply is 16 bytes).
+     */
     private final class Conn {
         final int index;
-        final NbdTestClient client;
+        final NbdClient client;
         final int firstBlock;
         final int blocks;
         final Semaphore window;
@@ -124,7 +112,7 @@ public final class NbdDurabilityWriter {
         volatile boolean readerDone;
         volatile String error;
 
-        Conn(int index, NbdTestClient client, int firstBlock, int blocks, int queueDepth, long seed) {
+        Conn(int index, NbdClient client, int firstBlock, int blocks, int queueDepth, long seed) {
             this.index = index;
             this.client = client;
             this.firstBlock = firstBlock;
@@ -145,14 +133,13 @@ public final class NbdDurabilityWriter {
 
         void close() {
             try {
-                client.close();
+                client.abort(); // the sender or reader may be blocked in it
             } catch (IOException ignored) {
                 // closing a socket whose peer is dead
             }
         }
 
         private void send() {
-            DataOutputStream out = client.out();
             long cookie = 0;
             int sinceFlush = 0;
             try {
@@ -173,22 +160,17 @@ public final class NbdDurabilityWriter {
                     }
                     long c = ++cookie;
                     inFlight.put(c, op); // before sending: the reply may come back at once
-                    write(out, c, op);
-                    if (window.availablePermits() == 0 || rnd.nextInt(4) == 0) out.flush();
+                    write(c, op);
+                    if (window.availablePermits() == 0 || rnd.nextInt(4) == 0) client.flushOutput();
                 }
-                out.flush();
+                client.flushOutput();
                 // stop(): let every reply come back, then hang up politely
                 while (!readerDone && !window.tryAcquire(queueDepth, 50, TimeUnit.MILLISECONDS)) {
                     // waiting for replies
                 }
                 if (!readerDone) {
-                    out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
-                    out.writeShort(0);
-                    out.writeShort(NbdCmd.NBD_CMD_DISC);
-                    out.writeLong(++cookie);
-                    out.writeLong(0);
-                    out.writeInt(0);
-                    out.flush();
+                    client.writeRequest(0, NbdCmd.NBD_CMD_DISC, ++cookie, 0, 0, null);
+                    client.flushOutput();
                 }
             } catch (IOException e) {
                 // the server died: the reader sees it too
@@ -209,38 +191,24 @@ public final class NbdDurabilityWriter {
             return versions == null ? null : new Op(false, first, versions, fua, 0);
         }
 
-        private void write(DataOutputStream out, long cookie, Op op) throws IOException {
-            out.writeInt(NbdMagic.NBD_REQUEST_MAGIC);
+        private void write(long cookie, Op op) throws IOException {
             if (op.flush()) {
-                out.writeShort(0);
-                out.writeShort(NbdCmd.NBD_CMD_FLUSH);
-                out.writeLong(cookie);
-                out.writeLong(0);
-                out.writeInt(0);
+                client.writeRequest(0, NbdCmd.NBD_CMD_FLUSH, cookie, 0, 0, null);
                 return;
             }
             int len = op.versions().length * VersionedBlock.SIZE;
-            out.writeShort(op.fua() ? NbdCmdFlags.NBD_CMD_FLAG_FUA : 0);
-            out.writeShort(NbdCmd.NBD_CMD_WRITE);
-            out.writeLong(cookie);
-            out.writeLong((long) op.first() * VersionedBlock.SIZE);
-            out.writeInt(len);
             ByteBuffer payload = ByteBuffer.allocate(len);
             for (int i = 0; i < op.versions().length; i++) VersionedBlock.encode(op.first() + i, op.versions()[i], payload);
-            out.write(payload.array());
+            client.writeRequest(op.fua() ? NbdCmdFlags.NBD_CMD_FLAG_FUA : 0, NbdCmd.NBD_CMD_WRITE, cookie,
+                    (long) op.first() * VersionedBlock.SIZE, len, payload.array());
         }
 
         private void receive() {
-            DataInputStream in = client.in();
             try {
                 while (true) {
-                    int magic = in.readInt();
-                    int err = in.readInt();
-                    long cookie = in.readLong();
-                    if (magic != NbdMagic.NBD_SIMPLE_REPLY_MAGIC) {
-                        error = "bad reply magic 0x" + Integer.toHexString(magic);
-                        return;
-                    }
+                    NbdClient.Reply reply = client.readReply(0);
+                    int err = reply.error();
+                    long cookie = reply.cookie();
                     Op op = inFlight.remove(cookie);
                     if (op == null) {
                         error = "reply for unknown cookie " + cookie;
@@ -259,6 +227,8 @@ public final class NbdDurabilityWriter {
                     }
                     window.release();
                 }
+            } catch (NbdClient.ProtocolException e) {
+                error = e.getMessage(); // e.g. a bad reply magic: not what a kill does
             } catch (IOException e) {
                 // EOF or reset: the server is gone (killed), or stop() hung up
             } finally {

@@ -4,8 +4,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
+import dev.vmm.nbd.client.NbdClient;
 import dev.vmm.nbd.protocol.NbdCmd;
-import dev.vmm.nbd.testing.NbdTestClient;
 import java.net.InetSocketAddress;
 import java.nio.file.Path;
 import java.util.List;
@@ -141,7 +141,7 @@ class NbdKillDurabilityTest extends PeerTestBase {
     static void verifyAfterRestart(InetSocketAddress addr, DurabilityLedger ledger) throws Exception {
         int chunk = 256; // blocks per READ: 1 MiB
         VersionedBlock.Found[] found = new VersionedBlock.Found[ledger.blocks()];
-        try (NbdTestClient c = NbdDurabilityWriter.open(addr, "disk0")) {
+        try (NbdClient c = NbdClient.open(addr, "disk0")) {
             for (int b = 0; b < ledger.blocks(); b += chunk) {
                 int n = Math.min(chunk, ledger.blocks() - b);
                 byte[] data = c.read((long) b * VersionedBlock.SIZE, n * VersionedBlock.SIZE, 0);
