@@ -170,7 +170,8 @@ public class NbdClient implements Closeable {
             } catch (IOException suppressed) {
                 e.addSuppressed(suppressed);
             }
-            throw new IOException("NBD handshake for export '" + export + "' failed: " + e.getMessage(), e);
+            String why = e instanceof EOFException ? "the server closed the connection" : e.getMessage();
+            throw new IOException("NBD handshake for export '" + export + "' failed: " + why, e);
         }
     }
 

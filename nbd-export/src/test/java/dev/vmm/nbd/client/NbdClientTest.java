@@ -160,6 +160,14 @@ class NbdClientTest {
     }
 
     @Test
+    void aServerHangingUpInTheHandshakeSaysSo() throws Exception {
+        try (ScriptedServer s = new ScriptedServer(Arrays.copyOf(ScriptedServer.GREETING, 8), false, out -> {})) {
+            IOException e = assertThrows(IOException.class, () -> NbdClient.open(s.address(), "disk0"));
+            assertEquals("NBD handshake for export 'disk0' failed: the server closed the connection", e.getMessage());
+        }
+    }
+
+    @Test
     void aBadReplyMagicIsAProtocolException() throws Exception {
         try (ScriptedServer s = new ScriptedServer(ScriptedServer.GREETING, true, out -> out.writeInt(0xdeadbeef).writeInt(0).writeLong(1));
                 NbdClient c = NbdClient.open(s.address(), "disk0")) {
@@ -229,7 +237,7 @@ class NbdClientTest {
     }
 
     /**
-     * One connection on a loopback port: the greeting, an ACK to NBD_OPT_GO (with
+     * One connection on a loopback port: the greeting (hanging up if it is short), an ACK to NBD_OPT_GO (with
      * NBD_INFO_EXPORT), then for the first request the scripted reply bytes, then a hang-up.
      * Its thread only; the test thread reads {@link #address}.
      */
@@ -246,6 +254,7 @@ class NbdClientTest {
                     DataOutputStream out = new DataOutputStream(s.getOutputStream());
                     out.write(greeting);
                     out.flush();
+                    if (greeting.length < 18) return; // hangs up inside the greeting
                     in.readInt(); // client flags
                     if (!go) return;
                     in.readLong(); // IHAVEOPT
