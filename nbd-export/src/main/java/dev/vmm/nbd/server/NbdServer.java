@@ -145,6 +145,8 @@ public final class NbdServer {
     private static final AttributeKey<String> PEER = AttributeKey.valueOf("vmm.nbd.peer");
     /** The export a client uses, once its handshake chose one; for the disconnect line. */
     static final AttributeKey<String> EXPORT = AttributeKey.valueOf("vmm.nbd.export");
+    /** Set by the first graceful close of a connection; a second one (stop and export-del racing) only waits. */
+    private static final AttributeKey<Boolean> CLOSING = AttributeKey.valueOf("vmm.nbd.closing");
 
     /**
      * How log lines name a client: {@code host:port} over TCP; over a unix socket the peer's
@@ -322,14 +324,17 @@ public final class NbdServer {
                 UnixSocketFiles.removeQuietly(Path.of(u.path()));
             }
         }
-        List<io.netty.channel.ChannelFuture> closing = new ArrayList<>();
+        Map<Channel, NbdExport> closing = new LinkedHashMap<>();
         for (NbdExport e : exports()) {
-            for (Channel c : e.clients()) closing.add(closeGracefully(c, e));
+            for (Channel c : e.clients()) {
+                closeGracefully(c, e);
+                closing.put(c, e);
+            }
         }
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
-        for (io.netty.channel.ChannelFuture f : closing) {
+        for (Map.Entry<Channel, NbdExport> c : closing.entrySet()) {
             long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
-            if (!f.awaitUninterruptibly(Math.max(1, left))) f.channel().close();
+            if (!c.getKey().closeFuture().awaitUninterruptibly(Math.max(1, left))) forceClose(c.getKey(), c.getValue().node());
         }
         // Clients still negotiating (or joining) have no replies in flight: close them too.
         for (Channel c : List.copyOf(connections)) {
@@ -354,6 +359,7 @@ public final class NbdServer {
      * users, so later moves leave it on this loop for the rest of its close (it serves nothing).
      */
     private io.netty.channel.ChannelFuture closeGracefully(Channel c, NbdExport export) {
+        if (c.attr(CLOSING).setIfAbsent(Boolean.TRUE) != null) return c.closeFuture(); // on its way already
         BlockNode node = export.node();
         main.execute(() -> node.requestJoin(() -> {
             IOThread home = node.home();
@@ -371,6 +377,17 @@ public final class NbdServer {
             }
         }));
         return c.closeFuture();
+    }
+
+    /**
+     * Closes a connection whose graceful close did not finish in time; inside the node's gate
+     * too, since a move may still hold the channel between two loops. Any thread.
+     */
+    private void forceClose(Channel c, BlockNode node) {
+        main.execute(() -> node.requestJoin(() -> {
+            c.close(); // registered on some loop now: Netty runs the close there
+            node.joinDone();
+        }));
     }
 
     /**

@@ -55,6 +55,59 @@ class NbdStopDuringHandoffTest {
         rounds(false);
     }
 
+    @Test
+    void aSecondCloseAfterTheNodeMovedDoesNotTouchTheLingeringClient() throws Exception {
+        // stop() closes a client that does not hang up (it lingers on iot0, no longer a user of the
+        // node); the node then moves to iot1 and the export is deleted: that second close must not
+        // run the close again from iot1 on a channel that lives on iot0.
+        Path image = tmp.resolve("linger.img");
+        try (RandomAccessFile f = new RandomAccessFile(image.toFile(), "rw")) {
+            f.setLength(SIZE);
+        }
+        List<String> bad = new java.util.concurrent.CopyOnWriteArrayList<>();
+        java.util.logging.Handler h = new java.util.logging.Handler() {
+            @Override
+            public void publish(java.util.logging.LogRecord r) {
+                if (r.getLevel().intValue() >= java.util.logging.Level.WARNING.intValue() || r.getThrown() != null) {
+                    bad.add(r.getLevel() + " " + r.getMessage() + (r.getThrown() == null ? "" : ": " + r.getThrown()));
+                }
+            }
+
+            @Override public void flush() {}
+            @Override public void close() {}
+        };
+        java.util.logging.Logger root = java.util.logging.Logger.getLogger("");
+        root.addHandler(h);
+        Daemon daemon = Daemon.start();
+        try {
+            daemon.addIOThread("iot0");
+            daemon.addIOThread("iot1");
+            daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=file,node-name=disk0,filename=" + image, null));
+            NbdServerComponent nbd = NbdServerComponent.configure(daemon,
+                    KeyValueParser.parse("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0", null));
+            daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e0,node-name=disk0,writable=on,iothread=iot0", "type"));
+            nbd.start();
+            try (NbdTestClient c = new NbdTestClient((InetSocketAddress) nbd.server().boundAddress()).handshake()) {
+                c.go("disk0");
+                c.write(0, new byte[4096], 0);
+                Thread stopper = new Thread(() -> nbd.server().stop(500)); // the client never hangs up: it lingers
+                stopper.start();
+                BlockNode node = daemon.node("disk0");
+                long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
+                while (!node.users().isEmpty() && System.nanoTime() < until) Thread.sleep(5);
+                assertEquals(List.of(), node.users(), "the stopping client left the node's users");
+                daemon.moveNode("disk0", "iot1").get(20, TimeUnit.SECONDS);
+                daemon.exportDel("e0", true); // a second graceful close of the same client
+                stopper.join(10_000);
+                Thread.sleep(200); // let a misplaced close run and log
+            }
+            assertEquals(List.of(), bad, "exceptions or assertion failures logged");
+        } finally {
+            root.removeHandler(h);
+            daemon.shutdown(false);
+        }
+    }
+
     private void rounds(boolean stopServer) throws Exception {
         // Netty logs through java.util.logging here (no slf4j provider in this module): an exception
         // in an event-loop task ("A task raised an exception", an AssertionError) or a leak report
