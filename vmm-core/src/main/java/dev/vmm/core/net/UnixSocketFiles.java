@@ -1,6 +1,8 @@
 package dev.vmm.core.net;
 
 import com.sun.jna.LastErrorException;
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcSocket;
 import java.io.IOException;
@@ -30,45 +32,48 @@ public final class UnixSocketFiles {
         if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) return;
         int mode = (Integer) Files.getAttribute(p, "unix:mode", LinkOption.NOFOLLOW_LINKS);
         if ((mode & 0170000) != 0140000) throw new IOException(p + " exists and is not a socket");
-        try (SocketChannel c = SocketChannel.open(UnixDomainSocketAddress.of(p))) {
-            throw new IOException(p + " is in use by another server");
-        } catch (ConnectException stale) {
+        // A non-blocking probe: a live server with a full backlog must not hang our start.
+        try (SocketChannel c = SocketChannel.open(java.net.StandardProtocolFamily.UNIX)) {
+            c.configureBlocking(false);
+            c.connect(UnixDomainSocketAddress.of(p)); // connected: somebody listens
+        } catch (ConnectException stale) { // ECONNREFUSED: nobody listens
             Files.delete(p);
+            return;
+        } catch (java.net.SocketException backlogFull) {
+            // EAGAIN: somebody listens but does not accept
         }
+        throw new IOException(p + " is in use by another server");
     }
 
     /**
      * A listening unix socket at {@code p} that only the owner may connect to, whatever the
-     * umask: a stale socket file is replaced ({@link #prepare}), the socket is bound, made 0600
-     * and only then listens, so nobody can connect in between (Netty's bind() binds and listens
+     * umask: a stale socket file is replaced ({@link #prepare}), the socket is made 0600 and
+     * bound, and only then listens, so nobody can connect in between (Netty's bind() binds and listens
      * in one step, which leaves that window open). Returns the file descriptor (non-blocking,
      * close-on-exec), owned by the caller; on failure nothing is left behind.
      */
     public static int listen(Path p, int backlog) throws IOException {
         prepare(p);
         String path = p.toString();
-        com.sun.jna.Memory addr;
-        try {
-            addr = LibcSocket.sockaddrUn(path);
-        } catch (IllegalArgumentException e) {
-            throw new IOException(e.getMessage());
-        }
         int fd;
         try {
             fd = LibcSocket.socket(LibcSocket.AF_UNIX, LibcSocket.SOCK_STREAM | LibcSocket.SOCK_CLOEXEC | LibcSocket.SOCK_NONBLOCK, 0);
         } catch (LastErrorException e) {
             throw new IOException("socket(AF_UNIX): " + LibC.describe(e.getErrorCode()));
         }
-        try {
-            LibcSocket.bind(fd, com.sun.jna.Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+        try (Memory addr = LibcSocket.sockaddrUn(path)) {
+            // bind() creates the file with the socket inode's mode minus the umask: 0600 from the
+            // first moment, and nothing to chmod by path afterwards (a path can be swapped).
+            LibcSocket.fchmod(fd, 0600);
+            LibcSocket.bind(fd, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
+        } catch (IllegalArgumentException e) { // the path does not fit in sun_path
+            LibcSocket.closeQuietly(fd);
+            throw new IOException(e.getMessage());
         } catch (LastErrorException e) {
             LibcSocket.closeQuietly(fd);
             throw new IOException("cannot bind " + path + ": " + LibC.describe(e.getErrorCode()));
-        } finally {
-            java.lang.ref.Reference.reachabilityFence(addr); // native memory in use until bind returns
         }
         try {
-            LibcSocket.chmod(path, 0600); // before listen(): nobody can connect in between
             LibcSocket.listen(fd, backlog);
         } catch (LastErrorException e) {
             LibcSocket.closeQuietly(fd);

@@ -43,6 +43,33 @@ class UnixSocketFilesTest {
     }
 
     @Test
+    @org.junit.jupiter.api.Timeout(20)
+    void aLiveServerWithAFullBacklogIsInUseAndDoesNotHangTheProbe() throws Exception {
+        Path p = dir.resolve("busy.sock");
+        try (ServerSocketChannel busy = ServerSocketChannel.open(StandardProtocolFamily.UNIX)) {
+            busy.bind(UnixDomainSocketAddress.of(p), 1); // never accepts
+            java.util.List<SocketChannel> queued = new java.util.ArrayList<>();
+            try {
+                for (int i = 0; i < 8; i++) { // fill the backlog: a blocking connect would now wait
+                    SocketChannel c = SocketChannel.open(StandardProtocolFamily.UNIX);
+                    queued.add(c);
+                    c.configureBlocking(false);
+                    try {
+                        c.connect(UnixDomainSocketAddress.of(p));
+                    } catch (java.net.SocketException full) {
+                        break; // EAGAIN: the backlog is full
+                    }
+                }
+                IOException e = assertThrows(IOException.class, () -> UnixSocketFiles.prepare(p));
+                assertEquals(p + " is in use by another server", e.getMessage());
+                assertTrue(Files.exists(p), "a live server's socket is left alone");
+            } finally {
+                for (SocketChannel c : queued) c.close();
+            }
+        }
+    }
+
+    @Test
     void aStaleSocketIsReplacedAndOtherFilesAreRefused() throws Exception {
         Path stale = dir.resolve("stale.sock");
         ServerSocketChannel c = ServerSocketChannel.open(StandardProtocolFamily.UNIX);
