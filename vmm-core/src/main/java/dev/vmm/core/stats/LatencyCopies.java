@@ -5,7 +5,6 @@ import java.util.Map;
 import java.util.Set;
 import java.util.WeakHashMap;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import org.slf4j.Logger;
@@ -27,13 +26,17 @@ import org.slf4j.LoggerFactory;
  */
 public final class LatencyCopies {
     private static final Logger LOG = LoggerFactory.getLogger(LatencyCopies.class);
-    /** How long a monitor waits for one IOThread's copy. */
-    public static final long WAIT_MS = 250;
+    /**
+     * How long a monitor waits for one copy before it takes the IOThread for stuck: well above a
+     * GC pause or a full request batch on a loaded 2-core machine, well below a monitor's patience.
+     */
+    public static final long WAIT_MS = 2000;
 
     /** Copies asked for and not yet taken, per live histogram (weak: removed nodes go away). */
     private static final Map<LatencyHistogram, CompletableFuture<LatencyHistogram>> PENDING = new WeakHashMap<>();
     /** IOThreads that did not answer a copy in time and have not answered since. */
-    private static final Set<IOThread> UNRESPONSIVE = ConcurrentHashMap.newKeySet();
+    private static final Set<IOThread> UNRESPONSIVE = java.util.Collections.synchronizedSet(
+            java.util.Collections.newSetFromMap(new WeakHashMap<>())); // weak: deleted IOThreads go away
 
     private LatencyCopies() {}
 

@@ -386,7 +386,7 @@ class QmpServerTest {
                 Map<String, Object> ex = (Map<String, Object>) ((List<Object>) c.ok("{\"execute\":\"x-query-export-stats\"}")).get(0);
                 String scrape = dev.vmm.core.metrics.PrometheusText.render(daemon);
                 long ms = (System.nanoTime() - t0) / 1_000_000;
-                assertTrue(ms < 1000, "round " + round + " took " + ms + " ms");
+                assertTrue(ms < dev.vmm.core.stats.LatencyCopies.WAIT_MS + 3000, "round " + round + " took " + ms + " ms"); // a hang would be 30 s
                 assertEquals(0L, st.get("rd_operations"));
                 assertFalse(st.containsKey("x-latency"), "no latency from a stuck IOThread: " + st);
                 assertFalse(ex.containsKey("x-latency"), ex.toString());

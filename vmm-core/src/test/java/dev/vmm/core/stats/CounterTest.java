@@ -16,7 +16,12 @@ class CounterTest {
         assertEquals(4096, c.sum());
     }
 
-    /** A reader on another thread sees the writer's updates in order, never a torn or older value. */
+    /**
+     * A smoke test of the contract: a reader on another thread sees the writer's updates in order,
+     * never torn. On 64-bit HotSpot and x86 plain longs neither tear nor go backwards, so this
+     * cannot catch a missing VarHandle mode here; it guards against a counter that is not a long
+     * or that a reader caches.
+     */
     @Test
     @Timeout(30)
     void aReaderSeesTheWritersUpdatesWithoutGoingBackwards() throws Exception {
