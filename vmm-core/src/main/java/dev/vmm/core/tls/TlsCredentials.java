@@ -58,6 +58,16 @@ public final class TlsCredentials {
     public static final String SERVER_KEY = "server-key.pem";
     /** TLS versions we offer: 1.3 and 1.2 (what QEMU's default GnuTLS priority negotiates with current peers). */
     static final String[] PROTOCOLS = {"TLSv1.3", "TLSv1.2"};
+    /**
+     * Cipher suites: forward secrecy and AEAD only. TLS 1.3's are all of that; for 1.2 the
+     * providers' defaults also offer static-RSA key exchange and CBC with SHA-1, which a storage
+     * daemon has no reason to accept. GnuTLS (qemu-img, libnbd) and OpenSSL clients offer these.
+     */
+    static final List<String> CIPHERS = List.of(
+            "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256");
     /** System property forcing a provider: {@code jdk} or {@code openssl}. */
     public static final String PROVIDER_PROPERTY = "vmm.tls.provider";
 
@@ -154,7 +164,8 @@ public final class TlsCredentials {
         }
         SslContextBuilder b = SslContextBuilder.forServer(key, chain.toArray(new X509Certificate[0]))
                 .sslProvider(provider)
-                .protocols(PROTOCOLS);
+                .protocols(PROTOCOLS)
+                .ciphers(CIPHERS, io.netty.handler.ssl.SupportedCipherSuiteFilter.INSTANCE);
         if (verifyPeer) {
             b.clientAuth(ClientAuth.REQUIRE).trustManager(cas.toArray(new X509Certificate[0]));
         } else {

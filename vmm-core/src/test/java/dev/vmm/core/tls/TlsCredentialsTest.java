@@ -105,6 +105,25 @@ class TlsCredentialsTest {
         }
     }
 
+    @ParameterizedTest
+    @EnumSource(value = SslProvider.class, names = {"OPENSSL", "JDK"})
+    void onlyForwardSecretAeadSuitesAreAccepted(SslProvider provider) throws Exception {
+        SSLContext client = clientContext(ca.clientDir("suites-" + provider), true);
+        TlsCredentials c = TlsCredentials.loadServer("tls0", good, true, true, provider);
+        SSLEngine e = c.newHandler(ByteBufAllocator.DEFAULT).engine();
+        try {
+            for (String s : e.getEnabledCipherSuites()) {
+                assertTrue(s.startsWith("TLS_AES_") || s.startsWith("TLS_CHACHA20_")
+                        || (s.startsWith("TLS_ECDHE_") && (s.contains("_GCM_") || s.contains("_CHACHA20_"))), provider + " enables " + s);
+            }
+        } finally {
+            io.netty.util.ReferenceCountUtil.release(e);
+        }
+        assertEquals("TLSv1.2", handshake(c, client, "TLSv1.2"), "an ECDHE-AEAD client still gets in");
+        // A client that offers only static-RSA CBC-SHA1 (what the providers' defaults would accept) is refused.
+        assertThrows(SSLException.class, () -> handshake(c, client, "TLSv1.2", "TLS_RSA_WITH_AES_128_CBC_SHA"));
+    }
+
     /** CI's platform is linux-x86_64, whose netty-tcnative jar we ship: BoringSSL must load there and be the default. */
     @Test
     void boringSslIsTheDefaultOnLinuxX86_64() throws Exception {
@@ -160,11 +179,12 @@ class TlsCredentialsTest {
      * of {@code c}, then one application record each way. Returns the negotiated protocol; throws
      * the SSLException of whichever side gave up.
      */
-    static String handshake(TlsCredentials c, SSLContext clientContext, String version) throws Exception {
+    static String handshake(TlsCredentials c, SSLContext clientContext, String version, String... suites) throws Exception {
         SSLEngine server = c.newHandler(ByteBufAllocator.DEFAULT).engine();
         SSLEngine client = clientContext.createSSLEngine("localhost", 1);
         client.setUseClientMode(true);
         client.setEnabledProtocols(new String[] {version});
+        if (suites.length > 0) client.setEnabledCipherSuites(suites);
         try {
             ByteBuffer toServer = ByteBuffer.allocate(1 << 17), toClient = ByteBuffer.allocate(1 << 17);
             ByteBuffer serverIn = ByteBuffer.allocate(1 << 17), clientIn = ByteBuffer.allocate(1 << 17);
