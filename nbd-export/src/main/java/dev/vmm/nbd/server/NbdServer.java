@@ -94,12 +94,12 @@ public final class NbdServer {
             b.channelFactory(() -> new EpollServerDomainSocketChannel(fd, true));
         } else {
             b.channel(EpollServerSocketChannel.class)
+                    .option(ChannelOption.SO_BACKLOG, 128) // a unix socket got its backlog from listen(2) already
                     .option(ChannelOption.SO_REUSEADDR, true)
                     .childOption(ChannelOption.TCP_NODELAY, true)
                     .childOption(ChannelOption.SO_KEEPALIVE, true);
         }
-        b.option(ChannelOption.SO_BACKLOG, 128)
-                .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, 4 << 20))
+        b.childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, 4 << 20))
                 // Reads of up to 1 MiB: a large WRITE payload arrives in few syscalls (it is streamed
                 // to the file as it comes); small requests keep the buffer small.
                 .childOption(ChannelOption.RECVBUF_ALLOCATOR, new io.netty.channel.AdaptiveRecvByteBufAllocator(512, 16 * 1024, 1 << 20))
