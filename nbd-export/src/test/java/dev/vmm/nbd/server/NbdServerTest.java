@@ -405,29 +405,10 @@ class NbdServerTest extends NbdServerFixture {
         Thread.sleep(1000);
         Thread stopper = new Thread(() -> server.stop(5000));
         stopper.start();
-        int replies = 0;
-        String end;
-        try {
-            java.io.InputStream in = c.socket().getInputStream();
-            byte[] header = new byte[16];
-            byte[] payload = new byte[len];
-            while (true) {
-                int got = in.readNBytes(header, 0, 16);
-                if (got == 0) {
-                    end = "end-of-stream";
-                    break;
-                }
-                assertEquals(16, got, "torn reply header after " + replies + " replies");
-                assertEquals(0, NbdTestClient.readInt(header, 4), "error reply");
-                assertEquals(len, in.readNBytes(payload, 0, len), "torn reply payload after " + replies + " replies");
-                replies++;
-            }
-        } catch (IOException e) {
-            end = e.toString();
-        }
+        NbdTestClient.StreamEnd end = c.readSimpleReadRepliesUntilEnd(len);
         stopper.join(10_000);
-        assertEquals("end-of-stream", end, "after " + replies + " replies");
-        assertTrue(replies > 0);
+        assertTrue(end.clean(), end.toString());
+        assertTrue(end.replies() > 0, end.toString());
         c.close();
     }
 

@@ -173,4 +173,33 @@ public final class NbdTestClient extends NbdClient {
     public static long readLong(byte[] b, int at) {
         return ((long) readInt(b, at) << 32) | (readInt(b, at + 4) & 0xFFFFFFFFL);
     }
+
+    /** How a stream of simple READ replies ended: after how many whole replies, and how. */
+    public record StreamEnd(int replies, String how) {
+        public boolean clean() { return how.equals("end-of-stream"); }
+    }
+
+    /**
+     * Reads simple replies to READs of {@code len} bytes each (no error expected) until the stream
+     * ends: {@code end-of-stream} when it ends at a reply boundary, else what broke it (a torn
+     * reply, an error reply, an IOException such as a reset or a TLS truncation).
+     */
+    public StreamEnd readSimpleReadRepliesUntilEnd(int len) {
+        int replies = 0;
+        try {
+            java.io.InputStream in = in();
+            byte[] header = new byte[16];
+            byte[] payload = new byte[len];
+            while (true) {
+                int got = in.readNBytes(header, 0, 16);
+                if (got == 0) return new StreamEnd(replies, "end-of-stream");
+                if (got < 16) return new StreamEnd(replies, "torn reply header");
+                if (readInt(header, 4) != 0) return new StreamEnd(replies, "error reply " + readInt(header, 4));
+                if (in.readNBytes(payload, 0, len) < len) return new StreamEnd(replies, "torn reply payload");
+                replies++;
+            }
+        } catch (IOException e) {
+            return new StreamEnd(replies, e.toString());
+        }
+    }
 }
