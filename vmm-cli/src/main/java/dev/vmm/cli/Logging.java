@@ -7,6 +7,7 @@ import java.util.Locale;
 /**
  * Configures slf4j-simple (the binding we ship) before the first logger exists: one line per
  * event on stderr with a timestamp and the thread, Netty's internals quieter than ours.
+ * Called on the process's main thread, before any other thread or logger exists.
  */
 final class Logging {
     /** What {@code --log-level} accepts (any case): slf4j-simple's levels, quietest first. */

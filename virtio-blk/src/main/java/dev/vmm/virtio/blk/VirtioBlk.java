@@ -2,7 +2,7 @@ package dev.vmm.virtio.blk;
 
 /**
  * virtio-blk wire constants (virtio 1.2, §5.2 "Block Device"), named as in the spec.
- * Requests and config space are little-endian.
+ * Requests and config space are little-endian. Constants only: any thread.
  */
 public final class VirtioBlk {
     private VirtioBlk() { }

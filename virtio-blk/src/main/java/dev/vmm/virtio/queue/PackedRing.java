@@ -17,6 +17,7 @@ package dev.vmm.virtio.queue;
  *     le16 flags;   // 2: bits 0-1 RING_EVENT_FLAGS_*, bits 2-15 reserved
  * };
  * </pre>
+ * Constants and stateless helpers: any thread.
  */
 public final class PackedRing {
     private PackedRing() {}

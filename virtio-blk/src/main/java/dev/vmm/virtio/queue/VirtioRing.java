@@ -3,7 +3,7 @@ package dev.vmm.virtio.queue;
 /**
  * Constants of virtio rings and the ring-related feature bits, with the spec's names and wire
  * values (virtio 1.2 §2.7 "Split Virtqueues", §6 "Reserved Feature Bits"). All ring fields are
- * little-endian.
+ * little-endian. Constants and stateless helpers: any thread.
  */
 public final class VirtioRing {
     private VirtioRing() {}
