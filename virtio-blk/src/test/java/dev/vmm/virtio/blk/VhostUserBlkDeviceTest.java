@@ -55,18 +55,27 @@ class VhostUserBlkDeviceTest {
     void start() throws Exception {
         image = tmp.resolve("disk.img");
         image1 = tmp.resolve("disk1.img");
-        makeImage(image);
-        makeImage(image1);
         sock = tmp.resolve("vub0.sock").toString();
         roSock = tmp.resolve("vub-ro.sock").toString();
         sock1 = tmp.resolve("vub1.sock").toString();
-        daemon = Daemon.start();
-        daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk0", "filename", image.toString())));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk1", "filename", image1.toString())));
+        daemon = twoDisks(tmp);
         daemon.exportAdd(export("vub0", "disk0", sock, true, 2));
         daemon.exportAdd(export("vub-ro", "disk0", roSock, false, 1));
         daemon.exportAdd(export("vub1", "disk1", sock1, true, 1));
+    }
+
+    /**
+     * A daemon with IOThread iot0 and block nodes disk0 and disk1 on fresh images
+     * {@code dir/disk.img} and {@code dir/disk1.img} ({@link #makeImage}); the exports are the caller's.
+     */
+    static Daemon twoDisks(Path dir) throws Exception {
+        makeImage(dir.resolve("disk.img"));
+        makeImage(dir.resolve("disk1.img"));
+        Daemon d = Daemon.start();
+        d.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
+        d.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk0", "filename", dir.resolve("disk.img").toString())));
+        d.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk1", "filename", dir.resolve("disk1.img").toString())));
+        return d;
     }
 
     static Options export(String id, String node, String path, boolean writable, int queues) throws Exception {

@@ -12,7 +12,6 @@ import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcPoll;
 import dev.vmm.core.linux.LibcSocket;
-import dev.vmm.core.options.Options;
 import dev.vmm.vhostuser.frontend.BlkWorkload;
 import dev.vmm.vhostuser.frontend.VhostUserFrontendConnection;
 import dev.vmm.vhostuser.frontend.VirtioBlkFrontend;
@@ -99,16 +98,9 @@ class VhostUserDeviceFuzzTest {
         // Tee stderr (slf4j-simple and Netty's logger write there) to find escaped exceptions.
         originalErr = System.err;
         System.setErr(new PrintStream(new Tee(originalErr, errCopy), true));
-        Path image = tmp.resolve("fuzz.img");
-        Path image1 = tmp.resolve("other.img");
-        VhostUserBlkDeviceTest.makeImage(image);
-        VhostUserBlkDeviceTest.makeImage(image1);
         fuzzSock = tmp.resolve("fuzz.sock").toString();
         otherSock = tmp.resolve("other.sock").toString();
-        daemon = Daemon.start();
-        daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk0", "filename", image.toString())));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk1", "filename", image1.toString())));
+        daemon = VhostUserBlkDeviceTest.twoDisks(tmp);
         daemon.exportAdd(VhostUserBlkDeviceTest.export("vub-fuzz", "disk0", fuzzSock, true, 2));
         daemon.exportAdd(VhostUserBlkDeviceTest.export("vub-other", "disk1", otherSock, true, 1));
     }

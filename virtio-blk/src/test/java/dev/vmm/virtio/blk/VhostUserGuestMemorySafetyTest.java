@@ -8,7 +8,6 @@ import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.core.linux.LibcSocket;
-import dev.vmm.core.options.Options;
 import dev.vmm.vhostuser.frontend.VhostUserFrontendConnection;
 import dev.vmm.vhostuser.frontend.VhostUserFrontendConnection.VhostUserNackException;
 import dev.vmm.vhostuser.frontend.VirtioBlkFrontend;
@@ -18,7 +17,6 @@ import dev.vmm.vhostuser.message.VringAddr;
 import java.io.IOException;
 import java.nio.file.Path;
 import java.util.List;
-import java.util.Map;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -49,15 +47,9 @@ class VhostUserGuestMemorySafetyTest {
     @BeforeEach
     void start() throws Exception {
         image = tmp.resolve("disk.img");
-        Path image1 = tmp.resolve("disk1.img");
-        VhostUserBlkDeviceTest.makeImage(image);
-        VhostUserBlkDeviceTest.makeImage(image1);
         sock = tmp.resolve("vub0.sock").toString();
         sock1 = tmp.resolve("vub1.sock").toString();
-        daemon = Daemon.start();
-        daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk0", "filename", image.toString())));
-        daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk1", "filename", image1.toString())));
+        daemon = VhostUserBlkDeviceTest.twoDisks(tmp);
         daemon.exportAdd(VhostUserBlkDeviceTest.export("vub0", "disk0", sock, true, 2));
         daemon.exportAdd(VhostUserBlkDeviceTest.export("vub1", "disk1", sock1, true, 1));
     }
