@@ -124,6 +124,25 @@ class NbdHandoffTest {
         }
     }
 
+    /**
+     * Moves disk0 around {@code ring} back to back (2 ms apart) for {@code seconds}, checking each
+     * move lands, then that the clients counting {@code ops} still make progress; the pauses.
+     */
+    static List<Long> moveAround(Daemon daemon, BlockNode node, String[] ring, int seconds, AtomicLong ops) throws Exception {
+        List<Long> pauses = new ArrayList<>();
+        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(seconds);
+        while (System.nanoTime() < end) {
+            String to = ring[pauses.size() % ring.length];
+            pauses.add(daemon.moveNode("disk0", to).get(10, TimeUnit.SECONDS));
+            assertEquals(to, node.home().id());
+            Thread.sleep(2);
+        }
+        long before = ops.get();
+        Thread.sleep(200);
+        assertTrue(ops.get() > before, "clients still make progress after the last move");
+        return pauses;
+    }
+
     @Test
     void clientsKeepWorkingWhileTheNodeHopsBetweenThreeIOThreads() throws Exception {
         AtomicBoolean stop = new AtomicBoolean();
@@ -138,20 +157,8 @@ class NbdHandoffTest {
         BlockNode node = daemon.node("disk0");
         while (node.users().size() < 4) Thread.sleep(10);
 
-        String[] ring = {"iot1", "iot2", "iot0"};
-        List<Long> pauses = new ArrayList<>();
-        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(4);
-        int moves = 0;
-        while (System.nanoTime() < end) {
-            String to = ring[moves % 3];
-            pauses.add(daemon.moveNode("disk0", to).get(10, TimeUnit.SECONDS));
-            assertEquals(to, node.home().id());
-            moves++;
-            Thread.sleep(2);
-        }
-        long before = ops.get();
-        Thread.sleep(200);
-        assertTrue(ops.get() > before, "clients still make progress after the last move");
+        List<Long> pauses = moveAround(daemon, node, new String[] {"iot1", "iot2", "iot0"}, 4, ops);
+        int moves = pauses.size();
         stop.set(true);
         for (Thread t : threads) t.join(20_000);
         assertEquals(List.of(), List.copyOf(errors));

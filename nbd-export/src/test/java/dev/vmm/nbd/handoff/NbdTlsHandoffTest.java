@@ -80,19 +80,7 @@ class NbdTlsHandoffTest {
         long wait = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
         while (node.users().size() < 4 && errors.isEmpty() && System.nanoTime() < wait) Thread.sleep(10);
         assertEquals(List.of(), List.copyOf(errors));
-        String[] ring = {"iot1", "iot2", "iot0", "main"};
-        int moves = 0;
-        long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(3);
-        while (System.nanoTime() < end) {
-            String to = ring[moves % ring.length];
-            daemon.moveNode("disk0", to).get(10, TimeUnit.SECONDS);
-            assertEquals(to, node.home().id());
-            moves++;
-            Thread.sleep(2);
-        }
-        long before = ops.get();
-        Thread.sleep(200);
-        assertTrue(ops.get() > before, "TLS clients still make progress after the last move");
+        int moves = NbdHandoffTest.moveAround(daemon, node, new String[] {"iot1", "iot2", "iot0", "main"}, 3, ops).size();
         stop.set(true);
         for (Thread t : threads) t.join(20_000);
         assertEquals(List.of(), List.copyOf(errors));
