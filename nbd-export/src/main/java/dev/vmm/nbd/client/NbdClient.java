@@ -419,7 +419,15 @@ public class NbdClient implements Closeable {
      * {@link NbdErrorException}.
      */
     public byte[] read(long offset, int length, int flags) throws IOException {
-        Reply r = request(flags, NbdCmd.NBD_CMD_READ, offset, length, null);
+        return readData(request(flags, NbdCmd.NBD_CMD_READ, offset, length, null), offset, length);
+    }
+
+    /**
+     * The data of the reply {@code r} to a READ of {@code length} bytes at {@code offset} (e.g. one
+     * read with {@link #readReply} after pipelining): a simple reply's payload, or the data and
+     * hole chunks assembled. An error reply is an {@link NbdErrorException}. Stateless.
+     */
+    public static byte[] readData(Reply r, long offset, int length) throws IOException {
         check(r, NbdCmd.NBD_CMD_READ);
         byte[] data = new byte[length];
         for (Chunk c : r.chunks()) {

@@ -244,7 +244,7 @@ class NbdStopDuringHandoffTest {
                         cleanEnds.incrementAndGet();
                         return;
                     }
-                    byte[] got = readData(c.readReply(expect[slot].length), base + slot * 65536L, expect[slot].length);
+                    byte[] got = dev.vmm.nbd.client.NbdClient.readData(c.readReply(expect[slot].length), base + slot * 65536L, expect[slot].length);
                     if (!Arrays.equals(got, expect[slot])) errors.add("client " + id + ": slot " + slot + " read back different data");
                 }
             }
@@ -260,18 +260,5 @@ class NbdStopDuringHandoffTest {
         if (in.read() < 0) return true;
         in.reset();
         return false;
-    }
-
-    private static byte[] readData(NbdTestClient.Reply reply, long offset, int length) throws IOException {
-        if (reply.error() != 0) throw new IOException("read error " + reply.error());
-        byte[] data = new byte[length];
-        for (NbdTestClient.Chunk ch : reply.chunks()) {
-            if (ch.type() == NbdTestClient.SIMPLE) return ch.payload();
-            if (ch.type() == dev.vmm.nbd.protocol.NbdReplyType.NBD_REPLY_TYPE_OFFSET_DATA) {
-                long at = NbdTestClient.readLong(ch.payload(), 0);
-                System.arraycopy(ch.payload(), 8, data, (int) (at - offset), ch.payload().length - 8);
-            }
-        }
-        return data;
     }
 }
