@@ -7,16 +7,25 @@ import dev.vmm.cli.it.Peers;
  * apt) skips the test naming its Debian package, or fails it with {@code CI=true} (see
  * {@link Peers#missing}).
  */
-final class TestGuests {
+public final class TestGuests {
     private static GuestKernel kernel;
 
     private TestGuests() {}
 
-    /** The cached Debian kernel; also checks that QEMU and a static busybox are installed. */
-    static synchronized GuestKernel kernel() {
+    /** QEMU and a static busybox must be installed (what booting a test guest needs besides the kernel). */
+    public static void requireHostTools() {
         try {
             HostTools.require(HostTools.QEMU);
             HostTools.staticBusybox();
+        } catch (MissingToolException e) {
+            Peers.missing(e.getMessage(), e.debianPackage());
+        }
+    }
+
+    /** The cached Debian kernel; also checks that QEMU and a static busybox are installed. */
+    static synchronized GuestKernel kernel() {
+        requireHostTools();
+        try {
             if (kernel == null) {
                 long t0 = System.nanoTime();
                 kernel = GuestKernel.debian(msg -> System.out.println("[guest] " + msg));
