@@ -12,7 +12,6 @@ import java.util.List;
 import java.util.Random;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -34,13 +33,13 @@ class VirtioBlkFrontendQsdTest {
 
     @BeforeEach
     void start() throws Exception {
-        Assumptions.assumeTrue(onPath("qemu-storage-daemon"), "qemu-storage-daemon not installed");
+        String qsdBinary = dev.vmm.core.testing.Tools.require("qemu-storage-daemon", "qemu-system-common");
         image = tmp.resolve("disk.img");
         try (RandomAccessFile f = new RandomAccessFile(image.toFile(), "rw")) {
             f.setLength(SIZE);
         }
         sock = tmp.resolve("qsd.sock").toString();
-        qsd = new ProcessBuilder(List.of("qemu-storage-daemon",
+        qsd = new ProcessBuilder(List.of(qsdBinary,
                 "--blockdev", "driver=file,node-name=disk0,filename=" + image,
                 "--object", "iothread,id=iot0",
                 "--export", "type=vhost-user-blk,id=vub0,node-name=disk0,addr.type=unix,addr.path=" + sock
@@ -54,12 +53,6 @@ class VirtioBlkFrontendQsdTest {
         }
     }
 
-    static boolean onPath(String tool) {
-        for (String d : System.getenv().getOrDefault("PATH", "").split(":")) {
-            if (Files.isExecutable(Path.of(d, tool))) return true;
-        }
-        return false;
-    }
 
     @AfterEach
     void stop() throws Exception {

@@ -1,13 +1,9 @@
 package dev.vmm.cli.it;
 
-import static org.junit.jupiter.api.Assertions.fail;
-
-import java.io.File;
-import java.nio.file.Files;
+import dev.vmm.core.testing.Tools;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Assumptions;
 
@@ -15,8 +11,7 @@ import org.junit.jupiter.api.Assumptions;
  * Locates the real NBD peers (qemu-img, nbdinfo, fio, ...) the integration tests drive.
  *
  * <p>A missing peer skips the test with a message naming the Debian package to install; with
- * {@code CI=true} in the environment it fails the test instead, so that CI cannot go green by
- * skipping everything.
+ * {@code CI=true} in the environment it fails the test instead ({@link Tools}). Any test thread.
  */
 public final class Peers {
     /** Debian 12 package of each peer binary. */
@@ -31,18 +26,13 @@ public final class Peers {
             "nbdsh", "python3-libnbd",
             "fio", "fio");
 
-    private static final Map<String, Path> FOUND = new ConcurrentHashMap<>();
     private static volatile Path python;
 
     private Peers() {}
 
     /** The absolute path of {@code name} on PATH, or skip/fail the test. */
     public static String require(String name) {
-        Path p = FOUND.computeIfAbsent(name, Peers::lookup);
-        if (p == null || p.toString().isEmpty()) {
-            missing(name + " not found on PATH", PACKAGE.getOrDefault(name, name));
-        }
-        return p.toString();
+        return Tools.require(name, PACKAGE.getOrDefault(name, name));
     }
 
     /**
@@ -97,27 +87,6 @@ public final class Peers {
 
     /** Skips the test (fails it with {@code CI=true}) because {@code what} is missing, naming the Debian package. */
     public static void missing(String what, String pkg) {
-        String msg = what + ": install the Debian package '" + pkg + "' (apt-get install " + pkg + ")";
-        if ("true".equalsIgnoreCase(System.getenv("CI"))) {
-            fail(msg);
-        }
-        Assumptions.abort(msg);
-    }
-
-    private static Path lookup(String name) {
-        String path = System.getenv().getOrDefault("PATH", "/usr/bin:/bin");
-        for (String dir : path.split(File.pathSeparator)) {
-            Path p = Path.of(dir.isEmpty() ? "." : dir, name);
-            if (Files.isRegularFile(p) && Files.isExecutable(p)) {
-                return p.toAbsolutePath();
-            }
-        }
-        for (String d : List.of("/usr/sbin", "/sbin", "/usr/bin")) {
-            Path p = Path.of(d, name);
-            if (Files.isExecutable(p)) {
-                return p;
-            }
-        }
-        return Path.of("");
+        Tools.missing(what, pkg);
     }
 }

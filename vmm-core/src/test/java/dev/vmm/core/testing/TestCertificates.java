@@ -8,8 +8,6 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
-import org.junit.jupiter.api.Assertions;
-import org.junit.jupiter.api.Assumptions;
 
 /**
  * A throw-away PKI made with the {@code openssl} tool, laid out as QEMU's tls-creds-x509
@@ -90,12 +88,7 @@ public final class TestCertificates {
 
     /** Skips (or under CI=true fails) the test when openssl is not installed. */
     public static void openssl() {
-        for (String d : System.getenv().getOrDefault("PATH", "/usr/bin").split(File.pathSeparator)) {
-            if (Files.isExecutable(Path.of(d.isEmpty() ? "." : d, "openssl"))) return;
-        }
-        String msg = "openssl not found on PATH: install the Debian package 'openssl'";
-        if ("true".equalsIgnoreCase(System.getenv("CI"))) Assertions.fail(msg);
-        Assumptions.abort(msg);
+        Tools.require("openssl", "openssl");
     }
 
     private static void run(Path dir, String... cmd) throws IOException {
