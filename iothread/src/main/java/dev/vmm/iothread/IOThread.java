@@ -155,9 +155,27 @@ public final class IOThread {
         }
     }
 
+    /** Run on this thread when it stops, newest first (an I/O engine releasing its ring). */
+    private final java.util.Deque<Runnable> shutdownHooks = new java.util.concurrent.ConcurrentLinkedDeque<>();
+
+    /** Adds a task that runs on this thread just before it stops. Any thread. */
+    public void addShutdownHook(Runnable hook) {
+        shutdownHooks.addFirst(Objects.requireNonNull(hook));
+    }
+
     /** Stops the loop after the tasks already queued; waits at most {@code timeoutMs}. */
     public boolean shutdown(long timeoutMs) {
         if (inThread()) throw new IllegalStateException("IOThread " + id + " cannot stop itself");
+        if (!shutdownHooks.isEmpty()) {
+            try {
+                submit(() -> {
+                    for (Runnable h; (h = shutdownHooks.pollFirst()) != null; ) h.run();
+                    return null;
+                }).get(timeoutMs, TimeUnit.MILLISECONDS);
+            } catch (Exception e) {
+                // a hook that fails or hangs must not keep the thread alive
+            }
+        }
         group.shutdownGracefully(0, timeoutMs, TimeUnit.MILLISECONDS);
         try {
             return group.awaitTermination(timeoutMs, TimeUnit.MILLISECONDS);

@@ -3,7 +3,7 @@ package dev.vmm.vhostuser.frontend;
 import dev.vmm.core.stats.LatencyHistogram;
 import static dev.vmm.virtio.blk.VirtioBlk.*;
 
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import java.io.IOException;
 
 /**

@@ -12,7 +12,7 @@ import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.vhostuser.message.MemoryRegion;
 import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
 import dev.vmm.vhostuser.message.VringAddr;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.VirtioRing;
 import dev.vmm.virtio.queue.driver.SplitQueueDriver;
 import java.io.IOException;

@@ -3,7 +3,7 @@ package dev.vmm.vhostuser.inflight;
 import static dev.vmm.virtio.queue.PackedRing.VIRTQ_DESC_F_AVAIL;
 import static dev.vmm.virtio.queue.PackedRing.VIRTQ_DESC_F_USED;
 
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.PackedDescriptorList;
 import java.lang.invoke.VarHandle;
 import java.util.ArrayList;

@@ -1,6 +1,6 @@
 package dev.vmm.vhostuser.inflight;
 
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import java.lang.invoke.VarHandle;
 import java.util.Arrays;
 

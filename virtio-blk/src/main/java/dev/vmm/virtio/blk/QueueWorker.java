@@ -2,7 +2,7 @@ package dev.vmm.virtio.blk;
 
 import dev.vmm.core.linux.LibcSocket;
 import dev.vmm.iothread.IOThread;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.vhostuser.inflight.InflightPackedQueue;
 import dev.vmm.vhostuser.inflight.InflightQueue;
 import dev.vmm.vhostuser.inflight.InflightTracker;

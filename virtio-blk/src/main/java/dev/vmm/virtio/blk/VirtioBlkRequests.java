@@ -6,7 +6,7 @@ import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
 import dev.vmm.core.stats.ExportStats;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.DescriptorChain;
 import dev.vmm.virtio.queue.IovecArray;
 import java.nio.charset.StandardCharsets;

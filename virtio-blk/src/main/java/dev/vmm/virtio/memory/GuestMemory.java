@@ -1,5 +1,6 @@
 package dev.vmm.virtio.memory;
 
+import dev.vmm.core.memory.RawMemory;
 import java.util.Arrays;
 import java.util.Comparator;
 

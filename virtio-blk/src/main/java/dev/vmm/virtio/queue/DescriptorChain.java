@@ -1,6 +1,6 @@
 package dev.vmm.virtio.queue;
 
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * One popped buffer: its head index and its segments as host addresses, device-readable

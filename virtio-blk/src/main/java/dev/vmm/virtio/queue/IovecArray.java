@@ -1,7 +1,7 @@
 package dev.vmm.virtio.queue;
 
 import dev.vmm.core.linux.LibC;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * A preallocated native array of {@code struct iovec} (16 bytes: {@code void *iov_base;

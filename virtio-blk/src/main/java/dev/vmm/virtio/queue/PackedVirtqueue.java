@@ -5,7 +5,7 @@ import static dev.vmm.virtio.queue.VirtioRing.*;
 
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * The device side of a packed virtqueue (virtio 1.2 §2.8, negotiated with VIRTIO_F_RING_PACKED),

@@ -4,7 +4,7 @@ import static dev.vmm.virtio.queue.VirtioRing.*;
 
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * The device side of a split virtqueue (virtio 1.2 §2.7), in guest memory shared by a

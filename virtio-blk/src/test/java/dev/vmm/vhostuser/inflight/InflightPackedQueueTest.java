@@ -5,7 +5,7 @@ import static dev.vmm.virtio.queue.VirtioRing.*;
 import static org.junit.jupiter.api.Assertions.*;
 
 import dev.vmm.virtio.memory.GuestMemory;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.DescriptorChain;
 import dev.vmm.virtio.queue.PackedDescriptorList;
 import dev.vmm.virtio.queue.PackedVirtqueue;

@@ -2,7 +2,7 @@ package dev.vmm.vhostuser.inflight;
 
 import static org.junit.jupiter.api.Assertions.*;
 
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;

@@ -17,7 +17,7 @@ import dev.vmm.vhostuser.frontend.VhostUserFrontendConnection.InflightReply;
 import dev.vmm.vhostuser.message.MemoryRegion;
 import dev.vmm.vhostuser.message.VhostUserProtocolFeature;
 import dev.vmm.vhostuser.message.VringAddr;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.driver.PackedQueueDriver;
 import java.io.RandomAccessFile;
 import java.nio.file.Path;
@@ -72,13 +72,12 @@ class InflightPackedRestartTest {
     }
 
     /** Dies (InternalError) in the first write at {@code trapOffset}. */
-    static final class DyingDriver implements BlockDriver {
-        final BlockDriver d;
+    static final class DyingDriver extends dev.vmm.core.block.ForwardingBlockDriver {
         final long trapOffset;
         volatile boolean died;
 
         DyingDriver(BlockDriver d, long trapOffset) {
-            this.d = d;
+            super(d);
             this.trapOffset = trapOffset;
         }
 
@@ -89,20 +88,10 @@ class InflightPackedRestartTest {
             }
         }
 
-        @Override public long size() { return d.size(); }
-        @Override public boolean readOnly() { return d.readOnly(); }
-        @Override public void read(long o, long a, int l) throws BlockException { d.read(o, a, l); }
         @Override public void write(long o, long a, int l, boolean fua) throws BlockException { maybeDie(o); d.write(o, a, l, fua); }
-        @Override public void readv(long o, long iov, int n, long t) throws BlockException { d.readv(o, iov, n, t); }
         @Override public void writev(long o, long iov, int n, long t, boolean fua) throws BlockException { maybeDie(o); d.writev(o, iov, n, t, fua); }
-        @Override public void flush() throws BlockException { d.flush(); }
-        @Override public void discard(long o, long l) throws BlockException { d.discard(o, l); }
-        @Override public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua) throws BlockException { d.writeZeroes(o, l, u, f, fua); }
-        @Override public void prefetch(long o, long l) throws BlockException { d.prefetch(o, l); }
-        @Override public void status(long o, long m, BlockStatus out) throws BlockException { d.status(o, m, out); }
-        @Override public int sendfileFd() { return d.sendfileFd(); }
-        @Override public int preferredBlockSize() { return d.preferredBlockSize(); }
-        @Override public void close() { d.close(); }
+        @Override public void write(long o, long a, int l, boolean fua, dev.vmm.core.block.IoCompletion c) throws BlockException { maybeDie(o); d.write(o, a, l, fua, c); }
+        @Override public void writev(long o, long iov, int n, long t, boolean fua, dev.vmm.core.block.IoCompletion c) throws BlockException { maybeDie(o); d.writev(o, iov, n, t, fua, c); }
     }
 
     Daemon startDaemon(BlockDriver blockDriver) throws Exception {

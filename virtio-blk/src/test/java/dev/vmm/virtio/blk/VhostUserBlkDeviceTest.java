@@ -435,7 +435,7 @@ class VhostUserBlkDeviceTest {
         assertHostileChainStopsOnlyItsQueue(fe, d -> {
             long hdr = d.alloc(16);
             long st = d.alloc(1);
-            dev.vmm.virtio.memory.RawMemory.putLe32(d.host(hdr, 16), VIRTIO_BLK_T_IN);
+            dev.vmm.core.memory.RawMemory.putLe32(d.host(hdr, 16), VIRTIO_BLK_T_IN);
             return d.submit(new long[] {hdr, beyond - 2048, st}, new int[] {16, 4096, 1}, 1, 3);
         });
         VirtioBlkFrontend fe2 = connect(sock, 1);
@@ -448,7 +448,7 @@ class VhostUserBlkDeviceTest {
         assertHostileChainStopsOnlyItsQueue(fe, d -> {
             long hdr = d.alloc(16);
             long st = d.alloc(1);
-            dev.vmm.virtio.memory.RawMemory.putLe32(d.host(hdr, 16), VIRTIO_BLK_T_IN);
+            dev.vmm.core.memory.RawMemory.putLe32(d.host(hdr, 16), VIRTIO_BLK_T_IN);
             return d.submit(new long[] {hdr, d.alloc(512), st}, new int[] {16, 0, 1}, 1, 3);
         });
     }

@@ -23,7 +23,7 @@ import dev.vmm.vhostuser.message.VringAddr;
 import dev.vmm.vhostuser.message.VringState;
 import dev.vmm.vhostuser.inflight.InflightPackedQueue;
 import dev.vmm.vhostuser.inflight.InflightQueue;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.PackedRing;
 import dev.vmm.virtio.queue.driver.PackedQueueDriver;
 import dev.vmm.virtio.queue.driver.SplitQueueDriver;

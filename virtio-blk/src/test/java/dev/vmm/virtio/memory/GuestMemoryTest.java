@@ -1,5 +1,6 @@
 package dev.vmm.virtio.memory;
 
+import dev.vmm.core.memory.RawMemory;
 import static org.junit.jupiter.api.Assertions.*;
 
 import com.sun.jna.LastErrorException;

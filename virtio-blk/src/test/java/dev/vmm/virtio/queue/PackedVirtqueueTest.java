@@ -10,7 +10,7 @@ import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 
 import dev.vmm.virtio.memory.GuestMemory;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 import dev.vmm.virtio.queue.VirtqueueException.Kind;
 import dev.vmm.virtio.queue.driver.PackedQueueDriver;
 

@@ -4,9 +4,19 @@ package dev.vmm.core.block;
  * The I/O of one image, as the block layer sees it. Implementations: {@link RawFileDriver}.
  *
  * <p>Thread contract: after {@link BlockNode} is created, every method MUST be called on the
- * node's home IOThread only (the data path is lock-free by confinement). Calls are synchronous:
- * they return when the I/O is done (in the page cache, or on stable storage for {@code fua} and
- * {@link #flush}).
+ * node's home IOThread only (the data path is lock-free by confinement).
+ *
+ * <p>Asynchronous requests (the methods that take an {@link IoCompletion}): the call checks its
+ * arguments and either throws {@link BlockException} at once (bad range, read-only, closed; the
+ * completion is then never called) or accepts the request and returns; the completion runs later
+ * on the home thread with 0 or an errno. Many requests may be in flight; the caller keeps the
+ * memory behind {@code address}/{@code iovAddress} (and the iovec array itself) valid until its
+ * completion ran. {@link #inFlight()} counts accepted requests not yet completed, and
+ * {@link #whenIdle} is how a move drains a node. A request completed with success is in the page
+ * cache, or on stable storage for {@code fua} and flush.
+ *
+ * <p>The synchronous methods (no completion argument) block the calling thread until the I/O is
+ * done; they are for the control plane and tests on the home thread, never for the data path.
  *
  * <p>Memory safety: {@code address} arguments are native addresses that the caller has
  * bounds-checked (a pooled direct buffer with enough capacity, or an iovec into mapped guest
@@ -76,6 +86,49 @@ public interface BlockDriver extends AutoCloseable {
     default int sendfileFd() {
         return -1;
     }
+
+    // ---- asynchronous requests (the data path) ----
+
+    /** Reads {@code length} bytes at {@code offset} into native memory at {@code address}. */
+    void read(long offset, long address, int length, IoCompletion done) throws BlockException;
+
+    /** Writes {@code length} bytes from native memory; with {@code fua}, durable before completion. */
+    void write(long offset, long address, int length, boolean fua, IoCompletion done) throws BlockException;
+
+    /** Scatter read into {@code iovcnt} {@code struct iovec}s at {@code iovAddress}. */
+    void readv(long offset, long iovAddress, int iovcnt, long totalLength, IoCompletion done) throws BlockException;
+
+    /** Gather write from {@code iovcnt} {@code struct iovec}s at {@code iovAddress}. */
+    void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua, IoCompletion done) throws BlockException;
+
+    /**
+     * Makes every write completed before this call durable. A failed flush stays failed: once the
+     * kernel reported a writeback error, every later flush fails with it too (the kernel reports
+     * such an error once, and the data it lost is not coming back).
+     */
+    void flush(IoCompletion done) throws BlockException;
+
+    /** {@link #discard(long, long)}, asynchronously. */
+    void discard(long offset, long length, IoCompletion done) throws BlockException;
+
+    /** {@link #writeZeroes(long, long, boolean, boolean, boolean)}, asynchronously. */
+    void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua, IoCompletion done)
+            throws BlockException;
+
+    /** Requests accepted and not yet completed. */
+    int inFlight();
+
+    /**
+     * Runs {@code idle} on the home thread once {@link #inFlight()} is 0: at once (inside this
+     * call) when it already is, else right after the completion that empties the node.
+     */
+    void whenIdle(Runnable idle);
+
+    /**
+     * The node's home is now {@code home}: later requests are submitted through its I/O engine.
+     * Called at creation and by a move, only while nothing is in flight.
+     */
+    void attach(dev.vmm.iothread.IOThread home);
 
     /** Preferred I/O granularity in bytes (the O_DIRECT alignment, or 4096). */
     int preferredBlockSize();

@@ -37,6 +37,7 @@ public final class BlockNode {
         this.name = Objects.requireNonNull(name, "name");
         this.driver = Objects.requireNonNull(driver, "driver");
         this.home = Objects.requireNonNull(home, "home");
+        driver.attach(home);
     }
 
     public String name() { return name; }
@@ -52,7 +53,24 @@ public final class BlockNode {
     public boolean readOnly() { return driver.readOnly(); }
 
     /** Moves the node's home: by the handoff, with every user detached, or before the node has users. */
-    public void setHome(IOThread newHome) { this.home = Objects.requireNonNull(newHome); }
+    public void setHome(IOThread newHome) {
+        if (driver.inFlight() != 0) {
+            throw new IllegalStateException("block node " + name + " moved with " + driver.inFlight() + " request(s) in flight");
+        }
+        driver.attach(Objects.requireNonNull(newHome));
+        this.home = newHome;
+    }
+
+    /**
+     * On the home thread: completes (on the home thread) once no request of this node is in
+     * flight. A move waits for it between quiesce and detach.
+     */
+    public CompletableFuture<Void> drain() {
+        assert home.inThread() : "drain of " + name + " off its home thread";
+        CompletableFuture<Void> f = new CompletableFuture<>();
+        driver.whenIdle(() -> f.complete(null));
+        return f;
+    }
 
     public List<NodeUser> users() { return users; }
 

@@ -13,6 +13,13 @@ import static dev.vmm.core.linux.LibC.IOVEC_SIZEOF;
 import static dev.vmm.core.linux.LibC.IOV_MAX;
 
 import com.sun.jna.LastErrorException;
+import dev.vmm.core.aio.AioMode;
+import dev.vmm.core.aio.AioRequest;
+import dev.vmm.core.aio.IoEngine;
+import dev.vmm.core.aio.IoEngines;
+import dev.vmm.iothread.IOThread;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
 import com.sun.jna.Memory;
 import com.sun.jna.Pointer;
 import dev.vmm.core.linux.LibC;
@@ -20,8 +27,13 @@ import java.nio.file.Path;
 import java.util.Objects;
 
 /**
- * A raw image: a regular file or a block device, read and written with synchronous
- * {@code pread}/{@code pwrite} family calls ({@code driver=file} in QEMU's terms).
+ * A raw image: a regular file or a block device ({@code driver=file} in QEMU's terms). The data
+ * path is asynchronous: each request becomes {@code IORING_OP_READV}/{@code WRITEV}/{@code FSYNC}/
+ * {@code FALLOCATE} operations on the home IOThread's {@link IoEngine} (io_uring, or the thread
+ * pool for {@code aio=threads}), so a guest's queue depth reaches the device; short transfers are
+ * continued, EINTR/EAGAIN retried. Two rare paths stay synchronous on the home thread: O_DIRECT
+ * requests that are not aligned (bounced with read-modify-write, which also keeps two such writes
+ * to one block from racing) and zeroing on a file system without fallocate.
  *
  * <p>Thread contract: NOT thread-safe. After {@link #open} the driver belongs to its node's home
  * IOThread, and every method except {@link #size()}, {@link #readOnly()} and
@@ -66,6 +78,7 @@ public final class RawFileDriver implements BlockDriver {
 
     // ---- immutable after open ----
     private final String file;
+    private final AioMode aio;
     private final long size;
     private final boolean readOnly;
     private final boolean direct;
@@ -75,6 +88,19 @@ public final class RawFileDriver implements BlockDriver {
     // ---- confined to the home IOThread ----
     /** The image fd, or -1 once closed. */
     private int fd;
+    private IOThread home;
+    private IoEngine engine;
+    private int inFlight;
+    private final ArrayList<Runnable> idleWaiters = new ArrayList<>();
+    private final ArrayDeque<Op> freeOps = new ArrayDeque<>();
+    /** Every op this driver made, to free their native memory at close. */
+    private final ArrayList<Op> allOps = new ArrayList<>();
+    /**
+     * The errno of the first failed fdatasync, or 0. Sticky, as QEMU's file-posix: after a
+     * writeback error the kernel forgets it, so a later fdatasync would succeed although data was
+     * lost; every later flush fails with this errno instead.
+     */
+    private int flushErrno;
     /** IOV_MAX iovecs to continue short transfers, then the single-buffer iovec, then the bounce iovec. */
     private final Memory scratch;
     private final long adjustIov;
@@ -96,8 +122,9 @@ public final class RawFileDriver implements BlockDriver {
     private int curLeft;
     private long curOff;
 
-    private RawFileDriver(String file, int fd, long size, boolean readOnly, boolean direct, int memAlign, int offAlign) {
+    private RawFileDriver(String file, int fd, long size, boolean readOnly, boolean direct, int memAlign, int offAlign, AioMode aio) {
         this.file = file;
+        this.aio = aio;
         this.fd = fd;
         this.size = size;
         this.readOnly = readOnly;
@@ -118,7 +145,16 @@ public final class RawFileDriver implements BlockDriver {
      * @throws BlockException with the errno of the failure and a message naming the file
      */
     public static RawFileDriver open(Path file, boolean readOnly, boolean direct) throws BlockException {
+        return open(file, readOnly, direct, IoEngines.defaultMode());
+    }
+
+    /**
+     * Opens an image with an explicit {@code aio=} mode ({@code native} is served by io_uring;
+     * the caller checks QEMU's rule that it needs {@code cache.direct=on}).
+     */
+    public static RawFileDriver open(Path file, boolean readOnly, boolean direct, AioMode aio) throws BlockException {
         Objects.requireNonNull(file, "file");
+        Objects.requireNonNull(aio, "aio");
         String path = file.toString();
         String shown = file.toAbsolutePath().toString();
         int flags = (readOnly ? LibC.O_RDONLY : LibC.O_RDWR) | LibC.O_CLOEXEC | (direct ? LibC.O_DIRECT : 0);
@@ -156,7 +192,7 @@ public final class RawFileDriver implements BlockDriver {
                             + size + " is not a multiple of the O_DIRECT alignment " + offAlign);
                 }
             }
-            return new RawFileDriver(shown, fd, size, readOnly, direct, memAlign, offAlign);
+            return new RawFileDriver(shown, fd, size, readOnly, direct, memAlign, offAlign, aio);
         } catch (LastErrorException e) {
             closeQuietly(fd);
             throw new BlockException(e.getErrorCode(), "cannot open image '" + shown + "': " + LibC.describe(e.getErrorCode()));
@@ -176,6 +212,12 @@ public final class RawFileDriver implements BlockDriver {
 
     @Override
     public boolean readOnly() { return readOnly; }
+
+    /** The {@code aio=} mode asked for. */
+    public AioMode aio() { return aio; }
+
+    /** The engine requests go through now (io_uring, or threads where io_uring is refused), or null before attach. */
+    public IoEngine engine() { return engine; }
 
     /** True when opened with O_DIRECT. */
     public boolean direct() { return direct; }
@@ -346,6 +388,379 @@ public final class RawFileDriver implements BlockDriver {
         return direct ? -1 : fd; // -1 after close, too
     }
 
+    // ================================================================ asynchronous data path
+
+    @Override
+    public void attach(IOThread newHome) {
+        if (inFlight != 0) throw new IllegalStateException(file + ": attached to " + newHome.id() + " with requests in flight");
+        home = newHome;
+        engine = IoEngines.forThread(newHome, aio);
+    }
+
+    @Override
+    public int inFlight() { return inFlight; }
+
+    @Override
+    public void whenIdle(Runnable idle) {
+        if (inFlight == 0) idle.run(); else idleWaiters.add(idle);
+    }
+
+    @Override
+    public void read(long offset, long address, int length, IoCompletion done) throws BlockException {
+        checkRange(offset, length);
+        Op op = take(done);
+        setIov(op.oneIov, address, length);
+        startTransfer(op, false, offset, op.oneIov, 1, length, false, direct && !aligned(offset, address, length));
+    }
+
+    @Override
+    public void write(long offset, long address, int length, boolean fua, IoCompletion done) throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        Op op = take(done);
+        setIov(op.oneIov, address, length);
+        startTransfer(op, true, offset, op.oneIov, 1, length, fua, direct && !aligned(offset, address, length));
+    }
+
+    @Override
+    public void readv(long offset, long iovAddress, int iovcnt, long totalLength, IoCompletion done) throws BlockException {
+        checkRange(offset, totalLength);
+        boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
+        startTransfer(take(done), false, offset, iovAddress, iovcnt, totalLength, false,
+                direct && !(aligned && isAligned(offset, offAlign)));
+    }
+
+    @Override
+    public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua, IoCompletion done)
+            throws BlockException {
+        checkRange(offset, totalLength);
+        checkWritable();
+        boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
+        startTransfer(take(done), true, offset, iovAddress, iovcnt, totalLength, fua,
+                direct && !(aligned && isAligned(offset, offAlign)));
+    }
+
+    @Override
+    public void flush(IoCompletion done) throws BlockException {
+        checkOpen();
+        Op op = take(done);
+        op.stage = Op.FLUSH;
+        submitSync(op);
+    }
+
+    @Override
+    public void discard(long offset, long length, IoCompletion done) throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        Op op = take(done);
+        if (length == 0 || !punchSupported || !unmap) {
+            finishLater(op, 0); // advisory: nothing to do
+            return;
+        }
+        op.stage = Op.DISCARD;
+        op.reqOffset = offset;
+        op.total = length;
+        submitFallocate(op, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+    }
+
+    @Override
+    public void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua, IoCompletion done)
+            throws BlockException {
+        checkRange(offset, length);
+        checkWritable();
+        Op op = take(done);
+        op.reqOffset = offset;
+        op.total = length;
+        op.fua = fua;
+        op.fastOnly = fastOnly;
+        if (length == 0) {
+            finishLater(op, 0);
+        } else if (mayUnmap && unmap && punchSupported) {
+            op.stage = Op.ZERO_PUNCH;
+            submitFallocate(op, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+        } else {
+            zeroRangeOrBuffers(op);
+        }
+    }
+
+    /** Write-zeroes without punching: fallocate ZERO_RANGE, else zero buffers (synchronous, rare). */
+    private void zeroRangeOrBuffers(Op op) {
+        if (zeroRangeSupported) {
+            op.stage = Op.ZERO_RANGE;
+            // KEEP_SIZE: block devices accept fallocate only with it; files are not extended anyway.
+            submitFallocate(op, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+            return;
+        }
+        if (op.fastOnly) {
+            finishLater(op, BlockException.ENOTSUP);
+            return;
+        }
+        try {
+            writeZeroBuffers(op.reqOffset, op.total);
+        } catch (BlockException e) {
+            finishLater(op, e.errno());
+            return;
+        }
+        afterWrite(op);
+    }
+
+    /** A write-like request succeeded: FUA needs a data sync unless the write itself was RWF_DSYNC. */
+    private void afterWrite(Op op) {
+        if (op.fua && !op.dsync) {
+            op.stage = Op.FUA_SYNC;
+            submitSync(op);
+        } else {
+            finishLater(op, 0);
+        }
+    }
+
+    private void startTransfer(Op op, boolean write, long offset, long iov, int iovcnt, long total, boolean fua, boolean bounce) {
+        if (total == 0) {
+            finishLater(op, 0);
+            return;
+        }
+        if (write && fua && flushErrno != 0) {
+            finishLater(op, flushErrno); // durable-on-completion cannot be promised after a lost writeback
+            return;
+        }
+        if (bounce) {
+            // Unaligned O_DIRECT: read-modify-write through the bounce buffer, synchronously (rare:
+            // devices advertise the alignment as their block size). Serial, so two such writes to
+            // one block cannot lose each other's bytes.
+            try {
+                if (write) bounceWrite(offset, iov, iovcnt, total, fua); else bounceRead(offset, iov, iovcnt, total);
+                finishLater(op, 0);
+            } catch (BlockException e) {
+                finishLater(op, e.errno());
+            }
+            return;
+        }
+        op.stage = write ? Op.WRITE : Op.READ;
+        op.reqOffset = offset;
+        op.iov = iov;
+        op.iovcnt = iovcnt;
+        op.total = total;
+        op.moved = 0;
+        op.fua = fua;
+        op.dsync = fua && dsyncSupport != DSYNC_NO;
+        submitTransfer(op);
+    }
+
+    private void submitTransfer(Op op) {
+        op.opcode = op.stage == Op.READ ? IoEngine.OP_READV : IoEngine.OP_WRITEV;
+        op.fd = fd;
+        op.offset = op.reqOffset + op.moved;
+        op.addr = op.iov;
+        op.len = op.iovcnt;
+        op.rwFlags = op.dsync ? LibC.RWF_DSYNC : 0;
+        engine.submit(op);
+    }
+
+    private void submitSync(Op op) {
+        if (flushErrno != 0) {
+            finishLater(op, flushErrno); // sticky: see flushErrno
+            return;
+        }
+        op.opcode = IoEngine.OP_FSYNC;
+        op.fd = fd;
+        op.offset = 0;
+        op.addr = 0;
+        op.len = 0;
+        op.rwFlags = IoEngine.IORING_FSYNC_DATASYNC;
+        engine.submit(op);
+    }
+
+    private void submitFallocate(Op op, int mode) {
+        op.opcode = IoEngine.OP_FALLOCATE;
+        op.fd = fd;
+        op.offset = op.reqOffset;
+        op.addr = op.total; // io_uring: the length travels in addr, the mode in len
+        op.len = mode;
+        op.rwFlags = 0;
+        engine.submit(op);
+    }
+
+    /** Engine completion of one operation of {@code op}; decides the next step. On the home thread. */
+    private void stepDone(Op op, int res) {
+        if (res == -EINTR || res == -LibC.EAGAIN) { // retry the same operation as it is
+            engine.submit(op);
+            return;
+        }
+        switch (op.stage) {
+            case Op.READ, Op.WRITE -> transferDone(op, res);
+            case Op.FLUSH, Op.FUA_SYNC -> {
+                if (res < 0 && flushErrno == 0) {
+                    flushErrno = -res;
+                    org.slf4j.LoggerFactory.getLogger(RawFileDriver.class).error(
+                            "flush of {} failed: {}; every later flush of this image fails too (data may be lost)",
+                            file, LibC.describe(-res));
+                }
+                finish(op, res < 0 ? -res : 0);
+            }
+            case Op.DISCARD -> {
+                if (res == -EOPNOTSUPP || res == -ENOSYS) {
+                    punchSupported = false; // advisory: the range keeps its data
+                    res = 0;
+                }
+                finish(op, res < 0 ? -res : 0);
+            }
+            case Op.ZERO_PUNCH -> {
+                if (res == -EOPNOTSUPP || res == -ENOSYS) {
+                    punchSupported = false;
+                    zeroRangeOrBuffers(op);
+                } else if (res < 0) {
+                    finish(op, -res);
+                } else {
+                    afterWrite(op);
+                }
+            }
+            case Op.ZERO_RANGE -> {
+                if (res == -EOPNOTSUPP || res == -ENOSYS) {
+                    zeroRangeSupported = false;
+                    zeroRangeOrBuffers(op);
+                } else if (res < 0) {
+                    finish(op, -res);
+                } else {
+                    afterWrite(op);
+                }
+            }
+            default -> finish(op, BlockException.EIO);
+        }
+    }
+
+    private void transferDone(Op op, int res) {
+        boolean write = op.stage == Op.WRITE;
+        if (res < 0) {
+            int err = -res;
+            if (write && op.dsync && dsyncSupport != DSYNC_YES && (err == ENOSYS || err == EOPNOTSUPP || err == EINVAL)) {
+                // Old kernel or libc: emulate FUA with a data sync after the write.
+                dsyncSupport = DSYNC_NO;
+                op.dsync = false;
+                submitTransfer(op);
+                return;
+            }
+            finish(op, err);
+            return;
+        }
+        if (write && op.dsync && dsyncSupport == DSYNC_UNKNOWN) dsyncSupport = DSYNC_YES;
+        op.moved += res;
+        if (op.moved >= op.total) {
+            if (write) afterWrite(op); else finish(op, 0);
+            return;
+        }
+        if (write && res == 0) {
+            finish(op, BlockException.EIO); // no progress: would spin
+            return;
+        }
+        op.iov = op.advance(op.iov, op.iovcnt, res);
+        op.iovcnt -= op.skipped;
+        if (!write && (res == 0 || direct)) {
+            // EOF of a file truncated behind our back: the rest reads as zeros (O_DIRECT: a short
+            // read only happens at EOF, and a retry from an unaligned offset would fail).
+            zeroIovecs(op.iov, op.iovcnt);
+            finish(op, 0);
+            return;
+        }
+        submitTransfer(op);
+    }
+
+    private Op take(IoCompletion done) throws BlockException {
+        Objects.requireNonNull(done, "done");
+        assert home == null || home.inThread() : file + ": request off the home thread";
+        if (engine == null) throw new BlockException(BlockException.EIO, "not attached to an IOThread: " + file);
+        Op op = freeOps.poll();
+        if (op == null) {
+            op = new Op();
+            allOps.add(op);
+        }
+        op.done = done;
+        inFlight++;
+        return op;
+    }
+
+    /** Completes {@code op} from a later task (the contract: never inside the submitting call). */
+    private void finishLater(Op op, int errno) {
+        op.result = errno;
+        home.loop().execute(op.finishTask);
+    }
+
+    private void finish(Op op, int errno) {
+        IoCompletion done = op.done;
+        op.done = null;
+        op.stage = 0;
+        freeOps.push(op);
+        inFlight--;
+        try {
+            done.ioDone(errno);
+        } finally {
+            if (inFlight == 0 && !idleWaiters.isEmpty()) {
+                Runnable[] waiters = idleWaiters.toArray(new Runnable[0]);
+                idleWaiters.clear();
+                for (Runnable w : waiters) w.run();
+            }
+        }
+    }
+
+    /** One request in flight: the engine's operation plus the state to continue it. Pooled. */
+    private final class Op extends AioRequest {
+        static final int READ = 1, WRITE = 2, FLUSH = 3, FUA_SYNC = 4, DISCARD = 5, ZERO_PUNCH = 6, ZERO_RANGE = 7;
+
+        IoCompletion done;
+        int stage;
+        long reqOffset;
+        long iov;
+        int iovcnt;
+        long total;
+        long moved;
+        boolean fua;
+        boolean dsync;
+        boolean fastOnly;
+        int result;
+        final Runnable finishTask = () -> finish(this, result);
+        /** One iovec for {@link #read}/{@link #write}. */
+        final Memory mem = new Memory(IOVEC_SIZEOF);
+        final long oneIov = Pointer.nativeValue(mem);
+        /** Copy of the remaining iovecs after a short transfer; made on first need. */
+        Memory contMem;
+        long contIov;
+        int skipped;
+
+        @Override
+        public void completed(int res) {
+            stepDone(this, res);
+        }
+
+        /** Like the driver's {@code advance}, into this op's own continuation array. */
+        long advance(long at, int count, long n) {
+            int drop = 0;
+            long len;
+            while (drop < count && n >= (len = iovLen(at))) {
+                n -= len;
+                at += IOVEC_SIZEOF;
+                drop++;
+            }
+            skipped = drop;
+            if (n > 0) {
+                int left = count - drop;
+                if (contMem == null) {
+                    contMem = new Memory((long) IOV_MAX * IOVEC_SIZEOF);
+                    contIov = Pointer.nativeValue(contMem);
+                }
+                if (at != contIov) {
+                    LibC.memmove(contIov, at, (long) left * IOVEC_SIZEOF);
+                    at = contIov;
+                }
+                setIov(at, iovBase(at) + n, iovLen(at) - n);
+            }
+            return at;
+        }
+
+        void free() {
+            mem.close();
+            if (contMem != null) contMem.close();
+        }
+    }
+
     /** {@code discard=unmap} (true, our default) or {@code ignore}: discards do nothing, zeroing never unmaps. */
     private volatile boolean unmap = true;
 
@@ -361,6 +776,9 @@ public final class RawFileDriver implements BlockDriver {
         fd = -1;
         closeQuietly(f);
         scratch.close();
+        for (Op op : allOps) op.free();
+        allOps.clear();
+        freeOps.clear();
         if (bounceMem != null) {
             bounceMem.close();
             bounceMem = null;
@@ -379,6 +797,11 @@ public final class RawFileDriver implements BlockDriver {
     /** Test hook: forget (or force) the pwritev2(RWF_DSYNC) decision. */
     static void resetFuaStrategy(boolean forceFallback) {
         dsyncSupport = forceFallback ? DSYNC_NO : DSYNC_UNKNOWN;
+    }
+
+    /** Test hook: submit through {@code e} (a fault-injecting engine) instead of the home thread's. */
+    void useEngine(IoEngine e) {
+        engine = e;
     }
 
     /** Test hook: behave as on a file system without fallocate punch-hole and zero-range. */

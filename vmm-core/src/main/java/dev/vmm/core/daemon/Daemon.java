@@ -354,12 +354,14 @@ public final class Daemon {
         source.submit(() -> {
             t0[0] = System.nanoTime();
             for (NodeUser u : users) step(u, u::quiesce);
-            // Drain: every request taken so far has completed, because block I/O is synchronous
-            // on this thread; an asynchronous driver would wait for its in-flight count here.
+            // Drain: requests already taken complete here, on the old home; the users answer them
+            // (replies, used-ring entries) before they leave the loop.
+            return node.drain();
+        }).thenCompose(f -> f).thenCompose(v -> source.submit(() -> {
             List<CompletableFuture<Void>> detached = new ArrayList<>();
             for (NodeUser u : users) detached.add(safe(u.describe(), u::detach));
             return CompletableFuture.allOf(detached.toArray(new CompletableFuture[0]));
-        }).thenCompose(f -> f).thenCompose(v -> {
+        })).thenCompose(f -> f).thenCompose(v -> {
             node.setHome(target);
             return target.submit(() -> {
                 List<CompletableFuture<Void>> attached = new ArrayList<>();

@@ -32,6 +32,8 @@ public final class LibC {
     public static final int ENOENT = 2;
     /** Interrupted system call: retry. */
     public static final int EINTR = 4;
+    /** Try again (non-blocking I/O would block; io_uring: resources short). */
+    public static final int EAGAIN = 11;
     /** I/O error. */
     public static final int EIO = 5;
     /** No such device or address: lseek SEEK_DATA past the last data. */
@@ -192,11 +194,21 @@ public final class LibC {
 
     // ---- memory ----
 
+    /** memmove(3): ranges may overlap. */
+    public static native long memmove(long dest, long src, long n);
+
     /** memcpy(3) between non-overlapping native ranges. */
     public static native long memcpy(long dest, long src, long n);
 
     /** memset(3). */
     public static native long memset(long s, int c, long n);
+
+    /**
+     * syscall(2) with six arguments, for system calls glibc 2.36 has no wrapper for (io_uring).
+     * Unused arguments are passed as 0; glibc's syscall() only moves registers, so the fixed
+     * arity of this binding is safe for a variadic C function on x86_64.
+     */
+    public static native long syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) throws LastErrorException;
 
     /** strerror(3), for messages only (not on hot paths). */
     public static native String strerror(int errnum);

@@ -7,7 +7,7 @@ import static dev.vmm.virtio.queue.VirtioRing.*;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * The driver side of a packed virtqueue (virtio 1.2 §2.8), for tests and the benchmark: "guest

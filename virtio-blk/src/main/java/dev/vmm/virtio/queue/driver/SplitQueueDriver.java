@@ -6,7 +6,7 @@ import static dev.vmm.virtio.queue.VirtioRing.*;
 import dev.vmm.core.linux.LibcMemory;
 import dev.vmm.virtio.memory.GuestMemory;
 import dev.vmm.virtio.memory.GuestMemoryException;
-import dev.vmm.virtio.memory.RawMemory;
+import dev.vmm.core.memory.RawMemory;
 
 /**
  * The DRIVER side of one split virtqueue, as a guest kernel would run it: a test double for the

@@ -1,4 +1,4 @@
-package dev.vmm.virtio.memory;
+package dev.vmm.core.memory;
 
 import java.lang.invoke.VarHandle;
 import java.lang.reflect.Field;
@@ -51,6 +51,18 @@ public final class RawMemory {
     public static int getLe16Acquire(long address) {
         short v = U.getShortVolatile(null, address);
         return (BIG_ENDIAN ? Short.reverseBytes(v) : v) & 0xFFFF;
+    }
+
+    /** Reads an {@code le32} with acquire semantics (a volatile load): io_uring ring tails. */
+    public static int getLe32Acquire(long address) {
+        int v = U.getIntVolatile(null, address);
+        return BIG_ENDIAN ? Integer.reverseBytes(v) : v;
+    }
+
+    /** Stores an {@code le32} with release semantics: earlier stores are visible before it (io_uring ring heads and tails). */
+    public static void putLe32Release(long address, int value) {
+        VarHandle.releaseFence();
+        U.putInt(null, address, BIG_ENDIAN ? Integer.reverseBytes(value) : value);
     }
 
     /** Reads an {@code le32}, raw bits (callers mask with 0xFFFFFFFFL where unsigned). */

@@ -1,0 +1,218 @@
+package dev.vmm.core.block;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.sun.jna.Memory;
+import com.sun.jna.Pointer;
+import dev.vmm.core.aio.AioMode;
+import dev.vmm.core.aio.AioRequest;
+import dev.vmm.core.aio.IoEngine;
+import dev.vmm.core.aio.IoEngines;
+import dev.vmm.core.aio.ThreadPoolEngine;
+import dev.vmm.core.linux.LibC;
+import dev.vmm.iothread.IOThread;
+import java.io.RandomAccessFile;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.Random;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.EnumSource;
+
+/** The asynchronous data path of {@link RawFileDriver} on a real IOThread, through each engine. */
+class RawFileDriverAsyncTest {
+    static final int BLOCK = 4096;
+    static IOThread iot;
+
+    @TempDir
+    Path dir;
+
+    @BeforeAll
+    static void start() { iot = IOThread.start("async-test"); }
+
+    @AfterAll
+    static void stop() { iot.shutdown(5000); }
+
+    Path image(long size) throws Exception {
+        Path p = dir.resolve("disk.img");
+        try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+            f.setLength(size);
+        }
+        return p;
+    }
+
+    /** Runs {@code submit} on the IOThread and waits for the completion it was given. */
+    static int await(SubmitOne submit) throws Exception {
+        CompletableFuture<Integer> f = new CompletableFuture<>();
+        iot.execute(() -> {
+            try {
+                submit.run(f::complete);
+            } catch (BlockException e) {
+                f.completeExceptionally(e);
+            }
+        });
+        return f.get(10, TimeUnit.SECONDS);
+    }
+
+    interface SubmitOne { void run(IoCompletion done) throws BlockException; }
+
+    @ParameterizedTest
+    @EnumSource(value = AioMode.class, names = {"IO_URING", "THREADS"})
+    void manyRequestsInFlightReadBackWhatWasWritten(AioMode mode) throws Exception {
+        for (boolean direct : new boolean[] {false, true}) {
+            int n = 64;
+            Path img = image((long) n * BLOCK);
+            RawFileDriver d = RawFileDriver.open(img, false, direct, mode);
+            Memory buf = new Memory((long) (n + 1) * BLOCK);
+            long base = (Pointer.nativeValue(buf) + BLOCK - 1) & -BLOCK;
+            byte[] expect = new byte[n * BLOCK];
+            new Random(mode.ordinal() * 2 + (direct ? 1 : 0)).nextBytes(expect);
+            buf.write(base - Pointer.nativeValue(buf), expect, 0, expect.length);
+            try {
+                CompletableFuture<Void> all = new CompletableFuture<>();
+                int[] seenInFlight = new int[1];
+                AtomicInteger errors = new AtomicInteger();
+                iot.execute(() -> {
+                    d.attach(iot);
+                    int[] left = {n};
+                    try {
+                        for (int i = 0; i < n; i++) {
+                            d.write((long) i * BLOCK, base + (long) i * BLOCK, BLOCK, false, err -> {
+                                if (err != 0) errors.incrementAndGet();
+                                if (--left[0] == 0) all.complete(null);
+                            });
+                        }
+                        seenInFlight[0] = d.inFlight(); // completions never run inside the submitting call
+                    } catch (BlockException | RuntimeException | Error e) {
+                        all.completeExceptionally(e);
+                    }
+                });
+                try { all.get(10, TimeUnit.SECONDS); } catch (java.util.concurrent.TimeoutException te) { throw new AssertionError("direct=" + direct + " inflight=" + iot.call(d::inFlight) + " engine=" + d.engine().inFlight() + " errors=" + errors, te); }
+                assertEquals(n, seenInFlight[0], "all writes were in flight at once");
+                assertEquals(0, errors.get());
+                assertEquals(0, await(done -> d.flush(done)));
+                byte[] file = Files.readAllBytes(img);
+                assertArrayEquals(expect, file, "what the file holds (" + mode + ", direct=" + direct + ")");
+                // read back through the driver into a clean buffer
+                buf.clear();
+                for (int i = 0; i < n; i++) {
+                    long at = (long) i * BLOCK;
+                    assertEquals(0, await(done -> d.read(at, base + at, BLOCK, done)));
+                }
+                byte[] got = new byte[n * BLOCK];
+                buf.read(base - Pointer.nativeValue(buf), got, 0, got.length);
+                assertArrayEquals(expect, got);
+                assertEquals(mode == AioMode.THREADS ? AioMode.THREADS : AioMode.IO_URING, d.engine().mode());
+            } finally {
+                iot.call(() -> { d.close(); return null; });
+                buf.close();
+                Files.delete(img);
+            }
+        }
+    }
+
+    /** Runs every request synchronously on the calling (home) thread, with faults on demand. */
+    static final class FaultyEngine implements IoEngine {
+        int failFsyncs;
+        boolean shortTransfers;
+        int fsyncsSeen;
+
+        @Override
+        public void submit(AioRequest r) {
+            int res;
+            if (r.opcode == OP_FSYNC) {
+                fsyncsSeen++;
+                res = failFsyncs > 0 ? -LibC.EIO : ThreadPoolEngine.perform(r);
+                if (failFsyncs > 0) failFsyncs--;
+            } else if (shortTransfers && (r.opcode == OP_READV || r.opcode == OP_WRITEV) && r.len > 1) {
+                int len = r.len;
+                r.len = 1; // only the first iovec: a short transfer the driver must continue
+                res = ThreadPoolEngine.perform(r);
+                r.len = len;
+            } else {
+                res = ThreadPoolEngine.perform(r);
+            }
+            int result = res;
+            iot.execute(() -> r.completed(result));
+        }
+
+        @Override
+        public AioMode mode() { return AioMode.THREADS; }
+
+        @Override
+        public int inFlight() { return 0; }
+    }
+
+    @Test
+    void aFailedFlushStaysFailed() throws Exception {
+        RawFileDriver d = RawFileDriver.open(image(BLOCK), false, false, AioMode.IO_URING);
+        FaultyEngine e = new FaultyEngine();
+        iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
+        try {
+            e.failFsyncs = 1;
+            assertEquals(LibC.EIO, await(done -> d.flush(done)));
+            // The kernel would now report success (it forgot the error): we must not.
+            assertEquals(LibC.EIO, await(done -> d.flush(done)), "second flush after a writeback error");
+            Memory m = new Memory(BLOCK);
+            assertEquals(LibC.EIO, await(done -> d.write(0, Pointer.nativeValue(m), BLOCK, true, done)),
+                    "a FUA write after a writeback error cannot be durable either");
+            assertEquals(0, await(done -> d.write(0, Pointer.nativeValue(m), BLOCK, false, done)), "plain writes still work");
+            assertEquals(1, e.fsyncsSeen, "later flushes do not even ask the kernel");
+            m.close();
+        } finally {
+            iot.call(() -> { d.close(); return null; });
+        }
+    }
+
+    @Test
+    void shortTransfersAreContinued() throws Exception {
+        int n = 8;
+        RawFileDriver d = RawFileDriver.open(image((long) n * BLOCK), false, false, AioMode.IO_URING);
+        FaultyEngine e = new FaultyEngine();
+        e.shortTransfers = true;
+        iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
+        Memory data = new Memory((long) n * BLOCK);
+        Memory iov = new Memory(16L * n);
+        byte[] expect = new byte[n * BLOCK];
+        new Random(7).nextBytes(expect);
+        data.write(0, expect, 0, expect.length);
+        for (int i = 0; i < n; i++) {
+            iov.setLong(16L * i, Pointer.nativeValue(data) + (long) i * BLOCK);
+            iov.setLong(16L * i + 8, BLOCK);
+        }
+        try {
+            assertEquals(0, await(done -> d.writev(0, Pointer.nativeValue(iov), n, (long) n * BLOCK, false, done)));
+            assertArrayEquals(expect, Files.readAllBytes(dir.resolve("disk.img")));
+            data.clear();
+            assertEquals(0, await(done -> d.readv(0, Pointer.nativeValue(iov), n, (long) n * BLOCK, done)));
+            byte[] got = new byte[n * BLOCK];
+            data.read(0, got, 0, got.length);
+            assertArrayEquals(expect, got);
+            // the caller's iovec array is untouched by the continuation
+            for (int i = 0; i < n; i++) assertEquals(BLOCK, iov.getLong(16L * i + 8));
+        } finally {
+            iot.call(() -> { d.close(); return null; });
+            data.close();
+            iov.close();
+        }
+    }
+
+    @Test
+    void theDefaultEngineIsIoUringWhereTheKernelAllowsIt() throws Exception {
+        IoEngine e = IoEngines.forThread(iot, AioMode.IO_URING);
+        if (IoEngines.uringUnavailable() == null) {
+            assertEquals(AioMode.IO_URING, e.mode());
+        } else {
+            assertEquals(AioMode.THREADS, e.mode());
+        }
+        assertTrue(IoEngines.forThread(iot, AioMode.THREADS).mode() == AioMode.THREADS);
+    }
+}
