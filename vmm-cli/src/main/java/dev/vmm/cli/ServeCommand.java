@@ -100,6 +100,8 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    read-only=on|off         open read-only (default off)\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
           .append("    discard=unmap|ignore     TRIM/discard punch holes (default unmap; QEMU's default is ignore)\n")
+          .append("    aio=io_uring|native|threads  asynchronous I/O engine (default io_uring; threads where the\n")
+          .append("                             kernel refuses io_uring; native needs cache.direct=on, served by io_uring)\n")
           .append("  --object iothread\n")
           .append("    id=ID                    the IOThread's id (unique)\n")
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")

@@ -46,7 +46,7 @@ class BadInputSweepTest extends PeerTestBase {
         Map<String, String> templates = new LinkedHashMap<>();
         templates.put("--object", "qom-type=iothread,id=iotX,poll-max-ns=0,poll-grow=0,poll-shrink=0,aio-max-batch=0");
         templates.put("--object tls", "qom-type=tls-creds-x509,id=tlsX,dir=" + certs + ",endpoint=server,verify-peer=on,sanity-check=on");
-        templates.put("--blockdev", "driver=file,node-name=nX,filename=" + img + ",read-only=off,cache.direct=off,discard=unmap");
+        templates.put("--blockdev", "driver=file,node-name=nX,filename=" + img + ",read-only=off,cache.direct=off,discard=unmap,aio=threads");
         templates.put("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0,max-connections=0,handshake-max-seconds=10");
         templates.put("--nbd-server tls", "addr.type=inet,addr.host=127.0.0.1,addr.port=0,tls-creds=tls0");
         templates.put("--export nbd", "type=nbd,id=eX,node-name=d0,writable=on,iothread=iot0,fixed-iothread=off,name=n,description=d");
@@ -142,7 +142,7 @@ class BadInputSweepTest extends PeerTestBase {
                 "verify-peer", true, "sanity-check", true));
         templates.put("object-del", map("id", "iotS"));
         templates.put("blockdev-add", map("driver", "file", "node-name", "nS", "filename", img2.toString(), "read-only", false,
-                "cache", map("direct", false), "discard", "unmap"));
+                "cache", map("direct", false), "discard", "unmap", "aio", "threads"));
         templates.put("blockdev-del", map("node-name", "nS"));
         templates.put("block-export-add", map("type", "nbd", "id", "eS", "node-name", "disk0", "writable", false,
                 "name", "s", "description", "d", "iothread", "iot0"));

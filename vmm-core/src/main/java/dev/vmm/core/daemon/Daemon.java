@@ -227,13 +227,20 @@ public final class Daemon {
         // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
         // sparse image expect. Both values are accepted for drop-in compatibility.
         boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
+        // QEMU's key and rule; our default (no aio=) is io_uring, falling back to threads where refused.
+        String aioKey = o.choice("aio", null, "threads", "native", "io_uring");
+        dev.vmm.core.aio.AioMode aio = aioKey == null ? dev.vmm.core.aio.IoEngines.defaultMode() : dev.vmm.core.aio.AioMode.parse(aioKey);
+        if (aio == dev.vmm.core.aio.AioMode.NATIVE && !direct) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "aio",
+                    "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        }
         o.checkAllConsumed();
         synchronized (this) {
             if (nodes.containsKey(name)) throw new DaemonException(o.optionName() + ": node-name '" + name + "' is in use already");
         }
         BlockDriver driver;
         try {
-            RawFileDriver raw = RawFileDriver.open(Path.of(filename), readOnly, direct);
+            RawFileDriver raw = RawFileDriver.open(Path.of(filename), readOnly, direct, aio);
             raw.setUnmap(unmap);
             driver = raw;
         } catch (BlockException e) {
