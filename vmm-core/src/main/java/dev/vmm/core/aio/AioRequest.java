@@ -24,6 +24,11 @@ public abstract class AioRequest {
     public int len;
     /** readv/writev: {@code RWF_*} flags; fsync: {@code IORING_FSYNC_DATASYNC}. */
     public int rwFlags;
+    /**
+     * {@code IOSQE_*} flags of the SQE; {@link IoEngine#IOSQE_ASYNC} hands the operation to the
+     * kernel's worker threads at once instead of trying it inline (ignored by the thread pool).
+     */
+    public int sqeFlags;
 
     /** Set by the io_uring engine: where this request sits in its table (user_data). */
     int slot = -1;

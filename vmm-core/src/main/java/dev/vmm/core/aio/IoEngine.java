@@ -19,6 +19,8 @@ public interface IoEngine {
     int OP_WRITEV = 2;
     int OP_FSYNC = 3;
     int OP_FALLOCATE = 17;
+    /** SQE flag: do not try inline, go to an io-wq worker (spreads large page-cache copies over cores). */
+    int IOSQE_ASYNC = 1 << 4;
     /** {@code fsync_flags} bit of OP_FSYNC: fdatasync(2) instead of fsync(2). */
     int IORING_FSYNC_DATASYNC = 1;
 

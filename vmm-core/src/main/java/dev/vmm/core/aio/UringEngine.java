@@ -183,7 +183,7 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         if (closed) {
             throw new IllegalStateException("io_uring of IOThread " + home.id() + " is closed");
         }
-        if (freeCount == 0 || waitHead != null) {
+        if (waitHead != null || !roomForOne()) {
             r.nextWaiting = null;
             if (waitTail == null) waitHead = r; else waitTail.nextWaiting = r;
             waitTail = r;
@@ -192,15 +192,37 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         queue(r);
     }
 
+    /**
+     * Whether one more request can be queued now: a slot is free (at most cqEntries in the
+     * kernel, so the completion queue cannot overflow) and the SQ has room, handing the SQ to the
+     * kernel first if it is full.
+     */
+    private boolean roomForOne() {
+        if (freeCount == 0) return false;
+        if (unsubmitted == sqEntries) enter(0);
+        return unsubmitted < sqEntries;
+    }
+
+    /** Queues waiting requests while there is room (after completions freed slots, or the SQ was submitted). */
+    private void queueWaiting() {
+        while (waitHead != null && roomForOne()) {
+            AioRequest w = waitHead;
+            waitHead = w.nextWaiting;
+            if (waitHead == null) waitTail = null;
+            w.nextWaiting = null;
+            queue(w);
+        }
+    }
+
     /** Writes the SQE for {@code r} (a slot is free) and makes sure a flush follows. */
     private void queue(AioRequest r) {
-        if (unsubmitted == sqEntries) enter(0); // the SQ is full: hand it to the kernel now
         int slot = freeSlots[--freeCount];
         slots[slot] = r;
         r.slot = slot;
         long sqe = sqes + (long) SQE_SIZE * (sqTail & sqMask);
         RawMemory.fill(sqe, SQE_SIZE, 0);
         RawMemory.putByte(sqe, r.opcode);
+        RawMemory.putByte(sqe + 1, r.sqeFlags);
         RawMemory.putLe32(sqe + 4, r.fd);
         RawMemory.putLe64(sqe + 8, r.offset);
         RawMemory.putLe64(sqe + 16, r.addr);
@@ -221,6 +243,7 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         if (closed) return;
         if (unsubmitted > 0) enter(0);
         reap();
+        queueWaiting();
     }
 
     /** io_uring_enter: submits what is queued; with GETEVENTS also flushes an overflowed CQ. */
@@ -286,13 +309,7 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
             slots[slot] = null;
             r.slot = -1;
             freeSlots[freeCount++] = slot;
-            if (waitHead != null) {
-                AioRequest w = waitHead;
-                waitHead = w.nextWaiting;
-                if (waitHead == null) waitTail = null;
-                w.nextWaiting = null;
-                queue(w);
-            }
+            queueWaiting();
             try {
                 r.completed(res);
             } catch (RuntimeException | Error e) {
@@ -313,7 +330,10 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         } catch (LastErrorException e) {
             // EAGAIN: already drained
         }
-        if (!closed) reap();
+        if (!closed) {
+            reap();
+            queueWaiting();
+        }
     }
 
     @Override

@@ -63,6 +63,12 @@ public final class RawFileDriver implements BlockDriver {
     static final int ZERO_BUFFER_SIZE = 1 << 20;
     /** Largest bounce buffer: bigger unaligned O_DIRECT requests are bounced in chunks. */
     static final int BOUNCE_MAX = 1 << 20;
+    /**
+     * Page-cache transfers at least this long go straight to io_uring's worker threads
+     * (IOSQE_ASYNC): a hit would otherwise be copied inline on the IOThread, one request after the
+     * other, while the other core idles. Smaller ones are cheaper inline.
+     */
+    static final long ASYNC_COPY_MIN = Long.getLong("vmm.aio.async-copy-min", 256 * 1024);
     /** O_DIRECT alignment when statx does not report one. */
     static final int DEFAULT_ALIGNMENT = 4096;
 
@@ -553,6 +559,7 @@ public final class RawFileDriver implements BlockDriver {
         op.addr = op.iov;
         op.len = op.iovcnt;
         op.rwFlags = op.dsync ? LibC.RWF_DSYNC : 0;
+        op.sqeFlags = !direct && op.total - op.moved >= ASYNC_COPY_MIN ? IoEngine.IOSQE_ASYNC : 0;
         engine.submit(op);
     }
 
@@ -567,6 +574,7 @@ public final class RawFileDriver implements BlockDriver {
         op.addr = 0;
         op.len = 0;
         op.rwFlags = IoEngine.IORING_FSYNC_DATASYNC;
+        op.sqeFlags = 0;
         engine.submit(op);
     }
 
@@ -577,6 +585,7 @@ public final class RawFileDriver implements BlockDriver {
         op.addr = op.total; // io_uring: the length travels in addr, the mode in len
         op.len = mode;
         op.rwFlags = 0;
+        op.sqeFlags = 0;
         engine.submit(op);
     }
 
