@@ -62,6 +62,38 @@ public final class BlockNode {
     }
 
     /**
+     * Control plane, off the home thread ({@code blockdev-del}, shutdown): waits until no request
+     * is in flight, then flushes and closes the driver on the home thread. Closing earlier would
+     * free memory the kernel may still write into; so if requests are still in flight after
+     * {@code timeoutMs} (a hung device) the image is left open and this fails.
+     */
+    public void flushAndClose(long timeoutMs) throws BlockException {
+        CompletableFuture<Void> f = new CompletableFuture<>();
+        home.execute(() -> driver.whenIdle(() -> {
+            try {
+                driver.flush();
+                f.complete(null);
+            } catch (BlockException | RuntimeException e) {
+                f.completeExceptionally(e);
+            } finally {
+                driver.close();
+            }
+        }));
+        try {
+            f.get(timeoutMs, java.util.concurrent.TimeUnit.MILLISECONDS);
+        } catch (java.util.concurrent.ExecutionException e) {
+            if (e.getCause() instanceof BlockException be) throw be;
+            throw new BlockException(BlockException.EIO, "closing " + name + " failed: " + e.getCause());
+        } catch (java.util.concurrent.TimeoutException e) {
+            throw new BlockException(BlockException.EIO, "block node " + name + " still has requests in flight after "
+                    + timeoutMs + " ms: its image is left open");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new BlockException(BlockException.EIO, "interrupted while closing block node " + name);
+        }
+    }
+
+    /**
      * On the home thread: completes (on the home thread) once no request of this node is in
      * flight. A move waits for it between quiesce and detach.
      */

@@ -344,6 +344,9 @@ public final class Daemon {
         return result;
     }
 
+    /** How long blockdev-del and shutdown wait for a node's requests in flight before giving up on it. */
+    static final long CLOSE_TIMEOUT_MS = 30_000;
+
     /** A move that has not finished by then is reported failed, and the node's gate is released. */
     static final long MOVE_TIMEOUT_SECONDS = 30;
 
@@ -466,12 +469,8 @@ public final class Daemon {
             nodes.remove(name);
         }
         try {
-            n.home().call(() -> {
-                n.driver().flush();
-                n.driver().close();
-                return null;
-            });
-        } catch (Exception e) {
+            n.flushAndClose(CLOSE_TIMEOUT_MS);
+        } catch (BlockException e) {
             throw new DaemonException("block node '" + name + "' removed, but its final flush failed: " + e.getMessage(), e);
         }
         LOG.debug("block node {} removed", name);
@@ -555,16 +554,9 @@ public final class Daemon {
         for (BlockExport e : exps) e.close();
         for (BlockNode n : ns) {
             try {
-                n.home().call(() -> {
-                    n.driver().flush();
-                    n.driver().close();
-                    return null;
-                });
+                n.flushAndClose(CLOSE_TIMEOUT_MS);
             } catch (BlockException e) {
                 LOG.error("block node {}: final flush failed: {}", n.name(), e.getMessage());
-                flushed = false;
-            } catch (Exception e) {
-                LOG.error("block node {}: close failed: {}", n.name(), e.toString());
                 flushed = false;
             }
         }
