@@ -124,6 +124,8 @@ class RawFileDriverAsyncTest {
         int failFsyncs;
         boolean shortTransfers;
         int fsyncsSeen;
+        /** Fails the transfer at this file offset with EIO (-1: none). */
+        long failAt = -1;
 
         @Override
         public void submit(AioRequest r) {
@@ -132,6 +134,8 @@ class RawFileDriverAsyncTest {
                 fsyncsSeen++;
                 res = failFsyncs > 0 ? -LibC.EIO : ThreadPoolEngine.perform(r);
                 if (failFsyncs > 0) failFsyncs--;
+            } else if (r.offset == failAt && (r.opcode == OP_READV || r.opcode == OP_WRITEV)) {
+                res = -LibC.EIO;
             } else if (shortTransfers && (r.opcode == OP_READV || r.opcode == OP_WRITEV) && r.len > 1) {
                 int len = r.len;
                 r.len = 1; // only the first iovec: a short transfer the driver must continue
@@ -202,6 +206,40 @@ class RawFileDriverAsyncTest {
             iot.call(() -> { d.close(); return null; });
             data.close();
             iov.close();
+        }
+    }
+
+    @Test
+    void oneFailedRequestInABatchFailsAloneAndTheOthersComplete() throws Exception {
+        int n = 32;
+        RawFileDriver d = RawFileDriver.open(image((long) n * BLOCK), false, false, AioMode.IO_URING);
+        FaultyEngine e = new FaultyEngine();
+        e.failAt = 7L * BLOCK;
+        iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
+        Memory m = new Memory((long) n * BLOCK);
+        int[] errno = new int[n];
+        CompletableFuture<Void> all = new CompletableFuture<>();
+        try {
+            iot.execute(() -> {
+                int[] left = {n};
+                try {
+                    for (int i = 0; i < n; i++) {
+                        int k = i;
+                        d.write((long) i * BLOCK, Pointer.nativeValue(m) + (long) i * BLOCK, BLOCK, false, err -> {
+                            errno[k] = err;
+                            if (--left[0] == 0) all.complete(null);
+                        });
+                    }
+                } catch (BlockException ex) {
+                    all.completeExceptionally(ex);
+                }
+            });
+            all.get(10, TimeUnit.SECONDS);
+            for (int i = 0; i < n; i++) assertEquals(i == 7 ? LibC.EIO : 0, errno[i], "request " + i);
+            assertEquals(0, (int) iot.call(d::inFlight));
+        } finally {
+            iot.call(() -> { d.close(); return null; });
+            m.close();
         }
     }
 
