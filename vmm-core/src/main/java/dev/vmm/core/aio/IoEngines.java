@@ -37,11 +37,33 @@ public final class IoEngines {
         return m == null ? AioMode.IO_URING : m;
     }
 
+    /**
+     * Makes {@code thread}'s io_uring now, on the thread itself (a new IOThread, before any node
+     * lives there). The kernel ties a ring to the tasks that set it up and used it, and interrupts
+     * their blocking calls with EINTR when it tears the ring down; made on the IOThread, the ring
+     * concerns no other thread. Any thread but {@code thread}; a failure only logs (the fallback).
+     */
+    public static void prepare(IOThread thread) {
+        try {
+            thread.call(() -> forThread(thread, AioMode.IO_URING));
+        } catch (Exception e) {
+            LOG.warn("IOThread {}: cannot prepare its I/O engine: {}", thread.id(), e.toString());
+        }
+    }
+
     /** The engine of {@code thread} for {@code mode}; io_uring falls back to threads where refused. */
     public static IoEngine forThread(IOThread thread, AioMode mode) {
         if (mode == AioMode.THREADS || uringUnavailable != null) return threads(thread);
         IoEngine e = URING.get(thread);
         if (e != null) return e;
+        if (!thread.inThread() && io.netty.util.internal.ThreadExecutorMap.currentExecutor() == null) {
+            // Not on an event loop: make it on its own thread (see prepare); an event loop must not wait for another.
+            try {
+                return thread.call(() -> forThread(thread, mode));
+            } catch (Exception ex) {
+                throw new IllegalStateException("IOThread " + thread.id() + ": cannot make its I/O engine", ex);
+            }
+        }
         synchronized (IoEngines.class) {
             e = URING.get(thread);
             if (e != null) return e;

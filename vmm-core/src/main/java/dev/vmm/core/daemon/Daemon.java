@@ -53,7 +53,9 @@ public final class Daemon {
 
     /** Starts the main loop. */
     public static Daemon start() {
-        return new Daemon(IOThread.start(IOThread.MAIN_ID));
+        IOThread main = IOThread.start(IOThread.MAIN_ID);
+        dev.vmm.core.aio.IoEngines.prepare(main);
+        return new Daemon(main);
     }
 
     public IOThread mainLoop() { return main; }
@@ -78,6 +80,7 @@ public final class Daemon {
             throw new DaemonException("an object with id '" + id + "' exists already");
         }
         IOThread t = IOThread.start(id);
+        dev.vmm.core.aio.IoEngines.prepare(t);
         iothreads.put(id, t);
         LOG.debug("IOThread {} started", id);
         return t;
