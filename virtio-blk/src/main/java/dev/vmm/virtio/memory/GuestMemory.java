@@ -32,7 +32,9 @@ import dev.vmm.core.linux.LibcMemory;
  *
  * <p><b>Thread contract.</b> Regions change on the control plane (the vhost-user connection's
  * thread) and only while the device is stopped or quiesced: a region is unmapped when it is
- * removed, so no IOThread may still hold an address inside it. Mutators are
+ * removed, so no IOThread may still hold an address inside it; a device with requests in flight
+ * (the kernel or an I/O thread writing into guest memory) uses {@link #retire} and unmaps once
+ * they completed. Mutators are
  * {@code synchronized} among themselves. Lookups run on the device's IOThread without locks:
  * the region table is an immutable object published through a {@code volatile} field (a lookup
  * reads it once and searches that snapshot), and a lookup allocates nothing.
@@ -172,7 +174,19 @@ public final class GuestMemory implements AutoCloseable {
      * Unmaps the region with exactly this guest-physical address, size and user address
      * ({@code REM_MEM_REG}). Returns false (and changes nothing) when there is none.
      */
-    public synchronized boolean removeRegion(long guestPhysAddr, long size, long userAddr) {
+    public boolean removeRegion(long guestPhysAddr, long size, long userAddr) {
+        Retired r = retireRegion(guestPhysAddr, size, userAddr);
+        if (r == null) return false;
+        r.unmap();
+        return true;
+    }
+
+    /**
+     * Takes the region with exactly this guest-physical address, size and user address out of
+     * the table but leaves it mapped until {@link Retired#unmap()}: for a device whose requests in
+     * flight still point into it. Null (and nothing changes) when there is none.
+     */
+    public synchronized Retired retireRegion(long guestPhysAddr, long size, long userAddr) {
         Table t = table;
         for (int i = 0; i < t.regions.length; i++) {
             Region r = t.regions[i];
@@ -181,18 +195,59 @@ public final class GuestMemory implements AutoCloseable {
                 System.arraycopy(t.regions, 0, next, 0, i);
                 System.arraycopy(t.regions, i + 1, next, i, t.regions.length - i - 1);
                 table = new Table(next);
-                unmapQuietly(r);
-                return true;
+                return new Retired(new Region[] {r});
             }
         }
-        return false;
+        return null;
     }
 
     /** Unmaps every region ({@code SET_MEM_TABLE} replaces the table; reset; close). */
-    public synchronized void clear() {
+    public void clear() {
+        retire().unmap();
+    }
+
+    /**
+     * Takes every region out of the table, leaving them mapped until {@link Retired#unmap()}:
+     * lookups fail from now on (new requests cannot reach the old memory), while addresses handed
+     * out before stay valid for the kernel and the requests in flight that hold them (a device
+     * reset or disconnect with I/O in flight: unmapping then would let a read land in whatever
+     * the kernel maps at those addresses next).
+     */
+    public synchronized Retired retire() {
         Table t = table;
         table = Table.EMPTY;
-        for (Region r : t.regions) unmapQuietly(r);
+        return new Retired(t.regions);
+    }
+
+    /** Regions taken out of the table by {@link #retire}/{@link #retireRegion} and not yet unmapped (tests, logs). */
+    public int retiredRegions() {
+        return retiredRegions.get();
+    }
+
+    private final java.util.concurrent.atomic.AtomicInteger retiredRegions = new java.util.concurrent.atomic.AtomicInteger();
+
+    /**
+     * Regions out of the table, still mapped. {@link #unmap()} once nothing points into them any
+     * more; idempotent; any thread.
+     */
+    public final class Retired {
+        private Region[] regions;
+
+        private Retired(Region[] regions) {
+            this.regions = regions;
+            retiredRegions.addAndGet(regions.length);
+        }
+
+        /** Number of regions it holds until unmapped. */
+        public synchronized int size() { return regions == null ? 0 : regions.length; }
+
+        public synchronized void unmap() {
+            if (regions == null) return;
+            Region[] rs = regions;
+            regions = null;
+            for (Region r : rs) unmapQuietly(r);
+            retiredRegions.addAndGet(-rs.length);
+        }
     }
 
     @Override
