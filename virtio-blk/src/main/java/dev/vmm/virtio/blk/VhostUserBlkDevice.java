@@ -36,14 +36,28 @@ import org.slf4j.LoggerFactory;
  * <p>Thread contract: the {@link VhostUserBackendHandler} calls arrive on the listener's loop
  * (the daemon's control thread, never the main loop: see {@code Daemon.controlLoop()}), one at a
  * time. Everything the data path reads (guest memory, the queue
- * workers) is changed only on the node's home IOThread, through {@link #onHome}, so a request in
- * progress never sees memory unmapped under it; the per-queue settings below are control-thread state.
+ * workers) is changed only on the node's home IOThread, through {@link #onHome}; the per-queue
+ * settings below are control-thread state.
+ *
+ * <p>Requests in flight: the block driver completes them asynchronously, and until then the
+ * kernel (or an {@code aio=threads} worker) reads and writes guest memory through their iovecs.
+ * So guest memory is never unmapped while a request of this device is in flight: a change of the
+ * memory table or a ring's base first stops popping and waits for the requests in flight to be
+ * answered ({@link #holdAndWait}: they complete, their used entries are published and signalled);
+ * a reset or disconnect does not wait (the front-end is gone or starting over) but drops their
+ * completions and unmaps the old memory only once they are over ({@link GuestMemory#retire}).
  */
 final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     private static final Logger LOG = LoggerFactory.getLogger(VhostUserBlkDevice.class);
 
     /** Largest queue we accept (virtio 1.2 split rings allow 32768). */
     static final int MAX_QUEUE_SIZE = 32768;
+    /**
+     * How long a vhost-user message that must not run under requests in flight (GET_VRING_BASE,
+     * a memory table change) waits for them before it gives their rings up: a stuck disk must
+     * not wedge the control thread, which serves every vhost-user device, for ever. Tests lower it.
+     */
+    static volatile long drainTimeoutMs = 30_000;
 
     private final String exportId;
     private final BlockNode node;
@@ -140,6 +154,62 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         }
     }
 
+    /**
+     * Control thread: stops popping on ring {@code index} (all rings for -1) and waits until the
+     * requests they have in flight were answered (status byte, used entry published, call
+     * eventfd signalled), at most {@link #drainTimeoutMs}. The caller then stops the rings
+     * ({@code QueueWorker.stop}); after a timeout the requests still in flight are dropped when
+     * they complete, and the memory they point into stays mapped until then.
+     */
+    private void holdAndWait(int req, int index) throws VhostUserException {
+        java.util.concurrent.CompletableFuture<Void> idle = onHome(req, () -> {
+            List<QueueWorker> held = new java.util.ArrayList<>();
+            for (int i = 0; i < workers.length; i++) {
+                if (workers[i] != null && (index < 0 || i == index)) {
+                    workers[i].hold();
+                    held.add(workers[i]);
+                }
+            }
+            java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
+            whenIdle(held, () -> f.complete(null));
+            return f;
+        });
+        try {
+            idle.get(drainTimeoutMs, java.util.concurrent.TimeUnit.MILLISECONDS);
+        } catch (java.util.concurrent.TimeoutException e) {
+            LOG.error("vhost-user-blk {}: {}: requests still in flight after {} ms; giving {} up (their completions are dropped)",
+                    exportId, VhostUserRequest.name(req), drainTimeoutMs, index < 0 ? "the rings" : "ring " + index);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw VhostUserException.replyError(req, "interrupted while waiting for requests in flight");
+        } catch (java.util.concurrent.ExecutionException e) {
+            throw VhostUserException.replyError(req, e.getCause().toString());
+        }
+    }
+
+    /** Home thread: runs {@code then} once none of {@code ws} has a request in flight (at once if none has). */
+    private static void whenIdle(List<QueueWorker> ws, Runnable then) {
+        int[] left = {0};
+        for (QueueWorker w : ws) if (w.outstanding() > 0) left[0]++;
+        if (left[0] == 0) {
+            then.run();
+            return;
+        }
+        for (QueueWorker w : ws) {
+            if (w.outstanding() > 0) w.whenIdle(() -> {
+                if (--left[0] == 0) then.run();
+            });
+        }
+    }
+
+    /** Home thread: unmaps {@code old} once the stopped workers {@code ws} have nothing in flight. */
+    private static void unmapWhenIdle(List<QueueWorker> ws, GuestMemory.Retired old) {
+        if (old != null) whenIdle(ws, old::unmap);
+    }
+
+    /** Guest-memory regions out of the table and still mapped for requests in flight (tests). */
+    int retiredRegions() { return memory.retiredRegions(); }
+
     private QueueSetup queue(int request, int index) throws VhostUserException {
         if (index < 0 || index >= numQueues) {
             throw VhostUserException.replyError(request, "queue index " + index + " out of range (num-queues=" + numQueues + ")");
@@ -194,9 +264,16 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     public void setMemTable(List<MemoryRegion> regions, int[] fds) throws VhostUserException {
         int req = VhostUserRequest.VHOST_USER_SET_MEM_TABLE;
         int[] dups = dupAll(req, fds, regions.size());
+        try {
+            holdAndWait(req, -1);
+        } catch (VhostUserException e) {
+            for (int d : dups) LibcSocket.closeQuietly(d);
+            throw e;
+        }
         onHome(req, () -> {
-            boolean[] running = pauseWorkers();
-            memory.clear();
+            boolean[] running = new boolean[workers.length];
+            List<QueueWorker> stopped = pauseWorkers(running);
+            unmapWhenIdle(stopped, memory.retire());
             try {
                 for (int i = 0; i < regions.size(); i++) {
                     MemoryRegion r = regions.get(i);
@@ -220,8 +297,15 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     public void addMemReg(MemoryRegion r, int fd) throws VhostUserException {
         int req = VhostUserRequest.VHOST_USER_ADD_MEM_REG;
         int dup = dupAll(req, new int[] {fd}, 1)[0];
+        try {
+            holdAndWait(req, -1);
+        } catch (VhostUserException e) {
+            LibcSocket.closeQuietly(dup);
+            throw e;
+        }
         onHome(req, () -> {
-            boolean[] running = pauseWorkers();
+            boolean[] running = new boolean[workers.length];
+            pauseWorkers(running); // nothing is unmapped: the rings are rebuilt only
             try {
                 memory.addRegion(dup, r.guestAddr(), r.size(), r.userAddr(), r.mmapOffset());
             } catch (GuestMemoryException e) {
@@ -237,11 +321,14 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     @Override
     public void remMemReg(MemoryRegion r) throws VhostUserException {
         int req = VhostUserRequest.VHOST_USER_REM_MEM_REG;
+        holdAndWait(req, -1);
         onHome(req, () -> {
-            boolean[] running = pauseWorkers();
-            boolean removed = memory.removeRegion(r.guestAddr(), r.size(), r.userAddr());
+            boolean[] running = new boolean[workers.length];
+            List<QueueWorker> stopped = pauseWorkers(running);
+            GuestMemory.Retired removed = memory.retireRegion(r.guestAddr(), r.size(), r.userAddr());
+            unmapWhenIdle(stopped, removed);
             restartWorkers(running);
-            if (!removed) throw VhostUserException.replyError(req, "no such memory region");
+            if (removed == null) throw VhostUserException.replyError(req, "no such memory region");
             return null;
         });
     }
@@ -307,12 +394,19 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     public int getVringBase(int index) throws VhostUserException {
         int req = VhostUserRequest.VHOST_USER_GET_VRING_BASE;
         QueueSetup q = queue(req, index);
+        // The ring base is reported after the ring's requests in flight completed and their used
+        // entries were published, as qemu-storage-daemon does (its vhost-user server handles no
+        // message while requests are in flight): for a split ring the front-end then sees
+        // used->idx == the base we report, nothing outstanding, and resumes the ring from there
+        // after a migration or a restart without in-flight tracking. Reporting at once would leave
+        // requests the guest never gets back unless in-flight tracking resubmits them.
+        holdAndWait(req, index);
         Integer base = onHome(req, () -> {
             QueueWorker w = workers[index];
             if (w == null) return q.base;
             workers[index] = null;
             int b = w.stop();
-            w.release();
+            w.release(); // frees its memory now, or once a request dropped after the timeout is over
             return b;
         });
         q.base = base;
@@ -352,6 +446,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         int err = q.errFd;
         boolean enabled = q.enabled;
         long features = ackedFeatures;
+        holdAndWait(req, index); // a ring restarted while running: answer what it has in flight first
         onHome(req, () -> {
             QueueWorker old = workers[index];
             if (old != null) {
@@ -546,8 +641,10 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             throw VhostUserException.replyError(req, "in-flight area of " + size + " bytes but the file has "
                     + (fileSize < 0 ? "no size (not a regular file)" : fileSize + " bytes"));
         }
+        holdAndWait(req, -1);
         onHome(req, () -> {
-            boolean[] running = pauseWorkers();
+            boolean[] running = new boolean[workers.length];
+            pauseWorkers(running); // stopped rings never touch the area again, even with requests in flight
             long addr;
             try {
                 addr = LibcMemory.mapShared(fd, size, 0, true);
@@ -639,14 +736,11 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
     /** Stops every ring, unmaps guest memory, closes the eventfds: back to a fresh device. */
     void stopAll(int req) throws VhostUserException {
         onHome(req, () -> {
-            for (int i = 0; i < workers.length; i++) {
-                if (workers[i] != null) {
-                    queues[i].base = workers[i].stop();
-                    workers[i].release();
-                    workers[i] = null;
-                }
-            }
-            memory.clear();
+            // No waiting here: the front-end is gone or resets the device. Completions of the
+            // requests in flight are dropped (in-flight tracking, if any, still lists them for the
+            // next back-end); the memory they point into is unmapped once they are over.
+            List<QueueWorker> stopped = pauseWorkers(new boolean[workers.length]);
+            unmapWhenIdle(stopped, memory.retire());
             unmapInflight(); // the front-end keeps its copy and sends it again with SET_INFLIGHT_FD
             return null;
         });
@@ -661,18 +755,24 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         ackedProtocolFeatures = 0;
     }
 
-    /** Stops the running workers (keeping their positions) so memory can change; home thread. */
-    private boolean[] pauseWorkers() {
-        boolean[] running = new boolean[workers.length];
+    /**
+     * Stops the running workers (keeping their positions, marking them in {@code running}) so
+     * memory can change; home thread. Returns them: any with requests still in flight (a drain
+     * that timed out, a reset) frees its memory once they are over, and so must the guest memory
+     * they point into ({@link #unmapWhenIdle}).
+     */
+    private List<QueueWorker> pauseWorkers(boolean[] running) {
+        List<QueueWorker> stopped = new java.util.ArrayList<>();
         for (int i = 0; i < workers.length; i++) {
             if (workers[i] != null) {
                 running[i] = true;
                 queues[i].base = workers[i].stop();
                 workers[i].release();
+                stopped.add(workers[i]);
                 workers[i] = null;
             }
         }
-        return running;
+        return stopped;
     }
 
     /** Rebuilds the workers stopped by {@link #pauseWorkers}, re-translating ring addresses; home thread. */
