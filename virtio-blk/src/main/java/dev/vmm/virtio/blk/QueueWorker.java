@@ -58,6 +58,8 @@ final class QueueWorker implements EpollIoHandle {
      * guest with a 32768-entry ring can make us allocate; QEMU's rings have at most 1024 entries.
      */
     static final int MAX_IN_FLIGHT = 1024;
+    /** {@link #MAX_IN_FLIGHT}, read when a worker is made; tests lower it to exercise back-pressure. */
+    static volatile int maxInFlight = MAX_IN_FLIGHT;
 
     final int index;
     private final String name;
@@ -135,7 +137,7 @@ final class QueueWorker implements EpollIoHandle {
         this.inflight = inflight;
         this.resubmit = resubmit;
         this.resubmitPacked = resubmitPacked;
-        this.poolLimit = Math.min(vq.size(), MAX_IN_FLIGHT);
+        this.poolLimit = Math.min(vq.size(), maxInFlight);
         this.requests = requests;
         this.latency = requests.stats().latency;
         this.exportLatency = requests.exportStats().latency;

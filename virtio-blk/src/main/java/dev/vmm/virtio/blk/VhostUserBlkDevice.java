@@ -207,9 +207,6 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         if (old != null) whenIdle(ws, old::unmap);
     }
 
-    /** Guest-memory regions out of the table and still mapped for requests in flight (tests). */
-    int retiredRegions() { return memory.retiredRegions(); }
-
     private QueueSetup queue(int request, int index) throws VhostUserException {
         if (index < 0 || index >= numQueues) {
             throw VhostUserException.replyError(request, "queue index " + index + " out of range (num-queues=" + numQueues + ")");

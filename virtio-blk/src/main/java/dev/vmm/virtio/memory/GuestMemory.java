@@ -219,12 +219,15 @@ public final class GuestMemory implements AutoCloseable {
         return new Retired(t.regions);
     }
 
-    /** Regions taken out of the table by {@link #retire}/{@link #retireRegion} and not yet unmapped (tests, logs). */
-    public int retiredRegions() {
-        return retiredRegions.get();
+    /**
+     * Regions of every GuestMemory in this process taken out of their table by {@link #retire}/
+     * {@link #retireRegion} and not yet unmapped (tests: 0 once every device released its memory).
+     */
+    public static int retiredRegions() {
+        return RETIRED_REGIONS.get();
     }
 
-    private final java.util.concurrent.atomic.AtomicInteger retiredRegions = new java.util.concurrent.atomic.AtomicInteger();
+    private static final java.util.concurrent.atomic.AtomicInteger RETIRED_REGIONS = new java.util.concurrent.atomic.AtomicInteger();
 
     /**
      * Regions out of the table, still mapped. {@link #unmap()} once nothing points into them any
@@ -235,7 +238,7 @@ public final class GuestMemory implements AutoCloseable {
 
         private Retired(Region[] regions) {
             this.regions = regions;
-            retiredRegions.addAndGet(regions.length);
+            RETIRED_REGIONS.addAndGet(regions.length);
         }
 
         /** Number of regions it holds until unmapped. */
@@ -246,7 +249,7 @@ public final class GuestMemory implements AutoCloseable {
             Region[] rs = regions;
             regions = null;
             for (Region r : rs) unmapQuietly(r);
-            retiredRegions.addAndGet(-rs.length);
+            RETIRED_REGIONS.addAndGet(-rs.length);
         }
     }
 
