@@ -110,6 +110,7 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
             try {
                 n = buf.send(fd, 0, chunk, fds, nfds, 0);
             } catch (LastErrorException e) {
+                if (e.getErrorCode() == LibC.EINTR) continue; // nothing was sent: send the chunk again
                 throw new IOException("sendmsg: " + LibC.describe(e.getErrorCode()));
             }
             if (n < 0) throw new SocketTimeoutException("send timed out");
@@ -178,6 +179,10 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
             try {
                 n = buf.recv(fd, have, len - have, 0);
             } catch (LastErrorException e) {
+                // EINTR: a socket with SO_RCVTIMEO is not restarted after a signal, and io_uring's
+                // ring teardown signals (task_work) every thread that set up or used the ring,
+                // which in tests includes the test thread. Nothing was received: read again.
+                if (e.getErrorCode() == LibC.EINTR) continue;
                 fds.closeAll();
                 throw new IOException("recvmsg: " + LibC.describe(e.getErrorCode()));
             }
