@@ -105,7 +105,10 @@ final class QueueWorker implements EpollIoHandle {
     private boolean released;
     private boolean freed;
     private boolean rescheduled;
-    private final Runnable processTask = this::processScheduled;
+    /** Posted when a wake-up's budget ran out; void (does nothing) once the queue has moved to another thread. */
+    private final Runnable processTask = () -> {
+        if (home.inThread()) processScheduled(); // after a move, resume() on the new home serves the rest
+    };
 
     // ---- the request pool ----
     private final int poolLimit;
@@ -593,12 +596,7 @@ final class QueueWorker implements EpollIoHandle {
     private void reschedule() {
         if (!rescheduled) {
             rescheduled = true;
-            IOThread postedTo = home;
-            // A move may run before this task: then it must not touch the ring from the old
-            // thread; resume() on the new home serves the rest instead.
-            postedTo.loop().execute(() -> {
-                if (home == postedTo) processTask.run();
-            });
+            home.loop().execute(processTask); // preallocated: a busy queue allocates nothing per wake-up
         }
     }
 
