@@ -178,6 +178,9 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
             try {
                 n = buf.recv(fd, have, len - have, 0);
             } catch (LastErrorException e) {
+                // A signal to this thread (the JVM's own, a profiler's) interrupts a blocking
+                // recvmsg before any data: nothing was consumed, so try again.
+                if (e.getErrorCode() == LibC.EINTR) continue;
                 fds.closeAll();
                 throw new IOException("recvmsg: " + LibC.describe(e.getErrorCode()));
             }
