@@ -107,6 +107,17 @@ public final class RawFileDriver implements BlockDriver {
      * lost; every later flush fails with this errno instead.
      */
     private int flushErrno;
+    /**
+     * Flush coalescing, as QEMU's write_gen/flushed_gen: writeGen counts finished write-type
+     * requests (1 at open, so the first flush always syncs), flushedGen is the count the last
+     * successful fdatasync covered. A flush with nothing new to cover succeeds at once; flushes
+     * arriving while one is in the kernel wait and share the next fdatasync.
+     */
+    private long writeGen = 1;
+    private long flushedGen;
+    private Op activeFlush;
+    private final ArrayDeque<Op> flushWaiters = new ArrayDeque<>();
+    private final ArrayDeque<Op> flushReady = new ArrayDeque<>();
     /** IOV_MAX iovecs to continue short transfers, then the single-buffer iovec, then the bounce iovec. */
     private final Memory scratch;
     private final long adjustIov;
@@ -451,7 +462,39 @@ public final class RawFileDriver implements BlockDriver {
         checkOpen();
         Op op = take(done);
         op.stage = Op.FLUSH;
+        op.needGen = writeGen;
+        if (flushErrno != 0) {
+            finishLater(op, flushErrno); // sticky: see flushErrno
+        } else if (activeFlush != null) {
+            flushWaiters.add(op); // answered by the flush in flight, or by one started when it is done
+        } else if (writeGen == flushedGen) {
+            finishLater(op, 0); // nothing was written since the last successful flush
+        } else {
+            startFlush(op);
+        }
+    }
+
+    /** One fdatasync for {@code op} and every flush that arrives while it runs. */
+    private void startFlush(Op op) {
+        activeFlush = op;
+        op.needGen = writeGen;
         submitSync(op);
+    }
+
+    /**
+     * The fdatasync of {@link #activeFlush} is done: it answers every waiting flush whose writes
+     * it covered (all that arrived before it started); the others share the next one.
+     */
+    private void flushDone(Op op, int errno) {
+        activeFlush = null;
+        if (errno == 0 && op.needGen > flushedGen) flushedGen = op.needGen;
+        for (int i = flushWaiters.size(); i > 0; i--) {
+            Op w = flushWaiters.poll();
+            if (flushErrno != 0 || w.needGen <= flushedGen) flushReady.add(w); else flushWaiters.add(w);
+        }
+        if (!flushWaiters.isEmpty()) startFlush(flushWaiters.poll());
+        finish(op, errno);
+        for (Op w; (w = flushReady.poll()) != null; ) finish(w, flushErrno);
     }
 
     @Override
@@ -459,6 +502,7 @@ public final class RawFileDriver implements BlockDriver {
         checkRange(offset, length);
         checkWritable();
         Op op = take(done);
+        op.writes = true;
         if (length == 0 || !punchSupported || !unmap) {
             finishLater(op, 0); // advisory: nothing to do
             return;
@@ -475,6 +519,7 @@ public final class RawFileDriver implements BlockDriver {
         checkRange(offset, length);
         checkWritable();
         Op op = take(done);
+        op.writes = true;
         op.reqOffset = offset;
         op.total = length;
         op.fua = fua;
@@ -521,6 +566,7 @@ public final class RawFileDriver implements BlockDriver {
     }
 
     private void startTransfer(Op op, boolean write, long offset, long iov, int iovcnt, long total, boolean fua, boolean bounce) {
+        op.writes = write;
         if (total == 0) {
             finishLater(op, 0);
             return;
@@ -604,7 +650,7 @@ public final class RawFileDriver implements BlockDriver {
                             "flush of {} failed: {}; every later flush of this image fails too (data may be lost)",
                             file, LibC.describe(-res));
                 }
-                finish(op, res < 0 ? -res : 0);
+                if (op.stage == Op.FLUSH) flushDone(op, res < 0 ? -res : 0); else finish(op, res < 0 ? -res : 0);
             }
             case Op.DISCARD -> {
                 if (res == -EOPNOTSUPP || res == -ENOSYS) {
@@ -694,8 +740,10 @@ public final class RawFileDriver implements BlockDriver {
     }
 
     private void finish(Op op, int errno) {
+        if (op.writes) writeGen++; // failed writes too: part of them may have reached the file
         IoCompletion done = op.done;
         op.done = null;
+        op.writes = false;
         op.stage = 0;
         freeOps.push(op);
         inFlight--;
@@ -724,6 +772,10 @@ public final class RawFileDriver implements BlockDriver {
         boolean fua;
         boolean dsync;
         boolean fastOnly;
+        /** A write-type request: counts for {@link #writeGen} when it finishes. */
+        boolean writes;
+        /** Flush: the {@link #writeGen} it must cover. */
+        long needGen;
         int result;
         final Runnable finishTask = () -> finish(this, result);
         /** One iovec for {@link #read}/{@link #write}. */

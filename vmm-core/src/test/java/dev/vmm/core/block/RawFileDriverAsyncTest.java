@@ -126,10 +126,18 @@ class RawFileDriverAsyncTest {
         int fsyncsSeen;
         /** Fails the transfer at this file offset with EIO (-1: none). */
         long failAt = -1;
+        /** Keep fsyncs in flight until {@link #release}. */
+        boolean holdFsyncs;
+        AioRequest held;
 
         @Override
         public void submit(AioRequest r) {
             int res;
+            if (r.opcode == OP_FSYNC && holdFsyncs) {
+                fsyncsSeen++;
+                held = r;
+                return;
+            }
             if (r.opcode == OP_FSYNC) {
                 fsyncsSeen++;
                 res = failFsyncs > 0 ? -LibC.EIO : ThreadPoolEngine.perform(r);
@@ -146,6 +154,13 @@ class RawFileDriverAsyncTest {
             }
             int result = res;
             iot.execute(() -> r.completed(result));
+        }
+
+        void release() {
+            AioRequest r = held;
+            held = null;
+            int res = ThreadPoolEngine.perform(r);
+            iot.execute(() -> r.completed(res));
         }
 
         @Override
@@ -237,6 +252,56 @@ class RawFileDriverAsyncTest {
             all.get(10, TimeUnit.SECONDS);
             for (int i = 0; i < n; i++) assertEquals(i == 7 ? LibC.EIO : 0, errno[i], "request " + i);
             assertEquals(0, (int) iot.call(d::inFlight));
+        } finally {
+            iot.call(() -> { d.close(); return null; });
+            m.close();
+        }
+    }
+
+    @Test
+    void flushesShareFdatasyncsAndSkipThemWhenNothingWasWritten() throws Exception {
+        RawFileDriver d = RawFileDriver.open(image(BLOCK), false, false, AioMode.IO_URING);
+        FaultyEngine e = new FaultyEngine();
+        iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
+        Memory m = new Memory(BLOCK);
+        long buf = Pointer.nativeValue(m);
+        try {
+            assertEquals(0, await(done -> d.flush(done)));
+            assertEquals(1, e.fsyncsSeen, "the first flush after open always syncs");
+            assertEquals(0, await(done -> d.flush(done)));
+            assertEquals(1, e.fsyncsSeen, "nothing written since: no fdatasync");
+
+            // three flushes at once after a write: one fdatasync answers all
+            assertEquals(0, await(done -> d.write(0, buf, BLOCK, false, done)));
+            CompletableFuture<int[]> three = new CompletableFuture<>();
+            iot.execute(() -> {
+                int[] res = {-1, -1, -1};
+                int[] left = {3};
+                try {
+                    for (int i = 0; i < 3; i++) {
+                        int k = i;
+                        d.flush(err -> { res[k] = err; if (--left[0] == 0) three.complete(res); });
+                    }
+                } catch (BlockException ex) {
+                    three.completeExceptionally(ex);
+                }
+            });
+            assertArrayEquals(new int[] {0, 0, 0}, three.get(10, TimeUnit.SECONDS));
+            assertEquals(2, e.fsyncsSeen, "three concurrent flushes, one fdatasync");
+
+            // a write that finishes while a flush is in the kernel needs a flush of its own
+            assertEquals(0, await(done -> d.write(0, buf, BLOCK, false, done)));
+            e.holdFsyncs = true;
+            CompletableFuture<Integer> first = new CompletableFuture<>();
+            iot.execute(() -> { try { d.flush(first::complete); } catch (BlockException ex) { first.completeExceptionally(ex); } });
+            while (iot.call(() -> e.held) == null) Thread.sleep(1);
+            assertEquals(0, await(done -> d.write(0, buf, BLOCK, false, done)));
+            CompletableFuture<Integer> second = new CompletableFuture<>();
+            iot.execute(() -> { try { d.flush(second::complete); } catch (BlockException ex) { second.completeExceptionally(ex); } });
+            iot.call(() -> { e.holdFsyncs = false; e.release(); return null; });
+            assertEquals(0, first.get(10, TimeUnit.SECONDS));
+            assertEquals(0, second.get(10, TimeUnit.SECONDS));
+            assertEquals(4, e.fsyncsSeen, "the flush that waited covered the later write with a second fdatasync");
         } finally {
             iot.call(() -> { d.close(); return null; });
             m.close();
