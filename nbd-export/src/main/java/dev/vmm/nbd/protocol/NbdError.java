@@ -70,6 +70,20 @@ public final class NbdError {
         };
     }
 
+    /**
+     * {@link #fromErrno(int)} for the reply to a request with command flags {@code cmdFlags}: the
+     * spec reserves NBD_ENOTSUP for WRITE_ZEROES with NBD_CMD_FLAG_FAST_ZERO and NBD_EOVERFLOW for
+     * READ with NBD_CMD_FLAG_DF ("SHOULD NOT" otherwise), so without those flags a backend's
+     * EOPNOTSUPP becomes NBD_EIO (the operation failed; the request was not invalid) and EOVERFLOW
+     * becomes NBD_EINVAL.
+     */
+    public static int fromErrno(int linuxErrno, int cmdFlags) {
+        int e = fromErrno(linuxErrno);
+        if (e == NBD_ENOTSUP && (cmdFlags & NbdCmdFlags.NBD_CMD_FLAG_FAST_ZERO) == 0) return NBD_EIO;
+        if (e == NBD_EOVERFLOW && (cmdFlags & NbdCmdFlags.NBD_CMD_FLAG_DF) == 0) return NBD_EINVAL;
+        return e;
+    }
+
     /** Log name of an error value, e.g. "NBD_EIO" or "NBD_E_UNKNOWN(7)". */
     public static String name(int error) {
         return switch (error) {

@@ -100,8 +100,8 @@ public final class NbdServer {
                     .childOption(ChannelOption.SO_KEEPALIVE, true);
         }
         b.childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, 4 << 20))
-                // Reads of up to 1 MiB: a large WRITE payload arrives in few syscalls (it is streamed
-                // to the file as it comes); small requests keep the buffer small.
+                // Reads of up to 1 MiB: a large WRITE payload arrives in few syscalls (gathered into
+                // its own buffer as it comes); small requests keep the buffer small.
                 .childOption(ChannelOption.RECVBUF_ALLOCATOR, new io.netty.channel.AdaptiveRecvByteBufAllocator(512, 16 * 1024, 1 << 20))
                 .childHandler(new ChannelInitializer<Channel>() {
                     @Override
@@ -403,8 +403,18 @@ public final class NbdServer {
         assert c.eventLoop().inEventLoop() && node.home().inThread() : "graceful close off the node's home";
         if (c.pipeline().get("nbd-transmission") instanceof TransmissionHandler tx) {
             tx.stopTakingRequests();
-            node.removeUser(tx); // not moved any more: it ends on this loop
+            // Not moved any more: it ends on this loop. A later move still drains the node first,
+            // so the requests in flight complete here, and are answered before the output is shut.
+            node.removeUser(tx);
+            tx.whenIdle(() -> shutOutput(c));
+        } else {
+            shutOutput(c);
         }
+    }
+
+    /** Flushes the last replies, then shuts the write side and lingers (see {@link #closeOnHome}). */
+    private static void shutOutput(Channel c) {
+        if (!c.isActive()) return;
         c.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener((ChannelFutureListener) f -> {
             if (!f.isSuccess() || !(c instanceof io.netty.channel.socket.DuplexChannel d)) {
                 c.close();

@@ -7,9 +7,10 @@ import static dev.vmm.nbd.protocol.NbdReplyType.*;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
-import dev.vmm.core.stats.ExportStats;
 import dev.vmm.core.block.BlockStatus;
 import dev.vmm.core.block.NodeUser;
+import dev.vmm.core.linux.LibC;
+import dev.vmm.core.stats.ExportStats;
 import dev.vmm.iothread.IOThread;
 import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdError;
@@ -22,46 +23,76 @@ import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInboundHandlerAdapter;
 import io.netty.handler.codec.ByteToMessageDecoder;
 import io.netty.util.internal.PlatformDependent;
-import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.concurrent.CompletableFuture;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * The transmission phase of one NBD client (proto.md, "Transmission"): parses requests,
- * runs them on the export's block node and writes the replies.
+ * The transmission phase of one NBD client (proto.md, "Transmission"): parses requests from the
+ * socket, {@linkplain #validate validates} them, {@linkplain #handle hands} them to the export's
+ * block driver asynchronously and {@linkplain #answer answers} each when it completes. Replies go
+ * out in completion order, matched by cookie (proto.md: "the server MAY send replies in any
+ * order"), and are flushed once per event-loop iteration.
  *
- * <p>Thread contract: every method runs on the channel's event loop, which is the home
- * IOThread of the export's node; the block driver is called synchronously there, so requests
- * of one node never race. Replies are written as requests are parsed and flushed once per read
- * batch, so deep pipelining costs one {@code writev} per batch.
+ * <p>Thread contract: every method runs on the channel's event loop, which is the home IOThread
+ * of the export's node; driver completions ({@link NbdRequest#ioDone}) arrive there too. Nothing
+ * here is shared with another thread.
  *
- * <p>Memory bound: a request's payload is buffered only up to {@link NbdExport#MAX_PAYLOAD};
- * a longer WRITE payload is read and discarded in place, then answered with an error, so the
- * stream keeps its framing. Replies stop being produced while the channel is not writable (the
- * client does not read), and reading stops with them.
+ * <p>Bounds: at most {@link #MAX_IN_FLIGHT} requests and {@link #MAX_IN_FLIGHT_BYTES} of READ/WRITE
+ * data are taken at once; at the bound parsing stops and the socket is not read (autoRead off)
+ * until a request completes. Parsing also stops while the channel is not writable (the client
+ * does not read its replies). A request's slot is a pooled {@link NbdRequest}: no allocation per
+ * request beyond the pooled reply and payload buffers.
  *
- * <p>TLS: on a channel that did NBD_OPT_STARTTLS the socket carries ciphertext, so the zero-copy
- * paths that touch the socket fd directly ({@link SendfileRegion} for READ,
- * {@link SpliceReceiver} for WRITE) are off; data goes through the SslHandler in buffers.
+ * <p>WRITE payloads: a WRITE reaches the driver only once its whole payload has arrived, so a
+ * client that resets or leaves in the middle of a payload changes nothing on the disk. A payload
+ * that is in the cumulation buffer already is passed as a retained slice of it (no copy); one that
+ * is still arriving is gathered into a buffer of its own as it comes (one copy, no re-merging of a
+ * growing cumulation). A payload over {@link NbdExport#MAX_PAYLOAD} is read and dropped, then
+ * refused, so the stream keeps its framing.
+ *
+ * <p>READ: into a pooled direct buffer that already holds the reply header, answered on
+ * completion. Large reads of sparse ranges are answered with OFFSET_HOLE chunks for the holes.
+ * {@link SendfileRegion} (page cache to socket, no copy) is used for large reads on plain sockets
+ * only when {@code -Dvmm.nbd.sendfile=on} (see {@link #SENDFILE}): it blocks the IOThread on a
+ * page-cache miss.
+ *
+ * <p>Moves ({@link NodeUser}): after {@link #quiesce} no request is taken; requests already taken
+ * complete on the old home (the move drains the node) and their replies are written and flushed
+ * there before {@link #detach}. Closing: NBD_CMD_DISC and {@link #stopTakingRequests} take no new
+ * request and let those in flight complete and be answered first ({@link #whenIdle}). A completion
+ * that arrives after the channel closed only releases its buffers.
  *
  * <p>Errors: a request the spec calls invalid gets its error reply and the connection goes on;
- * only a framing violation (bad request magic) closes it.
+ * only a framing violation (bad request magic, an extended payload over the maximum) closes it.
+ * Every errno is mapped by {@link NbdError#fromErrno(int, int)}.
  */
 final class TransmissionHandler extends ChannelInboundHandlerAdapter implements NodeUser {
     private static final Logger LOG = LoggerFactory.getLogger(TransmissionHandler.class);
 
+    /**
+     * Requests of one client taken at once. 128 is the deepest pipeline of the clients we serve
+     * (the Linux nbd driver's default queue depth; nbdcopy keeps 64, qemu 16, fio its iodepth),
+     * so they never stall on it, while one client cannot flood the IOThread's ring or memory.
+     */
+    static final int MAX_IN_FLIGHT = 128;
+    /** READ/WRITE bytes of one client taken at once; two maximum-size requests always fit. */
+    static final long MAX_IN_FLIGHT_BYTES = 2L * NbdExport.MAX_PAYLOAD;
     /** Reads at least this long are checked for holes and answered with OFFSET_HOLE chunks where possible. */
     static final int SPARSE_READ_MIN = 64 * 1024;
     /** Most chunks one sparse read is split into; the rest goes as one data chunk. */
     static final int MAX_READ_CHUNKS = 16;
     /** Most descriptors in one block-status reply. */
     static final int MAX_EXTENTS = 2048;
-    /** WRITE payloads at least this long are streamed to the file as they arrive instead of buffered. */
-    static final int STREAM_WRITE_MIN = 64 * 1024;
-    /** Reads at least this long go out with sendfile when the driver has a page-cache fd. */
+    /** Reads at least this long may go out with sendfile (see {@link #SENDFILE}). */
     static final int SENDFILE_MIN = 128 * 1024;
-
-    private static final int SIMPLE_REPLY_SIZE = 16;
+    /**
+     * {@code -Dvmm.nbd.sendfile=on}: large reads on plain sockets leave with sendfile(2) instead of
+     * an asynchronous read. Off by default: sendfile reads the page cache inside the socket write,
+     * blocking the IOThread (and every disk on it) on a miss.
+     */
+    static final boolean SENDFILE = "on".equals(System.getProperty("vmm.nbd.sendfile"));
 
     private final NbdExport export;
     private final BlockDriver driver;
@@ -75,40 +106,44 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final boolean structured;
     private final boolean extended;
     private final boolean baseAllocation;
-    /** The socket carries TLS records: no sendfile, no splice. */
+    /** The socket carries TLS records: no sendfile. */
     private final boolean tls;
     private final int requestSize;
-    /** Chunk header size: 20 for structured replies, 32 for extended ones. */
-    private final int chunkHeaderSize;
+    private final ReplyEncoder replies;
 
     // ---- state, confined to the event loop ----
+    private ChannelHandlerContext ctx;
     private ByteBuf cum;
+    /** A WRITE whose payload is still arriving into its own buffer; submitted once that is full. */
+    private NbdRequest assembling;
     /** Bytes of a refused payload still to discard, and the request they belong to. */
     private long skipRemaining;
     private long skipCookie;
     private long skipOffset;
     private int skipError;
     private String skipMessage;
-    /**
-     * A WRITE whose payload had not all arrived: its bytes go to the file as they come (one
-     * pwrite per received chunk), so a large payload is never buffered or copied in the JVM.
-     */
-    private long streamRemaining;
-    private long streamOffset;
-    private long streamCookie;
-    private long streamRequestOffset;
-    private boolean streamFua;
-    private int streamError;
-    private String streamMessage;
-    /** Zero-copy receive of large payloads; opened on first use, closed with the channel. */
-    private SpliceReceiver splice;
-    private boolean spliceUnavailable;
-    /** Output is full: stop producing replies until the channel is writable again. */
+    /** Free request slots; made on demand, never more than {@link #MAX_IN_FLIGHT}. */
+    private final NbdRequest[] freeSlots = new NbdRequest[MAX_IN_FLIGHT];
+    private int freeCount;
+    /** Requests taken and not yet answered (in the driver, or a WRITE gathering its payload). */
+    private int inFlight;
+    private long bytesInFlight;
+    /** Parsing stopped at the in-flight bound: a completion resumes it. */
+    private boolean full;
+    /** Output is full: stop taking requests until the channel is writable again. */
     private boolean paused;
+    /** NBD_CMD_DISC or a server stop: no new request; input is read and dropped. */
     private boolean closing;
-    /** The node is moving: requests wait in {@link #cum} until {@link #resume}. */
+    /** The node is moving: requests wait in {@link #cum} or the socket until {@link #resume}. */
     private boolean quiesced;
-    private ChannelHandlerContext ctx;
+    /** The channel closed or this handler left it: completions only release what they hold. */
+    private boolean gone;
+    private boolean flushScheduled;
+    private final Runnable flushTask = this::scheduledFlush;
+    /** Run once nothing is in flight (graceful close, DISC); null when none wait. */
+    private ArrayList<Runnable> idleWaiters;
+    /** Message of the last {@link #validate} failure (error path only). */
+    private String invalid;
     private final BlockStatus status = new BlockStatus();
     private final long[] extentLength = new long[MAX_EXTENTS];
     private final int[] extentFlags = new int[MAX_EXTENTS];
@@ -121,12 +156,12 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         this.home = home;
         this.size = export.node().size();
         this.writable = export.writable();
-        this.structured = negotiated.structuredReplies;
+        this.structured = negotiated.structuredReplies || negotiated.extendedHeaders;
         this.extended = negotiated.extendedHeaders;
         this.baseAllocation = negotiated.baseAllocation;
         this.tls = negotiated.tls;
         this.requestSize = extended ? 32 : 28;
-        this.chunkHeaderSize = extended ? 32 : 20;
+        this.replies = new ReplyEncoder(negotiated.structuredReplies, extended);
         this.cum = leftover == null ? null : direct(leftover);
     }
 
@@ -134,34 +169,57 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     void start(ChannelHandlerContext ctx) {
         assert ctx.executor().inEventLoop();
         this.ctx = ctx;
-        if (cum != null) process(ctx);
+        process();
         ctx.flush();
-        if (!paused && !closing) ctx.channel().config().setAutoRead(true);
     }
 
     /**
      * The server is stopping: no further request is taken, and whatever the client still sends is
-     * read and dropped, so its end-of-stream is seen (a write left half-received is abandoned,
-     * never acknowledged). Called on the channel's loop.
+     * read and dropped, so its end-of-stream is seen (a write whose payload was still arriving is
+     * abandoned, never submitted). Requests in flight complete and are answered; {@link #whenIdle}
+     * says when. Called on the channel's loop.
      */
     void stopTakingRequests() {
         assert ctx == null || ctx.executor().inEventLoop();
         closing = true;
-        release();
-        abandonStream();
-        if (ctx != null) ctx.channel().config().setAutoRead(true);
+        releaseInput();
+        if (ctx != null && !gone) ctx.channel().config().setAutoRead(true);
     }
+
+    /**
+     * Runs {@code r} on this loop once no request of this client is in flight: at once when none
+     * is, else after the last one was answered (its reply written, not necessarily flushed).
+     */
+    void whenIdle(Runnable r) {
+        assert ctx == null || ctx.executor().inEventLoop();
+        if (inFlight == 0) {
+            r.run();
+            return;
+        }
+        if (idleWaiters == null) idleWaiters = new ArrayList<>(2);
+        idleWaiters.add(r);
+    }
+
+    // ---- event wiring ----
 
     @Override
     public void channelRead(ChannelHandlerContext ctx, Object msg) {
         ByteBuf in = (ByteBuf) msg;
-        if (closing) {
+        if (closing || gone) {
             in.release();
             return;
         }
-        // direct(): a guard; sockets and Netty 4.2's SslHandler (BoringSSL and JDK alike) deliver direct buffers
-        cum = direct(cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in));
-        if (!quiesced) process(ctx);
+        if (assembling != null) { // the payload of a WRITE goes to its own buffer
+            ByteBuf p = assembling.buf;
+            p.writeBytes(in, Math.min(p.writableBytes(), in.readableBytes()));
+        }
+        if (!in.isReadable()) {
+            in.release();
+        } else {
+            // direct(): a guard; sockets and Netty 4.2's SslHandler (BoringSSL and JDK alike) deliver direct buffers
+            cum = direct(cum == null ? in : ByteToMessageDecoder.MERGE_CUMULATOR.cumulate(ctx.alloc(), cum, in));
+        }
+        if (!quiesced) process();
     }
 
     @Override
@@ -173,17 +231,16 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     public void channelWritabilityChanged(ChannelHandlerContext ctx) {
         if (paused && !quiesced && ctx.channel().isWritable()) {
             paused = false;
-            process(ctx);
+            process();
             ctx.flush();
-            if (!paused && !closing) ctx.channel().config().setAutoRead(true);
         }
         ctx.fireChannelWritabilityChanged();
     }
 
     @Override
     public void channelInactive(ChannelHandlerContext ctx) {
-        release();
-        abandonStream();
+        gone = true;
+        releaseInput();
         export.clients().remove(ctx.channel());
         export.node().removeUser(this);
         ctx.fireChannelInactive();
@@ -191,16 +248,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     @Override
     public void handlerRemoved(ChannelHandlerContext ctx) {
-        release();
-        abandonStream();
-    }
-
-    /** The connection ended in the middle of a streamed WRITE: it will never complete. */
-    private void abandonStream() {
-        if (streamRemaining > 0) {
-            streamRemaining = 0;
-            exportStats.inFlight.decrement();
-        }
+        gone = true;
+        releaseInput();
     }
 
     @Override
@@ -222,14 +271,20 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         return d;
     }
 
-    private void release() {
+    /** Drops input not yet taken: the cumulation, a WRITE still gathering its payload, a payload being skipped. */
+    private void releaseInput() {
         if (cum != null) {
             cum.release();
             cum = null;
         }
-        if (splice != null) {
-            splice.close();
-            splice = null;
+        skipRemaining = 0;
+        NbdRequest r = assembling;
+        if (r != null) { // never submitted: the disk never sees it
+            assembling = null;
+            r.releaseBuffer();
+            endRequest(r);
+            recycle(r);
+            idleCheck();
         }
     }
 
@@ -249,15 +304,18 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     }
 
     @Override
-    public java.util.concurrent.CompletableFuture<Void> detach() {
-        java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
+    public CompletableFuture<Void> detach() {
+        // The drain answered every request on this loop; their replies leave from here.
+        flushScheduled = false;
+        ctx.flush();
+        CompletableFuture<Void> f = new CompletableFuture<>();
         ctx.channel().deregister().addListener(d -> f.complete(null));
         return f;
     }
 
     @Override
-    public java.util.concurrent.CompletableFuture<Void> attach(IOThread newHome) {
-        java.util.concurrent.CompletableFuture<Void> f = new java.util.concurrent.CompletableFuture<>();
+    public CompletableFuture<Void> attach(IOThread newHome) {
+        CompletableFuture<Void> f = new CompletableFuture<>();
         home = newHome;
         ((io.netty.channel.EventLoop) newHome.loop()).register(ctx.channel()).addListener(r -> {
             if (!r.isSuccess()) {
@@ -278,42 +336,46 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         quiesced = false;
         // A client that closed during the move could not re-register: nothing to serve.
         if (!ctx.channel().isActive() || !ctx.channel().isRegistered() || !ctx.executor().inEventLoop()) return;
-        if (cum != null) process(ctx); // requests that arrived before the move, not waiting for more bytes
+        flushScheduled = false; // a flush task queued on the old loop does not run for this channel
+        process(); // requests that arrived before the move, not waiting for more bytes
         ctx.flush();
-        if (!paused && !closing) ctx.channel().config().setAutoRead(true);
     }
 
-    /** Serves every complete request in the cumulation buffer, as long as output can be written. */
-    private void process(ChannelHandlerContext ctx) {
-        while (cum != null && !closing && !quiesced) {
-            if (streamRemaining > 0) {
-                if (!streamWrite(ctx)) break;
+    // ---- parsing and admission ----
+
+    /** Takes every complete request in the cumulation buffer, as long as the bounds and the output allow. */
+    private void process() {
+        full = false;
+        while (!closing && !quiesced && !gone) {
+            if (assembling != null) {
+                if (assembling.buf.isWritable()) break; // its payload is still arriving
+                NbdRequest r = assembling;
+                assembling = null;
+                submit(r);
                 continue;
             }
+            if (cum == null) break;
             if (skipRemaining > 0) {
                 int n = (int) Math.min(skipRemaining, cum.readableBytes());
                 cum.skipBytes(n);
                 skipRemaining -= n;
                 if (skipRemaining > 0) break;
-                replyError(ctx, skipCookie, skipOffset, skipError, skipMessage);
+                emit(replies.error(ctx.alloc(), skipCookie, skipOffset, skipError, skipMessage));
+                exportStats.errors.increment();
                 continue;
             }
             if (!ctx.channel().isWritable()) {
                 paused = true;
-                ctx.channel().config().setAutoRead(false);
                 ctx.flush();
                 break;
             }
             if (cum.readableBytes() < requestSize) break;
             int ri = cum.readerIndex();
             int magic = cum.getInt(ri);
-            int expected = extended ? NbdMagic.NBD_EXTENDED_REQUEST_MAGIC : NbdMagic.NBD_REQUEST_MAGIC;
-            if (magic != expected) {
+            if (magic != (extended ? NbdMagic.NBD_EXTENDED_REQUEST_MAGIC : NbdMagic.NBD_REQUEST_MAGIC)) {
                 LOG.info("NBD client {}: bad request magic 0x{}; closing", NbdServer.peer(ctx.channel()), Integer.toHexString(magic));
-                closing = true;
-                ctx.flush();
-                ctx.close();
-                break;
+                fatal();
+                return;
             }
             int flags = cum.getUnsignedShort(ri + 4);
             int type = cum.getUnsignedShort(ri + 6);
@@ -326,294 +388,361 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                 if (extended) {
                     // proto.md (extended headers): a payload over the maximum SHOULD end the connection.
                     LOG.info("NBD client {}: payload of {} bytes exceeds the maximum; closing", NbdServer.peer(ctx.channel()), Long.toUnsignedString(payload));
-                    closing = true;
-                    ctx.flush();
-                    ctx.close();
-                    break;
+                    fatal();
+                    return;
                 }
                 // Compact WRITE (at most 4 GiB): read and drop the payload without buffering it,
                 // then refuse the request; the stream keeps its framing.
                 cum.skipBytes(requestSize);
-                skipRemaining = payload;
-                skipCookie = cookie;
-                skipOffset = offset;
-                skipError = NbdError.NBD_EINVAL;
-                skipMessage = "payload larger than the maximum of " + NbdExport.MAX_PAYLOAD + " bytes";
+                skip(payload, cookie, offset, NbdError.NBD_EINVAL, "payload larger than the maximum of " + NbdExport.MAX_PAYLOAD + " bytes");
                 continue;
             }
-            if (cum.readableBytes() < requestSize + payload) {
-                if (type == NBD_CMD_WRITE && payload >= STREAM_WRITE_MIN && cum.readableBytes() > requestSize) {
-                    cum.skipBytes(requestSize);
-                    home.countRequest();
-                    exportStats.inFlight.increment(); // until its payload has all arrived and the reply is written
-                    startStreamWrite(flags, cookie, offset, payload);
-                    continue;
-                }
+            long cost = type == NBD_CMD_READ || type == NBD_CMD_WRITE ? Math.min(length, NbdExport.MAX_PAYLOAD) : 0;
+            if (inFlight >= MAX_IN_FLIGHT || (inFlight > 0 && bytesInFlight + cost > MAX_IN_FLIGHT_BYTES)) {
+                full = true; // a completion resumes parsing
                 break;
             }
             cum.skipBytes(requestSize);
+            assert home.inThread() && export.node().home() == home : "NBD request served off the node's home thread";
             home.countRequest();
-            exportStats.inFlight.increment();
             long t0 = System.nanoTime();
-            handle(ctx, type, flags, cookie, offset, length, (int) payload);
-            long ns = System.nanoTime() - t0;
-            stats.latency.record(ns);
-            exportStats.latency.record(ns);
-            exportStats.inFlight.decrement();
+            int error = validate(type, flags, offset, length);
+            if (error != 0) {
+                if (payload > 0) {
+                    // Consume the payload whatever happens: the stream keeps its framing.
+                    skip(payload, cookie, offset, error, invalid);
+                } else {
+                    replyNow(cookie, offset, error, invalid, t0);
+                }
+                continue;
+            }
+            if (type == NBD_CMD_DISC) {
+                disconnect();
+                return;
+            }
+            exportStats.inFlight.increment();
+            handle(type, flags, cookie, offset, length, cost, t0);
         }
         if (cum != null) {
             if (!cum.isReadable()) {
-                release();
-            } else {
-                cum.discardSomeReadBytes();
+                cum.release(); // WRITE payload slices keep their part alive
+                cum = null;
+            } else if (cum.refCnt() == 1) {
+                cum.discardSomeReadBytes(); // never under a retained payload slice: it would move its bytes
             }
         }
+        updateReading();
     }
 
-    /** Checks a WRITE whose payload is still arriving; errors are answered once the payload is consumed. */
-    private void startStreamWrite(int flags, long cookie, long offset, long payload) {
-        streamRemaining = payload;
-        streamOffset = offset;
-        streamCookie = cookie;
-        streamRequestOffset = offset;
-        streamFua = (flags & NBD_CMD_FLAG_FUA) != 0;
-        streamError = 0;
-        try {
-            checkFlags(flags, NBD_CMD_FLAG_FUA | (extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0), NBD_CMD_WRITE);
-            checkWritable();
-            checkRange(offset, payload, NbdError.NBD_ENOSPC);
-        } catch (RequestError e) {
-            streamError = e.error;
-            streamMessage = e.getMessage();
-        }
+    /** Reads are wanted unless taking requests is blocked (a move, a full output, the in-flight bound). */
+    private void updateReading() {
+        if (gone || ctx == null) return;
+        ctx.channel().config().setAutoRead(closing || !(quiesced || paused || full));
     }
 
-    /** Writes what arrived of a streamed WRITE; false when it waits for more bytes. */
-    private boolean streamWrite(ChannelHandlerContext ctx) {
-        int n = (int) Math.min(streamRemaining, cum.readableBytes());
-        if (n > 0) {
-            if (streamError == 0) {
-                try {
-                    driver.write(streamOffset, address(cum, cum.readerIndex()), n, false);
-                } catch (BlockException e) {
-                    streamFailed(e);
+    /** Drops the next {@code payload} bytes, then answers {@code error}. */
+    private void skip(long payload, long cookie, long offset, int error, String message) {
+        skipRemaining = payload;
+        skipCookie = cookie;
+        skipOffset = offset;
+        skipError = error;
+        skipMessage = message;
+    }
+
+    /** A framing violation: what was answered so far goes out, then the connection closes. */
+    private void fatal() {
+        closing = true;
+        ctx.flush();
+        ctx.close();
+    }
+
+    /** NBD_CMD_DISC: "handle all outstanding requests" (proto.md), then close (with close_notify under TLS). */
+    private void disconnect() {
+        closing = true;
+        releaseInput();
+        updateReading();
+        whenIdle(() -> {
+            if (!gone) ctx.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE);
+        });
+    }
+
+    // ---- validate (nbdkit's validate_request) ----
+
+    /**
+     * Checks a request against the spec and what was negotiated; returns 0, or the NBD error to
+     * answer with (and sets {@link #invalid}). proto.md "Request types", "Error values".
+     */
+    private int validate(int type, int flags, long offset, long length) {
+        int fua = 0;
+        switch (type) {
+            case NBD_CMD_READ -> {
+                if (badFlags(flags, (structured ? NBD_CMD_FLAG_DF : 0) | fua, type)) return NbdError.NBD_EINVAL;
+                if (!inRange(offset, length)) return NbdError.NBD_EINVAL;
+                if (length > NbdExport.MAX_PAYLOAD) {
+                    invalid = "read longer than the maximum payload";
+                    return NbdError.NBD_EINVAL;
                 }
             }
-            cum.skipBytes(n); // consumed whatever happens: the stream keeps its framing
-            streamOffset += n;
-            streamRemaining -= n;
-        }
-        if (streamRemaining > 0 && streamError == 0 && !cum.isReadable() && !tls) spliceRest(ctx);
-        if (streamRemaining > 0) return false;
-        if (streamError == 0 && streamFua) {
-            try {
-                driver.flush(); // the whole payload, written piecewise, must be durable
-            } catch (BlockException e) {
-                streamError = NbdError.fromErrno(e.errno());
-                streamMessage = e.getMessage();
+            case NBD_CMD_WRITE -> {
+                if (badFlags(flags, NBD_CMD_FLAG_FUA | (extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0), type)) return NbdError.NBD_EINVAL;
+                if (!writable) return readOnly();
+                if (!inRange(offset, length)) return NbdError.NBD_ENOSPC;
+            }
+            case NBD_CMD_DISC -> { }
+            case NBD_CMD_FLUSH -> {
+                if (badFlags(flags, fua, type)) return NbdError.NBD_EINVAL;
+            }
+            case NBD_CMD_TRIM -> {
+                if (badFlags(flags, NBD_CMD_FLAG_FUA, type)) return NbdError.NBD_EINVAL;
+                if (!writable) return readOnly();
+                if (!inRange(offset, length)) return NbdError.NBD_EINVAL;
+            }
+            case NBD_CMD_CACHE -> {
+                if (badFlags(flags, fua, type)) return NbdError.NBD_EINVAL;
+                if (!inRange(offset, length)) return NbdError.NBD_EINVAL;
+            }
+            case NBD_CMD_WRITE_ZEROES -> {
+                if (badFlags(flags, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, type)) return NbdError.NBD_EINVAL;
+                if (!writable) return readOnly();
+                if (!inRange(offset, length)) return NbdError.NBD_ENOSPC;
+            }
+            case NBD_CMD_BLOCK_STATUS -> {
+                if (badFlags(flags, NBD_CMD_FLAG_REQ_ONE | fua, type)) return NbdError.NBD_EINVAL;
+                if (!baseAllocation) {
+                    invalid = "no metadata context was negotiated";
+                    return NbdError.NBD_EINVAL;
+                }
+                if (!inRange(offset, length)) return NbdError.NBD_EINVAL;
+                if (length == 0) {
+                    invalid = "block status of length 0";
+                    return NbdError.NBD_EINVAL;
+                }
+            }
+            default -> {
+                invalid = "unknown command " + NbdCmd.name(type);
+                return NbdError.NBD_EINVAL;
             }
         }
-        long length = streamOffset - streamRequestOffset;
-        if (streamError == 0) {
-            countWrite(length);
-            replyOk(ctx, streamCookie, streamRequestOffset);
-        } else {
-            replyError(ctx, streamCookie, streamRequestOffset, streamError, streamMessage);
-        }
-        exportStats.inFlight.decrement();
+        return 0;
+    }
+
+    private boolean badFlags(int flags, int allowed, int type) {
+        if ((flags & ~allowed) == 0) return false;
+        invalid = "flags 0x" + Integer.toHexString(flags) + " not valid for " + NbdCmd.name(type);
         return true;
     }
 
-    private void streamFailed(BlockException e) {
-        stats.errors.increment();
-        streamError = NbdError.fromErrno(e.errno());
-        streamMessage = e.getMessage();
-        LOG.warn("export '{}': NBD_CMD_WRITE at offset {} failed: {}", export.name(), streamOffset, e.getMessage());
+    private int readOnly() {
+        invalid = "export is read-only";
+        return NbdError.NBD_EPERM;
+    }
+
+    /** Overflow-safe {@code offset + length <= size}; sets the message when not. */
+    private boolean inRange(long offset, long length) {
+        if (offset < 0 || length < 0 || offset > size || length > size - offset) {
+            invalid = "request beyond the end of the export";
+            return false;
+        }
+        return true;
+    }
+
+    // ---- handle (nbdkit's handle_request) ----
+
+    /** Runs one valid request whose header was consumed; a WRITE's payload follows in {@link #cum}. */
+    private void handle(int type, int flags, long cookie, long offset, long length, long cost, long t0) {
+        try {
+            switch (type) {
+                case NBD_CMD_READ -> read(flags, cookie, offset, (int) length, cost, t0);
+                case NBD_CMD_WRITE -> {
+                    NbdRequest r = take(type, flags, cookie, offset, length, cost, t0);
+                    int payload = (int) length;
+                    if (cum != null && cum.readableBytes() >= payload) {
+                        r.buf = cum.retainedSlice(cum.readerIndex(), payload); // no copy; stays valid until released
+                        cum.skipBytes(payload);
+                        submit(r);
+                    } else {
+                        r.buf = ctx.alloc().directBuffer(payload, payload);
+                        if (cum != null) r.buf.writeBytes(cum, cum.readableBytes());
+                        assembling = r; // channelRead fills it; process submits it when full
+                    }
+                }
+                case NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_WRITE_ZEROES -> submit(take(type, flags, cookie, offset, length, 0, t0));
+                case NBD_CMD_CACHE -> {
+                    if (length > 0) driver.prefetch(offset, length); // advisory and synchronous (posix_fadvise)
+                    exportStats.otherOps.increment();
+                    emit(replies.ok(ctx.alloc(), cookie, offset));
+                    answered(t0);
+                }
+                case NBD_CMD_BLOCK_STATUS -> {
+                    blockStatus(cookie, offset, length, (flags & NBD_CMD_FLAG_REQ_ONE) != 0);
+                    exportStats.otherOps.increment();
+                    answered(t0);
+                }
+                default -> throw new IllegalStateException("validated command " + NbdCmd.name(type));
+            }
+        } catch (BlockException e) { // a synchronous step (status, prefetch) failed
+            stats.errors.increment();
+            LOG.warn("export '{}': {} at offset {} length {} failed: {}", export.name(), NbdCmd.name(type), offset, length, e.getMessage());
+            exportStats.inFlight.decrement();
+            replyNow(cookie, offset, NbdError.fromErrno(e.errno(), flags), e.getMessage(), t0);
+        }
+    }
+
+    /** A free slot for a request that goes to the driver; the admission check guarantees one. */
+    private NbdRequest take(int type, int flags, long cookie, long offset, long length, long cost, long t0) {
+        NbdRequest r = freeCount > 0 ? freeSlots[--freeCount] : new NbdRequest(this);
+        r.type = type;
+        r.flags = flags;
+        r.cookie = cookie;
+        r.offset = offset;
+        r.length = length;
+        r.bytes = cost;
+        r.startNanos = t0;
+        inFlight++;
+        bytesInFlight += cost;
+        return r;
+    }
+
+    private void recycle(NbdRequest r) {
+        r.clear();
+        freeSlots[freeCount++] = r;
     }
 
     /**
-     * The rest of a streamed payload that is already in the socket goes straight to the file
-     * ({@link SpliceReceiver}); what is not there yet arrives later through Netty as usual.
+     * Hands a request to the driver. {@code pending} holds one extra count while submitting, so a
+     * request split in several driver calls (a sparse read), or refused by one, completes exactly
+     * once: when its last accepted part completed and the submission is over.
      */
-    private void spliceRest(ChannelHandlerContext ctx) {
-        int fileFd = driver.sendfileFd();
-        if (fileFd < 0 || !(ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc)) return;
-        if (splice == null) {
-            if (spliceUnavailable) return;
-            splice = SpliceReceiver.open();
-            if (splice == null) {
-                spliceUnavailable = true;
-                return;
-            }
-        }
-        int socketFd = uc.fd().intValue();
-        while (streamRemaining > 0) {
-            long moved;
-            try {
-                moved = splice.receive(socketFd, fileFd, streamOffset, streamRemaining);
-            } catch (BlockException e) {
-                streamFailed(e); // the rest of the payload is read and dropped by the ordinary path
-                return;
-            }
-            if (moved <= 0) return; // nothing waiting (Netty reads the rest) or end of stream
-            streamOffset += moved;
-            streamRemaining -= moved;
-        }
-    }
-
-    /** Runs one request whose header was consumed; consumes its {@code payload} bytes from {@link #cum}. */
-    private void handle(ChannelHandlerContext ctx, int type, int flags, long cookie, long offset, long length, int payload) {
-        assert home.inThread() && export.node().home() == home : "NBD request served off the node's home thread";
-        if (type != NBD_CMD_WRITE && payload > 0) cum.skipBytes(payload); // only WRITE uses a payload
+    private void submit(NbdRequest r) {
+        r.pending = 1;
+        boolean fua = (r.flags & NBD_CMD_FLAG_FUA) != 0;
         try {
-            switch (type) {
-                case NBD_CMD_READ -> {
-                    checkFlags(flags, structured ? NBD_CMD_FLAG_DF : 0, type);
-                    checkRange(offset, length, NbdError.NBD_EINVAL);
-                    if (length > NbdExport.MAX_PAYLOAD) throw new RequestError(NbdError.NBD_EINVAL, "read longer than the maximum payload");
-                    if (length == 0 && structured) {
-                        // Nothing to send as data: an empty reply that is still a structured one.
-                        ByteBuf b = ctx.alloc().directBuffer(chunkHeaderSize);
-                        chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, offset, 0);
-                        ctx.write(b, ctx.voidPromise());
-                        return;
-                    }
-                    read(ctx, cookie, offset, (int) length, (flags & NBD_CMD_FLAG_DF) != 0);
-                    return;
-                }
-                case NBD_CMD_WRITE -> {
-                    long address = address(cum, cum.readerIndex());
-                    try {
-                        checkFlags(flags, NBD_CMD_FLAG_FUA | (extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0), type);
-                        checkWritable();
-                        checkRange(offset, length, NbdError.NBD_ENOSPC);
-                        if (payload > 0) driver.write(offset, address, payload, (flags & NBD_CMD_FLAG_FUA) != 0);
-                        countWrite(payload);
-                    } finally {
-                        cum.skipBytes(payload); // consumed whatever happens: the stream keeps its framing
-                    }
-                }
-                case NBD_CMD_DISC -> {
-                    // All earlier requests are done (they run synchronously): flush their replies and close.
-                    closing = true;
-                    ctx.writeAndFlush(Unpooled.EMPTY_BUFFER).addListener(ChannelFutureListener.CLOSE);
-                    return;
-                }
-                case NBD_CMD_FLUSH -> {
-                    checkFlags(flags, 0, type);
-                    driver.flush();
-                    stats.flushOps.increment();
-                    exportStats.otherOps.increment();
-                }
-                case NBD_CMD_TRIM -> {
-                    checkFlags(flags, NBD_CMD_FLAG_FUA, type);
-                    checkWritable();
-                    checkRange(offset, length, NbdError.NBD_EINVAL);
-                    if (length > 0) driver.discard(offset, length);
-                    if ((flags & NBD_CMD_FLAG_FUA) != 0) driver.flush();
-                    stats.discardOps.increment();
-                    exportStats.otherOps.increment();
-                }
-                case NBD_CMD_CACHE -> {
-                    checkFlags(flags, 0, type);
-                    checkRange(offset, length, NbdError.NBD_EINVAL);
-                    if (length > 0) driver.prefetch(offset, length);
-                    exportStats.otherOps.increment();
-                }
-                case NBD_CMD_WRITE_ZEROES -> {
-                    checkFlags(flags, NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO, type);
-                    checkWritable();
-                    checkRange(offset, length, NbdError.NBD_ENOSPC);
-                    if (length > 0) driver.writeZeroes(offset, length, (flags & NBD_CMD_FLAG_NO_HOLE) == 0,
-                            (flags & NBD_CMD_FLAG_FAST_ZERO) != 0, (flags & NBD_CMD_FLAG_FUA) != 0);
-                    stats.zeroOps.increment();
-                    exportStats.otherOps.increment();
-                }
-                case NBD_CMD_BLOCK_STATUS -> {
-                    checkFlags(flags, NBD_CMD_FLAG_REQ_ONE, type);
-                    if (!baseAllocation) throw new RequestError(NbdError.NBD_EINVAL, "no metadata context was negotiated");
-                    checkRange(offset, length, NbdError.NBD_EINVAL);
-                    if (length == 0) throw new RequestError(NbdError.NBD_EINVAL, "block status of length 0");
-                    blockStatus(ctx, cookie, offset, length, (flags & NBD_CMD_FLAG_REQ_ONE) != 0);
-                    exportStats.otherOps.increment();
-                    return;
-                }
-                default -> {
-                    throw new RequestError(NbdError.NBD_EINVAL, "unknown command " + NbdCmd.name(type));
-                }
+            r.pending++;
+            switch (r.type) {
+                case NBD_CMD_WRITE -> driver.write(r.offset, address(r.buf, r.buf.readerIndex()), (int) r.length, fua, r);
+                case NBD_CMD_FLUSH -> driver.flush(r);
+                case NBD_CMD_TRIM -> driver.discard(r.offset, r.length, r);
+                case NBD_CMD_WRITE_ZEROES -> driver.writeZeroes(r.offset, r.length, (r.flags & NBD_CMD_FLAG_NO_HOLE) == 0,
+                        (r.flags & NBD_CMD_FLAG_FAST_ZERO) != 0, fua, r);
+                default -> throw new IllegalStateException(NbdCmd.name(r.type));
             }
-            replyOk(ctx, cookie, offset);
-        } catch (RequestError e) {
-            replyError(ctx, cookie, offset, e.error, e.getMessage());
         } catch (BlockException e) {
-            stats.errors.increment();
-            LOG.warn("export '{}': {} at offset {} length {} failed: {}", export.name(), NbdCmd.name(type), offset, length, e.getMessage());
-            replyError(ctx, cookie, offset, NbdError.fromErrno(e.errno()), e.getMessage());
+            r.pending--;
+            refused(r, e);
+        }
+        arrive(r);
+    }
+
+    private static void refused(NbdRequest r, BlockException e) {
+        if (r.errno == 0) {
+            r.errno = e.errno();
+            r.message = e.getMessage();
         }
     }
 
-    private void checkFlags(int flags, int allowed, int type) throws RequestError {
-        if ((flags & ~allowed) != 0) {
-            throw new RequestError(NbdError.NBD_EINVAL, "flags 0x" + Integer.toHexString(flags) + " not valid for " + NbdCmd.name(type));
+    /** One part of {@code r} is over (a driver completion, or the end of its submission). */
+    private void arrive(NbdRequest r) {
+        if (--r.pending == 0) complete(r);
+    }
+
+    /** Driver completion of one part of {@code r}; on the home IOThread. */
+    void driverDone(NbdRequest r, int errno) {
+        if (errno != 0 && r.errno == 0) r.errno = errno;
+        arrive(r);
+    }
+
+    /** Every part of {@code r} is done: a TRIM with FUA flushes next; everything else is answered. */
+    private void complete(NbdRequest r) {
+        if (r.type == NBD_CMD_TRIM && r.stage == 0 && r.errno == 0 && (r.flags & NBD_CMD_FLAG_FUA) != 0 && !gone) {
+            r.stage = 1; // FUA on TRIM: the discard must be on stable storage before the reply
+            r.pending = 1;
+            try {
+                r.pending++;
+                driver.flush(r);
+            } catch (BlockException e) {
+                r.pending--;
+                refused(r, e);
+            }
+            arrive(r);
+            return;
         }
+        endRequest(r);
+        if (gone) {
+            r.releaseBuffer(); // the connection is over: nobody to answer
+        } else {
+            answer(r);
+            if (quiesced) ctx.flush(); else scheduleFlush(); // a move's detach follows the drain: flush before it
+        }
+        recycle(r);
+        if (full && !closing && !quiesced && !gone) process(); // a slot came free
+        idleCheck();
     }
 
-    private void checkWritable() throws RequestError {
-        if (!writable) throw new RequestError(NbdError.NBD_EPERM, "export is read-only");
+    private void endRequest(NbdRequest r) {
+        inFlight--;
+        bytesInFlight -= r.bytes;
+        exportStats.inFlight.decrement();
     }
 
-    /** Overflow-safe {@code offset + length <= size}. */
-    private void checkRange(long offset, long length, int error) throws RequestError {
-        if (offset < 0 || length < 0 || offset > size || length > size - offset) {
-            throw new RequestError(error, "request beyond the end of the export");
+    private void idleCheck() {
+        if (inFlight == 0 && idleWaiters != null) {
+            ArrayList<Runnable> w = idleWaiters;
+            idleWaiters = null;
+            for (Runnable x : w) x.run();
         }
     }
 
     // ---- READ ----
 
-    private void read(ChannelHandlerContext ctx, long cookie, long offset, int length, boolean df) throws BlockException {
-        if (structured && length >= SPARSE_READ_MIN && sparseRead(ctx, cookie, offset, length, df)) return;
-        int header = structured ? chunkHeaderSize + 8 : SIMPLE_REPLY_SIZE;
-        int fileFd;
-        if (!tls && length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
-                && ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc) {
-            ByteBuf h = ctx.alloc().directBuffer(header);
-            readReplyHeader(h, cookie, offset, length);
-            ctx.write(h, ctx.voidPromise());
-            ctx.write(new SendfileRegion(uc.fd().intValue(), fileFd, offset, length), ctx.voidPromise());
-            countRead(length);
+    private void read(int flags, long cookie, long offset, int length, long cost, long t0) throws BlockException {
+        if (length == 0) { // nothing to read: a reply without data, in chunks when they were negotiated
+            emit(structured ? replies.none(ctx.alloc(), cookie, offset) : replies.ok(ctx.alloc(), cookie, offset));
+            countRead(0);
+            answered(t0);
             return;
         }
-        ByteBuf b = ctx.alloc().directBuffer(header + length);
-        try {
-            readReplyHeader(b, cookie, offset, length);
-            int at = b.writerIndex();
-            driver.read(offset, address(b, at), length); // capacity >= header + length: checked by construction
-            b.writerIndex(at + length);
-        } catch (BlockException e) {
-            b.release();
-            throw e;
+        boolean df = (flags & NBD_CMD_FLAG_DF) != 0;
+        if (structured && length >= SPARSE_READ_MIN && sparseRead(flags, cookie, offset, length, df, cost, t0)) return;
+        int fileFd;
+        if (SENDFILE && !tls && length >= SENDFILE_MIN && (fileFd = driver.sendfileFd()) >= 0
+                && ctx.channel() instanceof io.netty.channel.unix.UnixChannel uc) {
+            ByteBuf h = ctx.alloc().directBuffer(replies.readHeaderSize());
+            replies.readHeader(h, cookie, offset, length);
+            emit(h);
+            ctx.write(new SendfileRegion(uc.fd().intValue(), fileFd, offset, length), ctx.voidPromise());
+            countRead(length);
+            answered(t0);
+            return;
         }
-        countRead(length);
-        ctx.write(b, ctx.voidPromise());
+        NbdRequest r = take(NBD_CMD_READ, flags, cookie, offset, length, cost, t0);
+        int h = replies.readHeaderSize();
+        r.buf = ctx.alloc().directBuffer(h + length, h + length);
+        replies.readHeader(r.buf, cookie, offset, length);
+        r.buf.writerIndex(h + length); // the data is read into place: capacity h + length by construction
+        r.pending = 1;
+        readPart(r, offset, h, length);
+        arrive(r);
     }
 
-    /** What precedes a successful READ's data: one OFFSET_DATA chunk header (and its offset), or a simple reply. */
-    private void readReplyHeader(ByteBuf b, long cookie, long offset, int length) {
-        if (structured) {
-            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + length);
-            b.writeLong(offset);
-        } else {
-            b.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
+    /** Submits the read of {@code length} bytes at {@code fileOffset} into {@code r.buf} at {@code at}. */
+    private void readPart(NbdRequest r, long fileOffset, int at, int length) {
+        if (r.errno != 0) return; // an earlier part was refused: the request fails anyway
+        try {
+            r.pending++;
+            driver.read(fileOffset, address(r.buf, at), length, r);
+        } catch (BlockException e) {
+            r.pending--;
+            refused(r, e);
         }
     }
 
     /**
      * Answers a large read with OFFSET_HOLE chunks for its holes and OFFSET_DATA chunks for the
-     * rest. Returns false (nothing written) when the range is all data, so the caller sends one
-     * chunk. With DF only an all-hole range is answered here, as one OFFSET_HOLE chunk.
+     * rest, built in one buffer whose data parts the driver fills. Returns false (nothing done)
+     * when the range is all data, so the caller sends one chunk. With DF only an all-hole range is
+     * answered here, as one OFFSET_HOLE chunk.
      */
-    private boolean sparseRead(ChannelHandlerContext ctx, long cookie, long offset, int length, boolean df) throws BlockException {
+    private boolean sparseRead(int flags, long cookie, long offset, int length, boolean df, long cost, long t0) throws BlockException {
         int n = collectExtents(offset, length, MAX_READ_CHUNKS, (a, b) -> ((a & BlockStatus.ZERO) != 0) == ((b & BlockStatus.ZERO) != 0));
         if (n == 1 && (extentFlags[0] & BlockStatus.ZERO) == 0) return false; // all data
         if (df && !(n == 1 && extentLength[0] == length)) return false;
@@ -624,55 +753,167 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             extentFlags[n] = 0;
             n++;
         }
+        int hs = replies.chunkHeaderSize;
+        int total = 0;
+        boolean anyData = false;
+        for (int i = 0; i < n; i++) {
+            boolean hole = (extentFlags[i] & BlockStatus.ZERO) != 0;
+            total += hole ? hs + 12 : hs + 8 + (int) extentLength[i];
+            anyData |= !hole;
+        }
+        ByteBuf b = ctx.alloc().directBuffer(total, total);
+        NbdRequest r = anyData ? take(NBD_CMD_READ, flags, cookie, offset, length, cost, t0) : null;
+        if (r != null) {
+            r.buf = b;
+            r.pending = 1;
+        }
         long at = offset;
         for (int i = 0; i < n; i++) {
             int len = (int) extentLength[i];
             int done = i == n - 1 ? NbdReplyFlags.NBD_REPLY_FLAG_DONE : 0;
             if ((extentFlags[i] & BlockStatus.ZERO) != 0) {
-                ByteBuf b = ctx.alloc().directBuffer(chunkHeaderSize + 12);
-                chunkHeader(b, done, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, offset, 12);
+                replies.chunkHeader(b, done, NBD_REPLY_TYPE_OFFSET_HOLE, cookie, offset, 12);
                 b.writeLong(at).writeInt(len);
-                ctx.write(b, ctx.voidPromise());
             } else {
-                ByteBuf b = ctx.alloc().directBuffer(chunkHeaderSize + 8 + len);
-                try {
-                    chunkHeader(b, done, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + len);
-                    b.writeLong(at);
-                    int w = b.writerIndex();
-                    driver.read(at, address(b, w), len);
-                    b.writerIndex(w + len);
-                } catch (BlockException e) {
-                    b.release();
-                    // Chunks already sent stand; the error chunk ends the reply (proto.md allows mixing).
-                    replyError(ctx, cookie, offset, NbdError.fromErrno(e.errno()), e.getMessage());
-                    stats.errors.increment();
-                    return true;
-                }
-                ctx.write(b, ctx.voidPromise());
+                replies.chunkHeader(b, done, NBD_REPLY_TYPE_OFFSET_DATA, cookie, offset, 8L + len);
+                b.writeLong(at);
+                int w = b.writerIndex();
+                b.writerIndex(w + len); // filled by the driver: capacity counted above
+                readPart(r, at, w, len);
             }
             at += len;
         }
-        countRead(length);
+        if (r != null) {
+            arrive(r);
+        } else { // all holes: nothing to read
+            emit(b);
+            countRead(length);
+            answered(t0);
+        }
         return true;
+    }
+
+    // ---- reply (nbdkit's send_*_reply) ----
+
+    /** Answers a request whose every part completed; {@code r}'s buffer is released or handed over. */
+    private void answer(NbdRequest r) {
+        if (r.errno != 0) {
+            r.releaseBuffer();
+            stats.errors.increment();
+            String message = r.message != null ? r.message : LibC.describe(r.errno);
+            LOG.warn("export '{}': {} at offset {} length {} failed: {}", export.name(), NbdCmd.name(r.type), r.offset, r.length, message);
+            emit(replies.error(ctx.alloc(), r.cookie, r.offset, NbdError.fromErrno(r.errno, r.flags), message));
+            exportStats.errors.increment();
+            recordLatency(r.startNanos);
+            return;
+        }
+        switch (r.type) {
+            case NBD_CMD_READ -> {
+                ByteBuf b = r.buf; // the whole reply, header and data
+                r.buf = null;
+                emit(b);
+                countRead(r.length);
+            }
+            case NBD_CMD_WRITE -> {
+                r.releaseBuffer();
+                countWrite(r.length);
+                emit(replies.ok(ctx.alloc(), r.cookie, r.offset));
+            }
+            case NBD_CMD_FLUSH -> {
+                stats.flushOps.increment();
+                exportStats.otherOps.increment();
+                emit(replies.ok(ctx.alloc(), r.cookie, r.offset));
+            }
+            case NBD_CMD_TRIM -> {
+                stats.discardOps.increment();
+                exportStats.otherOps.increment();
+                emit(replies.ok(ctx.alloc(), r.cookie, r.offset));
+            }
+            case NBD_CMD_WRITE_ZEROES -> {
+                stats.zeroOps.increment();
+                exportStats.otherOps.increment();
+                emit(replies.ok(ctx.alloc(), r.cookie, r.offset));
+            }
+            default -> throw new IllegalStateException(NbdCmd.name(r.type));
+        }
+        recordLatency(r.startNanos);
+    }
+
+    /** An error answered without going to the driver (invalid request, failed synchronous step). */
+    private void replyNow(long cookie, long offset, int error, String message, long t0) {
+        exportStats.errors.increment();
+        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: error {}: {}", NbdServer.peer(ctx.channel()), NbdError.name(error), message);
+        emit(replies.error(ctx.alloc(), cookie, offset, error, message));
+        recordLatency(t0);
+    }
+
+    /** A request answered at once (not through the driver): latency, and it leaves the in-flight gauge. */
+    private void answered(long t0) {
+        exportStats.inFlight.decrement();
+        recordLatency(t0);
+    }
+
+    private void recordLatency(long t0) {
+        long ns = System.nanoTime() - t0;
+        stats.latency.record(ns);
+        exportStats.latency.record(ns);
+    }
+
+    /** Queues a reply; it leaves with the next flush (end of the read batch, or the per-iteration flush task). */
+    private void emit(ByteBuf b) {
+        if (!ctx.channel().isActive()) { // closing: nobody reads it
+            b.release();
+            return;
+        }
+        ctx.write(b, ctx.voidPromise());
+    }
+
+    /** One flush per event-loop iteration for replies written by completions. */
+    private void scheduleFlush() {
+        if (!flushScheduled) {
+            flushScheduled = true;
+            ctx.executor().execute(flushTask);
+        }
+    }
+
+    private void scheduledFlush() {
+        // Queued before a move's detach (FIFO behind the completions), so it runs on the loop that
+        // queued it; the check keeps a stray one from touching state that moved on.
+        if (!ctx.executor().inEventLoop() || !flushScheduled) return;
+        flushScheduled = false;
+        ctx.flush();
+    }
+
+    private void countRead(long bytes) {
+        stats.readOps.increment();
+        stats.readBytes.add(bytes);
+        exportStats.read(bytes);
+    }
+
+    private void countWrite(long bytes) {
+        stats.writeOps.increment();
+        stats.writeBytes.add(bytes);
+        exportStats.write(bytes);
     }
 
     // ---- BLOCK_STATUS (base:allocation) ----
 
-    private void blockStatus(ChannelHandlerContext ctx, long cookie, long offset, long length, boolean reqOne) throws BlockException {
+    private void blockStatus(long cookie, long offset, long length, boolean reqOne) throws BlockException {
         int n = collectExtents(offset, length, reqOne ? 1 : MAX_EXTENTS, (a, b) -> a == b);
+        int hs = replies.chunkHeaderSize;
         ByteBuf b;
         if (extended) {
-            b = ctx.alloc().directBuffer(chunkHeaderSize + 8 + 16 * n);
-            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, 8L + 16L * n);
+            b = ctx.alloc().directBuffer(hs + 8 + 16 * n);
+            replies.chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, 8L + 16L * n);
             b.writeInt(HandshakeHandler.BASE_ALLOCATION_ID).writeInt(n);
             for (int i = 0; i < n; i++) b.writeLong(extentLength[i]).writeLong(extentFlags[i]);
         } else {
-            b = ctx.alloc().directBuffer(chunkHeaderSize + 4 + 8 * n);
-            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, offset, 4L + 8L * n);
+            b = ctx.alloc().directBuffer(hs + 4 + 8 * n);
+            replies.chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, offset, 4L + 8L * n);
             b.writeInt(HandshakeHandler.BASE_ALLOCATION_ID);
             for (int i = 0; i < n; i++) b.writeInt((int) extentLength[i]).writeInt(extentFlags[i]);
         }
-        ctx.write(b, ctx.voidPromise());
+        emit(b);
     }
 
     private interface SameRun { boolean same(int flagsA, int flagsB); }
@@ -705,67 +946,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         return n;
     }
 
-    // ---- replies ----
-
     /**
-     * Structured (20 bytes) or extended (32 bytes) chunk header. {@code offset} is the request's
-     * offset (proto.md: it MUST match the request, even for OFFSET_DATA); the compact form has none.
-     */
-    private void chunkHeader(ByteBuf b, int flags, int type, long cookie, long offset, long payloadLength) {
-        if (extended) {
-            b.writeInt(NbdMagic.NBD_EXTENDED_REPLY_MAGIC).writeShort(flags).writeShort(type).writeLong(cookie)
-                    .writeLong(offset).writeLong(payloadLength);
-        } else {
-            b.writeInt(NbdMagic.NBD_STRUCTURED_REPLY_MAGIC).writeShort(flags).writeShort(type).writeLong(cookie)
-                    .writeInt((int) payloadLength);
-        }
-    }
-
-    private void replyOk(ChannelHandlerContext ctx, long cookie, long offset) {
-        ByteBuf b;
-        if (extended) { // simple replies do not exist with extended headers
-            b = ctx.alloc().directBuffer(chunkHeaderSize);
-            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, offset, 0);
-        } else {
-            b = ctx.alloc().directBuffer(SIMPLE_REPLY_SIZE);
-            b.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(0).writeLong(cookie);
-        }
-        ctx.write(b, ctx.voidPromise());
-    }
-
-    private void countRead(long bytes) {
-        stats.readOps.increment();
-        stats.readBytes.add(bytes);
-        exportStats.read(bytes);
-    }
-
-    private void countWrite(long bytes) {
-        stats.writeOps.increment();
-        stats.writeBytes.add(bytes);
-        exportStats.write(bytes);
-    }
-
-    /** Every error reply counts for the export (bad requests too); the node counts I/O failures only. */
-    private void replyError(ChannelHandlerContext ctx, long cookie, long offset, int error, String message) {
-        exportStats.errors.increment();
-        if (LOG.isDebugEnabled()) LOG.debug("NBD client {}: error {}: {}", NbdServer.peer(ctx.channel()), NbdError.name(error), message);
-        ByteBuf b;
-        if (structured) {
-            byte[] m = message.getBytes(StandardCharsets.UTF_8);
-            int mlen = Math.min(m.length, 4096);
-            b = ctx.alloc().directBuffer(chunkHeaderSize + 6 + mlen);
-            chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, cookie, offset, 6L + mlen);
-            b.writeInt(error).writeShort(mlen).writeBytes(m, 0, mlen);
-        } else {
-            b = ctx.alloc().directBuffer(SIMPLE_REPLY_SIZE);
-            b.writeInt(NbdMagic.NBD_SIMPLE_REPLY_MAGIC).writeInt(error).writeLong(cookie);
-        }
-        ctx.write(b, ctx.voidPromise());
-    }
-
-    /**
-     * Native address of {@code index} in a direct buffer. The pooled allocator's buffers have one
-     * (Unsafe is available on the JVMs we run); other direct buffers go through their NIO view.
+     * Native address of {@code index} in a direct buffer. The pooled allocator's buffers (and
+     * slices of them) have one (Unsafe is available on the JVMs we run); other direct buffers go
+     * through their NIO view.
      */
     private static long address(ByteBuf b, int index) {
         if (b.hasMemoryAddress()) return b.memoryAddress() + index;
@@ -773,16 +957,5 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             return PlatformDependent.directBufferAddress(b.nioBuffer(index, b.capacity() - index));
         }
         throw new IllegalStateException("NBD data path needs a direct buffer with a native address");
-    }
-
-    /** A request the spec says to refuse; the connection goes on. */
-    private static final class RequestError extends Exception {
-        private static final long serialVersionUID = 1L;
-        final int error;
-
-        RequestError(int error, String message) {
-            super(message, null, false, false);
-            this.error = error;
-        }
     }
 }

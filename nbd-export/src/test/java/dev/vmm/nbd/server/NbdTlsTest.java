@@ -93,7 +93,7 @@ class NbdTlsTest extends NbdServerFixture {
             assertEquals(NBD_REP_ACK, go.get(go.size() - 1).type());
             // Large enough for the sendfile path (>= SENDFILE_MIN), which must be off under TLS.
             assertArrayEquals(fileBytes(0, 512 << 10), c.read(0, 512 << 10, 0));
-            // Large enough to be streamed (>= STREAM_WRITE_MIN) and spliced on a plain socket.
+            // Large enough to arrive in many TLS records, gathered into its own buffer before the write.
             byte[] data = random(4 << 20, 7);
             for (int i = 0; i < 4; i++) assertEquals(0, c.write(8L << 20, data, 0));
             assertArrayEquals(data, c.read(8L << 20, 4 << 20, 0));
