@@ -320,10 +320,17 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         ((io.netty.channel.EventLoop) newHome.loop()).register(ctx.channel()).addListener(r -> {
             if (!r.isSuccess()) {
                 // Not registered anywhere: close it rather than leave the client hanging.
+                boolean left = !ctx.channel().isOpen();
                 ctx.channel().unsafe().closeForcibly();
                 export.clients().remove(ctx.channel());
                 export.node().removeUser(this);
-                f.completeExceptionally(r.cause());
+                if (left) {
+                    // A client hanging up during a move is normal: one line, no exception name.
+                    LOG.info("NBD client {} left export '{}' during a move", NbdServer.peer(ctx.channel()), export.name());
+                    f.complete(null);
+                } else {
+                    f.completeExceptionally(r.cause());
+                }
             } else {
                 f.complete(null);
             }
@@ -473,12 +480,20 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
      * answer with (and sets {@link #invalid}). proto.md "Request types", "Error values".
      */
     private int validate(int type, int flags, long offset, long length) {
-        int fua = 0;
+        // With NBD_FLAG_SEND_FUA (advertised iff writable) the server "MUST accept all commands
+        // with this bit set (even by ignoring the bit)": READ, FLUSH, CACHE, BLOCK_STATUS ignore it.
+        int fua = writable ? NBD_CMD_FLAG_FUA : 0;
         switch (type) {
             case NBD_CMD_READ -> {
                 if (badFlags(flags, (structured ? NBD_CMD_FLAG_DF : 0) | fua, type)) return NbdError.NBD_EINVAL;
                 if (!inRange(offset, length)) return NbdError.NBD_EINVAL;
                 if (length > NbdExport.MAX_PAYLOAD) {
+                    if ((flags & NBD_CMD_FLAG_DF) != 0) {
+                        // DF: we send up to MAX_PAYLOAD in one chunk; beyond that the spec's answer
+                        // for "too large to send without fragmentation" is EOVERFLOW.
+                        invalid = "read with NBD_CMD_FLAG_DF longer than the " + NbdExport.MAX_PAYLOAD + " bytes sent in one chunk";
+                        return NbdError.NBD_EOVERFLOW;
+                    }
                     invalid = "read longer than the maximum payload";
                     return NbdError.NBD_EINVAL;
                 }

@@ -38,7 +38,8 @@ import org.junit.jupiter.api.io.TempDir;
  * The asynchronous transmission phase, seen from a driver that holds completions
  * ({@link HoldingDriver}): pipelined requests are in flight at the driver together and answered
  * in completion order by cookie; the per-client in-flight bound holds; a WRITE reaches the disk
- * only once its whole payload arrived.
+ * only once its whole payload arrived; a client that leaves while its node is half-way through a
+ * move is not an error.
  */
 @Timeout(120)
 class NbdAsyncTransmissionTest {
@@ -235,6 +236,32 @@ class NbdAsyncTransmissionTest {
         }
         try (NbdTestClient c = client(false)) { // and the server still serves
             assertArrayEquals(Arrays.copyOf(firstMiB, 4096), c.read(0, 4096));
+        }
+    }
+
+    /**
+     * Regression: a client that hung up while its node was half-way through a move made the
+     * attach step fail with Netty's StacklessClosedChannelException, which the move logged as a
+     * WARN with the exception's name. Leaving is normal: attach completes, and the client is gone
+     * from the node and the export.
+     */
+    @Test
+    void aClientThatLeftDuringAMoveDoesNotFailTheAttachStep() throws Exception {
+        IOThread other = IOThread.start("iot-other");
+        try {
+            NbdTestClient c = client(false);
+            await("the client is a user of the node", () -> node.users().size() == 1);
+            TransmissionHandler tx = (TransmissionHandler) node.users().get(0);
+            onHome(tx::quiesce);
+            c.socket().setSoLinger(true, 0);
+            c.close(); // the reset arrives while the client is quiesced on its old home
+            await("the server saw the client leave", () -> export.clients().isEmpty());
+            iot.submit(tx::detach).join().get(10, TimeUnit.SECONDS);
+            other.submit(() -> tx.attach(other)).join().get(10, TimeUnit.SECONDS); // threw ExecutionException before
+            other.submit(() -> { tx.resume(); return null; }).join();
+            assertEquals(List.of(), node.users());
+        } finally {
+            other.shutdown(5000);
         }
     }
 }
