@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.*;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.options.KeyValueParser;
+import dev.vmm.nbd.client.NbdClient;
 import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdCmdFlags;
 import dev.vmm.nbd.server.NbdServerComponent;
@@ -167,6 +168,73 @@ class NbdHandoffTest {
                 pauses.get(pauses.size() / 2) / 1000, pauses.get((int) (pauses.size() * 0.99)) / 1000, pauses.get(pauses.size() - 1) / 1000);
         assertTrue(moves > 20, "moves done: " + moves);
         assertTrue(ops.get() > 1000, "client ops: " + ops.get());
+    }
+
+    /**
+     * A move with requests in flight: the drain waits for them on the old home, where they are
+     * answered; after the move every request has exactly one reply, the data is right, and the
+     * client is served on the new home.
+     */
+    @Test
+    void aMoveWithRequestsInFlightLosesAndDuplicatesNoReply() throws Exception {
+        Path heldImage = tmp.resolve("held.img");
+        byte[] data = new byte[1 << 20];
+        new Random(5).nextBytes(data);
+        try (RandomAccessFile f = new RandomAccessFile(heldImage.toFile(), "rw")) {
+            f.setLength(SIZE);
+            f.write(data);
+        }
+        dev.vmm.core.testing.HoldingDriver held = new dev.vmm.core.testing.HoldingDriver(
+                dev.vmm.core.block.RawFileDriver.open(heldImage, false, false));
+        dev.vmm.iothread.IOThread iot0 = daemon.iothread("iot0");
+        BlockNode node = new BlockNode("held0", held, iot0);
+        daemon.addNode(node);
+        daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e1,node-name=held0,writable=on,iothread=iot0", "type"));
+        try (NbdTestClient c = new NbdTestClient(address).handshake()) {
+            c.structuredReplies();
+            c.go("held0");
+            iot0.submit(() -> { held.hold(true); return null; }).join();
+            byte[][] written = new byte[16][];
+            for (int i = 0; i < 32; i++) {
+                if (i < 16) {
+                    written[i] = new byte[4096];
+                    new Random(100 + i).nextBytes(written[i]);
+                    c.writeRequest(0, NbdCmd.NBD_CMD_WRITE, i, (8L << 20) + i * 4096L, 4096, written[i]);
+                } else {
+                    c.writeRequest(0, NbdCmd.NBD_CMD_READ, i, (i - 16) * 65536L, 65536, null);
+                }
+            }
+            c.flushOutput();
+            long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+            while (held.heldCount() < 32 && System.nanoTime() < until) Thread.sleep(2);
+            assertEquals(32, held.heldCount(), "32 requests in flight at the driver");
+
+            CompletableFuture<Long> move = daemon.moveNode("held0", "iot1");
+            Thread.sleep(300);
+            assertFalse(move.isDone(), "the move waits for the requests in flight");
+            iot0.submit(() -> {
+                held.hold(false);
+                held.releaseAllReversed();
+                return null;
+            }).join();
+            move.get(10, TimeUnit.SECONDS);
+            assertEquals("iot1", node.home().id());
+
+            java.util.Set<Long> cookies = new java.util.HashSet<>();
+            for (int i = 0; i < 32; i++) {
+                NbdClient.Reply r = c.readReply(0);
+                assertEquals(0, r.error(), "reply to " + r.cookie());
+                assertTrue(cookies.add(r.cookie()), "a second reply to cookie " + r.cookie());
+                if (r.cookie() >= 16) {
+                    long at = (r.cookie() - 16) * 65536L;
+                    assertArrayEquals(Arrays.copyOfRange(data, (int) at, (int) at + 65536), NbdClient.readData(r, at, 65536));
+                }
+            }
+            assertEquals(32, cookies.size());
+            // Served on the new home, and no stray reply is waiting in front of this one.
+            for (int i = 0; i < 16; i++) assertArrayEquals(written[i], c.read((8L << 20) + i * 4096L, 4096));
+            c.disconnect();
+        }
     }
 
     @Test

@@ -208,6 +208,75 @@ class NbdAsyncTransmissionTest {
         }
     }
 
+    /** proto.md NBD_CMD_DISC: "The server MUST handle all outstanding requests" before it closes. */
+    @Test
+    void disconnectAnswersTheRequestsInFlightFirst() throws Exception {
+        onHome(() -> driver.hold(true));
+        try (NbdTestClient c = client(false)) {
+            for (int i = 0; i < 8; i++) c.writeRequest(0, NBD_CMD_READ, i, i * 4096L, 4096, null);
+            c.writeRequest(0, NBD_CMD_DISC, 99, 0, 0, null);
+            c.flushOutput();
+            await("8 reads held", () -> driver.heldCount() == 8);
+            Thread.sleep(200);
+            assertEquals(1, export.clients().size(), "still open while requests are in flight");
+            onHome(driver::releaseAllReversed);
+            for (int i = 0; i < 8; i++) {
+                Reply r = c.readReply(4096);
+                assertEquals(0, r.error());
+                assertArrayEquals(Arrays.copyOfRange(firstMiB, (int) r.cookie() * 4096, (int) r.cookie() * 4096 + 4096), r.chunks().get(0).payload());
+            }
+            assertTrue(c.closedByServer(), "closed after the last reply");
+        }
+    }
+
+    /** Server stop (and export removal, the same graceful close) with requests in flight: answered, then closed. */
+    @Test
+    void aServerStopWithRequestsInFlightAnswersThemBeforeClosing() throws Exception {
+        onHome(() -> driver.hold(true));
+        try (NbdTestClient c = client(true)) {
+            for (int i = 0; i < 8; i++) c.writeRequest(0, NBD_CMD_READ, i, i * 65536L, 65536, null);
+            c.flushOutput();
+            await("8 reads held", () -> driver.heldCount() == 8);
+            Thread stopper = new Thread(() -> server.stop(10_000), "stopper");
+            stopper.start();
+            Thread.sleep(300); // the close waits for the requests
+            onHome(driver::releaseAllReversed);
+            Set<Long> cookies = new HashSet<>();
+            for (int i = 0; i < 8; i++) {
+                Reply r = c.readReply(0);
+                assertEquals(0, r.error());
+                long at = r.cookie() * 65536L;
+                assertArrayEquals(Arrays.copyOfRange(firstMiB, (int) at, (int) at + 65536), NbdClient.readData(r, at, 65536));
+                assertTrue(cookies.add(r.cookie()));
+            }
+            assertTrue(c.closedByServer(), "closed after the last reply");
+            stopper.join(20_000);
+        }
+    }
+
+    /** A completion that arrives after its client left only releases its buffers: the server goes on. */
+    @Test
+    void completionsAfterTheClientLeftAreDroppedQuietly() throws Exception {
+        onHome(() -> driver.hold(true));
+        NbdTestClient c = client(true);
+        byte[] b = new byte[1 << 20];
+        for (int i = 0; i < 4; i++) c.writeRequest(0, NBD_CMD_READ, i, i * 65536L, 1 << 20, null);
+        for (int i = 0; i < 4; i++) c.writeRequest(0, NBD_CMD_WRITE, 10 + i, (16L << 20) + i * (1L << 20), b.length, b);
+        c.flushOutput();
+        await("8 requests held", () -> driver.heldCount() == 8);
+        c.socket().setSoLinger(true, 0);
+        c.close();
+        await("the server saw the client leave", () -> export.clients().isEmpty());
+        onHome(() -> {
+            driver.hold(false);
+            driver.releaseAllReversed();
+        });
+        assertEquals(0, iot.submit(driver::inFlight).join());
+        try (NbdTestClient d = client(false)) {
+            assertArrayEquals(Arrays.copyOf(firstMiB, 4096), d.read(0, 4096));
+        }
+    }
+
     /** Regression: the streamed and spliced WRITE paths wrote the first part of a payload whose client then left. */
     @Test
     void aClientThatLeavesInTheMiddleOfAWritePayloadChangesNothingOnTheDisk() throws Exception {
