@@ -99,6 +99,17 @@ class NbdAsyncTransmissionTest {
         iot.submit(() -> { r.run(); return null; }).join();
     }
 
+    /** Writes the image back and drops it from the page cache (POSIX_FADV_DONTNEED), so no read range is resident. */
+    void dropPageCache() {
+        int fd = dev.vmm.core.linux.LibC.open(image.toString(), dev.vmm.core.linux.LibC.O_RDONLY);
+        try {
+            dev.vmm.core.linux.LibC.fdatasync(fd);
+            assertEquals(0, dev.vmm.core.linux.LibC.posix_fadvise(fd, 0, 0, 4 /* POSIX_FADV_DONTNEED */));
+        } finally {
+            dev.vmm.core.linux.LibC.close(fd);
+        }
+    }
+
     static void await(String what, BooleanSupplier cond) throws InterruptedException {
         long until = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
         while (!cond.getAsBoolean()) {
@@ -192,6 +203,7 @@ class NbdAsyncTransmissionTest {
     @Test
     void theByteBoundKeepsThreeLargeReadsFromBeingInFlightTogether() throws Exception {
         int len = 24 << 20; // three of them exceed MAX_IN_FLIGHT_BYTES (64 MiB); two fit
+        dropPageCache(); // a range in the page cache would leave with sendfile, not through the driver
         onHome(() -> driver.hold(true));
         try (NbdTestClient c = client(false)) {
             for (int i = 0; i < 3; i++) c.writeRequest(0, NBD_CMD_READ, i, 0, len, null);
@@ -260,7 +272,7 @@ class NbdAsyncTransmissionTest {
         onHome(() -> driver.hold(true));
         NbdTestClient c = client(true);
         byte[] b = new byte[1 << 20];
-        for (int i = 0; i < 4; i++) c.writeRequest(0, NBD_CMD_READ, i, i * 65536L, 1 << 20, null);
+        for (int i = 0; i < 4; i++) c.writeRequest(0, NBD_CMD_READ, i, i * 65536L, 65536, null); // below SENDFILE_MIN
         for (int i = 0; i < 4; i++) c.writeRequest(0, NBD_CMD_WRITE, 10 + i, (16L << 20) + i * (1L << 20), b.length, b);
         c.flushOutput();
         await("8 requests held", () -> driver.heldCount() == 8);
