@@ -890,7 +890,12 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private void scheduleFlush() {
         if (!flushScheduled) {
             flushScheduled = true;
-            ctx.executor().execute(flushTask);
+            try {
+                ctx.executor().execute(flushTask);
+            } catch (java.util.concurrent.RejectedExecutionException e) { // the IOThread is shutting down
+                flushScheduled = false;
+                ctx.flush();
+            }
         }
     }
 
