@@ -1,5 +1,9 @@
 package dev.vmm.nbd.protocol;
 
+import dev.vmm.core.linux.Errno;
+
+import static dev.vmm.core.linux.Errno.*;
+
 /**
  * Error values (32 bits) of simple replies and error chunks, and the one errno mapping.
  *
@@ -27,18 +31,6 @@ public final class NbdError {
     public static final int NBD_ESHUTDOWN = 108;
 
     // Linux errno values (asm-generic/errno-base.h, errno.h) used by fromErrno.
-    private static final int EPERM = 1;
-    private static final int EIO = 5;
-    private static final int ENOMEM = 12;
-    private static final int EACCES = 13;
-    private static final int EFBIG = 27;
-    private static final int ENOSPC = 28;
-    private static final int EROFS = 30;
-    private static final int EINVAL = 22;
-    private static final int EOVERFLOW = 75;
-    private static final int EOPNOTSUPP = 95; // == ENOTSUP on Linux
-    private static final int ESHUTDOWN = 108;
-    private static final int EDQUOT = 122;
 
     /**
      * The single Linux errno to NBD error mapping; every reply error goes through here.

@@ -1,5 +1,9 @@
 package dev.vmm.nbd.server;
 
+import dev.vmm.core.linux.Errno;
+
+import static dev.vmm.core.linux.Errno.*;
+
 import com.sun.jna.LastErrorException;
 import dev.vmm.core.linux.LibC;
 import io.netty.util.concurrent.FastThreadLocal;
@@ -20,8 +24,6 @@ final class PageCache {
 
     /** x86_64 syscall number (include/uapi/asm-generic/unistd.h: __NR_cachestat 451). */
     static final int SYS_CACHESTAT = 451;
-    private static final int ENOSYS = 38;
-    private static final int EPERM = 1;
     private static final long PAGE = 4096;
     private static volatile boolean unavailable;
 

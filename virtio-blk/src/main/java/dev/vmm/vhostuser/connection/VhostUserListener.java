@@ -1,5 +1,7 @@
 package dev.vmm.vhostuser.connection;
 
+import dev.vmm.core.linux.Errno;
+
 import com.sun.jna.LastErrorException;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcSocket;
@@ -119,7 +121,7 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
             try {
                 c = LibcSocket.accept4(fd, 0, 0, LibcSocket.SOCK_NONBLOCK | LibcSocket.SOCK_CLOEXEC);
             } catch (LastErrorException e) {
-                if (e.getErrorCode() != LibcSocket.EAGAIN) log.warn("accept on {}: {}", path, LibC.describe(e.getErrorCode()));
+                if (e.getErrorCode() != Errno.EAGAIN) log.warn("accept on {}: {}", path, LibC.describe(e.getErrorCode()));
                 return;
             }
             if (active != null && active.peerGone()) {

@@ -1,5 +1,7 @@
 package dev.vmm.vhostuser.frontend;
 
+import dev.vmm.core.linux.Errno;
+
 import static dev.vmm.vhostuser.message.VhostUserRequest.*;
 
 import com.sun.jna.LastErrorException;
@@ -110,7 +112,7 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
             try {
                 n = buf.send(fd, 0, chunk, fds, nfds, 0);
             } catch (LastErrorException e) {
-                if (e.getErrorCode() == LibC.EINTR) continue; // nothing was sent: send the chunk again
+                if (e.getErrorCode() == Errno.EINTR) continue; // nothing was sent: send the chunk again
                 throw new IOException("sendmsg: " + LibC.describe(e.getErrorCode()));
             }
             if (n < 0) throw new SocketTimeoutException("send timed out");
@@ -182,7 +184,7 @@ public final class VhostUserFrontendConnection implements AutoCloseable {
                 // EINTR: a socket with SO_RCVTIMEO is not restarted after a signal, and io_uring's
                 // ring teardown signals (task_work) every thread that set up or used the ring,
                 // which in tests includes the test thread. Nothing was received: read again.
-                if (e.getErrorCode() == LibC.EINTR) continue;
+                if (e.getErrorCode() == Errno.EINTR) continue;
                 fds.closeAll();
                 throw new IOException("recvmsg: " + LibC.describe(e.getErrorCode()));
             }

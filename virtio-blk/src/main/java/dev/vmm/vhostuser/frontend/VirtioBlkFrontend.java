@@ -1,5 +1,7 @@
 package dev.vmm.vhostuser.frontend;
 
+import dev.vmm.core.linux.Errno;
+
 import dev.vmm.core.stats.LatencyHistogram;
 import static dev.vmm.virtio.blk.VirtioBlk.*;
 
@@ -603,7 +605,7 @@ public final class VirtioBlkFrontend implements AutoCloseable {
             try {
                 return LibcPoll.poll(p, 1, timeout) > 0;
             } catch (LastErrorException e) {
-                if (e.getErrorCode() == LibC.EINTR) return false;
+                if (e.getErrorCode() == Errno.EINTR) return false;
                 throw e;
             }
         }

@@ -1,5 +1,7 @@
 package dev.vmm.virtio.memory;
 
+import dev.vmm.core.linux.Errno;
+
 import dev.vmm.core.memory.RawMemory;
 import java.util.Arrays;
 import java.util.Comparator;
@@ -143,7 +145,7 @@ public final class GuestMemory implements AutoCloseable {
             try {
                 mapBase = LibcMemory.mapShared(fd, size + delta, aligned, true);
             } catch (LibcMemory.ErrnoException e) {
-                if (e.errno() != LibcMemory.EINVAL || aligned == 0) throw new GuestMemoryException(what + ": " + e.getMessage());
+                if (e.errno() != Errno.EINVAL || aligned == 0) throw new GuestMemoryException(what + ": " + e.getMessage());
                 // hugetlbfs wants huge-page-aligned offsets: map from 0 as libvhost-user does.
                 try {
                     mapBase = LibcMemory.mapShared(fd, size + mmapOffset, 0, true);

@@ -1,5 +1,7 @@
 package dev.vmm.virtio.memory;
 
+import dev.vmm.core.linux.Errno;
+
 import dev.vmm.core.memory.RawMemory;
 import static org.junit.jupiter.api.Assertions.*;
 
@@ -100,7 +102,7 @@ class GuestMemoryTest {
         assertThrows(GuestMemoryException.class, () -> mem.addRegion(fds[7], 0x9000_0000L, 1L << 50, 0x1000, 0), "huge");
         for (int fd : fds) {
             LastErrorException e = assertThrows(LastErrorException.class, () -> LibC.close(fd), "fd closed by addRegion");
-            assertEquals(LibC.EBADF, e.getErrorCode());
+            assertEquals(Errno.EBADF, e.getErrorCode());
         }
         assertEquals(1, mem.regionCount());
     }

@@ -1,5 +1,7 @@
 package dev.vmm.core.aio;
 
+import dev.vmm.core.linux.Errno;
+
 import com.sun.jna.LastErrorException;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.iothread.IOThread;
@@ -75,7 +77,7 @@ public final class ThreadPoolEngine implements IoEngine {
                 res = perform(r);
             } catch (RuntimeException | Error e) { // a request must complete whatever happens
                 org.slf4j.LoggerFactory.getLogger(ThreadPoolEngine.class).error("aio=threads: {} failed", r, e);
-                res = -LibC.EIO;
+                res = -Errno.EIO;
             }
             r.threadResult = res;
             r.threadEngine.home.loop().execute(finish);
@@ -107,10 +109,10 @@ public final class ThreadPoolEngine implements IoEngine {
                     case OP_NOP:
                         return 0;
                     default:
-                        return -LibC.EINVAL;
+                        return -Errno.EINVAL;
                 }
             } catch (LastErrorException e) {
-                if (e.getErrorCode() != LibC.EINTR) return -e.getErrorCode();
+                if (e.getErrorCode() != Errno.EINTR) return -e.getErrorCode();
             }
         }
     }

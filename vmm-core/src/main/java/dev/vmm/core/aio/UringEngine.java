@@ -1,5 +1,7 @@
 package dev.vmm.core.aio;
 
+import dev.vmm.core.linux.Errno;
+
 import com.sun.jna.LastErrorException;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.core.linux.LibcMemory;
@@ -255,8 +257,8 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
                 return;
             } catch (LastErrorException e) {
                 int err = e.getErrorCode();
-                if (err == LibC.EINTR) continue;
-                if (err == LibcSocket.EAGAIN || err == 16 /* EBUSY */) {
+                if (err == Errno.EINTR) continue;
+                if (err == Errno.EAGAIN || err == Errno.EBUSY) {
                     // The kernel is short of memory or has completions to post first: retry after reaping.
                     if (!flushScheduled) {
                         flushScheduled = true;

@@ -1,5 +1,7 @@
 package dev.vmm.core.block;
 
+import dev.vmm.core.linux.Errno;
+
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayDeque;
 import java.util.List;
@@ -83,13 +85,13 @@ public final class BlockNode {
             f.get(timeoutMs, java.util.concurrent.TimeUnit.MILLISECONDS);
         } catch (java.util.concurrent.ExecutionException e) {
             if (e.getCause() instanceof BlockException be) throw be;
-            throw new BlockException(BlockException.EIO, "closing " + name + " failed: " + e.getCause());
+            throw new BlockException(Errno.EIO, "closing " + name + " failed: " + e.getCause());
         } catch (java.util.concurrent.TimeoutException e) {
-            throw new BlockException(BlockException.EIO, "block node " + name + " still has requests in flight after "
+            throw new BlockException(Errno.EIO, "block node " + name + " still has requests in flight after "
                     + timeoutMs + " ms: its image is left open");
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
-            throw new BlockException(BlockException.EIO, "interrupted while closing block node " + name);
+            throw new BlockException(Errno.EIO, "interrupted while closing block node " + name);
         }
     }
 

@@ -1,11 +1,13 @@
 package dev.vmm.core.block;
 
+import dev.vmm.core.linux.Errno;
+
 import static dev.vmm.core.linux.LibC.AT_EMPTY_PATH;
-import static dev.vmm.core.linux.LibC.EINTR;
-import static dev.vmm.core.linux.LibC.EINVAL;
-import static dev.vmm.core.linux.LibC.ENOSYS;
-import static dev.vmm.core.linux.LibC.ENXIO;
-import static dev.vmm.core.linux.LibC.EOPNOTSUPP;
+import static dev.vmm.core.linux.Errno.EINTR;
+import static dev.vmm.core.linux.Errno.EINVAL;
+import static dev.vmm.core.linux.Errno.ENOSYS;
+import static dev.vmm.core.linux.Errno.ENXIO;
+import static dev.vmm.core.linux.Errno.EOPNOTSUPP;
 import static dev.vmm.core.linux.LibC.FALLOC_FL_KEEP_SIZE;
 import static dev.vmm.core.linux.LibC.FALLOC_FL_PUNCH_HOLE;
 import static dev.vmm.core.linux.LibC.FALLOC_FL_ZERO_RANGE;
@@ -189,7 +191,7 @@ public final class RawFileDriver implements BlockDriver {
             LibC.statx(fd, "", AT_EMPTY_PATH, LibC.STATX_TYPE | LibC.STATX_DIOALIGN, Pointer.nativeValue(stx));
             int type = stx.getShort(LibC.STATX_OFF_MODE) & LibC.S_IFMT;
             if (type == LibC.S_IFDIR) {
-                throw new BlockException(LibC.EISDIR, "cannot open image '" + shown + "': " + LibC.describe(LibC.EISDIR));
+                throw new BlockException(Errno.EISDIR, "cannot open image '" + shown + "': " + LibC.describe(Errno.EISDIR));
             }
             if (type != LibC.S_IFREG && type != LibC.S_IFBLK) {
                 throw new BlockException(EINVAL, "cannot open image '" + shown + "': not a regular file or block device");
@@ -338,7 +340,7 @@ public final class RawFileDriver implements BlockDriver {
         }
         if (!done) {
             if (fastOnly) {
-                throw new BlockException(BlockException.ENOTSUP, "fast zeroing is not supported by " + file);
+                throw new BlockException(Errno.ENOTSUP, "fast zeroing is not supported by " + file);
             }
             writeZeroBuffers(offset, length);
         }
@@ -543,7 +545,7 @@ public final class RawFileDriver implements BlockDriver {
             return;
         }
         if (op.fastOnly) {
-            finishLater(op, BlockException.ENOTSUP);
+            finishLater(op, Errno.ENOTSUP);
             return;
         }
         try {
@@ -637,7 +639,7 @@ public final class RawFileDriver implements BlockDriver {
 
     /** Engine completion of one operation of {@code op}; decides the next step. On the home thread. */
     private void stepDone(Op op, int res) {
-        if (res == -EINTR || res == -LibC.EAGAIN) { // retry the same operation as it is
+        if (res == -EINTR || res == -Errno.EAGAIN) { // retry the same operation as it is
             engine.submit(op);
             return;
         }
@@ -679,7 +681,7 @@ public final class RawFileDriver implements BlockDriver {
                     afterWrite(op);
                 }
             }
-            default -> finish(op, BlockException.EIO);
+            default -> finish(op, Errno.EIO);
         }
     }
 
@@ -704,7 +706,7 @@ public final class RawFileDriver implements BlockDriver {
             return;
         }
         if (write && res == 0) {
-            finish(op, BlockException.EIO); // no progress: would spin
+            finish(op, Errno.EIO); // no progress: would spin
             return;
         }
         op.iov = op.advance(op.iov, op.iovcnt, res);
@@ -722,7 +724,7 @@ public final class RawFileDriver implements BlockDriver {
     private Op take(IoCompletion done) throws BlockException {
         Objects.requireNonNull(done, "done");
         assert home == null || home.inThread() : file + ": request off the home thread";
-        if (engine == null) throw new BlockException(BlockException.EIO, "not attached to an IOThread: " + file);
+        if (engine == null) throw new BlockException(Errno.EIO, "not attached to an IOThread: " + file);
         Op op = freeOps.poll();
         if (op == null) {
             op = new Op();
@@ -880,7 +882,7 @@ public final class RawFileDriver implements BlockDriver {
 
     private void checkOpen() throws BlockException {
         if (fd < 0) {
-            throw new BlockException(BlockException.EIO, "closed: " + file);
+            throw new BlockException(Errno.EIO, "closed: " + file);
         }
     }
 
@@ -895,7 +897,7 @@ public final class RawFileDriver implements BlockDriver {
 
     private void checkWritable() throws BlockException {
         if (readOnly) {
-            throw new BlockException(BlockException.EROFS, "image is read-only: " + file);
+            throw new BlockException(Errno.EROFS, "image is read-only: " + file);
         }
     }
 
@@ -987,7 +989,7 @@ public final class RawFileDriver implements BlockDriver {
                 break;
             }
             if (write && n == 0) {
-                throw new BlockException(BlockException.EIO, "write made no progress at offset " + (offset + done) + " of " + file);
+                throw new BlockException(Errno.EIO, "write made no progress at offset " + (offset + done) + " of " + file);
             }
             iov = advance(iov, iovcnt, n);
             iovcnt -= skipped;

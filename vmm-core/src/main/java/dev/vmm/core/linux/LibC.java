@@ -1,5 +1,7 @@
 package dev.vmm.core.linux;
 
+import static dev.vmm.core.linux.Errno.*;
+
 import com.sun.jna.LastErrorException;
 import com.sun.jna.Native;
 import com.sun.jna.NativeLibrary;
@@ -24,34 +26,6 @@ public final class LibC {
     static {
         Native.register(LibC.class, NativeLibrary.getInstance(Platform.C_LIBRARY_NAME));
     }
-
-    // ---- errno values (asm-generic/errno-base.h, errno.h) ----
-    /** Operation not permitted. */
-    public static final int EPERM = 1;
-    /** No such file or directory. */
-    public static final int ENOENT = 2;
-    /** Interrupted system call: retry. */
-    public static final int EINTR = 4;
-    /** Try again (non-blocking I/O would block; io_uring: resources short). */
-    public static final int EAGAIN = 11;
-    /** I/O error. */
-    public static final int EIO = 5;
-    /** No such device or address: lseek SEEK_DATA past the last data. */
-    public static final int ENXIO = 6;
-    /** Bad file descriptor. */
-    public static final int EBADF = 9;
-    /** Permission denied. */
-    public static final int EACCES = 13;
-    /** Is a directory. */
-    public static final int EISDIR = 21;
-    /** Invalid argument: also O_DIRECT on tmpfs, misaligned O_DIRECT I/O, SEEK_DATA unsupported. */
-    public static final int EINVAL = 22;
-    /** Read-only file system. */
-    public static final int EROFS = 30;
-    /** Function not implemented (kernel or libc too old). */
-    public static final int ENOSYS = 38;
-    /** Operation not supported (same value as ENOTSUP on Linux). */
-    public static final int EOPNOTSUPP = 95;
 
     // ---- open(2) flags (asm-generic/fcntl.h) ----
     /** Open for reading only. */
@@ -157,7 +131,6 @@ public final class LibC {
 
     /** pipe2(2): {@code fds} points to two ints (read end, write end). */
     public static native int pipe2(long fds, int flags) throws LastErrorException;
-
 
     /** splice: move pages rather than copy, where the kernel can. */
     public static final int SPLICE_F_MOVE = 1;

@@ -1,5 +1,7 @@
 package dev.vmm.core.linux;
 
+import static dev.vmm.core.linux.Errno.*;
+
 import com.sun.jna.LastErrorException;
 import com.sun.jna.Native;
 import com.sun.jna.NativeLibrary;
@@ -53,10 +55,6 @@ public final class LibcMemory {
     public static final int MFD_ALLOW_SEALING = 0x0002;
 
     // ---- errno values seen here ----
-    /** Out of memory / address space. */
-    public static final int ENOMEM = 12;
-    /** Invalid argument (e.g. an unaligned offset). */
-    public static final int EINVAL = 22;
 
     /** sysconf(3) name of the page size. */
     public static final int _SC_PAGESIZE = 30;
@@ -106,7 +104,7 @@ public final class LibcMemory {
     public static int memfdCreate(String name) throws ErrnoException {
         try {
             int fd = memfd_create(name, MFD_CLOEXEC);
-            if (fd < 0) throw new ErrnoException("memfd_create(" + name + ")", LibC.EINVAL);
+            if (fd < 0) throw new ErrnoException("memfd_create(" + name + ")", Errno.EINVAL);
             return fd;
         } catch (LastErrorException e) {
             throw new ErrnoException("memfd_create(" + name + ")", e.getErrorCode());
@@ -116,7 +114,7 @@ public final class LibcMemory {
     /** ftruncate to {@code length} bytes. */
     public static void truncate(int fd, long length) throws ErrnoException {
         try {
-            if (ftruncate(fd, length) != 0) throw new ErrnoException("ftruncate(" + fd + ", " + length + ")", LibC.EINVAL);
+            if (ftruncate(fd, length) != 0) throw new ErrnoException("ftruncate(" + fd + ", " + length + ")", Errno.EINVAL);
         } catch (LastErrorException e) {
             throw new ErrnoException("ftruncate(" + fd + ", " + length + ")", e.getErrorCode());
         }

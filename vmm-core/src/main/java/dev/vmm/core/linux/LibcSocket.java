@@ -1,5 +1,7 @@
 package dev.vmm.core.linux;
 
+import static dev.vmm.core.linux.Errno.*;
+
 import com.sun.jna.LastErrorException;
 import com.sun.jna.Memory;
 import com.sun.jna.Native;
@@ -38,16 +40,6 @@ public final class LibcSocket {
     }
 
     // ---- errno values ----
-    /** Resource temporarily unavailable (EWOULDBLOCK): non-blocking call would block, or SO_RCVTIMEO expired. */
-    public static final int EAGAIN = 11;
-    /** Address already in use: bind(2) on an existing path. */
-    public static final int EADDRINUSE = 98;
-    /** Connection refused: nobody listens on the socket file. */
-    public static final int ECONNREFUSED = 111;
-    /** Connection reset by peer. */
-    public static final int ECONNRESET = 104;
-    /** Broken pipe: the peer closed (MSG_NOSIGNAL keeps SIGPIPE away). */
-    public static final int EPIPE = 32;
 
     // ---- socket(2) ----
     /** Unix-domain sockets. */
@@ -169,7 +161,6 @@ public final class LibcSocket {
 
     /** eventfd(2). */
     public static native int eventfd(int initval, int flags) throws LastErrorException;
-
 
 
     // ---- paths ----

@@ -1,5 +1,7 @@
 package dev.vmm.core.block;
 
+import dev.vmm.core.linux.Errno;
+
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -140,10 +142,10 @@ class RawFileDriverAsyncTest {
             }
             if (r.opcode == OP_FSYNC) {
                 fsyncsSeen++;
-                res = failFsyncs > 0 ? -LibC.EIO : ThreadPoolEngine.perform(r);
+                res = failFsyncs > 0 ? -Errno.EIO : ThreadPoolEngine.perform(r);
                 if (failFsyncs > 0) failFsyncs--;
             } else if (r.offset == failAt && (r.opcode == OP_READV || r.opcode == OP_WRITEV)) {
-                res = -LibC.EIO;
+                res = -Errno.EIO;
             } else if (shortTransfers && (r.opcode == OP_READV || r.opcode == OP_WRITEV) && r.len > 1) {
                 int len = r.len;
                 r.len = 1; // only the first iovec: a short transfer the driver must continue
@@ -177,11 +179,11 @@ class RawFileDriverAsyncTest {
         iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
         try {
             e.failFsyncs = 1;
-            assertEquals(LibC.EIO, await(done -> d.flush(done)));
+            assertEquals(Errno.EIO, await(done -> d.flush(done)));
             // The kernel would now report success (it forgot the error): we must not.
-            assertEquals(LibC.EIO, await(done -> d.flush(done)), "second flush after a writeback error");
+            assertEquals(Errno.EIO, await(done -> d.flush(done)), "second flush after a writeback error");
             Memory m = new Memory(BLOCK);
-            assertEquals(LibC.EIO, await(done -> d.write(0, Pointer.nativeValue(m), BLOCK, true, done)),
+            assertEquals(Errno.EIO, await(done -> d.write(0, Pointer.nativeValue(m), BLOCK, true, done)),
                     "a FUA write after a writeback error cannot be durable either");
             assertEquals(0, await(done -> d.write(0, Pointer.nativeValue(m), BLOCK, false, done)), "plain writes still work");
             assertEquals(1, e.fsyncsSeen, "later flushes do not even ask the kernel");
@@ -250,7 +252,7 @@ class RawFileDriverAsyncTest {
                 }
             });
             all.get(10, TimeUnit.SECONDS);
-            for (int i = 0; i < n; i++) assertEquals(i == 7 ? LibC.EIO : 0, errno[i], "request " + i);
+            for (int i = 0; i < n; i++) assertEquals(i == 7 ? Errno.EIO : 0, errno[i], "request " + i);
             assertEquals(0, (int) iot.call(d::inFlight));
         } finally {
             iot.call(() -> { d.close(); return null; });

@@ -1,5 +1,7 @@
 package dev.vmm.core.block;
 
+import dev.vmm.core.linux.Errno;
+
 import static dev.vmm.core.testing.NativeBuffers.address;
 import static dev.vmm.core.testing.NativeBuffers.aligned;
 import static dev.vmm.core.testing.NativeBuffers.allocate;
@@ -251,11 +253,11 @@ class RawFileDriverTest {
         driver = RawFileDriver.open(f, false, false);
         try (Memory buf = allocate(8192); Memory iov = split(buf, 4096, 4096)) {
             // Lengths adding up to more than the stated total would let the kernel write past the checked range.
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class,
                     () -> driver.writev(MiB - 4096, address(iov), 2, 4096, false))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class,
                     () -> driver.readv(0, address(iov), 2, 8193))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class,
                     () -> driver.readv(0, address(iov), LibC.IOV_MAX + 1, 8192))));
         }
         assertEquals(MiB, Files.size(f), "file not extended");
@@ -296,16 +298,16 @@ class RawFileDriverTest {
         driver = RawFileDriver.open(f, false, false);
         try (Memory buf = allocate(8192)) {
             long a = address(buf);
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(64 * KiB - 10, a, 20))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(-1, a, 1))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(0, a, -1))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.write(64 * KiB, a, 1, false))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.write(Long.MAX_VALUE, a, 2, false))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.discard(60 * KiB, 8 * KiB))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(64 * KiB - 10, a, 20))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(-1, a, 1))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.read(0, a, -1))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.write(64 * KiB, a, 1, false))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.write(Long.MAX_VALUE, a, 2, false))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.discard(60 * KiB, 8 * KiB))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class,
                     () -> driver.writeZeroes(60 * KiB, 8 * KiB, true, false, false))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class, () -> driver.prefetch(0, 64 * KiB + 1))));
-            assertEquals(BlockException.EINVAL, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class, () -> driver.prefetch(0, 64 * KiB + 1))));
+            assertEquals(Errno.EINVAL, errno(assertThrows(BlockException.class,
                     () -> driver.status(64 * KiB, 1, new BlockStatus()))));
             driver.read(64 * KiB - 20, a, 20); // the last bytes are in range
             driver.read(64 * KiB, a, 0);       // an empty request at the end is too
@@ -320,11 +322,11 @@ class RawFileDriverTest {
         assertTrue(driver.readOnly());
         try (Memory buf = allocate(4096); Memory iov = split(buf, 4096)) {
             long a = address(buf);
-            assertEquals(BlockException.EROFS, errno(assertThrows(BlockException.class, () -> driver.write(0, a, 4096, false))));
-            assertEquals(BlockException.EROFS, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EROFS, errno(assertThrows(BlockException.class, () -> driver.write(0, a, 4096, false))));
+            assertEquals(Errno.EROFS, errno(assertThrows(BlockException.class,
                     () -> driver.writev(0, address(iov), 1, 4096, true))));
-            assertEquals(BlockException.EROFS, errno(assertThrows(BlockException.class, () -> driver.discard(0, 4096))));
-            assertEquals(BlockException.EROFS, errno(assertThrows(BlockException.class,
+            assertEquals(Errno.EROFS, errno(assertThrows(BlockException.class, () -> driver.discard(0, 4096))));
+            assertEquals(Errno.EROFS, errno(assertThrows(BlockException.class,
                     () -> driver.writeZeroes(0, 4096, true, false, false))));
             driver.read(0, a, 4096);
             assertBytes(pattern(6, 0, 4096), buf, 0, "reads still work");
@@ -409,7 +411,7 @@ class RawFileDriverTest {
         Path f = filled(dir, "z3.img", 3 * MiB, 12);
         driver = RawFileDriver.open(f, false, false);
         driver.simulateNoFallocate();
-        assertEquals(BlockException.ENOTSUP, errno(assertThrows(BlockException.class,
+        assertEquals(Errno.ENOTSUP, errno(assertThrows(BlockException.class,
                 () -> driver.writeZeroes(0, 4096, true, true, false))), "FAST_ZERO refused");
         assertArrayEquals(pattern(12, 0, 4096), fileBytes(f, 0, 4096), "nothing written when refusing");
         long start = 100;
@@ -496,12 +498,12 @@ class RawFileDriverTest {
         d.close();
         try (Memory buf = allocate(4096)) {
             BlockException e = assertThrows(BlockException.class, () -> d.read(0, address(buf), 4096));
-            assertEquals(BlockException.EIO, e.errno());
+            assertEquals(Errno.EIO, e.errno());
             assertTrue(e.getMessage().contains("closed"), e.getMessage());
-            assertEquals(BlockException.EIO, errno(assertThrows(BlockException.class, () -> d.write(0, address(buf), 1, false))));
-            assertEquals(BlockException.EIO, errno(assertThrows(BlockException.class, d::flush)));
-            assertEquals(BlockException.EIO, errno(assertThrows(BlockException.class, () -> d.status(0, 1, new BlockStatus()))));
-            assertEquals(BlockException.EIO, errno(assertThrows(BlockException.class, () -> d.writeZeroes(0, 1, true, false, false))));
+            assertEquals(Errno.EIO, errno(assertThrows(BlockException.class, () -> d.write(0, address(buf), 1, false))));
+            assertEquals(Errno.EIO, errno(assertThrows(BlockException.class, d::flush)));
+            assertEquals(Errno.EIO, errno(assertThrows(BlockException.class, () -> d.status(0, 1, new BlockStatus()))));
+            assertEquals(Errno.EIO, errno(assertThrows(BlockException.class, () -> d.writeZeroes(0, 1, true, false, false))));
         }
         assertEquals(64 * KiB, d.size());
     }
@@ -510,7 +512,7 @@ class RawFileDriverTest {
     void missingFileGivesClearMessage() {
         Path f = dir.resolve("nope.img");
         BlockException e = assertThrows(BlockException.class, () -> RawFileDriver.open(f, false, false));
-        assertEquals(LibC.ENOENT, e.errno());
+        assertEquals(Errno.ENOENT, e.errno());
         assertTrue(e.getMessage().contains(f.toAbsolutePath().toString()), e.getMessage());
         assertTrue(e.getMessage().contains("No such file or directory"), e.getMessage());
     }
@@ -519,7 +521,7 @@ class RawFileDriverTest {
     void directoryIsRefused() {
         for (boolean ro : new boolean[] {true, false}) {
             BlockException e = assertThrows(BlockException.class, () -> RawFileDriver.open(dir, ro, false));
-            assertEquals(LibC.EISDIR, e.errno(), e.getMessage());
+            assertEquals(Errno.EISDIR, e.errno(), e.getMessage());
             assertTrue(e.getMessage().contains(dir.toAbsolutePath().toString()), e.getMessage());
         }
     }
@@ -558,7 +560,7 @@ class RawFileDriverTest {
             try {
                 return RawFileDriver.open(f, ro, true);
             } catch (BlockException e) {
-                Assumptions.assumeFalse(e.errno() == BlockException.EINVAL && e.getMessage().contains("may not support O_DIRECT"),
+                Assumptions.assumeFalse(e.errno() == Errno.EINVAL && e.getMessage().contains("may not support O_DIRECT"),
                         "O_DIRECT not supported under " + f.toAbsolutePath().getParent() + ": " + e.getMessage());
                 throw e;
             }
@@ -650,7 +652,7 @@ class RawFileDriverTest {
         void unalignedSizeIsRefusedReadWriteButReadableReadOnly() throws Exception {
             Path f = filled(directDir(), "odd.img", 10000, 27);
             BlockException e = assertThrows(BlockException.class, () -> openDirect(f, false));
-            assertEquals(BlockException.EINVAL, e.errno());
+            assertEquals(Errno.EINVAL, e.errno());
             assertTrue(e.getMessage().contains("alignment"), e.getMessage());
             driver = openDirect(f, true);
             try (Memory buf = allocate(10000)) {

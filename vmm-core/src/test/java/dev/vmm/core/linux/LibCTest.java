@@ -24,8 +24,8 @@ class LibCTest {
     void errnoComesBackThroughLastErrorException() {
         LastErrorException e = assertThrows(LastErrorException.class,
                 () -> LibC.open(dir.resolve("missing").toString(), LibC.O_RDONLY | LibC.O_CLOEXEC));
-        assertEquals(LibC.ENOENT, e.getErrorCode());
-        assertEquals("No such file or directory (errno 2)", LibC.describe(LibC.ENOENT));
+        assertEquals(Errno.ENOENT, e.getErrorCode());
+        assertEquals("No such file or directory (errno 2)", LibC.describe(Errno.ENOENT));
     }
 
     @Test
@@ -43,13 +43,13 @@ class LibCTest {
             assertEquals(0, LibC.pread(fd, address(buf), 10, 1 << 20), "EOF");
             assertEquals(65536, LibC.lseek(fd, 0, LibC.SEEK_DATA));
             assertEquals(65536 + 4096, LibC.lseek(fd, 65536, LibC.SEEK_HOLE));
-            assertEquals(LibC.ENXIO, assertThrows(LastErrorException.class,
+            assertEquals(Errno.ENXIO, assertThrows(LastErrorException.class,
                     () -> LibC.lseek(fd, 65536 + 4096, LibC.SEEK_DATA)).getErrorCode(), "no data after the island");
             assertEquals(1 << 20, LibC.lseek(fd, 0, LibC.SEEK_END));
             LibC.statx(fd, "", LibC.AT_EMPTY_PATH, LibC.STATX_TYPE | LibC.STATX_SIZE, address(stx));
             assertEquals(LibC.S_IFREG, stx.getShort(LibC.STATX_OFF_MODE) & LibC.S_IFMT);
             assertEquals(1 << 20, stx.getLong(LibC.STATX_OFF_SIZE));
-            assertEquals(LibC.EBADF, assertThrows(LastErrorException.class,
+            assertEquals(Errno.EBADF, assertThrows(LastErrorException.class,
                     () -> LibC.pread(-1, address(buf), 1, 0)).getErrorCode());
             assertTrue(LibC.posix_fadvise(fd, 0, 4096, LibC.POSIX_FADV_WILLNEED) == 0);
         } finally {

@@ -30,12 +30,12 @@ class LibcMemoryTest {
     void failuresCarryErrnoAndNeverAnAddress() throws Exception {
         LibcMemory.ErrnoException e = assertThrows(LibcMemory.ErrnoException.class,
                 () -> LibcMemory.mapShared(-1, 4096, 0, true));
-        assertEquals(LibC.EBADF, e.errno());
+        assertEquals(Errno.EBADF, e.errno());
         assertTrue(e.getMessage().contains("mmap") && e.getMessage().contains("errno 9"), e.getMessage());
         int fd = LibcMemory.memfdCreate("libc-memory-test");
         try {
             LibcMemory.truncate(fd, 4096);
-            assertEquals(LibcMemory.EINVAL,
+            assertEquals(Errno.EINVAL,
                     assertThrows(LibcMemory.ErrnoException.class, () -> LibcMemory.mapShared(fd, 4096, 100, true)).errno(),
                     "unaligned offset");
             assertThrows(LibcMemory.ErrnoException.class, () -> LibcMemory.mapShared(fd, 0, 0, true));
