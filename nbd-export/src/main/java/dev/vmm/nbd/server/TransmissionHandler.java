@@ -119,6 +119,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private ByteBuf cum;
     /** A WRITE whose payload is still arriving into its own buffer; submitted once that is full. */
     private NbdRequest assembling;
+    /** The driver's buffer alignment (O_DIRECT), 1 without: data buffers are placed to suit it. */
+    private final int memAlign;
     /** Bytes of a refused payload still to discard, and the request they belong to. */
     private long skipRemaining;
     private long skipCookie;
@@ -154,6 +156,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     TransmissionHandler(NbdExport export, Negotiated negotiated, IOThread home, ByteBuf leftover) {
         this.export = export;
         this.driver = export.node().driver();
+        this.memAlign = Math.max(1, driver.memoryAlignment());
         this.stats = export.node().stats();
         this.exportStats = export.stats();
         this.home = home;
@@ -347,6 +350,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         // A client that closed during the move could not re-register: nothing to serve.
         if (!ctx.channel().isActive() || !ctx.channel().isRegistered() || !ctx.executor().inEventLoop()) return;
         flushScheduled = false; // a flush task queued on the old loop does not run for this channel
+        // Writability events are ignored while quiesced: the output may have drained during the
+        // move, and no new event would come to clear the pause.
+        if (paused && ctx.channel().isWritable()) paused = false;
         process(); // requests that arrived before the move, not waiting for more bytes
         ctx.flush();
     }
@@ -574,12 +580,16 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
                 case NBD_CMD_WRITE -> {
                     NbdRequest r = take(type, flags, cookie, offset, length, cost, t0);
                     int payload = (int) length;
-                    if (cum != null && cum.readableBytes() >= payload) {
+                    if (cum != null && cum.readableBytes() >= payload && aligned(cum, cum.readerIndex())) {
                         r.buf = cum.retainedSlice(cum.readerIndex(), payload); // no copy; stays valid until released
                         cum.skipBytes(payload);
                         submit(r);
+                    } else if (cum != null && cum.readableBytes() >= payload) {
+                        r.buf = alignedBuffer(payload, 0); // O_DIRECT: a payload behind a 28-byte header is not aligned
+                        r.buf.writeBytes(cum, payload);
+                        submit(r);
                     } else {
-                        r.buf = ctx.alloc().directBuffer(payload, payload);
+                        r.buf = alignedBuffer(payload, 0);
                         if (cum != null) r.buf.writeBytes(cum, cum.readableBytes());
                         assembling = r; // channelRead fills it; process submits it when full
                     }
@@ -734,7 +744,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         }
         NbdRequest r = take(NBD_CMD_READ, flags, cookie, offset, length, cost, t0);
         int h = replies.readHeaderSize();
-        r.buf = ctx.alloc().directBuffer(h + length, h + length);
+        r.buf = alignedBuffer(h + length, h); // the data, after the reply header, lands O_DIRECT-aligned
         replies.readHeader(r.buf, cookie, offset, length);
         r.buf.writerIndex(h + length); // the data is read into place: capacity h + length by construction
         r.pending = 1;
@@ -974,6 +984,22 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
      * slices of them) have one (Unsafe is available on the JVMs we run); other direct buffers go
      * through their NIO view.
      */
+    /**
+     * A direct buffer of {@code length} bytes whose byte {@code at} has an address aligned to the
+     * driver's memory alignment (O_DIRECT: 512 on virtio disks), so the data goes to the kernel
+     * without the driver's synchronous bounce path. Plain buffers without O_DIRECT.
+     */
+    private ByteBuf alignedBuffer(int length, int at) {
+        if (memAlign <= 1) return ctx.alloc().directBuffer(length, length);
+        ByteBuf raw = ctx.alloc().directBuffer(length + memAlign - 1);
+        int pad = (int) (-(address(raw, 0) + at) & (memAlign - 1));
+        return raw.slice(pad, length).writerIndex(0); // releasing the slice releases raw
+    }
+
+    private boolean aligned(ByteBuf b, int index) {
+        return memAlign <= 1 || (address(b, index) & (memAlign - 1)) == 0;
+    }
+
     private static long address(ByteBuf b, int index) {
         if (b.hasMemoryAddress()) return b.memoryAddress() + index;
         if (b.nioBufferCount() == 1 && b.isDirect()) {

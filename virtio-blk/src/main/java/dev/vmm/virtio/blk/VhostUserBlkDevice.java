@@ -202,9 +202,29 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
         }
     }
 
-    /** Home thread: unmaps {@code old} once the stopped workers {@code ws} have nothing in flight. */
-    private static void unmapWhenIdle(List<QueueWorker> ws, GuestMemory.Retired old) {
-        if (old != null) whenIdle(ws, old::unmap);
+    /**
+     * Workers taken out of {@link #workers} (a ring stopped, restarted or paused) that still have
+     * requests in flight, after a drain that timed out or a reset: guest memory they point into
+     * must outlive them, whichever later message retires it. Home thread.
+     */
+    private final List<QueueWorker> retiring = new java.util.ArrayList<>();
+
+    /** Home thread: {@code w} left {@link #workers}; remember it until its requests are over. */
+    private void retiring(QueueWorker w) {
+        if (w.outstanding() == 0) return;
+        retiring.add(w);
+        w.whenIdle(() -> retiring.remove(w));
+    }
+
+    /**
+     * Home thread: unmaps {@code old} once the stopped workers {@code ws} and every worker still
+     * retiring from an earlier stop have nothing in flight.
+     */
+    private void unmapWhenIdle(List<QueueWorker> ws, GuestMemory.Retired old) {
+        if (old == null) return;
+        List<QueueWorker> all = new java.util.ArrayList<>(ws);
+        for (QueueWorker w : retiring) if (!all.contains(w)) all.add(w);
+        whenIdle(all, old::unmap);
     }
 
     private QueueSetup queue(int request, int index) throws VhostUserException {
@@ -404,6 +424,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             workers[index] = null;
             int b = w.stop();
             w.release(); // frees its memory now, or once a request dropped after the timeout is over
+            retiring(w);
             return b;
         });
         q.base = base;
@@ -449,6 +470,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
             if (old != null) {
                 old.stop();
                 old.release();
+                retiring(old);
                 workers[index] = null;
             }
             Virtqueue vq;
@@ -766,6 +788,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                 queues[i].base = workers[i].stop();
                 workers[i].release();
                 stopped.add(workers[i]);
+                retiring(workers[i]);
                 workers[i] = null;
             }
         }

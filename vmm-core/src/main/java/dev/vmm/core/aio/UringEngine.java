@@ -59,6 +59,14 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
     static final int SQ_HEAD = 0, SQ_TAIL = 4, SQ_RING_MASK = 8, SQ_FLAGS = 16, SQ_ARRAY = 24;
     static final int CQ_HEAD = 0, CQ_TAIL = 4, CQ_RING_MASK = 8, CQ_CQES = 20;
 
+    /** Holds the slot of an SQE turned into a NOP by {@link #failUnsubmitted} until its CQE is reaped. */
+    private static final AioRequest FAILED = new AioRequest() {
+        @Override
+        public void completed(int res) {
+            // nothing: the request it replaced was answered already
+        }
+    };
+
     /** Default submission queue size; the completion queue is twice as large (the kernel's default). */
     public static final int DEFAULT_ENTRIES = 256;
 
@@ -246,6 +254,12 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         if (unsubmitted > 0) enter(0);
         reap();
         queueWaiting();
+        if (unsubmitted > 0 && !flushScheduled) {
+            // The kernel took only part of the SQ (short of memory, or a batch cut by a bad SQE):
+            // the rest must not wait for an unrelated submission.
+            flushScheduled = true;
+            home.loop().execute(flushTask);
+        }
     }
 
     /** io_uring_enter: submits what is queued; with GETEVENTS also flushes an overflowed CQ. */
@@ -280,11 +294,15 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         for (int i = kernelHead; i != sqTail; i++) {
             long sqe = sqes + (long) SQE_SIZE * (i & sqMask);
             int slot = (int) RawMemory.getLe64(sqe + 32);
-            RawMemory.putByte(sqe, OP_NOP); // still consumed by a later enter: harmless
-            AioRequest r = slots[slot];
-            if (r != null) {
-                slots[slot] = null;
-                freeSlots[freeCount++] = slot;
+            AioRequest r = slot >= 0 && slot < slots.length ? slots[slot] : null;
+            // Still consumed by a later enter, as a NOP: its slot stays taken by the sentinel until
+            // that CQE is reaped, so it can neither reach a request that reuses the slot nor overflow the CQ.
+            RawMemory.fill(sqe, SQE_SIZE, 0);
+            RawMemory.putByte(sqe, OP_NOP);
+            RawMemory.putLe64(sqe + 32, slot);
+            if (r != null && r != FAILED) {
+                slots[slot] = FAILED;
+                r.slot = -1;
                 home.loop().execute(() -> r.completed(-err));
             }
         }
@@ -307,10 +325,14 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
             cqHead++;
             RawMemory.putLe32Release(cqHeadAddr, cqHead); // the entry is read before the kernel may reuse it
             AioRequest r = slot >= 0 && slot < slots.length ? slots[slot] : null;
-            if (r == null) continue; // a NOP left by failUnsubmitted
+            if (r == null) continue; // not ours: never expected
             slots[slot] = null;
-            r.slot = -1;
             freeSlots[freeCount++] = slot;
+            if (r == FAILED) { // the NOP of a request failUnsubmitted already answered
+                queueWaiting();
+                continue;
+            }
+            r.slot = -1;
             queueWaiting();
             try {
                 r.completed(res);

@@ -130,6 +130,14 @@ public interface BlockDriver extends AutoCloseable {
      */
     void attach(dev.vmm.iothread.IOThread home);
 
+    /**
+     * Buffer address alignment the driver needs to hand memory to the kernel without bouncing
+     * it (O_DIRECT), 1 when any address does. Callers that choose their buffers place them so.
+     */
+    default int memoryAlignment() {
+        return 1;
+    }
+
     /** Preferred I/O granularity in bytes (the O_DIRECT alignment, or 4096). */
     int preferredBlockSize();
 

@@ -33,6 +33,7 @@ public abstract class ForwardingBlockDriver implements BlockDriver {
     @Override public void whenIdle(Runnable idle) { d.whenIdle(idle); }
     @Override public void attach(IOThread home) { d.attach(home); }
     @Override public int sendfileFd() { return d.sendfileFd(); }
+    @Override public int memoryAlignment() { return d.memoryAlignment(); }
     @Override public int preferredBlockSize() { return d.preferredBlockSize(); }
     @Override public void close() { d.close(); }
 }

@@ -109,6 +109,8 @@ public final class RawFileDriver implements BlockDriver {
      * lost; every later flush fails with this errno instead.
      */
     private int flushErrno;
+    /** Asynchronous requests that took the synchronous bounce path (unaligned O_DIRECT), for tests and monitors. */
+    private long bounced;
     /**
      * Flush coalescing, as QEMU's write_gen/flushed_gen: writeGen counts finished write-type
      * requests (1 at open, so the first flush always syncs), flushedGen is the count the last
@@ -232,6 +234,9 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public boolean readOnly() { return readOnly; }
 
+    /** Requests that had to be bounced synchronously (unaligned O_DIRECT); a recent value off the home thread. */
+    public long bouncedRequests() { return bounced; }
+
     /** The {@code aio=} mode asked for. */
     public AioMode aio() { return aio; }
 
@@ -242,6 +247,7 @@ public final class RawFileDriver implements BlockDriver {
     public boolean direct() { return direct; }
 
     /** O_DIRECT buffer address alignment (1 without O_DIRECT). */
+    @Override
     public int memoryAlignment() { return memAlign; }
 
     /** O_DIRECT file offset and length alignment (1 without O_DIRECT). */
@@ -306,7 +312,16 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void flush() throws BlockException {
         checkOpen();
-        datasync();
+        if (flushErrno != 0) {
+            throw new BlockException(flushErrno, "flush of " + file + " failed earlier (" + LibC.describe(flushErrno)
+                    + "): data written before it may be lost");
+        }
+        try {
+            datasync();
+        } catch (BlockException e) {
+            flushErrno = e.errno(); // sticky, as on the asynchronous path
+            throw e;
+        }
     }
 
     @Override
@@ -578,6 +593,7 @@ public final class RawFileDriver implements BlockDriver {
             return;
         }
         if (bounce) {
+            bounced++;
             // Unaligned O_DIRECT: read-modify-write through the bounce buffer, synchronously (rare:
             // devices advertise the alignment as their block size). Serial, so two such writes to
             // one block cannot lose each other's bytes.
@@ -608,7 +624,7 @@ public final class RawFileDriver implements BlockDriver {
         op.len = op.iovcnt;
         op.rwFlags = op.dsync ? LibC.RWF_DSYNC : 0;
         op.sqeFlags = !direct && op.total - op.moved >= ASYNC_COPY_MIN ? IoEngine.IOSQE_ASYNC : 0;
-        engine.submit(op);
+        submit(op);
     }
 
     private void submitSync(Op op) {
@@ -623,7 +639,7 @@ public final class RawFileDriver implements BlockDriver {
         op.len = 0;
         op.rwFlags = IoEngine.IORING_FSYNC_DATASYNC;
         op.sqeFlags = 0;
-        engine.submit(op);
+        submit(op);
     }
 
     private void submitFallocate(Op op, int mode) {
@@ -634,13 +650,13 @@ public final class RawFileDriver implements BlockDriver {
         op.len = mode;
         op.rwFlags = 0;
         op.sqeFlags = 0;
-        engine.submit(op);
+        submit(op);
     }
 
     /** Engine completion of one operation of {@code op}; decides the next step. On the home thread. */
     private void stepDone(Op op, int res) {
         if (res == -EINTR || res == -Errno.EAGAIN) { // retry the same operation as it is
-            engine.submit(op);
+            submit(op);
             return;
         }
         switch (op.stage) {
@@ -719,6 +735,21 @@ public final class RawFileDriver implements BlockDriver {
             return;
         }
         submitTransfer(op);
+    }
+
+    /** Hands {@code op} to the engine; one that refuses it (its IOThread stopping) fails the request, it is not lost. */
+    private void submit(Op op) {
+        try {
+            engine.submit(op);
+        } catch (RuntimeException e) {
+            org.slf4j.LoggerFactory.getLogger(RawFileDriver.class).error("{}: cannot submit a request: {}", file, e.toString());
+            op.result = Errno.EIO;
+            try {
+                home.loop().execute(op.finishTask);
+            } catch (RuntimeException stopped) {
+                finish(op, Errno.EIO); // the loop is gone too: answer now rather than never
+            }
+        }
     }
 
     private Op take(IoCompletion done) throws BlockException {
@@ -834,6 +865,12 @@ public final class RawFileDriver implements BlockDriver {
     public void close() {
         if (fd < 0) {
             return;
+        }
+        if (inFlight != 0) {
+            // The kernel may still write into the requests' memory: keep it (a leak) rather than free it.
+            org.slf4j.LoggerFactory.getLogger(RawFileDriver.class).error("{}: closed with {} request(s) in flight; their memory is kept",
+                    file, inFlight);
+            allOps.clear();
         }
         int f = fd;
         fd = -1;

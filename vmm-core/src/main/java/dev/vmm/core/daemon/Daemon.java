@@ -350,7 +350,7 @@ public final class Daemon {
     /** How long blockdev-del and shutdown wait for a node's requests in flight before giving up on it. */
     static final long CLOSE_TIMEOUT_MS = 30_000;
 
-    /** A move that has not finished by then is reported failed, and the node's gate is released. */
+    /** A move that has not finished by then is reported failed to its caller; it goes on, holding the node's gate, until it ends. */
     static final long MOVE_TIMEOUT_SECONDS = 30;
 
     /** The six steps; started on the main loop by the node's gate, which it must release at the end. */
@@ -364,6 +364,7 @@ public final class Daemon {
         }
         List<NodeUser> users = List.copyOf(node.users());
         long[] t0 = new long[1];
+        reportSlowMove(node, target, result);
         source.submit(() -> {
             t0[0] = System.nanoTime();
             for (NodeUser u : users) step(u, u::quiesce);
@@ -384,9 +385,15 @@ public final class Daemon {
         }).thenCompose(v -> target.submit(() -> {
             for (NodeUser u : users) step(u, u::resume);
             return System.nanoTime() - t0[0];
-        })).orTimeout(MOVE_TIMEOUT_SECONDS, java.util.concurrent.TimeUnit.SECONDS).whenComplete((pause, err) -> {
+        })).whenComplete((pause, err) -> {
+            // The gate opens only when the move has really ended, even after the caller was told it
+            // takes too long: a half-moved node must not take joins, control calls or another move.
             node.settle();
             main.execute(node::moveDone);
+            if (result.isDone() && err == null) {
+                LOG.warn("block node {} reached IOThread {} after the move was reported as taking too long (paused {} us)",
+                        node.name(), target.id(), pause / 1000);
+            }
             if (err != null) {
                 LOG.error("moving block node {} to IOThread {} failed: {}", node.name(), target.id(), err.toString());
                 result.completeExceptionally(new DaemonException("moving block node '" + node.name() + "' failed: " + err.getMessage(), err));
@@ -396,6 +403,18 @@ public final class Daemon {
                 LOG.info("block node {} moved from IOThread {} to {} with {} user(s): paused {} us",
                         node.name(), source.id(), target.id(), users.size(), pause / 1000);
                 result.complete(pause);
+            }
+        });
+    }
+
+    /** The caller of a move that has not finished after {@link #MOVE_TIMEOUT_SECONDS} gets an error; the move itself goes on. */
+    private static void reportSlowMove(BlockNode node, IOThread target, CompletableFuture<Long> result) {
+        CompletableFuture.delayedExecutor(MOVE_TIMEOUT_SECONDS, java.util.concurrent.TimeUnit.SECONDS).execute(() -> {
+            if (result.completeExceptionally(new DaemonException("moving block node '" + node.name() + "' to IOThread '" + target.id()
+                    + "' has not finished after " + MOVE_TIMEOUT_SECONDS + " s (requests in flight on a slow device?); it completes"
+                    + " when they do, and the node takes no other move until then"))) {
+                LOG.error("moving block node {} to IOThread {}: not finished after {} s; still waiting", node.name(), target.id(),
+                        MOVE_TIMEOUT_SECONDS);
             }
         });
     }
