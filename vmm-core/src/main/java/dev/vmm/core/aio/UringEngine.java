@@ -21,7 +21,7 @@ import org.slf4j.LoggerFactory;
  * submitted with one {@code io_uring_enter} per loop iteration (a task queued by the first
  * submission of the iteration runs after every ready handle, so all of a wake-up's requests, from
  * every disk of the thread, share one syscall); completions are reaped right after submitting
- * (page-cache hits complete inline) and when the ring's eventfd, registered in the loop's epoll
+ * (page-cache hits complete inline) and when the ring fd, registered in the loop's epoll
  * set, says the kernel finished more.
  *
  * <p>Why a ring beside epoll rather than Netty's io_uring transport: the IOThread's sockets
@@ -67,6 +67,14 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         }
     };
 
+    /**
+     * How completions wake the loop. By default the ring fd itself is in the epoll set (it polls
+     * readable while the CQ holds entries, as QEMU's io_uring AIO uses it): no eventfd write in the
+     * kernel and no eventfd read per wake-up. {@code -Dvmm.aio.uring-wakeup=eventfd} registers an
+     * eventfd instead.
+     */
+    static final boolean WAKE_BY_EVENTFD = "eventfd".equals(System.getProperty("vmm.aio.uring-wakeup"));
+
     /** Default submission queue size; the completion queue is twice as large (the kernel's default). */
     public static final int DEFAULT_ENTRIES = 256;
 
@@ -97,7 +105,7 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         this.home = home;
         this.ringFd = ringFd;
         this.eventFd = eventFd;
-        this.nettyEventFd = new FileDescriptor(eventFd);
+        this.nettyEventFd = new FileDescriptor(eventFd >= 0 ? eventFd : ringFd);
         sqEntries = RawMemory.getLe32(params + P_SQ_ENTRIES);
         cqEntries = RawMemory.getLe32(params + P_CQ_ENTRIES);
         int features = RawMemory.getLe32(params + P_FEATURES);
@@ -148,12 +156,14 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         try {
             RawMemory.fill(params, PARAMS_SIZE, 0);
             ringFd = (int) LibC.syscall(SYS_IO_URING_SETUP, entries, params, 0, 0, 0, 0);
-            eventFd = LibcSocket.eventfd();
+            if (WAKE_BY_EVENTFD) eventFd = LibcSocket.eventfd();
             engine = new UringEngine(home, ringFd, eventFd, params);
-            RawMemory.putLe32(params, eventFd); // io_uring_register takes a pointer to the fd
-            // Not EVENTFD_ASYNC: that one only signals completions posted by io-wq workers, and an
-            // O_DIRECT request that completes from the block layer's interrupt would never wake the loop.
-            LibC.syscall(SYS_IO_URING_REGISTER, ringFd, IORING_REGISTER_EVENTFD, params, 1, 0, 0);
+            if (WAKE_BY_EVENTFD) {
+                RawMemory.putLe32(params, eventFd); // io_uring_register takes a pointer to the fd
+                // Not EVENTFD_ASYNC: that one only signals completions posted by io-wq workers, and an
+                // O_DIRECT request that completes from the block layer's interrupt would never wake the loop.
+                LibC.syscall(SYS_IO_URING_REGISTER, ringFd, IORING_REGISTER_EVENTFD, params, 1, 0, 0);
+            }
         } catch (RuntimeException e) { // LastErrorException, or a mapping that failed
             closeQuietly(eventFd);
             closeQuietly(ringFd);
@@ -342,17 +352,19 @@ public final class UringEngine implements IoEngine, EpollIoHandle {
         }
     }
 
-    // ---- EpollIoHandle: the ring's eventfd ----
+    // ---- EpollIoHandle: the ring fd (or its eventfd) ----
 
     @Override
     public FileDescriptor fd() { return nettyEventFd; }
 
     @Override
     public void handle(IoRegistration reg, IoEvent event) {
-        try {
-            LibcSocket.eventfdRead(eventFd, scratch);
-        } catch (LastErrorException e) {
-            // EAGAIN: already drained
+        if (eventFd >= 0) {
+            try {
+                LibcSocket.eventfdRead(eventFd, scratch);
+            } catch (LastErrorException e) {
+                // EAGAIN: already drained
+            }
         }
         if (!closed) {
             reap();
