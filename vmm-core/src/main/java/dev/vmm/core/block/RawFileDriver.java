@@ -122,6 +122,10 @@ public final class RawFileDriver implements BlockDriver {
     private Op activeFlush;
     private final ArrayDeque<Op> flushWaiters = new ArrayDeque<>();
     private final ArrayDeque<Op> flushReady = new ArrayDeque<>();
+    /** Unaligned O_DIRECT requests waiting until nothing else is in the kernel (see startTransfer). */
+    private final ArrayDeque<Op> bounceWaiters = new ArrayDeque<>();
+    /** Bounces done whose answer task has not run yet: in flight, but not in the kernel. */
+    private int bouncesRun;
     /** IOV_MAX iovecs to continue short transfers, then the single-buffer iovec, then the bounce iovec. */
     private final Memory scratch;
     private final long adjustIov;
@@ -595,14 +599,17 @@ public final class RawFileDriver implements BlockDriver {
         if (bounce) {
             bounced++;
             // Unaligned O_DIRECT: read-modify-write through the bounce buffer, synchronously (rare:
-            // devices advertise the alignment as their block size). Serial, so two such writes to
-            // one block cannot lose each other's bytes.
-            try {
-                if (write) bounceWrite(offset, iov, iovcnt, total, fua); else bounceRead(offset, iov, iovcnt, total);
-                finishLater(op, 0);
-            } catch (BlockException e) {
-                finishLater(op, e.errno());
-            }
+            // devices advertise the alignment as their block size), and only once no other request
+            // is in the kernel: an asynchronous write or fallocate of part of the same block would
+            // otherwise be overwritten by the stale bytes the bounce read. Bounces run one by one.
+            op.stage = write ? Op.BOUNCE_WRITE : Op.BOUNCE_READ;
+            op.reqOffset = offset;
+            op.iov = iov;
+            op.iovcnt = iovcnt;
+            op.total = total;
+            op.fua = fua;
+            bounceWaiters.add(op);
+            runBouncesIfAlone();
             return;
         }
         op.stage = write ? Op.WRITE : Op.READ;
@@ -772,7 +779,28 @@ public final class RawFileDriver implements BlockDriver {
         home.loop().execute(op.finishTask);
     }
 
+    /** Runs the waiting bounces once every request in flight is one of them (none is in the kernel). */
+    private void runBouncesIfAlone() {
+        while (!bounceWaiters.isEmpty() && inFlight - bouncesRun == bounceWaiters.size()) {
+            Op op = bounceWaiters.poll();
+            bouncesRun++; // answered by a later task: still in flight, but no longer in the kernel
+            try {
+                if (op.stage == Op.BOUNCE_WRITE) bounceWrite(op.reqOffset, op.iov, op.iovcnt, op.total, op.fua);
+                else bounceRead(op.reqOffset, op.iov, op.iovcnt, op.total);
+                op.result = 0;
+            } catch (BlockException e) {
+                op.result = e.errno();
+            }
+            op.bounceDone = true;
+            home.loop().execute(op.finishTask);
+        }
+    }
+
     private void finish(Op op, int errno) {
+        if (op.bounceDone) {
+            op.bounceDone = false;
+            bouncesRun--;
+        }
         if (op.writes) writeGen++; // failed writes too: part of them may have reached the file
         IoCompletion done = op.done;
         op.done = null;
@@ -783,6 +811,7 @@ public final class RawFileDriver implements BlockDriver {
         try {
             done.ioDone(errno);
         } finally {
+            if (!bounceWaiters.isEmpty()) runBouncesIfAlone();
             if (inFlight == 0 && !idleWaiters.isEmpty()) {
                 Runnable[] waiters = idleWaiters.toArray(new Runnable[0]);
                 idleWaiters.clear();
@@ -793,7 +822,10 @@ public final class RawFileDriver implements BlockDriver {
 
     /** One request in flight: the engine's operation plus the state to continue it. Pooled. */
     private final class Op extends AioRequest {
-        static final int READ = 1, WRITE = 2, FLUSH = 3, FUA_SYNC = 4, DISCARD = 5, ZERO_PUNCH = 6, ZERO_RANGE = 7;
+        static final int READ = 1, WRITE = 2, FLUSH = 3, FUA_SYNC = 4, DISCARD = 5, ZERO_PUNCH = 6, ZERO_RANGE = 7,
+                BOUNCE_READ = 8, BOUNCE_WRITE = 9;
+        /** A bounce ran; its answer is queued (counted in {@link #bouncesRun} until it is given). */
+        boolean bounceDone;
 
         IoCompletion done;
         int stage;

@@ -130,12 +130,15 @@ class RawFileDriverAsyncTest {
         long failAt = -1;
         /** Keep fsyncs in flight until {@link #release}. */
         boolean holdFsyncs;
+        /** Keep the next request of any kind in flight until {@link #release}. */
+        boolean holdNext;
         AioRequest held;
 
         @Override
         public void submit(AioRequest r) {
             int res;
-            if (r.opcode == OP_FSYNC && holdFsyncs) {
+            if ((r.opcode == OP_FSYNC && holdFsyncs) || (r.opcode != OP_FSYNC && holdNext)) {
+                holdNext = false;
                 fsyncsSeen++;
                 held = r;
                 return;
@@ -307,6 +310,37 @@ class RawFileDriverAsyncTest {
             assertEquals(0, first.get(10, TimeUnit.SECONDS));
             assertEquals(0, second.get(10, TimeUnit.SECONDS));
             assertEquals(4, e.fsyncsSeen, "the flush that waited covered the later write with a second fdatasync");
+        } finally {
+            iot.call(() -> { d.close(); return null; });
+            m.close();
+        }
+    }
+
+    @Test
+    void anUnalignedODirectWriteWaitsUntilNothingElseIsInTheKernel() throws Exception {
+        RawFileDriver d = RawFileDriver.open(image(4 * BLOCK), false, true, AioMode.IO_URING);
+        FaultyEngine e = new FaultyEngine();
+        iot.call(() -> { d.attach(iot); d.useEngine(e); return null; });
+        Memory m = new Memory(4L * BLOCK);
+        long aligned = (Pointer.nativeValue(m) + BLOCK - 1) & -BLOCK;
+        m.setMemory(0, 4L * BLOCK, (byte) 0x11);
+        try {
+            e.holdNext = true; // the aligned write stays in the "kernel"
+            CompletableFuture<Integer> first = new CompletableFuture<>();
+            iot.execute(() -> { try { d.write(0, aligned, BLOCK, false, first::complete); } catch (BlockException ex) { first.completeExceptionally(ex); } });
+            while (iot.call(() -> e.held) == null) Thread.sleep(1);
+            // 512 bytes from a misaligned buffer into the same block: a read-modify-write bounce
+            CompletableFuture<Integer> bounce = new CompletableFuture<>();
+            iot.execute(() -> { try { d.write(512, aligned + 1, 512, false, bounce::complete); } catch (BlockException ex) { bounce.completeExceptionally(ex); } });
+            Thread.sleep(200);
+            assertTrue(!bounce.isDone(), "the bounce ran while a write to its block was in flight");
+            assertEquals(1L, (long) iot.call(d::bouncedRequests));
+            iot.call(() -> { e.release(); return null; });
+            assertEquals(0, first.get(10, TimeUnit.SECONDS));
+            assertEquals(0, bounce.get(10, TimeUnit.SECONDS));
+            byte[] file = Files.readAllBytes(dir.resolve("disk.img"));
+            for (int i = 0; i < BLOCK; i++) assertEquals((byte) 0x11, file[i], "byte " + i);
+            assertEquals(0, (int) iot.call(d::inFlight));
         } finally {
             iot.call(() -> { d.close(); return null; });
             m.close();
