@@ -46,14 +46,7 @@ class BlkWorkloadTest {
         daemon = Daemon.start();
         daemon.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
         daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "file", "node-name", "disk0", "filename", image.toString())));
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("type", "vhost-user-blk");
-        m.put("id", "vub0");
-        m.put("node-name", "disk0");
-        m.put("addr", Map.of("type", "unix", "path", sock));
-        m.put("writable", true);
-        m.put("iothread", "iot0");
-        daemon.exportAdd(Options.of("--export", m));
+        daemon.exportAdd(dev.vmm.core.testing.TestExports.vhostUserBlk("vub0", "disk0", sock, true, 1));
         fe = VirtioBlkFrontend.connect(sock, new VirtioBlkFrontend.Settings().memory(64L << 20).depth(16).maxIoBytes(1 << 20).timeoutMs(5000));
     }
 

@@ -99,14 +99,7 @@ class InflightPackedRestartTest {
         Daemon dm = Daemon.start();
         dm.objectAdd(Options.of("--object", Map.of("qom-type", "iothread", "id", "iot0")));
         dm.addNode(new BlockNode("disk0", blockDriver, dm.mainLoop()));
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("type", "vhost-user-blk");
-        m.put("id", "vub0");
-        m.put("node-name", "disk0");
-        m.put("addr", Map.of("type", "unix", "path", sock));
-        m.put("writable", true);
-        m.put("iothread", "iot0");
-        dm.exportAdd(Options.of("--export", m));
+        dm.exportAdd(dev.vmm.core.testing.TestExports.vhostUserBlk("vub0", "disk0", sock, true, 1));
         return dm;
     }
 

@@ -79,15 +79,7 @@ class VhostUserBlkDeviceTest {
     }
 
     static Options export(String id, String node, String path, boolean writable, int queues) throws Exception {
-        Map<String, Object> m = new LinkedHashMap<>();
-        m.put("type", "vhost-user-blk");
-        m.put("id", id);
-        m.put("node-name", node);
-        m.put("addr", Map.of("type", "unix", "path", path));
-        m.put("writable", writable);
-        m.put("iothread", "iot0");
-        m.put("num-queues", queues);
-        return Options.of("--export", m);
+        return dev.vmm.core.testing.TestExports.vhostUserBlk(id, node, path, writable, queues);
     }
 
     /** 64 MiB: the first MiB random data, the rest a hole. */
