@@ -6,6 +6,7 @@ import java.util.Locale;
  * QEMU's {@code aio=} key of {@code driver=file}: how file I/O is made asynchronous.
  * {@code native} is Linux AIO in QEMU; here it is served by io_uring (the kernel's successor to
  * Linux AIO, with the same O_DIRECT requirement kept so that command lines behave as in QEMU).
+ * Thread contract: constants only, any thread.
  */
 public enum AioMode {
     THREADS("threads"),

@@ -858,26 +858,12 @@ public final class RawFileDriver implements BlockDriver {
 
         /** Like the driver's {@code advance}, into this op's own continuation array. */
         long advance(long at, int count, long n) {
-            int drop = 0;
-            long len;
-            while (drop < count && n >= (len = iovLen(at))) {
-                n -= len;
-                at += IOVEC_SIZEOF;
-                drop++;
+            if (contMem == null) { // first short transfer of this pooled op
+                contMem = new Memory((long) IOV_MAX * IOVEC_SIZEOF);
+                contIov = Pointer.nativeValue(contMem);
             }
-            skipped = drop;
-            if (n > 0) {
-                int left = count - drop;
-                if (contMem == null) {
-                    contMem = new Memory((long) IOV_MAX * IOVEC_SIZEOF);
-                    contIov = Pointer.nativeValue(contMem);
-                }
-                if (at != contIov) {
-                    LibC.memmove(contIov, at, (long) left * IOVEC_SIZEOF);
-                    at = contIov;
-                }
-                setIov(at, iovBase(at) + n, iovLen(at) - n);
-            }
+            at = advanceInto(at, count, n, contIov);
+            skipped = RawFileDriver.this.skipped;
             return at;
         }
 
@@ -1081,6 +1067,16 @@ public final class RawFileDriver implements BlockDriver {
      * and shortens its first entry. Sets {@link #skipped}.
      */
     private long advance(long iov, int iovcnt, long n) {
+        return advanceInto(iov, iovcnt, n, adjustIov);
+    }
+
+    /**
+     * Moves past {@code n} transferred bytes of an iovec array: drops whole iovecs and, if one is
+     * left partly done, copies the rest of the array into {@code scratch} (IOV_MAX entries; unless
+     * it is already there) and shortens its first entry. Sets {@link #skipped}. The caller's array
+     * is never modified.
+     */
+    private long advanceInto(long iov, int iovcnt, long n, long scratch) {
         int drop = 0;
         long len;
         while (drop < iovcnt && n >= (len = iovLen(iov))) {
@@ -1091,9 +1087,9 @@ public final class RawFileDriver implements BlockDriver {
         skipped = drop;
         if (n > 0) {
             int left = iovcnt - drop;
-            if (iov < adjustIov || iov >= adjustIov + (long) IOV_MAX * IOVEC_SIZEOF) {
-                LibC.memcpy(adjustIov, iov, (long) left * IOVEC_SIZEOF);
-                iov = adjustIov;
+            if (iov < scratch || iov >= scratch + (long) IOV_MAX * IOVEC_SIZEOF) {
+                LibC.memcpy(scratch, iov, (long) left * IOVEC_SIZEOF);
+                iov = scratch;
             }
             setIov(iov, iovBase(iov) + n, iovLen(iov) - n);
         }
