@@ -290,12 +290,12 @@ class QmpServerTest {
         Path img = image("a.img", 3 << 20);
         try (Client c = negotiated()) {
             c.ok(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d0\",\"filename\":\"" + img + "\",\"read-only\":true}"));
-            assertEquals("GenericError: node-name 'd0' is in use already",
+            assertEquals("GenericError: Duplicate nodes with node-name='d0'",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d0\",\"filename\":\"" + img + "\"}")));
             assertEquals("GenericError: parameter 'filename' is missing",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\"}")));
-            assertEquals("GenericError: 'driver' must be one of file, got 'qcow2'",
-                    c.error(cmd("blockdev-add", "{\"driver\":\"qcow2\",\"node-name\":\"d1\",\"file\":\"d0\"}")));
+            assertEquals("GenericError: 'driver' must be one of file, raw, qcow2, got 'vmdk'",
+                    c.error(cmd("blockdev-add", "{\"driver\":\"vmdk\",\"node-name\":\"d1\",\"file\":\"d0\"}")));
             assertEquals("GenericError: 'read-only' must be 'on' or 'off', got '1'",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\",\"filename\":\"" + img + "\",\"read-only\":1}")));
             String missing = c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\",\"filename\":\"" + dir.resolve("none.img") + "\"}"));
@@ -337,7 +337,7 @@ class QmpServerTest {
                     a.error(cmd("block-export-add", "{\"type\":\"test\",\"id\":\"e1\",\"node-name\":\"d0\",\"bogus\":1}")));
             assertEquals(List.of(Map.of("type", "test", "id", "e0", "node-name", "d0", "shutting-down", false)),
                     b.ok("{\"execute\":\"query-block-exports\"}"));
-            assertEquals("GenericError: Node d0 is in use by export 'e0'", a.error(cmd("blockdev-del", "{\"node-name\":\"d0\"}")));
+            assertEquals("GenericError: Node d0 is in use", a.error(cmd("blockdev-del", "{\"node-name\":\"d0\"}")));
             TestExportDriver.users = 2;
             assertEquals("GenericError: export 'e0' still in use by 2 clients; use mode=hard to disconnect them",
                     a.error(cmd("block-export-del", "{\"id\":\"e0\"}")));
