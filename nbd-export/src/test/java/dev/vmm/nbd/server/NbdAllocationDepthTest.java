@@ -123,7 +123,8 @@ class NbdAllocationDepthTest extends NbdServerFixture {
 
     @Test
     void libnbdSeesBothContexts() throws Exception {
-        Tools.require("/usr/bin/python3", "python3");
+        // Debian's python3 (python3-libnbd installs its module there, not for other interpreters on PATH)
+        if (!java.nio.file.Files.isExecutable(java.nio.file.Path.of("/usr/bin/python3"))) Tools.missing("/usr/bin/python3", "python3");
         String script = String.join("\n",
                 "import nbd, sys",
                 "h = nbd.NBD()",
