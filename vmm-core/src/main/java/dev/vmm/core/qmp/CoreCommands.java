@@ -237,15 +237,9 @@ public final class CoreCommands {
         if (n.driver() instanceof RawFileDriver r) return r.filename();
         if (n.driver() instanceof dev.vmm.core.block.RawFormatDriver w && w.windowed()) {
             BlockNode f = n.child(BlockNode.FILE);
-            Map<String, Object> fm = new LinkedHashMap<>();
-            fm.put("driver", f.driverName());
-            fm.put("filename", filename(f));
-            Map<String, Object> jm = new LinkedHashMap<>();
-            jm.put("offset", w.offset());
-            jm.put("driver", "raw");
-            jm.put("size", n.size());
-            jm.put("file", fm);
-            return "json:" + dev.vmm.core.json.Json.write(jm);
+            // QEMU's member order and spacing (qobject_to_json with ", " and ": ")
+            return "json:{\"offset\": " + w.offset() + ", \"driver\": \"raw\", \"size\": " + n.size() + ", \"file\": {\"driver\": "
+                    + dev.vmm.core.json.Json.write(f.driverName()) + ", \"filename\": " + dev.vmm.core.json.Json.write(filename(f)) + "}}";
         }
         BlockNode f = n.child(BlockNode.FILE);
         return f == null ? n.name() : filename(f);

@@ -324,6 +324,50 @@ class QmpServerTest {
 
     @Test
     @SuppressWarnings("unchecked")
+    void aRawNodeOverAnInlineFileAsQemuShowsIt() throws Exception {
+        Path img = image("g.img", 1 << 20);
+        try (Client c = negotiated()) {
+            c.ok(cmd("blockdev-add", "{\"driver\":\"raw\",\"node-name\":\"r0\",\"offset\":4096,\"size\":8192,"
+                    + "\"file\":{\"driver\":\"file\",\"filename\":\"" + img + "\"}}"));
+            assertEquals("GenericError: Cannot find device='nope' nor node-name='nope'",
+                    c.error(cmd("blockdev-add", "{\"driver\":\"raw\",\"node-name\":\"r1\",\"file\":\"nope\"}")));
+            List<Object> nodes = (List<Object>) c.ok("{\"execute\":\"query-named-block-nodes\"}");
+            assertEquals(2, nodes.size());
+            Map<String, Object> file = (Map<String, Object>) nodes.get(0);
+            Map<String, Object> raw = (Map<String, Object>) nodes.get(1);
+            assertTrue(((String) file.get("node-name")).startsWith("#block"), file.toString());
+            assertEquals("file", file.get("drv"));
+            assertEquals("raw", raw.get("drv"));
+            // QSD 7.2 names a windowed raw node by its JSON description
+            String json = "json:{\"offset\": 4096, \"driver\": \"raw\", \"size\": 8192, \"file\": {\"driver\": \"file\", \"filename\": \"" + img + "\"}}";
+            assertEquals(json, raw.get("file"));
+            Map<String, Object> image = (Map<String, Object>) raw.get("image");
+            assertEquals(8192L, image.get("virtual-size"));
+            assertEquals("raw", image.get("format"));
+            assertEquals(0L, raw.get("backing_file_depth"));
+            assertEquals("GenericError: Block device " + file.get("node-name") + " is in use",
+                    c.error(cmd("blockdev-del", "{\"node-name\":\"" + file.get("node-name") + "\"}")));
+            c.ok(cmd("blockdev-del", "{\"node-name\":\"r0\"}"));
+            assertEquals(List.of(), c.ok("{\"execute\":\"query-named-block-nodes\"}"), "the inline file went with its parent");
+        }
+    }
+
+    @Test
+    void backingNullBecomesTheEmptyNameAtAnyDepth() {
+        Map<String, Object> inner = new java.util.LinkedHashMap<>();
+        inner.put("driver", "qcow2");
+        inner.put("backing", null);
+        Map<String, Object> args = new java.util.LinkedHashMap<>();
+        args.put("driver", "qcow2");
+        args.put("backing", inner);
+        args.put("file", "f0");
+        Map<String, Object> out = CoreCommands.nullBackingToEmpty(args);
+        assertEquals("", ((Map<?, ?>) out.get("backing")).get("backing"));
+        assertEquals("f0", out.get("file"));
+    }
+
+    @Test
+    @SuppressWarnings("unchecked")
     void exportsAddQueryDeleteWithTheirEvent() throws Exception {
         try (Client a = negotiated(); Client b = negotiated(); Client unnegotiated = new Client(socket)) {
             unnegotiated.read();
