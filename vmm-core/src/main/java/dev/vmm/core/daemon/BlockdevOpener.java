@@ -139,15 +139,17 @@ final class BlockdevOpener {
         long size = o.size("size", -1);
         BlockNode.Child file = fileChild(o, readOnly);
         o.checkAllConsumed();
-        checkWritableChild(file, name, readOnly, "write");
-        RawFormatDriver d;
-        try {
-            d = new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap);
-        } catch (BlockException e) {
-            throw new DaemonException(e.getMessage(), e);
-        }
-        IOThread home = file.node().home();
-        return enter(new BlockNode(name == null ? daemon.implicitName() : name, "raw", d, home, List.of(file)), d);
+        return withGates(List.of(file.node()), () -> {
+            checkWritableChild(file, name, readOnly, "write");
+            RawFormatDriver d;
+            try {
+                d = onHome(file.node(), () -> new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap), "");
+            } catch (DaemonException e) {
+                throw new DaemonException(e.getMessage(), e);
+            }
+            IOThread home = file.node().home();
+            return enter(new BlockNode(name == null ? daemon.implicitName() : name, "raw", d, home, List.of(file)), d);
+        });
     }
 
     private BlockNode qcow2(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
@@ -176,8 +178,57 @@ final class BlockdevOpener {
             }
         }
         o.checkAllConsumed();
-        checkWritableChild(file, name, readOnly, "write, resize");
-        return openQcow2(name, file, backing, backingGiven, q, unmap, new ArrayList<>());
+        if (backing != null && backing.node().home() != file.node().home()) {
+            // QEMU's rule: connected nodes share one AioContext. The new node lives with its file;
+            // the backing graph moves there first (with its users, if it has any).
+            sameHome(backing.node(), file.node().home());
+        }
+        BlockNode.Child b = backing;
+        List<BlockNode> children = b == null ? List.of(file.node()) : List.of(file.node(), b.node());
+        return withGates(children, () -> {
+            if (b != null && b.node().home() != file.node().home()) {
+                throw new DaemonException("node '" + b.node().name() + "' moved to IOThread '" + b.node().home().id()
+                        + "' while node '" + name + "' was being created over it; try again");
+            }
+            checkWritableChild(file, name, readOnly, "write, resize");
+            return openQcow2(name, file, b, backingGiven, q, unmap, new ArrayList<>());
+        });
+    }
+
+    interface GatedWork {
+        BlockNode run() throws DaemonException;
+    }
+
+    /**
+     * Runs {@code work} holding the move gates of every node of the children's graphs (taken as a
+     * move takes them: by name), so that no move changes their home while the new node reads
+     * them on it and links itself to them. Gated nodes keep serving their users meanwhile.
+     */
+    private BlockNode withGates(List<BlockNode> children, GatedWork work) throws DaemonException {
+        for (int attempt = 0; ; attempt++) {
+            java.util.TreeMap<String, BlockNode> all = new java.util.TreeMap<>();
+            for (BlockNode c : children) all.putAll(c.connected());
+            List<BlockNode> gated = new ArrayList<>(all.values());
+            java.util.concurrent.CompletableFuture<Void> held = daemon.holdGates(gated);
+            try {
+                held.get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
+            } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
+                held.thenRun(() -> daemon.releaseGates(gated)); // taken later: give them back then
+                throw new DaemonException("the nodes under the new node are busy moving; try again");
+            } catch (InterruptedException e) {
+                held.thenRun(() -> daemon.releaseGates(gated));
+                Thread.currentThread().interrupt();
+                throw new DaemonException("interrupted");
+            }
+            try {
+                java.util.TreeMap<String, BlockNode> now = new java.util.TreeMap<>();
+                for (BlockNode c : children) now.putAll(c.connected());
+                if (!new ArrayList<>(now.values()).equals(gated) && attempt < 10) continue; // a node joined meanwhile: take its gate too
+                return work.run();
+            } finally {
+                daemon.releaseGates(gated);
+            }
+        }
     }
 
     /**
@@ -201,8 +252,7 @@ final class BlockdevOpener {
             backing = new BlockNode.Child(BlockNode.BACKING, backingFromHeader(image, Path.of(full), h.backingFormat(), chain), true);
         }
         if (backing != null && backing.node().home() != file.node().home()) {
-            // QEMU's rule: connected nodes share one AioContext. The new node lives with its file;
-            // the backing graph moves there first (with its users, if it has any).
+            // the implicit backing chain was opened on the main loop; nobody else knows it yet
             sameHome(backing.node(), file.node().home());
         }
         IOThread home = file.node().home();

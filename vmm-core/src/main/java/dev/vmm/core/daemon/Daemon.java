@@ -399,6 +399,24 @@ public final class Daemon {
         });
     }
 
+    /**
+     * Takes the move gates of {@code sorted} (sorted by name), as a move does: completes (on the
+     * main loop) once all are held; {@link #releaseGates} gives them back. For work that must
+     * see the nodes' homes stay put (creating a node over them).
+     */
+    CompletableFuture<Void> holdGates(List<BlockNode> sorted) {
+        CompletableFuture<Void> f = new CompletableFuture<>();
+        main.execute(() -> takeGate(sorted, 0, () -> f.complete(null)));
+        return f;
+    }
+
+    void releaseGates(List<BlockNode> held) {
+        for (BlockNode g : held) g.settle();
+        main.execute(() -> {
+            for (BlockNode g : held) g.moveDone();
+        });
+    }
+
     private static void takeGate(List<BlockNode> graph, int i, Runnable then) {
         if (i == graph.size()) {
             then.run();
