@@ -11,6 +11,7 @@ import com.sun.jna.Memory;
 import com.sun.jna.Pointer;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.options.KeyValueParser;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.iothread.IOThread;
@@ -214,6 +215,30 @@ class BlockGraphTest {
         String longChain = error("driver=qcow2,node-name=l,file.driver=file,file.filename=" + dir.resolve("l0.fq"));
         assertTrue(longChain.contains("longer than " + BlockdevOpener.MAX_BACKING_CHAIN), longChain);
         assertEquals(List.of(), names(), "nothing of a refused chain stays open");
+    }
+
+    BlockExport export(String spec) throws Exception {
+        return daemon.exportAdd(KeyValueParser.parse("--export", spec, null));
+    }
+
+    @Test
+    void anExportWithAnIothreadTakesTheWholeGraphAndWritersConflict() throws Exception {
+        IOThread iot1 = daemon.addIOThread("iot1");
+        Path img = raw("a.img", 1 << 20);
+        add("driver=file,node-name=f0,filename=" + img);
+        BlockNode r = add("driver=raw,node-name=r0,file=f0");
+        String conflict = assertThrows(DaemonException.class, () -> export("type=test,id=e0,node-name=f0,writable=on")).getMessage();
+        assertTrue(conflict.contains("Permission conflict on node 'f0': permissions 'write' are both required by export 'e0'"), conflict);
+        export("type=test,id=e1,node-name=f0"); // a reader is fine
+        String busy = assertThrows(DaemonException.class, () -> export("type=test,id=e2,node-name=r0,iothread=iot1")).getMessage();
+        assertTrue(busy.contains("block node 'f0' (in the graph of 'r0') is served on IOThread 'main' by export 'e1'"), busy);
+        daemon.exportDel("e1", true);
+        export("type=test,id=e2,node-name=r0,iothread=iot1,writable=on");
+        assertSame(iot1, r.home());
+        assertSame(iot1, daemon.node("f0").home());
+        assertEquals("Node r0 is in use", assertThrows(DaemonException.class, () -> daemon.blockdevDel("r0")).getMessage());
+        String writer = error("driver=raw,node-name=r1,file=f0");
+        assertTrue(writer.startsWith("Permission conflict on node 'f0'"), writer);
     }
 
     @Test

@@ -66,6 +66,32 @@ class GraphMoveTest {
             events.add("attach " + name + " " + home.id());
             super.attach(home);
         }
+
+        @Override
+        public void flush(dev.vmm.core.block.IoCompletion c) throws dev.vmm.core.block.BlockException {
+            events.add("flush " + name);
+            super.flush(c);
+        }
+
+        @Override
+        public void close() {
+            events.add("close " + name);
+            super.close();
+        }
+    }
+
+    @Test
+    void blockdevDelClosesTheParentBeforeTheChildrenItOwns() throws Exception {
+        IOThread main = daemon.mainLoop();
+        BlockNode f = new BlockNode("#block123", new Recording("f", file("a.img")), main);
+        daemon.addNode(f);
+        Recording pd = new Recording("p", new RawFormatDriver(f.driver(), 0, -1, false, true));
+        daemon.addNode(new BlockNode("p", "raw", pd, main, List.of(new BlockNode.Child(BlockNode.FILE, f, true))));
+        events.clear();
+        daemon.blockdevDel("p");
+        // the parent's flush goes through to the child (RawFormatDriver), then each closes, parent first
+        assertEquals(List.of("flush p", "flush f", "close p", "flush f", "close f"), events);
+        assertTrue(daemon.nodes().isEmpty());
     }
 
     /** A user that records its steps and the thread each ran on. */
