@@ -102,8 +102,7 @@ public final class CoreCommands {
 
         // ---- block nodes ----
         t.register("blockdev-add", QmpCommand.blocking(c -> {
-            // "backing": null (no backing file) flattens to backing="" as in QEMU's bdrv_open
-            daemon.blockdevAdd(Options.of(c.name(), nullBackingToEmpty(c.arguments())));
+            daemon.blockdevAdd(c.options()); // "backing": null flattens to backing="" (Options.of)
             return Map.of();
         }));
         t.register("blockdev-del", QmpCommand.blocking(c -> {
@@ -213,23 +212,6 @@ public final class CoreCommands {
             }
             return Map.of();
         });
-    }
-
-    /** {@code "backing": null} anywhere in blockdev-add's arguments (inline children too) becomes {@code ""}. */
-    static Map<String, Object> nullBackingToEmpty(Map<String, Object> args) {
-        Map<String, Object> out = new LinkedHashMap<>();
-        for (Map.Entry<String, Object> e : args.entrySet()) {
-            Object v = e.getValue();
-            if (v == null && e.getKey().equals("backing")) {
-                v = "";
-            } else if (v instanceof Map<?, ?> m) {
-                @SuppressWarnings("unchecked")
-                Map<String, Object> sub = (Map<String, Object>) m;
-                v = nullBackingToEmpty(sub);
-            }
-            out.put(e.getKey(), v);
-        }
-        return out;
     }
 
     /** The file name QEMU shows for a node: the image file under it (a {@code raw} window: QEMU's {@code json:} form). */

@@ -184,6 +184,12 @@ class BlockGraphTest {
         assertNull(none.child(BlockNode.BACKING));
         assertEquals(2, names().size());
         daemon.blockdevDel("t0");
+        // QMP's form: a nested file definition and "backing": null
+        BlockNode json = add("{\"driver\":\"qcow2\",\"node-name\":\"tj\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\""
+                + dir.resolve("top.fq") + "\"}}");
+        assertNull(json.child(BlockNode.BACKING));
+        assertTrue(json.children().get(0).owned());
+        daemon.blockdevDel("tj");
         add("driver=file,node-name=b0,read-only=on,filename=" + dir.resolve("base.raw"));
         BlockNode named = add("driver=qcow2,node-name=t2,backing=b0" + f);
         assertSame(daemon.node("b0"), named.child(BlockNode.BACKING));

@@ -353,20 +353,6 @@ class QmpServerTest {
     }
 
     @Test
-    void backingNullBecomesTheEmptyNameAtAnyDepth() {
-        Map<String, Object> inner = new java.util.LinkedHashMap<>();
-        inner.put("driver", "qcow2");
-        inner.put("backing", null);
-        Map<String, Object> args = new java.util.LinkedHashMap<>();
-        args.put("driver", "qcow2");
-        args.put("backing", inner);
-        args.put("file", "f0");
-        Map<String, Object> out = CoreCommands.nullBackingToEmpty(args);
-        assertEquals("", ((Map<?, ?>) out.get("backing")).get("backing"));
-        assertEquals("f0", out.get("file"));
-    }
-
-    @Test
     @SuppressWarnings("unchecked")
     void exportsAddQueryDeleteWithTheirEvent() throws Exception {
         try (Client a = negotiated(); Client b = negotiated(); Client unnegotiated = new Client(socket)) {
