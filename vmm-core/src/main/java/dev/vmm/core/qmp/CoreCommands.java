@@ -227,6 +227,26 @@ public final class CoreCommands {
         return f == null ? n.name() : filename(f);
     }
 
+    /**
+     * QEMU's {@code actual-size}: the bytes the image file under {@code n} takes on disk
+     * ({@code st_blocks * 512}, statx(2) on its path: a metadata read, no I/O on the node), or -1
+     * when unknown.
+     */
+    static long actualSize(BlockNode n) {
+        BlockNode leaf = n;
+        while (!(leaf.driver() instanceof RawFileDriver) && leaf.child(BlockNode.FILE) != null) leaf = leaf.child(BlockNode.FILE);
+        if (!(leaf.driver() instanceof RawFileDriver r)) return -1;
+        try (com.sun.jna.Memory stx = new com.sun.jna.Memory(dev.vmm.core.linux.LibC.STATX_SIZEOF)) {
+            stx.clear();
+            dev.vmm.core.linux.LibC.statx(dev.vmm.core.linux.LibC.AT_FDCWD, r.filename(), 0, dev.vmm.core.linux.LibC.STATX_BLOCKS,
+                    com.sun.jna.Pointer.nativeValue(stx));
+            if ((stx.getInt(dev.vmm.core.linux.LibC.STATX_OFF_MASK) & dev.vmm.core.linux.LibC.STATX_BLOCKS) == 0) return -1;
+            return stx.getLong(dev.vmm.core.linux.LibC.STATX_OFF_BLOCKS) * 512;
+        } catch (com.sun.jna.LastErrorException e) {
+            return -1; // the file was removed behind our back: QEMU leaves the member out too
+        }
+    }
+
     /** The backing chain's length below {@code n} (QEMU's {@code backing_file_depth}). */
     static int backingDepth(BlockNode n) {
         int d = 0;
@@ -247,6 +267,8 @@ public final class CoreCommands {
         image.put("filename", filename(n));
         if (info.clusterSize() > 0) image.put("cluster-size", info.clusterSize());
         image.put("format", n.driverName());
+        long actual = actualSize(n);
+        if (actual >= 0) image.put("actual-size", actual);
         if (info.fullBackingFilename() != null) image.put("full-backing-filename", info.fullBackingFilename());
         if (info.backingFilename() != null) image.put("backing-filename", info.backingFilename());
         image.put("dirty-flag", false);

@@ -343,6 +343,7 @@ class QmpServerTest {
             assertEquals(json, raw.get("file"));
             Map<String, Object> image = (Map<String, Object>) raw.get("image");
             assertEquals(8192L, image.get("virtual-size"));
+            assertTrue(image.get("actual-size") instanceof Long l && l >= 0 && l <= 2 << 20, image.toString()); // st_blocks of the file
             assertEquals("raw", image.get("format"));
             assertEquals(0L, raw.get("backing_file_depth"));
             assertEquals("GenericError: Block device " + file.get("node-name") + " is in use",
