@@ -205,6 +205,15 @@ final class BlockdevOpener {
      * them on it and links itself to them. Gated nodes keep serving their users meanwhile.
      */
     private BlockNode withGates(List<BlockNode> children, GatedWork work) throws DaemonException {
+        if (daemon.mainLoop().inThread()) {
+            // Gates change only on the main loop, which this command holds: free gates stay free.
+            for (BlockNode c : children) {
+                for (BlockNode g : c.connected().values()) {
+                    if (!g.settled().isDone()) throw new DaemonException("block node '" + g.name() + "' is moving; try again");
+                }
+            }
+            return work.run();
+        }
         for (int attempt = 0; ; attempt++) {
             java.util.TreeMap<String, BlockNode> all = new java.util.TreeMap<>();
             for (BlockNode c : children) all.putAll(c.connected());
@@ -410,6 +419,10 @@ final class BlockdevOpener {
 
     /** Moves {@code n}'s whole graph to {@code home} and waits for it. */
     private void sameHome(BlockNode n, IOThread home) throws DaemonException {
+        if (daemon.mainLoop().inThread()) { // a move needs the main loop: it cannot be waited for there
+            throw new DaemonException("block node '" + n.name() + "' lives on IOThread '" + n.home().id() + "', not '" + home.id()
+                    + "'; move it there first (x-blockdev-set-iothread)");
+        }
         try {
             daemon.moveNode(n.name(), home.id()).get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
         } catch (java.util.concurrent.ExecutionException e) {

@@ -131,6 +131,14 @@ class BlockGraphTest {
     }
 
     @Test
+    void addingANodeOnTheMainLoopDoesNotWaitForItself() throws Exception {
+        Path img = raw("a.img", 1 << 20);
+        add("driver=file,node-name=f0,filename=" + img);
+        BlockNode r = daemon.mainLoop().submit(() -> add("driver=raw,node-name=r0,file=f0")).get(10, java.util.concurrent.TimeUnit.SECONDS);
+        assertSame(daemon.node("f0"), r.child(BlockNode.FILE));
+    }
+
+    @Test
     void qcow2KeysAreCheckedAndRefusedByName() throws Exception {
         Path img = dir.resolve("t.fq");
         FakeQcow2Format.create(img, 1 << 20, null, null);
