@@ -33,6 +33,8 @@ import java.util.concurrent.TimeUnit;
 final class BlockdevOpener {
     /** Longest backing chain opened from image headers (QEMU has no cap; a loop or a hostile image must not recurse forever). */
     static final int MAX_BACKING_CHAIN = 64;
+    /** Deepest inline definition ({@code file.file.file...}); JSON input is capped at 64 levels anyway. */
+    static final int MAX_INLINE_DEPTH = 32;
 
     private final Daemon daemon;
     /** Nodes opened so far, in order (children before parents). */
@@ -73,6 +75,11 @@ final class BlockdevOpener {
      *                  otherwise (QEMU's option inheritance)
      */
     private BlockNode node(Options o, boolean top, boolean inheritRo) throws OptionException, DaemonException {
+        int depth = o.fullKey("driver").split("\\.").length - 1;
+        if (depth > MAX_INLINE_DEPTH) { // hostile input must not recurse until the stack overflows
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("driver"),
+                    "inline node definitions nest deeper than " + MAX_INLINE_DEPTH + " levels");
+        }
         String driver = o.choice("driver", null, "file", "raw", "qcow2");
         if (driver == null) {
             throw new OptionException(OptionException.Kind.MISSING, o.optionName(), o.fullKey("driver"),

@@ -131,6 +131,23 @@ class BlockGraphTest {
     }
 
     @Test
+    void hostileGraphDefinitionsGetClearErrors() throws Exception {
+        Path img = raw("a.img", 1 << 20);
+        StringBuilder deep = new StringBuilder("node-name=d");
+        String prefix = "";
+        for (int i = 0; i < 5000; i++) {
+            deep.append(',').append(prefix).append("driver=raw");
+            prefix += "file.";
+        }
+        deep.append(',').append(prefix).append("driver=file,").append(prefix).append("filename=").append(img);
+        assertTrue(error(deep.toString()).contains("nest deeper than"));
+        assertEquals("Cannot find device='x' nor node-name='x'", error("driver=raw,node-name=x,file=x"));
+        assertTrue(error("driver=raw,node-name=#x,file.driver=file,file.filename=" + img).contains("Invalid node-name"));
+        assertTrue(error("driver=raw,node-name=y,file.driver=file,file.node-name=y,file.filename=" + img).contains("Duplicate nodes"));
+        assertEquals(List.of(), names());
+    }
+
+    @Test
     void addingANodeOnTheMainLoopDoesNotWaitForItself() throws Exception {
         Path img = raw("a.img", 1 << 20);
         add("driver=file,node-name=f0,filename=" + img);
