@@ -143,8 +143,10 @@ class KeyValueParserTest {
         assertEquals(Kind.SYNTAX, e.kind());
         assertEquals("--blockdev: duplicate parameter 'cache.direct'",
                 fails("--blockdev", "{\"cache.direct\":true,\"cache\":{\"direct\":false}}", null).getMessage());
-        assertEquals("--blockdev: parameter 'backing' must not be null",
-                fails("--blockdev", "{\"backing\":null}", null).getMessage());
+        assertEquals("--blockdev: parameter 'filename' must not be null",
+                fails("--blockdev", "{\"filename\":null}", null).getMessage());
+        // QAPI's one nullable block option: "backing": null is no backing node (OptionsTest)
+        assertEquals("", KeyValueParser.parse("--blockdev", "{\"backing\":null}", null).required("backing"));
         assertEquals("--blockdev: invalid parameter name ''", fails("--blockdev", "{\"\":1}", null).getMessage());
         assertEquals("--blockdev: invalid JSON at position 0: nesting deeper than 64 levels".replace("0:", "320:"),
                 fails("--blockdev", "{\"a\":".repeat(100) + "1" + "}".repeat(100), null).getMessage());
