@@ -70,6 +70,13 @@ abstract class PeerTestBase {
         return p;
     }
 
+    /** {@link VmmProcess#startOrExit}: starts {@code server}, or returns the exited process; stopped after the test. */
+    VmmProcess serveOrExit(Server server, List<String> args) {
+        VmmProcess p = VmmProcess.startOrExit(tmp, label + "-" + server, args, server == Server.QSD);
+        cleanup.push(p);
+        return p;
+    }
+
     /** Registers anything to be closed after the test (before what was registered earlier). */
     <T extends AutoCloseable> T closeLater(T resource) {
         cleanup.push(resource);

@@ -81,6 +81,18 @@ public final class VmmProcess implements AutoCloseable {
 
     /** {@link #start(Path, String, List)} with vmm, or qemu-storage-daemon when {@code qsd}. */
     public static VmmProcess start(Path dir, String label, List<String> args, boolean qsd) {
+        return start(dir, label, args, qsd, false);
+    }
+
+    /**
+     * Like {@link #start(Path, String, List, boolean)}, but an exit before the pidfile is an
+     * answer, not a failure: check {@link #isAlive()} and {@link #exitCode()}.
+     */
+    public static VmmProcess startOrExit(Path dir, String label, List<String> args, boolean qsd) {
+        return start(dir, label, args, qsd, true);
+    }
+
+    private static VmmProcess start(Path dir, String label, List<String> args, boolean qsd, boolean exitIsAnAnswer) {
         String name = safe(label) + "-" + SEQ.incrementAndGet();
         Path pidfile = dir.resolve(name + ".pid");
         List<String> all = new ArrayList<>(args);
@@ -102,6 +114,9 @@ public final class VmmProcess implements AutoCloseable {
         long deadline = System.currentTimeMillis() + START_TIMEOUT_MS;
         while (true) {
             if (vmm.pidFromFile() > 0) {
+                return vmm;
+            }
+            if (!p.isAlive() && exitIsAnAnswer) {
                 return vmm;
             }
             if (!p.isAlive()) {
@@ -141,6 +156,11 @@ public final class VmmProcess implements AutoCloseable {
 
     public boolean isAlive() {
         return process.isAlive();
+    }
+
+    /** The exit code of a process that has exited. */
+    public int exitCode() {
+        return process.exitValue();
     }
 
     /** The pid written to the pidfile, or -1 if it is missing or not (yet) a number. */
