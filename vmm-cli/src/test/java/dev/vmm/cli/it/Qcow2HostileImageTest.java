@@ -116,6 +116,11 @@ class Qcow2HostileImageTest extends PeerTestBase {
         return "read exit " + r.exit() + ", write exit " + w.exit() + firstLine(r.stderr() + w.stdout().replaceAll("(?m)^(wrote|read|[0-9.]+ [KM]iB).*\n", ""));
     }
 
+    private static String tail(String s, int lines) {
+        List<String> l = s.lines().toList();
+        return String.join("\n", l.subList(Math.max(0, l.size() - lines), l.size()));
+    }
+
     private static String firstLine(String s) {
         String t = s.strip();
         return t.isEmpty() ? "" : ": " + t.lines().findFirst().orElse("");
@@ -310,8 +315,11 @@ class Qcow2HostileImageTest extends PeerTestBase {
             try {
                 err = addServeRemove(d, "z" + i, "seed " + seed, img, rnd.nextBoolean(), log);
             } catch (AssertionError | IOException e) {
+                Path keep = tmp.resolve("fuzz-seed-" + seed + ".qcow2");
+                Files.copy(img, keep, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
                 throw new AssertionError("fuzz seed " + seed + " (-Dvmm.qcow2.fuzz.seed=" + seed + " -Dvmm.qcow2.fuzz.seeds=1): " + e.getMessage()
-                        + "\n--- server stderr ---\n" + d.process().stderr(), e);
+                        + "\nlast step: " + (log.isEmpty() ? "-" : log.get(log.size() - 1))
+                        + "\n--- server stderr (tail) ---\n" + tail(d.process().stderr(), 30), e);
             }
             if (err != null) {
                 refused++;
@@ -322,7 +330,7 @@ class Qcow2HostileImageTest extends PeerTestBase {
             try {
                 assertHealthy(d, "fuzz seed " + seed);
             } catch (AssertionError e) {
-                throw new AssertionError(e.getMessage() + "\n--- server stderr ---\n" + d.process().stderr(), e);
+                throw new AssertionError(e.getMessage() + "\n--- server stderr (tail) ---\n" + tail(d.process().stderr(), 30), e);
             }
         }
         System.out.printf("[qcow2] %s fuzz: %d refused, %d served%n", server, refused, served);
