@@ -236,7 +236,14 @@ class Qcow2HostileImageTest extends PeerTestBase {
         String expErr = error(qmp(d, "block-export-add", exp));
         if (expErr == null) {
             log.add(node + " " + label + ": served, " + exercise(Net.unixUri(d.nbd(), node)));
-            String delErr = error(qmp(d, "block-export-del", Map.of("id", "e-" + node)));
+            // The clients have exited, but the server may not have seen their sockets close yet:
+            // block-export-del (mode=safe) refuses an export in use, so ask again for a while.
+            String delErr = null;
+            for (int i = 0; i < 200; i++) {
+                delErr = error(qmp(d, "block-export-del", Map.of("id", "e-" + node)));
+                if (delErr == null || !delErr.contains("in use")) break;
+                VmmProcess.sleep(25);
+            }
             if (delErr != null) log.add(node + ": block-export-del: " + delErr);
             waitForExportGone(d, "e-" + node);
         } else {
