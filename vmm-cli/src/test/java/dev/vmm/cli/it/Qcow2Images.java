@@ -86,6 +86,13 @@ final class Qcow2Images {
         Qcow2Peers.img("snapshot", "-c", "s2", snap.toString());
         Qcow2Peers.io("qcow2", snap.toString(), List.of("write -z 0 64k", "write -P 0x45 6M 4k"));
         out.add(served("snapshots", snap));
+
+        // a snapshot as the last thing written: the snapshot table ends at the end of the file,
+        // which is then not a multiple of the cluster size
+        Path snapEof = Qcow2Peers.create(dir.resolve("snapshot-at-eof.qcow2"), "", 8 * MiB);
+        Qcow2Peers.io("qcow2", snapEof.toString(), List.of("write -s " + data + " 0 1M", "write -P 0x46 5M 300k"));
+        Qcow2Peers.img("snapshot", "-c", "only", snapEof.toString());
+        out.add(served("snapshot-at-eof", snapEof));
         return out;
     }
 
