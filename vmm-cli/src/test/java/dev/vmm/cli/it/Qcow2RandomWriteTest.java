@@ -96,6 +96,22 @@ class Qcow2RandomWriteTest extends PeerTestBase {
         return c;
     }
 
+    /** The requests of the sequence that cover the offset qemu-img compare names, for the failure message. */
+    static String touching(String compareOutput, List<String> seq) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("offset (\\d+)").matcher(compareOutput);
+        if (!m.find()) return "";
+        long at = Long.parseLong(m.group(1));
+        StringBuilder sb = new StringBuilder("\n  requests covering byte " + at + " (in order):");
+        for (int i = 0; i < seq.size(); i++) {
+            String[] f = seq.get(i).split(" ");
+            if (f.length < 3) continue;
+            long off = Long.parseLong(f[f.length - 2]);
+            long len = Long.parseLong(f[f.length - 1]);
+            if (off <= at && at < off + len) sb.append("\n    #").append(i).append(": ").append(seq.get(i));
+        }
+        return sb.toString();
+    }
+
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.vmm.cli.it.Server#selected")
     void sameWritesThroughTheServerAndDirectlyGiveTheSameImage(Server server) throws Exception {
@@ -118,8 +134,10 @@ class Qcow2RandomWriteTest extends PeerTestBase {
         }
         VmmProcess p = serve(server, args);
         Random rnd = new Random(seed);
+        java.util.Map<String, List<String>> sequences = new java.util.HashMap<>();
         for (Case c : cases) {
             List<String> seq = sequence(rnd, c.size(), c.clusterSize(), data, ops);
+            sequences.put(c.name(), seq);
             Qcow2Peers.io("raw", Net.unixUri(sock, c.name()), seq);
             Qcow2Peers.io("qcow2", direct.resolve(c.image().getFileName()).toString(), seq);
         }
@@ -130,7 +148,10 @@ class Qcow2RandomWriteTest extends PeerTestBase {
             Path twin = direct.resolve(c.image().getFileName());
             Run.Result cmp = Run.cmd(Qcow2Peers.qemuImg(), "compare", "-f", "qcow2", "-F", "qcow2", c.image().toString(), twin.toString())
                     .timeoutSeconds(120).expectAny();
-            if (cmp.exit() != 0) wrong.add(c.name() + ": qemu-img compare exit " + cmp.exit() + ": " + cmp.stdout().strip() + cmp.stderr().strip());
+            if (cmp.exit() != 0) {
+                wrong.add(c.name() + ": qemu-img compare exit " + cmp.exit() + ": " + cmp.stdout().strip() + cmp.stderr().strip()
+                        + touching(cmp.stdout(), sequences.get(c.name())));
+            }
             Run.Result check = Qcow2Peers.check(c.image());
             if (check.exit() != 0) wrong.add(c.name() + ": qemu-img check exit " + check.exit() + ":\n" + check.stdout() + check.stderr());
             if (c.snapshot() != null) {
