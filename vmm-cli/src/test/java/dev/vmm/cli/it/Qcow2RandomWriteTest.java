@@ -17,14 +17,20 @@ import org.junit.jupiter.params.provider.MethodSource;
 /**
  * One seeded sequence of writes, FUA writes, zero-writes (with and without unmap), discards and
  * flushes, done by qemu-io through the server over NBD on one copy of an image and by qemu-io
- * directly on the other: afterwards {@code qemu-img compare} says identical, {@code qemu-img
- * check} finds nothing, and the internal snapshot still holds what it held.
+ * directly on the other: afterwards both images read the same, {@code qemu-img check} finds
+ * nothing, and the internal snapshot still holds what it held.
+ *
+ * <p>"Read the same": {@code qemu-img compare} says identical, or else the bytes that differ were
+ * all last touched by a discard. NBD leaves a trimmed range's content unspecified, and QEMU's own
+ * answer depends on the format (v2 over a backing file: the backing file's bytes show again; v3:
+ * zeros). {@code -Dvmm.qcow2.discard.strict=true} asks for QEMU's exact answer.
  *
  * <p>The images make the writes land where qcow2 is hard: clusters still in the backing file
  * (copy-on-write), clusters shared with an internal snapshot (refcount 2), compressed clusters,
  * partial subclusters (extended L2, 64 KiB and 2 MiB clusters), a v2 image (no zero flag).
  *
- * <p>Knobs: {@code -Dvmm.qcow2.seed=S} (printed), {@code -Dvmm.qcow2.ops=N} per image (default 150).
+ * <p>Knobs: {@code -Dvmm.qcow2.seed=S} (printed), {@code -Dvmm.qcow2.ops=N} per image (default 150),
+ * {@code -Dvmm.qcow2.discard.strict=true}.
  */
 @Timeout(300)
 class Qcow2RandomWriteTest extends PeerTestBase {
@@ -96,6 +102,40 @@ class Qcow2RandomWriteTest extends PeerTestBase {
         return c;
     }
 
+    /**
+     * Compares the guest-visible bytes of both images except those whose last request was a
+     * discard; returns the first difference, or null if there is none.
+     */
+    private String differenceOutsideDiscards(Case c, Path twin, List<String> seq) throws java.io.IOException {
+        int sectors = (int) (c.size() / 512);
+        boolean[] discarded = new boolean[sectors];
+        for (String op : seq) {
+            String[] f = op.split(" ");
+            if (f.length < 3) continue; // flush
+            long off = Long.parseLong(f[f.length - 2]);
+            long len = Long.parseLong(f[f.length - 1]);
+            for (long b = off / 512; b < (off + len) / 512; b++) discarded[(int) b] = op.startsWith("discard");
+        }
+        Path a = Qcow2Peers.toRaw("qcow2", c.image().toString(), tmp.resolve(c.name() + ".served.raw"));
+        Path b = Qcow2Peers.toRaw("qcow2", twin.toString(), tmp.resolve(c.name() + ".direct.raw"));
+        try {
+            for (long off = 0; off < c.size(); off += Images.MiB) {
+                byte[] x = Images.read(a, off, (int) Images.MiB);
+                byte[] y = Images.read(b, off, (int) Images.MiB);
+                for (int i = 0; i < x.length; i++) {
+                    if (x[i] != y[i] && !discarded[(int) ((off + i) / 512)]) {
+                        return "byte " + (off + i) + " differs outside the discarded ranges: served 0x" + Integer.toHexString(x[i] & 0xff)
+                                + ", direct 0x" + Integer.toHexString(y[i] & 0xff);
+                    }
+                }
+            }
+            return null;
+        } finally {
+            Files.delete(a);
+            Files.delete(b);
+        }
+    }
+
     /** The requests of the sequence that cover the offset qemu-img compare names, for the failure message. */
     static String touching(String compareOutput, List<String> seq) {
         java.util.regex.Matcher m = java.util.regex.Pattern.compile("offset (\\d+)").matcher(compareOutput);
@@ -116,6 +156,7 @@ class Qcow2RandomWriteTest extends PeerTestBase {
     @MethodSource("dev.vmm.cli.it.Server#selected")
     void sameWritesThroughTheServerAndDirectlyGiveTheSameImage(Server server) throws Exception {
         long seed = Long.getLong("vmm.qcow2.seed", System.nanoTime());
+        boolean strictDiscard = Boolean.getBoolean("vmm.qcow2.discard.strict");
         int ops = Integer.getInteger("vmm.qcow2.ops", 150);
         System.out.printf("[qcow2] %s random writes: seed %d, %d requests per image (-Dvmm.qcow2.seed=%d to repeat)%n", server, seed, ops, seed);
         Path served = Files.createDirectories(tmp.resolve("served"));
@@ -149,8 +190,16 @@ class Qcow2RandomWriteTest extends PeerTestBase {
             Run.Result cmp = Run.cmd(Qcow2Peers.qemuImg(), "compare", "-f", "qcow2", "-F", "qcow2", c.image().toString(), twin.toString())
                     .timeoutSeconds(120).expectAny();
             if (cmp.exit() != 0) {
-                wrong.add(c.name() + ": qemu-img compare exit " + cmp.exit() + ": " + cmp.stdout().strip() + cmp.stderr().strip()
-                        + touching(cmp.stdout(), sequences.get(c.name())));
+                String what = c.name() + ": qemu-img compare exit " + cmp.exit() + ": " + cmp.stdout().strip() + cmp.stderr().strip()
+                        + touching(cmp.stdout(), sequences.get(c.name()));
+                // NBD leaves the content of a trimmed range unspecified: unless asked for QEMU's exact
+                // discard semantics, only the bytes whose last request was not a discard must agree.
+                String defined = strictDiscard ? null : differenceOutsideDiscards(c, twin, sequences.get(c.name()));
+                if (strictDiscard || defined != null) {
+                    wrong.add(what + (defined == null ? "" : "\n  " + defined));
+                } else {
+                    System.out.println("[qcow2] " + server + " note (discarded bytes only, allowed): " + what);
+                }
             }
             Run.Result check = Qcow2Peers.check(c.image());
             if (check.exit() != 0) wrong.add(c.name() + ": qemu-img check exit " + check.exit() + ":\n" + check.stdout() + check.stderr());
