@@ -46,23 +46,33 @@ class Qcow2InteropTest extends PeerTestBase {
      */
     private Serving serveAll(Server server, List<Qcow2Images.Served> images, String exportExtra) {
         Path sock = socketDir().resolve("nbd.sock");
-        VmmProcess p = serveOrExit(server, args(sock, images, exportExtra));
-        if (p.isAlive()) return new Serving(sock, images, List.of());
-        List<Qcow2Images.Served> ok = new ArrayList<>();
-        List<String> refused = new ArrayList<>();
-        for (Qcow2Images.Served s : images) {
-            Path alone = socketDir().resolve("nbd.sock");
-            VmmProcess one = serveOrExit(server, args(alone, List.of(s), exportExtra));
-            if (one.isAlive()) {
-                ok.add(s);
-                one.stop();
-            } else {
-                refused.add(s.name() + ": refused to serve it (exit " + one.exitCode() + "): " + one.stderr().strip());
+        Map<String, String> known = REFUSED.get(server);
+        if (known == null) {
+            VmmProcess p = serveOrExit(server, args(sock, images, exportExtra));
+            if (p.isAlive()) {
+                REFUSED.put(server, Map.of());
+                return new Serving(sock, images, List.of());
             }
+            known = new java.util.LinkedHashMap<>();
+            for (Qcow2Images.Served s : images) {
+                Path alone = socketDir().resolve("nbd.sock");
+                VmmProcess one = serveOrExit(server, args(alone, List.of(s), exportExtra));
+                if (one.isAlive()) {
+                    one.stop();
+                } else {
+                    known.put(s.name(), s.name() + ": refused to serve it (exit " + one.exitCode() + "): " + one.stderr().strip());
+                }
+            }
+            REFUSED.put(server, known);
         }
+        Map<String, String> refused = known;
+        List<Qcow2Images.Served> ok = images.stream().filter(s -> !refused.containsKey(s.name())).toList();
         if (!ok.isEmpty()) serve(server, args(sock, ok, exportExtra));
-        return new Serving(sock, ok, refused);
+        return new Serving(sock, ok, List.copyOf(refused.values()));
     }
+
+    /** Per server, the images it refused to serve (learned once per run: each try is a server start). */
+    private static final Map<Server, Map<String, String>> REFUSED = new java.util.concurrent.ConcurrentHashMap<>();
 
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.vmm.cli.it.Server#selected")
