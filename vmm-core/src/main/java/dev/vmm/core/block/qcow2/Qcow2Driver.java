@@ -1358,9 +1358,11 @@ public final class Qcow2Driver implements BlockDriver {
         long gc = g >>> clusterBits;
         if (!lock(r, gc)) return -1;
         boolean discard = r.type == T_DISCARD;
-        if (!discard && version < 3 && backing != null) {
+        if (version < 3 && backing != null) {
+            // Version 2 cannot say "zero" over a backing file: zeroes are written as data, and a
+            // discard keeps the data (as QEMU: unallocating would expose the backing file's data).
             unlock(r);
-            return 1;
+            return discard ? 0 : 1;
         }
         long l1i = g >>> l1Shift;
         if (l1i >= l1Size) {
@@ -1386,7 +1388,7 @@ public final class Qcow2Driver implements BlockDriver {
         boolean compressed = (e & QCOW_OFLAG_COMPRESSED) != 0;
         long ho = 0;
         if (compressed) checkCompressed(e, bm, g); else ho = checkStandard(e, g);
-        boolean keepHost = !discard && !r.mayUnmap && !compressed && ho != 0 && (e & QCOW_OFLAG_COPIED) != 0;
+        boolean keepHost = version >= 3 && !discard && !r.mayUnmap && !compressed && ho != 0 && (e & QCOW_OFLAG_COPIED) != 0;
         long ne;
         long nbm = 0;
         if (keepHost) {

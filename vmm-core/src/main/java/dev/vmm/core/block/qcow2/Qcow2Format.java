@@ -338,9 +338,10 @@ final class Qcow2Format {
             checkTable("Snapshot L1 table (snapshot " + i + ")", l1Off, l1Size * 8, h, fileSize, l1Size > 0);
             out.add(new Snapshot(l1Off, l1Size));
             pos += SNAPSHOT_ENTRY_FIXED + extra + idLen + nameLen;
+            // QEMU may end the file before the last entry's padding
+            if (pos > fileSize) throw invalid("Snapshot table extends past the end of the image");
             pos = (pos + 7) & ~7L;
         }
-        if (pos > fileSize) throw invalid("Snapshot table extends past the end of the image");
         return out;
     }
 
