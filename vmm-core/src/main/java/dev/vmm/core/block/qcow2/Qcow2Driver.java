@@ -150,6 +150,8 @@ public final class Qcow2Driver implements BlockDriver {
     private final Inflater inflater = new Inflater(true);
     private long dcKey = -1;
     private final long dcBuf;
+    /** The old table while an L2 table shared with a snapshot is copied. */
+    private final long cowBuf;
 
     private int guestInFlight;
     private int metaInFlight;
@@ -262,6 +264,7 @@ public final class Qcow2Driver implements BlockDriver {
         this.zeroBuf = alloc(clusterSize);
         this.statusBuf = alloc(clusterSize);
         this.dcBuf = alloc(clusterSize);
+        this.cowBuf = alloc(clusterSize);
         long coverTables = Math.max(1, (size + (1L << l1Shift) - 1) >>> l1Shift);
         long l2Bytes = options.l2CacheSize() > 0 ? options.l2CacheSize()
                 : Math.min(32L << 20, coverTables * clusterSize);
@@ -579,6 +582,7 @@ public final class Qcow2Driver implements BlockDriver {
     /** Completes a request: its completion runs now, or as a task when still inside the submitting call. */
     private void finish(Req r, int err) {
         if (r.lockCluster >= 0) unlock(r);
+        unpin(r);
         if (err == 0 && r.fua && !r.fuaDone) {
             r.fuaDone = true; // FUA: the request completes with the next writeback's flush
             nextFlushers.add(r);
@@ -666,6 +670,8 @@ public final class Qcow2Driver implements BlockDriver {
         long cbuf;
         // allocating write of one cluster
         long lockCluster = -1;
+        /** The L2 table this request holds across parks (slow path), or null. */
+        Table pinned;
         final ArrayList<Waiter> lockWaiters = new ArrayList<>(2);
         long sG;
         int sLen;
@@ -939,6 +945,7 @@ public final class Qcow2Driver implements BlockDriver {
         Table t = l2Cache.lookup(off);
         if (t != null && !t.loading) {
             t.lastUse = ++l2Cache.clock;
+            if (!sync) t.fresh = false;
             return t.addr;
         }
         if (sync) {
@@ -1100,7 +1107,26 @@ public final class Qcow2Driver implements BlockDriver {
         return true;
     }
 
+    /** Pins the cached table at {@code off} for {@code r} (one at a time). */
+    private void pin(Req r, long off) {
+        Table t = l2Cache.lookup(off);
+        if (t == r.pinned) return;
+        unpin(r);
+        if (t != null) {
+            t.pins++;
+            r.pinned = t;
+        }
+    }
+
+    private static void unpin(Req r) {
+        if (r.pinned != null) {
+            r.pinned.pins--;
+            r.pinned = null;
+        }
+    }
+
     private void unlock(Req r) {
+        unpin(r);
         lockers.remove(r);
         r.lockCluster = -1;
         wakeAll(r.lockWaiters);
@@ -1424,20 +1450,30 @@ public final class Qcow2Driver implements BlockDriver {
         if (l1i >= l1Size) throw new BlockException(EIO, "qcow2: guest offset beyond the L1 table");
         long e1 = l1Entry(l1i);
         long off = l2Offset(l1i, e1);
-        if (off != 0 && (e1 & QCOW_OFLAG_COPIED) != 0) return l2Table(r, off, false);
+        if (off != 0 && (e1 & QCOW_OFLAG_COPIED) != 0) {
+            long a = l2Table(r, off, false);
+            if (a != 0) pin(r, off);
+            return a;
+        }
         long old = 0;
         if (off != 0) {
             old = l2Table(r, off, false);
             if (old == 0) return 0;
+            pin(r, off); // kept while the allocation below may park
         }
         long h = allocCluster(r);
         if (h < 0) return 0;
-        if (off != 0) old = l2Table(r, off, false); // still cached: allocation only touches the refcount cache
+        if (off != 0) {
+            // Copy before create(): with every other slot dirty, the old table's slot is the victim.
+            old = l2Table(r, off, false); // still cached: allocation only touches the refcount cache
+            RawMemory.copy(old, cowBuf, clusterSize);
+        }
         Table t = l2Cache.create(h);
         if (off != 0) {
-            RawMemory.copy(old, t.addr, clusterSize);
+            RawMemory.copy(cowBuf, t.addr, clusterSize);
             pendingFree(off); // the snapshot keeps the old table
         }
+        pin(r, h);
         l2Set.add(h >>> clusterBits);
         setL1(l1i, h | QCOW_OFLAG_COPIED);
         return t.addr;
@@ -1714,8 +1750,8 @@ public final class Qcow2Driver implements BlockDriver {
                     issuePunches();
                 } else if (phase == P_FINAL_FLUSH || (phase & 1) == 1) {
                     if (phase == P_FINAL_FLUSH || wbPhaseWrote) {
-                        wbPending++;
                         file.flush(wb.io);
+                        wbPending++; // completions never run inside the submitting call
                     }
                     wbPhaseWrote = false;
                 } else {
@@ -1818,13 +1854,13 @@ public final class Qcow2Driver implements BlockDriver {
             t.dirty = false;
             return;
         }
-        t.writing = true;
-        wbPending++;
         file.write(t.offset, t.addr, clusterSize, false, errno -> {
             t.writing = false;
             if (errno == 0) t.dirty = false;
             wb.done(errno);
         });
+        t.writing = true;
+        wbPending++;
     }
 
     private void metaWrite(long off, long addr, long len, boolean sync) throws BlockException {
@@ -1832,8 +1868,8 @@ public final class Qcow2Driver implements BlockDriver {
             file.write(off, addr, (int) len, false);
             return;
         }
-        wbPending++;
         file.write(off, addr, (int) len, false, wb.io);
+        wbPending++;
     }
 
     /** Applies the frees captured at writeback start; false when parked on a refcount block load. */
@@ -1862,6 +1898,8 @@ public final class Qcow2Driver implements BlockDriver {
             if (rc == 1) {
                 freeClusterIndex = Math.min(freeClusterIndex, c);
                 l2Set.remove(c);
+                l2Cache.drop(off);
+                rbCache.drop(off);
                 if (dcKey != -1) dcKey = -1;
                 if (options.passDiscardRequest()) punches.add(off);
             }
@@ -1875,12 +1913,11 @@ public final class Qcow2Driver implements BlockDriver {
     private void issuePunches() {
         for (Long off : punches) {
             try {
-                wbPending++;
-                metaInFlight++;
                 file.discard(off, clusterSize, wb.punchDone);
+                wbPending++; // completions never run inside the submitting call
+                metaInFlight++;
             } catch (BlockException e) {
-                wbPending--;
-                metaInFlight--; // advisory: a failed punch only leaves the data in place
+                // advisory: a failed punch only leaves the data in place
             }
         }
         punches.clear();
@@ -1999,6 +2036,23 @@ public final class Qcow2Driver implements BlockDriver {
         inflater.end();
     }
 
+    /** Internal state for diagnostics (tests, hang reports). Home thread. */
+    String debugState() {
+        StringBuilder b = new StringBuilder();
+        b.append("file=").append(file.inFlight()).append(" guest=").append(guestInFlight).append(" meta=").append(metaInFlight).append(" wbActive=").append(wbActive)
+                .append(" phase=").append(wbPhase).append(" pending=").append(wbPending).append(" wbWaiters=").append(wbWaiters.size())
+                .append(" flushers=").append(flushers.size()).append("/").append(nextFlushers.size()).append(" lockers=");
+        for (Req r : lockers) b.append(r.lockCluster).append("(st").append(r.state).append(",w").append(r.lockWaiters.size()).append(") ");
+        for (Cache c : new Cache[] {l2Cache, rbCache}) {
+            b.append("\n").append(c.name).append(":");
+            for (Table t : c.slots) {
+                b.append(" [").append(t.offset).append(t.loading ? " L" : "").append(t.dirty ? " D" : "").append(t.writing ? " W" : "")
+                        .append(" w").append(t.waiters.size()).append("]");
+            }
+        }
+        return b.toString();
+    }
+
     @Override
     public String toString() {
         return "Qcow2Driver[v" + version + ", size=" + size + ", cluster=" + clusterSize + (extL2 ? ", extended-l2" : "")
@@ -2015,6 +2069,10 @@ public final class Qcow2Driver implements BlockDriver {
         boolean loading;
         boolean dirty;
         boolean writing;
+        /** Requests that hold this table across a park (never evicted meanwhile). */
+        int pins;
+        /** Loaded and not used yet: not evicted before its waiters ran (no thrashing livelock). */
+        boolean fresh;
         long lastUse;
         final ArrayList<Waiter> waiters = new ArrayList<>(2);
     }
@@ -2078,11 +2136,15 @@ public final class Qcow2Driver implements BlockDriver {
         private Table victim(boolean force) {
             if (slots.size() < capacity) return newSlot();
             Table best = null;
+            boolean anyDirty = false;
             for (Table t : slots) {
-                if (t.loading || t.writing || t.dirty) continue;
+                anyDirty |= t.dirty;
+                if (t.loading || t.writing || t.dirty || t.pins > 0 || t.fresh) continue;
                 if (best == null || t.lastUse < best.lastUse) best = t;
             }
-            if (best == null && force) return newSlot();
+            // Every slot busy (loading, pinned, just loaded) and none to clean: exceed the capacity
+            // rather than wait for nothing (bounded by the requests in flight).
+            if (best == null && (force || !anyDirty)) return newSlot();
             return best;
         }
 
@@ -2109,6 +2171,7 @@ public final class Qcow2Driver implements BlockDriver {
                     return null;
                 }
                 t.lastUse = ++clock;
+                t.fresh = false;
                 return t;
             }
             t = victim(force);
@@ -2157,14 +2220,31 @@ public final class Qcow2Driver implements BlockDriver {
                 rebuild();
                 for (Waiter w : ws) w.fail(errno);
             } else {
+                t.fresh = true;
+                t.lastUse = ++clock;
                 for (Waiter w : ws) wake(w);
             }
             checkIdle();
         }
 
+        /** Forgets a clean table whose cluster was freed (it may come back as another table). */
+        void drop(long off) {
+            Table t = lookup(off);
+            if (t != null && !t.loading && !t.writing && !t.dirty && t.pins == 0) {
+                t.offset = -1;
+                rebuild();
+            }
+        }
+
         /** A new zeroed dirty table at {@code off} (a new L2 table or refcount block); may exceed capacity. */
         Table create(long off) {
-            Table t = victim(true);
+            Table t = lookup(off);
+            if (t != null && (t.loading || t.writing)) {
+                t.offset = -1; // a stale copy of a freed cluster: never looked up again
+                rebuild();
+                t = null;
+            }
+            if (t == null) t = victim(true);
             RawMemory.fill(t.addr, clusterSize, 0);
             assign(t, off);
             t.dirty = true;

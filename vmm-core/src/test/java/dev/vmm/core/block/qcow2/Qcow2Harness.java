@@ -105,7 +105,7 @@ final class Qcow2Harness implements AutoCloseable {
     }
 
     private Qcow2Driver openChain(Path img, Qcow2Options opts) throws BlockException {
-        RawFileDriver f = RawFileDriver.open(img, opts.readOnly(), false);
+        RawFileDriver f = System.getenv("QTHREADS") != null ? RawFileDriver.open(img, opts.readOnly(), false, dev.vmm.core.aio.AioMode.THREADS) : RawFileDriver.open(img, opts.readOnly(), false);
         f.attach(iot);
         opened.add(f);
         Qcow2Header h;

@@ -120,7 +120,30 @@ class Qcow2WriteTest {
                     all.completeExceptionally(e);
                 }
             });
-            all.get(30, TimeUnit.SECONDS);
+            try {
+                all.get(30, TimeUnit.SECONDS);
+            } catch (java.util.concurrent.TimeoutException e) {
+                String raw = h.on(() -> {
+                    StringBuilder b = new StringBuilder();
+                    for (Object o : h.opened) {
+                        if (!(o instanceof dev.vmm.core.block.RawFileDriver)) continue;
+                        for (String f : new String[] {"activeFlush", "flushWaiters", "flushReady", "inFlight", "writeGen", "flushedGen", "bounceWaiters", "bouncesRun"}) {
+                            java.lang.reflect.Field fl = o.getClass().getDeclaredField(f);
+                            fl.setAccessible(true);
+                            b.append(f).append("=").append(fl.get(o)).append(" ");
+                        }
+                        Object eng = ((dev.vmm.core.block.RawFileDriver) o).engine();
+                        for (java.lang.reflect.Field fl : eng.getClass().getDeclaredFields()) {
+                            if (java.lang.reflect.Modifier.isStatic(fl.getModifiers())) continue;
+                            fl.setAccessible(true);
+                            Object v = fl.get(eng);
+                            if (v instanceof Number || v instanceof Boolean || v == null) b.append(fl.getName()).append("=").append(v).append(" ");
+                        }
+                    }
+                    return b.toString();
+                });
+                throw new AssertionError("hung: " + h.on(d::debugState) + "\nraw: " + raw + "\nbatch " + batch, e);
+            }
             assertEquals(0, errors.get(), why.toString());
             assertTrue(max > 0);
         }
@@ -147,13 +170,17 @@ class Qcow2WriteTest {
     }
 
     void randomAgainstQemu(Path img, long seed, int clusterSize, int batches) throws Exception {
+        randomAgainstQemu(img, seed, clusterSize, batches, Qcow2Options.defaults(false));
+    }
+
+    void randomAgainstQemu(Path img, long seed, int clusterSize, int batches, Qcow2Options opts) throws Exception {
         Path ref = dir.resolve("ref-" + img.getFileName());
         Files.copy(img, ref);
         long size = Long.parseLong(ok(qemuImg(), "info", "--output=json", img.toString())
                 .replaceAll("(?s).*\"virtual-size\": (\\d+).*", "$1"));
         List<List<Op>> ops = randomBatches(seed, size, clusterSize, batches);
         if (System.getenv("QDEBUG") != null) for (List<Op> b : ops) System.out.println("BATCH " + b);
-        Qcow2Driver d = h.open(img, false);
+        Qcow2Driver d = h.open(img, opts);
         applyOurs(d, ops);
         assertEquals(0, h.flush(d));
         h.closeAll(true);
@@ -172,6 +199,18 @@ class Qcow2WriteTest {
         qemuIoCmds(img, "qcow2", "write -P 0x55 0 64k", "write -P 0x11 1500k 700k", "write -z 3M 128k");
         int cs = Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"));
         randomAgainstQemu(img, opts.hashCode(), cs, 12);
+    }
+
+    /** Four-table caches: misses park requests, evictions write back mid-run. */
+    @ParameterizedTest
+    @ValueSource(strings = {"cluster_size=4096", "cluster_size=512", "cluster_size=16384,extended_l2=on"})
+    void randomWritesWithTinyCaches(String opts) throws Exception {
+        Path img = dir.resolve("t.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", opts, img.toString(), "8M");
+        qemuIoCmds(img, "qcow2", "write -P 0x55 0 64k", "write -P 0x11 1500k 700k");
+        ok(qemuImg(), "snapshot", "-c", "s", img.toString());
+        int cs = Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"));
+        randomAgainstQemu(img, 99 + opts.hashCode(), cs, 16, new Qcow2Options(false, 1, 1, null, System.getenv("QNOPUNCH") == null));
     }
 
     @ParameterizedTest
