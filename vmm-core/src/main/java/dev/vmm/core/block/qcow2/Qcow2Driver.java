@@ -200,7 +200,23 @@ public final class Qcow2Driver implements BlockDriver {
      * Home thread (synchronous: the control plane opens images).
      */
     public static Qcow2Header readHeader(BlockDriver file) throws BlockException {
-        return parse(file).toRecord();
+        try {
+            return parse(file).toRecord();
+        } catch (RuntimeException e) {
+            throw unexpected("reading the header", e);
+        }
+    }
+
+    /**
+     * Failures that are bugs, not bad input (every check is meant to throw BlockException first):
+     * counted for tests, logged, and still reported as a BlockException to the caller.
+     */
+    static final java.util.concurrent.atomic.AtomicInteger UNEXPECTED = new java.util.concurrent.atomic.AtomicInteger();
+
+    private static BlockException unexpected(String what, RuntimeException e) {
+        UNEXPECTED.incrementAndGet();
+        LOG.error("qcow2: unexpected failure {}", what, e);
+        return new BlockException(EIO, "qcow2: malformed image (" + what + "): " + e);
     }
 
     /**
@@ -210,6 +226,14 @@ public final class Qcow2Driver implements BlockDriver {
      */
     public static Qcow2Driver open(BlockDriver file, Qcow2Header header, BlockDriver backing, Qcow2Options options)
             throws BlockException {
+        try {
+            return doOpen(file, backing, options);
+        } catch (RuntimeException e) {
+            throw unexpected("opening", e);
+        }
+    }
+
+    private static Qcow2Driver doOpen(BlockDriver file, BlockDriver backing, Qcow2Options options) throws BlockException {
         Image h = parse(file);
         boolean ro = options.readOnly();
         if (!ro && file.readOnly()) throw new BlockException(EROFS, "qcow2: the file child is read-only");
@@ -729,7 +753,7 @@ public final class Qcow2Driver implements BlockDriver {
             } catch (BlockException e) {
                 finish(this, e.errno());
             } catch (RuntimeException e) {
-                LOG.error("qcow2: unexpected failure of a request at {} (+{})", offset, length, e);
+                unexpected("serving a request at " + offset + " (+" + length + ")", e);
                 finish(this, EIO);
             }
         }
@@ -1760,6 +1784,8 @@ public final class Qcow2Driver implements BlockDriver {
             } catch (BlockException e) {
                 wbErr = e.errno();
                 LOG.error("qcow2: metadata writeback failed: {}", e.getMessage());
+            } catch (RuntimeException e) {
+                wbErr = unexpected("writing back metadata", e).errno();
             }
         }
     }
@@ -2002,7 +2028,11 @@ public final class Qcow2Driver implements BlockDriver {
             throw new BlockException(EINVAL, "block status at " + offset + " (+" + maxLength + ") outside image of size " + size);
         }
         long limit = Math.min(maxLength, size - offset);
-        map(null, statusMap, offset, limit, true);
+        try {
+            map(null, statusMap, offset, limit, true);
+        } catch (RuntimeException e) {
+            throw unexpected("block status at " + offset, e);
+        }
         long len = statusMap.runLen;
         switch (statusMap.kind) {
             case K_DATA, K_COMPRESSED -> out.set(len, 0, 1);
