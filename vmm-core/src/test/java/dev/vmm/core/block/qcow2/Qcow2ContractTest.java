@@ -1,0 +1,139 @@
+package dev.vmm.core.block.qcow2;
+
+import static dev.vmm.core.block.qcow2.Qcow2Harness.ok;
+import static dev.vmm.core.block.qcow2.Qcow2Harness.qemuImg;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.sun.jna.Memory;
+import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockException;
+import dev.vmm.core.block.ForwardingBlockDriver;
+import dev.vmm.core.block.IoCompletion;
+import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.linux.Errno;
+import dev.vmm.core.testing.NativeBuffers;
+import java.nio.file.Path;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The BlockDriver contract on qcow2 nodes: completions, draining, FUA, sticky flush errors. */
+class Qcow2ContractTest {
+    @TempDir
+    Path dir;
+    Qcow2Harness h;
+
+    @BeforeEach
+    void start() { h = new Qcow2Harness("qcow2-contract"); }
+
+    @AfterEach
+    void stop() throws Exception { h.close(); }
+
+    /** Counts child flushes; fails async flushes while {@code failFlushes} > 0. */
+    static final class FlakyFile extends ForwardingBlockDriver {
+        final AtomicInteger flushes = new AtomicInteger();
+        int failFlushes;
+
+        FlakyFile(BlockDriver d) { super(d); }
+
+        @Override
+        public void flush(IoCompletion c) throws BlockException {
+            flushes.incrementAndGet();
+            if (failFlushes > 0) {
+                failFlushes--;
+                super.flush(err -> c.ioDone(Errno.EIO));
+                return;
+            }
+            super.flush(c);
+        }
+    }
+
+    Qcow2Driver open(Path img, FlakyFile[] out) throws Exception {
+        return h.on(() -> {
+            RawFileDriver f = RawFileDriver.open(img, false, false);
+            f.attach(h.iot);
+            h.opened.add(f);
+            out[0] = new FlakyFile(f);
+            Qcow2Driver q = Qcow2Driver.open(out[0], Qcow2Driver.readHeader(out[0]), null, Qcow2Options.defaults(false));
+            q.attach(h.iot);
+            h.opened.add(q);
+            return q;
+        });
+    }
+
+    Path image() throws Exception {
+        Path p = dir.resolve("k.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", p.toString(), "4M");
+        return p;
+    }
+
+    @Test
+    void completionsNeverRunInsideTheSubmittingCallAndWhenIdleWaitsForWriteback() throws Exception {
+        FlakyFile[] f = new FlakyFile[1];
+        Qcow2Driver d = open(image(), f);
+        Memory m = NativeBuffers.aligned(65536, 4096);
+        CompletableFuture<String> r = new CompletableFuture<>();
+        h.iot.execute(() -> {
+            boolean[] inCall = {true};
+            int[] left = {3};
+            StringBuilder bad = new StringBuilder();
+            IoCompletion c = err -> {
+                if (inCall[0]) bad.append("completion inside the call; ");
+                if (err != 0) bad.append("errno ").append(err).append("; ");
+                left[0]--;
+            };
+            try {
+                d.read(0, NativeBuffers.address(m), 4096, c); // unallocated: zeros, no I/O at all
+                d.write(0, NativeBuffers.address(m), 65536, false, c); // allocating
+                d.flush(c); // metadata writeback
+                inCall[0] = false;
+                if (d.inFlight() == 0) bad.append("nothing in flight; ");
+                d.whenIdle(() -> {
+                    if (left[0] != 0) bad.append("idle with ").append(left[0]).append(" requests left; ");
+                    if (d.inFlight() != 0) bad.append("idle with inFlight ").append(d.inFlight()).append("; ");
+                    r.complete(bad.toString());
+                });
+            } catch (BlockException e) {
+                r.completeExceptionally(e);
+            }
+        });
+        assertEquals("", r.get(10, TimeUnit.SECONDS));
+    }
+
+    @Test
+    void fuaWritesAreFlushed() throws Exception {
+        FlakyFile[] f = new FlakyFile[1];
+        Qcow2Driver d = open(image(), f);
+        int before = f[0].flushes.get();
+        assertEquals(0, h.write(d, 8192, new byte[4096], true));
+        assertTrue(f[0].flushes.get() > before, "a FUA write flushed the file");
+        before = f[0].flushes.get();
+        assertEquals(0, h.write(d, 8192, new byte[4096], false));
+        assertEquals(before, f[0].flushes.get(), "a plain in-place write does not");
+    }
+
+    @Test
+    void aFailedFlushStaysFailed() throws Exception {
+        FlakyFile[] f = new FlakyFile[1];
+        Qcow2Driver d = open(image(), f);
+        assertEquals(0, h.write(d, 0, new byte[4096], false));
+        h.on(() -> { f[0].failFlushes = 1; return null; });
+        assertEquals(Errno.EIO, h.flush(d));
+        assertEquals(Errno.EIO, h.flush(d), "sticky: the child would succeed now");
+        assertFalse(h.on(() -> f[0].failFlushes > 0));
+    }
+
+    @Test
+    void readOnlyNodesRefuseWrites() throws Exception {
+        Qcow2Driver d = h.open(image(), true);
+        BlockException e = org.junit.jupiter.api.Assertions.assertThrows(BlockException.class, () -> h.write(d, 0, new byte[512], false));
+        assertEquals(Errno.EROFS, e.errno());
+        assertEquals(0, h.flush(d));
+    }
+}
