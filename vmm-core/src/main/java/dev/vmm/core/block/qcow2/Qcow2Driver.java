@@ -237,17 +237,12 @@ public final class Qcow2Driver implements BlockDriver {
         Image h = parse(file);
         boolean ro = options.readOnly();
         if (!ro && file.readOnly()) throw new BlockException(EROFS, "qcow2: the file child is read-only");
-        if (!ro) {
-            checkCorruptForWrite(h);
-            if ((h.incompat & QCOW2_INCOMPAT_DIRTY) != 0) {
-                throw new BlockException(ENOTSUP, "qcow2: image is dirty (refcounts may be wrong after a crash with lazy"
-                        + " refcounts); repair it with 'qemu-img check -r all' or open it read-only");
-            }
-        }
+        if (!ro) checkCorruptForWrite(h);
         List<Snapshot> snaps = readSnapshots(file, h);
         Qcow2Driver d = new Qcow2Driver(file, backing, h, ro, options);
         try {
             d.load(h, snaps);
+            if (!ro && (h.incompat & QCOW2_INCOMPAT_DIRTY) != 0) d.repairDirty(h, snaps);
         } catch (BlockException | RuntimeException e) {
             d.close();
             throw e;
@@ -359,6 +354,117 @@ public final class Qcow2Driver implements BlockDriver {
             // inconsistent, which QEMU then knows.
             putBe64(hdr + HDR_AUTOCLEAR_FEATURES, 0);
             writeHeaderSync();
+        }
+    }
+
+    /**
+     * A dirty image (lazy refcounts, not closed cleanly) opened writable: recounts every
+     * reference (header, L1 tables, L2 tables and their clusters for the active layer and each
+     * snapshot, the refcount structures, the snapshot table), rewrites the refcounts that differ,
+     * then clears the dirty bit, as QEMU does on open. Images whose repair would need new
+     * refcount blocks, or that carry bitmaps, are refused with a pointer to qemu-img check.
+     */
+    private void repairDirty(Image h, List<Snapshot> snaps) throws BlockException {
+        String refuse = "qcow2: the image is dirty and ";
+        String hint = "; repair it with 'qemu-img check -r all' or open it read-only";
+        if (h.hasBitmaps) throw new BlockException(ENOTSUP, refuse + "has persistent bitmaps" + hint);
+        long fileClusters = (file.size() + csMask) >>> clusterBits;
+        if (fileClusters > (64L << 20)) throw new BlockException(ENOTSUP, refuse + "too large to recount in memory" + hint);
+        long[] count = new long[(int) fileClusters + 1];
+        RefCounter rc = new RefCounter(count, fileClusters);
+        rc.range(0, clusterSize);
+        rc.range(l1Offset, l1Size * 8);
+        rc.range(reftableOffset, reftableClusters << clusterBits);
+        if (h.nbSnapshots > 0) rc.range(h.snapshotsOffset, snapshotTableEnd(h) - h.snapshotsOffset);
+        countL1(rc, l1, l1Size);
+        for (Snapshot s : snaps) {
+            if (s.l1Size() == 0) continue;
+            rc.range(s.l1Offset(), s.l1Size() * 8);
+            long bytes = (s.l1Size() * 8 + csMask) & ~csMask;
+            long buf = alloc(bytes);
+            file.read(s.l1Offset(), buf, (int) (s.l1Size() * 8));
+            countL1(rc, buf, s.l1Size());
+        }
+        for (long i = 0; i < rtEntries; i++) {
+            long off = rbOffset(i);
+            if (off != 0) rc.range(off, clusterSize);
+        }
+        int fixed = 0;
+        for (long c = 0; c < count.length; c++) {
+            long rbi = c >>> rbBits;
+            long rbOff = rbi < rtEntries ? rbOffset(rbi) : 0;
+            if (rbOff == 0) {
+                if (count[(int) c] != 0) throw new BlockException(ENOTSUP, refuse + "needs new refcount blocks" + hint);
+                continue;
+            }
+            if (count[(int) c] > maxRefcount) throw new BlockException(ENOTSUP, refuse + "has a refcount above the maximum" + hint);
+            Table t = rbCache.getSync(rbOff);
+            int i = (int) (c & (rbEntries - 1));
+            if (getRc(t.addr, i) != count[(int) c]) {
+                setRc(t.addr, i, count[(int) c]);
+                t.dirty = true;
+                fixed++;
+            }
+        }
+        // Clusters past the end of the file that still have a refcount: leaked, drop them.
+        for (long rbi = 0; rbi < rtEntries; rbi++) {
+            if (((rbi + 1) << rbBits) <= count.length) continue;
+            long rbOff = rbOffset(rbi);
+            if (rbOff == 0) continue;
+            for (int i = 0; i < rbEntries; i++) {
+                long c = (rbi << rbBits) | i;
+                if (c < count.length) continue;
+                Table t = rbCache.getSync(rbOff);
+                if (getRc(t.addr, i) != 0) {
+                    setRc(t.addr, i, 0);
+                    t.dirty = true;
+                    fixed++;
+                }
+            }
+        }
+        flush();
+        putBe64(hdr + HDR_INCOMPATIBLE_FEATURES, be64(hdr + HDR_INCOMPATIBLE_FEATURES) & ~QCOW2_INCOMPAT_DIRTY);
+        file.write(0, hdr, headerWriteLen(), false);
+        file.flush();
+        LOG.info("qcow2: repaired the refcounts of a dirty image ({} corrected)", fixed);
+    }
+
+    /** Counts references while recounting a dirty image; rejects anything outside the file. */
+    private final class RefCounter {
+        final long[] count;
+        final long clusters;
+
+        RefCounter(long[] count, long clusters) {
+            this.count = count;
+            this.clusters = clusters;
+        }
+
+        void range(long off, long len) throws BlockException {
+            if (len <= 0) return;
+            long c0 = off >>> clusterBits;
+            long c1 = (off + len - 1) >>> clusterBits;
+            if (off < 0 || c1 >= clusters + 1) throw invalid("reference to host offset " + off + " beyond the end of the file");
+            for (long c = c0; c <= c1; c++) count[(int) c]++;
+        }
+    }
+
+    private void countL1(RefCounter rc, long table, long entries) throws BlockException {
+        for (long i = 0; i < entries; i++) {
+            long l2off = l2Offset(i, be64(table + i * 8));
+            if (l2off == 0) continue;
+            rc.range(l2off, clusterSize);
+            file.read(l2off, statusBuf, clusterSize);
+            for (int j = 0; j < l2Entries; j++) {
+                long e = l2e(statusBuf, j);
+                if ((e & QCOW_OFLAG_COMPRESSED) != 0) {
+                    long coff = e & ((1L << csizeShift) - 1);
+                    long nb = ((e >>> csizeShift) & csizeMask) + 1;
+                    rc.range(coff & ~511L, nb * 512);
+                } else {
+                    long ho = checkStandard(e, 0);
+                    if (ho != 0) rc.range(ho, clusterSize);
+                }
+            }
         }
     }
 

@@ -133,6 +133,8 @@ final class Qcow2Format {
         String backingFile;
         String backingFormat;
         boolean extL2;
+        /** A bitmaps extension is present (kept intact, not used). */
+        boolean hasBitmaps;
         /** The whole first cluster, as read (aligned native copy made by the driver). */
         byte[] headerCluster;
 
@@ -199,7 +201,6 @@ final class Qcow2Format {
         // Extensions first: the feature name table words the unsupported-feature error.
         long extEnd = h.backingFileOffset != 0 ? Math.min(h.backingFileOffset, cl.length) : cl.length;
         java.util.Map<Integer, String> incompatNames = new java.util.HashMap<>();
-        long bitmapsExt = 0;
         for (long off = h.headerLength; ; ) {
             if (off + 8 > extEnd) break; // no room for another extension header: treat as end
             int type = b.getInt((int) off);
@@ -222,7 +223,7 @@ final class Qcow2Format {
                         if (ftype == 0) incompatNames.put(bit, new String(cl, o + i + 2, n, StandardCharsets.UTF_8));
                     }
                 }
-                case QCOW2_EXT_MAGIC_BITMAPS -> bitmapsExt = len; // kept intact, not used
+                case QCOW2_EXT_MAGIC_BITMAPS -> h.hasBitmaps = true; // kept intact, not used
                 default -> { /* unknown extensions are ignored (and kept: we never rewrite them) */ }
             }
             off += (len + 7) & ~7L;

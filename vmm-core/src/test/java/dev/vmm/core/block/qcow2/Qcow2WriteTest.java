@@ -247,6 +247,32 @@ class Qcow2WriteTest {
         }
     }
 
+    /** A crash under lazy refcounts leaves the dirty bit and missing refcounts: a writable open repairs them. */
+    @ParameterizedTest
+    @ValueSource(strings = {"cluster_size=4096", "cluster_size=65536,extended_l2=on"})
+    void dirtyImagesAreRepairedOnWritableOpen(String opts) throws Exception {
+        Path img = dir.resolve("dirty.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", opts + ",lazy_refcounts=on", img.toString(), "4M");
+        qemuIoCmds(img, "qcow2", "write -P 0x21 0 64k");
+        ok(qemuImg(), "snapshot", "-c", "s", img.toString());
+        String[] out = new String[1];
+        run(out, Qcow2Harness.qemuIo(), "-f", "qcow2", "-c", "write -P 0x5 0 1M", "-c", "write -P 0x6 2M 100k", "-c", "sigraise 9",
+                img.toString());
+        assertEquals(2, run(out, qemuImg(), "check", img.toString()), "the crash left refcount errors");
+        assertTrue((Qcow2HostileTest.get64(img, 72) & 1) != 0, "dirty bit set");
+        byte[] content = Qcow2Harness.rawContent(img, dir);
+        Qcow2Driver ro = h.open(img, true);
+        assertArrayEquals(content, h.readAll(ro, 1 << 20), "read-only open of a dirty image");
+        h.closeAll(false);
+        Qcow2Driver d = h.open(img, false);
+        assertEquals(0, h.write(d, 3L << 20, new byte[8192], false));
+        h.closeAll(true);
+        assertEquals(0, Qcow2HostileTest.get64(img, 72) & 1, "dirty bit cleared");
+        assertCheckClean(img);
+        java.util.Arrays.fill(content, 3 << 20, (3 << 20) + 8192, (byte) 0);
+        assertArrayEquals(content, Qcow2Harness.rawContent(img, dir));
+    }
+
     @Test
     void growsTheRefcountTable() throws Exception {
         // 512-byte clusters with 64-bit refcounts: one refcount block covers 64 clusters (32 KiB),
