@@ -2200,6 +2200,8 @@ public final class Qcow2Driver implements BlockDriver {
     /** One cached table (an L2 table or a refcount block): a cluster of aligned native memory. */
     static final class Table {
         long offset = -1;
+        /** Position in the cache's slot list. */
+        int index;
         long base;
         long addr;
         boolean loading;
@@ -2232,6 +2234,9 @@ public final class Qcow2Driver implements BlockDriver {
             java.util.Arrays.fill(keys, -1);
         }
 
+        /** Removed keys (tombstones) since the last rebuild. */
+        private int tombs;
+
         Table lookup(long off) {
             long k = off >>> clusterBits;
             int mask = keys.length - 1;
@@ -2241,12 +2246,36 @@ public final class Qcow2Driver implements BlockDriver {
             }
         }
 
+        /** Re-keys slot {@code t} from its old offset to {@code off} (-1: unmapped). */
+        private void remap(Table t, long off) {
+            if (t.offset >= 0) {
+                long k = t.offset >>> clusterBits;
+                int mask = keys.length - 1;
+                for (int i = hash(k, mask); ; i = (i + 1) & mask) {
+                    if (keys[i] == -1) break;
+                    if (keys[i] == k && slots.get(vals[i]) == t) {
+                        keys[i] = -2; // tombstone: lookups continue past it
+                        tombs++;
+                        break;
+                    }
+                }
+            }
+            t.offset = off;
+            if (off < 0) return;
+            if ((slots.size() + tombs) * 2 >= keys.length) {
+                rebuild();
+                return;
+            }
+            insert(off >>> clusterBits, t.index);
+        }
+
         private int hash(long k, int mask) {
             long x = k * 0x9E3779B97F4A7C15L;
             return (int) (x ^ (x >>> 32)) & mask;
         }
 
         private void rebuild() {
+            tombs = 0;
             int cap = Integer.highestOneBit(Math.max(16, slots.size() * 4) - 1) << 1;
             keys = new long[cap];
             vals = new int[cap];
@@ -2260,7 +2289,7 @@ public final class Qcow2Driver implements BlockDriver {
         private void insert(long k, int s) {
             int mask = keys.length - 1;
             for (int i = hash(k, mask); ; i = (i + 1) & mask) {
-                if (keys[i] == -1) {
+                if (keys[i] < 0) {
                     keys[i] = k;
                     vals[i] = s;
                     return;
@@ -2286,6 +2315,7 @@ public final class Qcow2Driver implements BlockDriver {
 
         private Table newSlot() {
             Table t = new Table();
+            t.index = slots.size();
             t.base = NativeAlloc.allocate(clusterSize, ALIGN);
             t.addr = NativeAlloc.aligned(t.base, ALIGN);
             slots.add(t);
@@ -2293,9 +2323,8 @@ public final class Qcow2Driver implements BlockDriver {
         }
 
         private void assign(Table t, long off) {
-            t.offset = off;
+            remap(t, off);
             t.lastUse = ++clock;
-            rebuild();
         }
 
         /** The table at {@code off}, or null with {@code w} parked (on its load, or on a writeback). */
@@ -2328,8 +2357,7 @@ public final class Qcow2Driver implements BlockDriver {
                 metaInFlight--;
                 t.loading = false;
                 t.waiters.clear();
-                t.offset = -1;
-                rebuild();
+                remap(t, -1);
                 throw e;
             }
             return null;
@@ -2352,8 +2380,7 @@ public final class Qcow2Driver implements BlockDriver {
             List<Waiter> ws = new ArrayList<>(t.waiters);
             t.waiters.clear();
             if (errno != 0) {
-                t.offset = -1;
-                rebuild();
+                remap(t, -1);
                 for (Waiter w : ws) w.fail(errno);
             } else {
                 t.fresh = true;
@@ -2367,8 +2394,7 @@ public final class Qcow2Driver implements BlockDriver {
         void drop(long off) {
             Table t = lookup(off);
             if (t != null && !t.loading && !t.writing && !t.dirty && t.pins == 0) {
-                t.offset = -1;
-                rebuild();
+                remap(t, -1);
             }
         }
 
@@ -2376,8 +2402,7 @@ public final class Qcow2Driver implements BlockDriver {
         Table create(long off) {
             Table t = lookup(off);
             if (t != null && (t.loading || t.writing)) {
-                t.offset = -1; // a stale copy of a freed cluster: never looked up again
-                rebuild();
+                remap(t, -1); // a stale copy of a freed cluster: never looked up again
                 t = null;
             }
             if (t == null) t = victim(true);
