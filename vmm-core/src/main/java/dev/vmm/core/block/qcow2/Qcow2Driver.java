@@ -800,6 +800,9 @@ public final class Qcow2Driver implements BlockDriver {
         long cbuf;
         // allocating write of one cluster
         long lockCluster = -1;
+        /** A lock-free data transfer at a mapped host offset is in the kernel (see {@link #startMapped}). */
+        boolean mapped;
+        long mappedEpoch;
         /** The L2 table this request holds across parks (slow path), or null. */
         Table pinned;
         final ArrayList<Waiter> lockWaiters = new ArrayList<>(2);
@@ -840,6 +843,7 @@ public final class Qcow2Driver implements BlockDriver {
         }
 
         void onIo(int errno) {
+            if (mapped) endMapped(this);
             if (errno != 0 && err == 0) err = errno;
             if (--pending > 0) return;
             if (err != 0) {
@@ -965,6 +969,7 @@ public final class Qcow2Driver implements BlockDriver {
                     r.pos += len;
                     r.pending = 1;
                     file.readv(r.host, r.scratch, n, len, r.ioDone);
+                    startMapped(r);
                     return;
                 }
                 default -> { // compressed: one cluster at most
@@ -1320,6 +1325,7 @@ public final class Qcow2Driver implements BlockDriver {
         r.pos += len;
         r.pending = 1;
         file.writev(host0, r.scratch, n, len, false, r.ioDone);
+        startMapped(r);
         return 1;
     }
 
@@ -1827,6 +1833,35 @@ public final class Qcow2Driver implements BlockDriver {
         file.write(0, hdr, headerWriteLen(), true);
     }
 
+    // ---- mapped transfers vs frees ----
+    // An in-place write or a data read uses a host offset it looked up without a lock; a discard
+    // may unmap that cluster meanwhile. Its free is applied only once every such transfer that
+    // started before the writeback (which captured the free) has completed, so a freed cluster is
+    // never reused while an old transfer may still reach it.
+
+    private long epoch;
+    private int mappedOld;
+    private int mappedCur;
+    private boolean wbWaitsMapped;
+
+    private void startMapped(Req r) {
+        r.mapped = true;
+        r.mappedEpoch = epoch;
+        mappedCur++;
+    }
+
+    private void endMapped(Req r) {
+        r.mapped = false;
+        if (r.mappedEpoch < epoch) {
+            if (--mappedOld == 0 && wbWaitsMapped) {
+                wbWaitsMapped = false;
+                wake(wb);
+            }
+        } else {
+            mappedCur--;
+        }
+    }
+
     // ================================================================ writeback
 
     /** Starts the writeback chain, or asks the running one to run again when it ends. */
@@ -1837,6 +1872,9 @@ public final class Qcow2Driver implements BlockDriver {
         }
         wbActive = true;
         wbAgain = false;
+        epoch++;
+        mappedOld += mappedCur;
+        mappedCur = 0;
         wbErr = 0;
         wbPhase = 0;
         wbPending = 0;
@@ -1872,6 +1910,11 @@ public final class Qcow2Driver implements BlockDriver {
             }
             int phase = wbPhase++;
             try {
+                if (phase == P_FREES && wbFreeCount > 0 && mappedOld > 0) {
+                    wbPhase--;
+                    wbWaitsMapped = true; // endMapped resumes the writeback
+                    return;
+                }
                 if (phase == P_FREES) {
                     if (!applyFrees(wb, false)) {
                         wbPhase--;

@@ -54,6 +54,29 @@ class Qcow2ContractTest {
         }
     }
 
+    /** Holds the completions of data writes submitted while {@code on}. Home thread. */
+    static final class HoldWrites extends ForwardingBlockDriver {
+        boolean on;
+        final java.util.List<Runnable> held = new java.util.ArrayList<>();
+
+        HoldWrites(BlockDriver d) { super(d); }
+
+        @Override
+        public void writev(long o, long iov, int n, long t, boolean fua, IoCompletion c) throws BlockException {
+            if (!on) {
+                super.writev(o, iov, n, t, fua, c);
+                return;
+            }
+            super.writev(o, iov, n, t, fua, err -> held.add(() -> c.ioDone(err)));
+        }
+
+        void release() {
+            java.util.List<Runnable> l = new java.util.ArrayList<>(held);
+            held.clear();
+            l.forEach(Runnable::run);
+        }
+    }
+
     Qcow2Driver open(Path img, FlakyFile[] out) throws Exception {
         return h.on(() -> {
             RawFileDriver f = RawFileDriver.open(img, false, false);
@@ -127,6 +150,63 @@ class Qcow2ContractTest {
         assertEquals(Errno.EIO, h.flush(d));
         assertEquals(Errno.EIO, h.flush(d), "sticky: the child would succeed now");
         assertFalse(h.on(() -> f[0].failFlushes > 0));
+    }
+
+    /**
+     * A cluster unmapped by a discard while an in-place write to it is still in the kernel is not
+     * reused (nor freed) until that write completed.
+     */
+    @Test
+    void aFreedClusterWaitsForTransfersStillInTheKernel() throws Exception {
+        Path img = image();
+        Qcow2Harness.qemuIoCmds(img, "qcow2", "write -P 0x44 0 64k");
+        HoldWrites[] hold = new HoldWrites[1];
+        Qcow2Driver d = h.on(() -> {
+            RawFileDriver f = RawFileDriver.open(img, false, false);
+            f.attach(h.iot);
+            h.opened.add(f);
+            hold[0] = new HoldWrites(f);
+            Qcow2Driver q = Qcow2Driver.open(hold[0], Qcow2Driver.readHeader(hold[0]), null, Qcow2Options.defaults(false));
+            q.attach(h.iot);
+            h.opened.add(q);
+            return q;
+        });
+        Memory a = NativeBuffers.aligned(65536, 4096);
+        a.setMemory(0, 65536, (byte) 0x55);
+        Memory b = NativeBuffers.aligned(65536, 4096);
+        b.setMemory(0, 65536, (byte) 0x66);
+        Memory warm = NativeBuffers.aligned(4096, 4096);
+        assertEquals(0, h.await(done -> d.read(0, NativeBuffers.address(warm), 4096, done))); // L2 table cached
+        CompletableFuture<Integer> w1 = new CompletableFuture<>();
+        CompletableFuture<Integer> fl = new CompletableFuture<>();
+        CompletableFuture<Integer> w2 = new CompletableFuture<>();
+        CompletableFuture<Integer> disc = new CompletableFuture<>();
+        h.on(() -> {
+            hold[0].on = true;
+            d.write(0, NativeBuffers.address(a), 65536, false, w1::complete); // in place, held in the "kernel"
+            hold[0].on = false;
+            d.discard(0, 65536, disc::complete); // unmaps cluster 0 (metadata only)
+            d.flush(fl::complete);
+            return null;
+        });
+        assertEquals(0, disc.get(5, TimeUnit.SECONDS));
+        h.on(() -> { d.write(5L << 16, NativeBuffers.address(b), 65536, false, w2::complete); return null; });
+        Thread.sleep(300);
+        assertFalse(fl.isDone(), "the free waits for the write still in flight");
+        assertFalse(w2.isDone(), "no allocation may reuse the cluster meanwhile");
+        assertEquals(1, (int) h.on(() -> hold[0].held.size()), "the in-place write is held");
+        h.on(() -> { hold[0].release(); return null; });
+        assertEquals(0, w1.get(5, TimeUnit.SECONDS));
+        assertEquals(0, fl.get(5, TimeUnit.SECONDS));
+        assertEquals(0, w2.get(5, TimeUnit.SECONDS));
+        h.closeAll(true);
+        String[] out = new String[1];
+        assertEquals(0, Qcow2Harness.run(out, qemuImg(), "check", img.toString()), out[0]);
+        byte[] c = Qcow2Harness.rawContent(img, dir);
+        for (int i = 0; i < 65536; i++) {
+            assertEquals(0, c[i], "discarded cluster reads zeros at " + i);
+            assertEquals(0x66, c[(5 << 16) + i], "new cluster at " + i);
+        }
     }
 
     @Test
