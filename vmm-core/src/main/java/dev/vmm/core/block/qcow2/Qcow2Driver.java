@@ -315,10 +315,7 @@ public final class Qcow2Driver implements BlockDriver {
         reftableRange = ranges.size();
         addRange("refcount table", reftableOffset, reftableOffset + (reftableClusters << clusterBits));
         if (h.nbSnapshots > 0) {
-            // The snapshot table's end is known after parsing it: recompute its length.
-            long end = h.snapshotsOffset;
-            end = snapshotTableEnd(h);
-            addRange("snapshot table", h.snapshotsOffset, end);
+            addRange("snapshot table", h.snapshotsOffset, snapshotTableEnd(h));
         }
         for (int i = 0; i < snaps.size(); i++) {
             Snapshot s = snaps.get(i);
@@ -2101,9 +2098,6 @@ public final class Qcow2Driver implements BlockDriver {
     private void wbFinish() {
         int err = wbErr;
         if (err != 0 && flushErrno == 0) flushErrno = err;
-        if (err == 0 && wbFreeCount > 0) {
-            // not applied (error path handled above); keep them for the next round
-        }
         wbActive = false;
         ArrayList<Req> done = new ArrayList<>(flushers);
         flushers.clear();

@@ -188,14 +188,6 @@ class Qcow2CrashTest {
         for (int i = 0; i < afterFlush.size(); i++) {
             int idx = flushRecIndex.get(i);
             rebuild(initial, crashed, log, idx, idx, null);
-            if (System.getenv("QDEBUG") != null) {
-                System.out.println("FLUSH " + i + " idx " + idx + " flushes " + flushes);
-                for (int j = 0; j < Math.min(idx + 3, log.size()); j++) {
-                    Rec r = log.get(j);
-                    System.out.println(" rec " + j + (r.flush ? " FLUSH" : r.grow >= 0 ? " grow " + r.grow : " write " + r.offset + " +" + r.data.length + " first=" + r.data[0]));
-                }
-                System.out.println(Qcow2Harness.ok(qemuImg(), "map", "--output=json", crashed.toString()));
-            }
             assertArrayEquals(afterFlush.get(i), Qcow2Harness.rawContent(crashed, dir), "content after guest flush " + i);
         }
         assertTrue(checks > 20);

@@ -4,7 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import com.sun.jna.Memory;
-import com.sun.jna.Pointer;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.IoCompletion;
@@ -31,6 +30,9 @@ import java.util.concurrent.TimeUnit;
 final class Qcow2Harness implements AutoCloseable {
     final IOThread iot;
     final List<BlockDriver> opened = new ArrayList<>();
+    /** How the image file of the top node is opened (O_DIRECT, aio engine). */
+    boolean direct;
+    dev.vmm.core.aio.AioMode aio = dev.vmm.core.aio.IoEngines.defaultMode();
 
     Qcow2Harness(String name) {
         iot = IOThread.start(name);
@@ -105,15 +107,10 @@ final class Qcow2Harness implements AutoCloseable {
     }
 
     private Qcow2Driver openChain(Path img, Qcow2Options opts) throws BlockException {
-        RawFileDriver f = System.getenv("QTHREADS") != null ? RawFileDriver.open(img, opts.readOnly(), false, dev.vmm.core.aio.AioMode.THREADS) : RawFileDriver.open(img, opts.readOnly(), false);
+        RawFileDriver f = RawFileDriver.open(img, opts.readOnly(), direct, aio);
         f.attach(iot);
         opened.add(f);
-        Qcow2Header h;
-        try {
-            h = Qcow2Driver.readHeader(f);
-        } catch (BlockException e) {
-            throw e;
-        }
+        Qcow2Header h = Qcow2Driver.readHeader(f);
         BlockDriver backing = null;
         if (h.backingFile() != null) {
             Path bp = img.resolveSibling(h.backingFile());
@@ -218,6 +215,4 @@ final class Qcow2Harness implements AutoCloseable {
             iot.shutdown(5000);
         }
     }
-
-    static Pointer unused() { return null; }
 }

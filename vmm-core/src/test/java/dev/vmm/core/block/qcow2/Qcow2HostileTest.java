@@ -16,7 +16,6 @@ import dev.vmm.core.block.BlockStatus;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.testing.NativeBuffers;
 import java.io.RandomAccessFile;
-import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Random;
@@ -164,7 +163,6 @@ class Qcow2HostileTest {
         put64(p, l1Offset(p), rb | (1L << 63)); // the L2 table is the refcount block
         assertTrue(refused(p, true).contains("overlaps"));
         p = image();
-        put64(p, l1Offset(p), 0 | (1L << 63) | CS); // L2 table = ... the L1? use the header cluster's neighbour
         put64(p, l1Offset(p), l1Offset(p) | (1L << 63)); // the L2 table is the L1 table
         assertTrue(refused(p, true).contains("overlaps"));
     }
@@ -275,7 +273,6 @@ class Qcow2HostileTest {
             long grown = Files.size(p) - img.length;
             assertTrue(grown <= (8L << 20), "seed " + seed + ": the file grew by " + grown + " bytes");
         }
-        System.out.println("fuzz: " + seeds + " seeds, " + opened + " opened");
         assertEquals(before, Qcow2Driver.UNEXPECTED.get(), "runtime exceptions inside the driver (see the log)");
         assertTrue(seeds >= 100, "fuzzed " + seeds + " seeds");
         assertTrue(opened > 10, "some fuzzed images opened (" + opened + ")");
@@ -329,6 +326,5 @@ class Qcow2HostileTest {
         } catch (java.util.concurrent.TimeoutException e) {
             fail("seed " + seed + ": flush hung: " + h.on(d::debugState));
         }
-        ByteBuffer.allocate(0);
     }
 }

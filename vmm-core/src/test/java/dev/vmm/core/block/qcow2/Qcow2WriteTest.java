@@ -86,7 +86,6 @@ class Qcow2WriteTest {
     }
 
     void applyOurs(Qcow2Driver d, List<List<Op>> batches) throws Exception {
-        int max = 3 * 2 * 1024 * 1024;
         for (List<Op> batch : batches) {
             List<Memory> bufs = new ArrayList<>();
             CompletableFuture<Void> all = new CompletableFuture<>();
@@ -145,7 +144,6 @@ class Qcow2WriteTest {
                 throw new AssertionError("hung: " + h.on(d::debugState) + "\nraw: " + raw + "\nbatch " + batch, e);
             }
             assertEquals(0, errors.get(), why.toString());
-            assertTrue(max > 0);
         }
     }
 
@@ -179,7 +177,6 @@ class Qcow2WriteTest {
         long size = Long.parseLong(ok(qemuImg(), "info", "--output=json", img.toString())
                 .replaceAll("(?s).*\"virtual-size\": (\\d+).*", "$1"));
         List<List<Op>> ops = randomBatches(seed, size, clusterSize, batches);
-        if (System.getenv("QDEBUG") != null) for (List<Op> b : ops) System.out.println("BATCH " + b);
         Qcow2Driver d = h.open(img, opts);
         applyOurs(d, ops);
         assertEquals(0, h.flush(d));
@@ -201,6 +198,24 @@ class Qcow2WriteTest {
         randomAgainstQemu(img, opts.hashCode(), cs, 12);
     }
 
+    /** The file child with O_DIRECT (aligned metadata I/O, bounced where a table is smaller than a block) and with aio=threads. */
+    @ParameterizedTest
+    @ValueSource(strings = {"direct:cluster_size=65536", "direct:cluster_size=512", "direct:cluster_size=65536,extended_l2=on",
+        "threads:cluster_size=4096"})
+    void randomWritesThroughODirectAndThreads(String mode) throws Exception {
+        String opts = mode.substring(mode.indexOf(':') + 1);
+        h.direct = mode.startsWith("direct");
+        if (mode.startsWith("threads")) h.aio = dev.vmm.core.aio.AioMode.THREADS;
+        Path img = dir.resolve("d.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", opts, img.toString(), "6M");
+        qemuIoCmds(img, "qcow2", "write -P 0x55 0 64k", "write -P 0x11 1500k 700k");
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength((f.length() + 4095) / 4096 * 4096); // O_DIRECT needs an aligned size to open read-write
+        }
+        int cs = Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"));
+        randomAgainstQemu(img, 5 + mode.hashCode(), cs, 12);
+    }
+
     /** Four-table caches: misses park requests, evictions write back mid-run. */
     @ParameterizedTest
     @ValueSource(strings = {"cluster_size=4096", "cluster_size=512", "cluster_size=16384,extended_l2=on"})
@@ -210,7 +225,7 @@ class Qcow2WriteTest {
         qemuIoCmds(img, "qcow2", "write -P 0x55 0 64k", "write -P 0x11 1500k 700k");
         ok(qemuImg(), "snapshot", "-c", "s", img.toString());
         int cs = Integer.parseInt(opts.replaceAll(".*cluster_size=(\\d+).*", "$1"));
-        randomAgainstQemu(img, 99 + opts.hashCode(), cs, 16, new Qcow2Options(false, 1, 1, null, System.getenv("QNOPUNCH") == null));
+        randomAgainstQemu(img, 99 + opts.hashCode(), cs, 16, new Qcow2Options(false, 1, 1, null, true));
     }
 
     @ParameterizedTest
