@@ -288,6 +288,24 @@ class Qcow2WriteTest {
         assertArrayEquals(content, Qcow2Harness.rawContent(img, dir));
     }
 
+    /** Persistent bitmaps are kept but, as by any program without bitmap support, flagged stale. */
+    @Test
+    void bitmapsAreKeptAndFlaggedInconsistent() throws Exception {
+        Path img = dir.resolve("bm.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", img.toString(), "4M");
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "b0");
+        qemuIoCmds(img, "qcow2", "write -P 0x12 0 64k");
+        assertEquals(1, Qcow2HostileTest.get64(img, 88) & 1, "bitmaps autoclear bit");
+        Qcow2Driver d = h.open(img, false);
+        assertEquals(0, h.write(d, 1 << 20, new byte[65536], false));
+        h.closeAll(true);
+        assertEquals(0, Qcow2HostileTest.get64(img, 88), "autoclear bits cleared");
+        String[] out = new String[1];
+        int rc = run(out, qemuImg(), "check", img.toString());
+        assertTrue(rc == 0 || rc == 3, "only the bitmap's clusters leak: " + out[0]);
+        assertTrue(out[0].contains("bitmaps are now considered inconsistent"), out[0]);
+    }
+
     @Test
     void growsTheRefcountTable() throws Exception {
         // 512-byte clusters with 64-bit refcounts: one refcount block covers 64 clusters (32 KiB),
