@@ -675,6 +675,7 @@ public final class Qcow2Driver implements BlockDriver {
 
     private Req take(int type, long offset, long length, IoCompletion done, int iovcnt) throws BlockException {
         if (home == null) throw new BlockException(EIO, "qcow2: node is not attached to an IOThread");
+        assert home.inThread() : "qcow2 request submitted off its home IOThread";
         Req r = freeReqs.poll();
         if (r == null) {
             r = new Req();
@@ -2167,6 +2168,7 @@ public final class Qcow2Driver implements BlockDriver {
     @Override
     public void status(long offset, long maxLength, BlockStatus out) throws BlockException {
         checkOpen();
+        assert home == null || home.inThread() : "qcow2 block status off its home IOThread";
         if (offset < 0 || offset >= size || maxLength <= 0) {
             throw new BlockException(EINVAL, "block status at " + offset + " (+" + maxLength + ") outside image of size " + size);
         }
