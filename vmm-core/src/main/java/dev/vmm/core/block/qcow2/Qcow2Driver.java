@@ -64,6 +64,8 @@ public final class Qcow2Driver implements BlockDriver {
     private static final int IOVEC = 16;
     /** The file grows in chunks of this many bytes (or one cluster when bigger). */
     private static final long GROW_CHUNK = 1L << 20;
+    /** Most whole clusters one allocating write takes at once (one child write, one pass of L2 updates). */
+    static final int MAX_BATCH = 32;
 
     // ---- kinds of a mapped run ----
     static final int K_UNALLOC = 0;
@@ -693,6 +695,7 @@ public final class Qcow2Driver implements BlockDriver {
         r.fuaDone = false;
         r.mayUnmap = false;
         r.lockCluster = -1;
+        r.sCount = 1;
         r.ensureScratch(Math.max(iovcnt, 1) + 2);
         guestInFlight++;
         return r;
@@ -814,6 +817,10 @@ public final class Qcow2Driver implements BlockDriver {
         boolean sNew;
         long sOldE;
         long sOldBm;
+        /** Clusters allocated together (whole clusters of one request, contiguous on the host), locked together. */
+        int sCount = 1;
+        final long[] bOldE = new long[MAX_BATCH];
+        final long[] bOldBm = new long[MAX_BATCH];
         final IoCompletion ioDone = this::onIo;
 
         void ensureScratch(int entries) {
@@ -1222,7 +1229,7 @@ public final class Qcow2Driver implements BlockDriver {
     private Req lockHolder(long gc) {
         for (int i = 0; i < lockers.size(); i++) {
             Req h = lockers.get(i);
-            if (h.lockCluster == gc) return h;
+            if (gc >= h.lockCluster && gc < h.lockCluster + h.sCount) return h;
         }
         return null;
     }
@@ -1262,6 +1269,7 @@ public final class Qcow2Driver implements BlockDriver {
         unpin(r);
         lockers.remove(r);
         r.lockCluster = -1;
+        r.sCount = 1;
         wakeAll(r.lockWaiters);
     }
 
@@ -1382,6 +1390,9 @@ public final class Qcow2Driver implements BlockDriver {
                 r.sTo = to;
                 r.sHost = host;
                 r.sNew = !inPlace;
+                r.bOldE[0] = e;
+                r.bOldBm[0] = bm;
+                if (r.sNew && a == 0 && b == clusterSize && r.type == T_WRITE) extendBatch(r, t, idx);
                 r.ensureBounce();
                 r.state = S_FILL;
                 startFill(r, compressed);
@@ -1393,15 +1404,16 @@ public final class Qcow2Driver implements BlockDriver {
                 return slow(r);
             }
             case S_FILL -> {
-                checkDataWrite(r.sHost, clusterSize);
-                checkInsideFile(r.sHost + r.sFrom, r.sTo - r.sFrom);
+                long batch = (long) (r.sCount - 1) * clusterSize;
+                checkDataWrite(r.sHost, clusterSize + batch);
+                checkInsideFile(r.sHost + r.sFrom, r.sTo - r.sFrom + batch);
                 int n = 0;
                 if (r.sA > r.sFrom) n += putIov(r, n, r.bounce + r.sFrom, r.sA - r.sFrom);
                 n += slice(r, r.pos, r.sLen, n);
                 if (r.sTo > r.sB) n += putIov(r, n, r.bounce + r.sB, r.sTo - r.sB);
                 r.state = S_WRITE;
                 r.pending = 1;
-                file.writev(r.sHost + r.sFrom, r.scratch, n, r.sTo - r.sFrom, false, r.ioDone);
+                file.writev(r.sHost + r.sFrom, r.scratch, n, r.sTo - r.sFrom + batch, false, r.ioDone);
                 return false;
             }
             case S_WRITE, S_UPDATE -> {
@@ -1412,24 +1424,31 @@ public final class Qcow2Driver implements BlockDriver {
                 }
                 long t = l2ForWrite(r, l1i);
                 if (t == 0) return false;
-                long e = l2e(t, idx);
-                long bm = l2bm(t, idx);
-                if (e != r.sOldE || bm != r.sOldBm) {
-                    throw corruption("L2 entry for guest offset " + (r.sG & ~csMask) + " changed under an allocating write");
+                for (int i = 0; i < r.sCount; i++) {
+                    long e = l2e(t, idx + i);
+                    long bm = l2bm(t, idx + i);
+                    if (e != r.bOldE[i] || bm != r.bOldBm[i]) {
+                        throw corruption("L2 entry for guest offset " + ((r.sG & ~csMask) + (long) i * clusterSize)
+                                + " changed under an allocating write");
+                    }
                 }
-                long ne = r.sHost | QCOW_OFLAG_COPIED;
-                long nbm = 0;
-                if (extL2) {
-                    int s0 = r.sFrom >>> subBits;
-                    int s1 = (r.sTo >>> subBits) - 1;
-                    long span = ((1L << (s1 - s0 + 1)) - 1) << s0;
-                    long alloc = ((r.sNew ? 0 : bm) | span) & 0xFFFFFFFFL;
-                    long zero = (((r.sOldE & QCOW_OFLAG_COMPRESSED) != 0 ? 0 : bm) >>> 32) & ~span & 0xFFFFFFFFL;
-                    nbm = alloc | (zero << 32);
+                for (int i = 0; i < r.sCount; i++) {
+                    long old = r.bOldE[i];
+                    long bm = r.bOldBm[i];
+                    long ne = (r.sHost + (long) i * clusterSize) | QCOW_OFLAG_COPIED;
+                    long nbm = 0;
+                    if (extL2) {
+                        int s0 = r.sFrom >>> subBits;
+                        int s1 = (r.sTo >>> subBits) - 1;
+                        long span = ((1L << (s1 - s0 + 1)) - 1) << s0;
+                        long alloc = ((r.sNew ? 0 : bm) | span) & 0xFFFFFFFFL;
+                        long zero = (((old & QCOW_OFLAG_COMPRESSED) != 0 ? 0 : bm) >>> 32) & ~span & 0xFFFFFFFFL;
+                        nbm = alloc | (zero << 32);
+                    }
+                    setL2(t, idx + i, ne, nbm);
+                    if (r.sNew) freeEntry(old);
                 }
-                setL2(t, idx, ne, nbm);
                 markL2Dirty(l1i);
-                if (r.sNew) freeEntry(r.sOldE);
                 r.pos += r.sLen;
                 r.state = S_NONE;
                 unlock(r);
@@ -1437,6 +1456,54 @@ public final class Qcow2Driver implements BlockDriver {
             }
             default -> throw new IllegalStateException("slow write state " + r.state);
         }
+    }
+
+    /**
+     * Extends an allocating write of a whole new cluster to the following whole clusters of the
+     * request in the same L2 table, while their next host cluster is free right after the previous
+     * one (one child write for all) and they are not in-place clusters or locked by others.
+     */
+    private void extendBatch(Req r, long t, int idx) throws BlockException {
+        long c = r.sHost >>> clusterBits;
+        long gc0 = r.sG >>> clusterBits;
+        while (r.sCount < MAX_BATCH && idx + r.sCount < l2Entries
+                && r.length - r.pos - (long) r.sCount * clusterSize >= clusterSize) {
+            long gc = gc0 + r.sCount;
+            if (lockHolder(gc) != null) break;
+            int i = idx + r.sCount;
+            long e = l2e(t, i);
+            long bm = l2bm(t, i);
+            if ((e & QCOW_OFLAG_COMPRESSED) != 0) {
+                checkCompressed(e, bm, gc << clusterBits);
+            } else {
+                long ho = checkStandard(e, gc << clusterBits);
+                if (ho != 0 && (e & QCOW_OFLAG_COPIED) != 0) break; // written in place
+            }
+            if (!tryAllocAt(c + r.sCount)) break;
+            r.bOldE[r.sCount] = e;
+            r.bOldBm[r.sCount] = bm;
+            r.sCount++;
+        }
+        r.sLen = r.sCount * clusterSize;
+    }
+
+    /** Allocates host cluster {@code c} when it is the next free one and its refcount block is cached. */
+    private boolean tryAllocAt(long c) throws BlockException {
+        if (c != freeClusterIndex) return false;
+        long rbi = c >>> rbBits;
+        if (rbi >= rtEntries) return false;
+        long rbOff = rbOffset(rbi);
+        if (rbOff == 0) return false;
+        Table t = rbCache.lookup(rbOff);
+        if (t == null || t.loading) return false;
+        int i = (int) (c & (rbEntries - 1));
+        if (getRc(t.addr, i) != 0) return false;
+        setRc(t.addr, i, 1);
+        t.dirty = true;
+        t.lastUse = ++rbCache.clock;
+        freeClusterIndex = c + 1;
+        ensureFile(c + 1);
+        return true;
     }
 
     private static int putIov(Req r, int at, long base, long len) {

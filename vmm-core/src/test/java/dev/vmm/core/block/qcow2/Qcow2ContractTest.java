@@ -209,6 +209,39 @@ class Qcow2ContractTest {
         }
     }
 
+    /** Whole new clusters of one request are allocated contiguously and written with one child write. */
+    @Test
+    void wholeClusterWritesAllocateInOneChildWrite() throws Exception {
+        Path img = image();
+        BlockDriver[] w = new BlockDriver[1];
+        int[] writes = new int[1];
+        Qcow2Driver d = h.on(() -> {
+            RawFileDriver f = RawFileDriver.open(img, false, false);
+            f.attach(h.iot);
+            h.opened.add(f);
+            w[0] = new ForwardingBlockDriver(f) {
+                @Override
+                public void writev(long o, long iov, int n, long t, boolean fua, IoCompletion c) throws BlockException {
+                    writes[0]++;
+                    super.writev(o, iov, n, t, fua, c);
+                }
+            };
+            Qcow2Driver q = Qcow2Driver.open(w[0], Qcow2Driver.readHeader(w[0]), null, Qcow2Options.defaults(false));
+            q.attach(h.iot);
+            h.opened.add(q);
+            return q;
+        });
+        byte[] data = new byte[1 << 20];
+        new java.util.Random(3).nextBytes(data);
+        assertEquals(0, h.write(d, 0, data, false));
+        assertEquals(1, (int) h.on(() -> writes[0]), "16 new clusters, one child write");
+        h.closeAll(true);
+        String[] out = new String[1];
+        assertEquals(0, Qcow2Harness.run(out, qemuImg(), "check", img.toString()), out[0]);
+        byte[] c = Qcow2Harness.rawContent(img, dir);
+        org.junit.jupiter.api.Assertions.assertArrayEquals(data, java.util.Arrays.copyOf(c, data.length));
+    }
+
     @Test
     void readOnlyNodesRefuseWrites() throws Exception {
         Qcow2Driver d = h.open(image(), true);
