@@ -244,16 +244,19 @@ class Qcow2HostileTest {
         qemuIoCmds(src, "qcow2", "write -P 0x33 4k 4k");
         Path comp = dir.resolve("fuzz-comp.qcow2");
         ok(qemuImg(), "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", src.toString(), comp.toString());
-        byte[][] originals = {Files.readAllBytes(src), Files.readAllBytes(comp)};
+        Path ext = dir.resolve("fuzz-ext.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", "cluster_size=16384,extended_l2=on,refcount_bits=4", ext.toString(), "1M");
+        qemuIoCmds(ext, "qcow2", "write -P 0x11 0 20k", "write -z 64k 8k", "write -P 0x22 300k 3k");
+        byte[][] originals = {Files.readAllBytes(src), Files.readAllBytes(comp), Files.readAllBytes(ext)};
         int before = Qcow2Driver.UNEXPECTED.get();
         long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
         int seeds = 0;
         int opened = 0;
         for (int seed = 0; seed < 300 && System.nanoTime() < deadline; seed++, seeds++) {
-            byte[] img = originals[seed % 2].clone();
+            byte[] img = originals[seed % originals.length].clone();
             Random rnd = new Random(seed);
             int flips = 1 + rnd.nextInt(8);
-            int meta = Math.min(img.length, 6 * 4096); // header, L1, refcount table and blocks, L2s live here
+            int meta = Math.min(img.length, seed % originals.length == 2 ? 6 * 16384 : 6 * 4096); // header, L1, refcount structures, L2s
             for (int i = 0; i < flips; i++) {
                 int at = rnd.nextInt(4) == 0 ? rnd.nextInt(img.length) : rnd.nextInt(meta);
                 img[at] ^= (byte) (1 << rnd.nextInt(8));
