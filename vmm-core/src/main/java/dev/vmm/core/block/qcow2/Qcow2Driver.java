@@ -931,6 +931,27 @@ public final class Qcow2Driver implements BlockDriver {
         }
     }
 
+    /** Copies request bytes {@code [skip, skip+len)} (its iovecs, or zeros for zero writes) to {@code dst}. */
+    private void copyIn(Req r, long skip, long len, long dst) {
+        if (r.type == T_ZERO) {
+            RawMemory.fill(dst, len, 0);
+            return;
+        }
+        for (int i = 0; i < r.iovcnt && len > 0; i++) {
+            long base = RawMemory.getLe64(r.iov + (long) i * IOVEC);
+            long l = RawMemory.getLe64(r.iov + (long) i * IOVEC + 8);
+            if (skip >= l) {
+                skip -= l;
+                continue;
+            }
+            long take = Math.min(l - skip, len);
+            RawMemory.copy(base + skip, dst, take);
+            dst += take;
+            len -= take;
+            skip = 0;
+        }
+    }
+
     // ---- read ----
 
     private void stepRead(Req r) throws BlockException {
@@ -1411,6 +1432,12 @@ public final class Qcow2Driver implements BlockDriver {
                 if (r.sA > r.sFrom) n += putIov(r, n, r.bounce + r.sFrom, r.sA - r.sFrom);
                 n += slice(r, r.pos, r.sLen, n);
                 if (r.sTo > r.sB) n += putIov(r, n, r.bounce + r.sB, r.sTo - r.sB);
+                if (n > IOV_MAX) {
+                    // head + caller iovecs + tail exceed what one writev takes: the caller's bytes go
+                    // into the bounce buffer too (one cluster, so sCount is 1 here)
+                    copyIn(r, r.pos, r.sLen, r.bounce + r.sA);
+                    n = putIov(r, 0, r.bounce + r.sFrom, r.sTo - r.sFrom);
+                }
                 r.state = S_WRITE;
                 r.pending = 1;
                 file.writev(r.sHost + r.sFrom, r.scratch, n, r.sTo - r.sFrom + batch, false, r.ioDone);

@@ -242,6 +242,30 @@ class Qcow2ContractTest {
         org.junit.jupiter.api.Assertions.assertArrayEquals(data, java.util.Arrays.copyOf(c, data.length));
     }
 
+    /** A partial-cluster allocating write with IOV_MAX caller iovecs (head and tail COW would exceed it). */
+    @Test
+    void allocatingWriteWithIovMaxSegments() throws Exception {
+        Path img = image();
+        Qcow2Harness.qemuIoCmds(img, "qcow2", "write -P 0x31 0 64k");
+        ok(qemuImg(), "snapshot", "-c", "s", img.toString()); // cluster 0 shared: the write below copies it
+        Qcow2Driver d = h.open(img, false);
+        int n = 1024;
+        Memory buf = NativeBuffers.aligned(n * 16L, 4096);
+        buf.setMemory(0, n * 16L, (byte) 0x77);
+        long[] lens = new long[n];
+        java.util.Arrays.fill(lens, 16);
+        Memory iov = NativeBuffers.split(buf, lens);
+        assertEquals(0, h.await(done -> d.writev(1000, NativeBuffers.address(iov), n, n * 16L, false, done)));
+        h.closeAll(true);
+        byte[] c = Qcow2Harness.rawContent(img, dir);
+        for (int i = 0; i < 65536; i++) {
+            int want = i >= 1000 && i < 1000 + n * 16 ? 0x77 : 0x31;
+            if (c[i] != (byte) want) org.junit.jupiter.api.Assertions.fail("byte " + i + " is " + c[i]);
+        }
+        String[] out = new String[1];
+        assertEquals(0, Qcow2Harness.run(out, qemuImg(), "check", img.toString()), out[0]);
+    }
+
     @Test
     void readOnlyNodesRefuseWrites() throws Exception {
         Qcow2Driver d = h.open(image(), true);
