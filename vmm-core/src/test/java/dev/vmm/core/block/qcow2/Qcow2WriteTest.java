@@ -241,6 +241,20 @@ class Qcow2WriteTest {
         randomAgainstQemu(img, 42 + opts.hashCode(), 65536, 12);
     }
 
+    /** COW from a qcow2 backing node (compressed, other cluster size) into a top image with subclusters. */
+    @Test
+    void writesOverAQcow2Backing() throws Exception {
+        Path src = dir.resolve("src.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", src.toString(), "6M");
+        qemuIoCmds(src, "qcow2", "write -P 0x61 0 3M", "write -P 0x62 4M 1M");
+        Path base = dir.resolve("base.qcow2");
+        ok(qemuImg(), "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", src.toString(), base.toString());
+        Path img = dir.resolve("top2.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536,extended_l2=on", "-b", "base.qcow2", "-F", "qcow2",
+                img.toString(), "6M");
+        randomAgainstQemu(img, 1234, 65536, 12);
+    }
+
     @Test
     void writesToCompressedAndSnapshottedClusters() throws Exception {
         Path src = dir.resolve("src.qcow2");
