@@ -47,8 +47,8 @@ public final class ServeCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--blockdev", paramLabel = "driver=file,node-name=NAME,filename=PATH[,...]",
-            description = "Open a disk image as a named block node.")
+    @Option(names = "--blockdev", paramLabel = "driver=file|raw|qcow2,node-name=NAME,...",
+            description = "Open a block node: a disk image (driver=file), or a format node over one (raw, qcow2) with its backing chain.")
     List<String> blockdevs = new ArrayList<>();
 
     @Option(names = "--object", paramLabel = "iothread,id=ID | tls-creds-x509,id=ID,dir=DIR,endpoint=server",
@@ -93,15 +93,31 @@ public final class ServeCommand implements Callable<Integer> {
     /** Every key of every option, for --help. */
     static String keysHelp() {
         StringBuilder sb = new StringBuilder();
-        sb.append("  --blockdev\n")
-          .append("    driver=file              the image is a raw file (the only driver so far)\n")
-          .append("    node-name=NAME           name exports refer to (unique)\n")
+        sb.append("  --blockdev (all drivers)\n")
+          .append("    driver=file|raw|qcow2    a protocol node (file) or a format node over a 'file' child (raw, qcow2)\n")
+          .append("    node-name=NAME           name exports and other nodes refer to (unique; implicit nodes are #blockN)\n")
+          .append("    read-only=on|off         open read-only (default off; inline children inherit it)\n")
+          .append("    discard=unmap|ignore     TRIM/discard reaches the image (default unmap; QEMU's default is ignore)\n")
+          .append("    detect-zeroes=off        accepted (off only)\n")
+          .append("  --blockdev driver=file\n")
           .append("    filename=PATH            the image file\n")
-          .append("    read-only=on|off         open read-only (default off)\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
-          .append("    discard=unmap|ignore     TRIM/discard punch holes (default unmap; QEMU's default is ignore)\n")
           .append("    aio=io_uring|native|threads  asynchronous I/O engine (default io_uring; threads where the\n")
           .append("                             kernel refuses io_uring; native needs cache.direct=on, served by io_uring)\n")
+          .append("  --blockdev driver=raw\n")
+          .append("    file=NODE | file.driver=file,file.filename=PATH,...   the child: an existing node, or inline\n")
+          .append("                             (created with this node, removed with it)\n")
+          .append("    offset=SIZE, size=SIZE   serve only this window of the child (default: all of it)\n")
+          .append("  --blockdev driver=qcow2\n")
+          .append("    file=NODE | file.driver=file,file.filename=PATH,...   the image's protocol node, as for raw\n")
+          .append("    backing=NODE | backing=  the backing node, or none (backing= is QMP's null); absent: the\n")
+          .append("                             file named in the image header, opened read-only as implicit nodes\n")
+          .append("                             (relative to the image's folder; format from the header or probed)\n")
+          .append("    l2-cache-size, refcount-cache-size, cache-size=SIZE   metadata cache sizes (QEMU's rules)\n")
+          .append("    lazy-refcounts=on|off    override the image's lazy refcounts bit\n")
+          .append("    pass-discard-request=on|off  freed clusters are discarded in the file too (default on)\n")
+          .append("    cache-clean-interval=S   accepted, no effect\n")
+          .append("    data-file, encrypt.*     refused: external data files and encryption are not supported\n")
           .append("  --object iothread\n")
           .append("    id=ID                    the IOThread's id (unique)\n")
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")
@@ -124,6 +140,14 @@ public final class ServeCommand implements Callable<Integer> {
         for (Map.Entry<String, ExportDriver> e : Daemon.exportDrivers().entrySet()) {
             sb.append("  --export type=").append(e.getKey()).append('\n').append(keys(e.getValue().helpKeys(), 4));
         }
+        sb.append("\nBlock graphs:\n")
+          .append("  A format node and its children (file, backing, their children...) form a graph that lives on\n")
+          .append("  one IOThread. A new node starts on its file child's IOThread (a backing graph elsewhere is moved\n")
+          .append("  there); --export ...,iothread= and x-blockdev-set-iothread on any node move the whole connected\n")
+          .append("  graph with every export of every node in it (a backing file shared by two disks moves both).\n")
+          .append("  Children created inline or from an image header belong to their parent: blockdev-del of the\n")
+          .append("  parent removes them; a node that another node or an export uses cannot be removed.\n")
+          .append("  Example: --blockdev driver=qcow2,node-name=disk0,file.driver=file,file.filename=disk.qcow2\n");
         sb.append("\nExample:\n")
           .append("  vmm serve --blockdev driver=file,node-name=disk0,filename=disk.img \\\n")
           .append("    --object iothread,id=iot0 \\\n")

@@ -15,6 +15,17 @@ public final class NbdMetaContext {
     /** The one context the spec defines: basic allocation status. */
     public static final String BASE_ALLOCATION = "base:allocation";
 
+    /**
+     * QEMU's namespace ({@code docs/interop/nbd.txt} in QEMU); as a LIST query it lists QEMU's
+     * contexts that the export offers.
+     */
+    public static final String QEMU_NAMESPACE = "qemu:";
+    /**
+     * QEMU's allocation depth context: one 32-bit value per extent, 0 when no layer of the chain
+     * allocates it, 1 when the exported node does, n + 1 when its n-th backing node does.
+     */
+    public static final String QEMU_ALLOCATION_DEPTH = "qemu:allocation-depth";
+
     /** bit 0: extent is a hole (unallocated); clear = allocated or unknown. */
     public static final int NBD_STATE_HOLE = 1 << 0;
     /** bit 1: extent reads as zeroes; clear = contents unknown. */

@@ -47,6 +47,8 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     static final int MAX_STRING = 4096;
     /** Context id we give base:allocation (any value the server chooses). */
     static final int BASE_ALLOCATION_ID = 1;
+    /** Context id we give qemu:allocation-depth. */
+    static final int ALLOCATION_DEPTH_ID = 2;
 
     private enum State { CLIENT_FLAGS, OPTION_HEADER, OPTION_DATA, SKIP_OPTION, DONE }
 
@@ -311,8 +313,9 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             // proto.md: there is no way to report an error for NBD_OPT_EXPORT_NAME; the server closes.
             throw new ProtocolViolation("NBD_OPT_EXPORT_NAME for unknown export");
         }
-        if (negotiated.baseAllocation && server.lookup(negotiated.metaContextExport) != export) {
+        if ((negotiated.baseAllocation || negotiated.allocationDepth) && server.lookup(negotiated.metaContextExport) != export) {
             negotiated.baseAllocation = false; // selected for another export: does not carry over
+            negotiated.allocationDepth = false;
         }
         ByteBuf b = ctx.alloc().buffer(10 + 124);
         b.writeLong(export.node().size());
@@ -394,9 +397,10 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             replyAck(ctx, opt);
             return;
         }
-        if (negotiated.baseAllocation && server.lookup(negotiated.metaContextExport) != export) {
+        if ((negotiated.baseAllocation || negotiated.allocationDepth) && server.lookup(negotiated.metaContextExport) != export) {
             // Contexts were selected for another export: they do not carry over.
             negotiated.baseAllocation = false;
+            negotiated.allocationDepth = false;
         }
         enterTransmission(ctx, export, ackBuffer(ctx, opt));
     }
@@ -405,6 +409,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
         if (opt == NBD_OPT_SET_META_CONTEXT) {
             // proto.md: SET replaces the previous selection, even when it fails.
             negotiated.baseAllocation = false;
+            negotiated.allocationDepth = false;
             negotiated.metaContextExport = null;
         }
         if (!negotiated.structuredReplies) {
@@ -440,26 +445,37 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             replyError(ctx, opt, NBD_REP_ERR_INVALID, "trailing bytes after the queries");
             return;
         }
-        if (server.lookup(name) == null) {
+        NbdExport export = server.lookup(name);
+        if (export == null) {
             replyError(ctx, opt, NBD_REP_ERR_UNKNOWN, "no such export");
             return;
         }
-        boolean selected;
+        boolean offersDepth = export.allocationDepth(); // QEMU's export option allocation-depth=on
+        boolean base;
+        boolean depth;
         if (opt == NBD_OPT_LIST_META_CONTEXT) {
-            selected = queries.isEmpty() || queries.stream().anyMatch(q -> q.equals("base:") || q.equals(NbdMetaContext.BASE_ALLOCATION));
+            // proto.md: no query lists every context; a namespace followed by ':' lists its contexts
+            base = queries.isEmpty() || queries.stream().anyMatch(q -> q.equals(NbdMetaContext.BASE_NAMESPACE) || q.equals(NbdMetaContext.BASE_ALLOCATION));
+            depth = offersDepth && (queries.isEmpty() || queries.stream().anyMatch(
+                    q -> q.equals(NbdMetaContext.QEMU_NAMESPACE) || q.equals(NbdMetaContext.QEMU_ALLOCATION_DEPTH)));
         } else {
-            selected = queries.contains(NbdMetaContext.BASE_ALLOCATION);
-            negotiated.baseAllocation = selected;
+            base = queries.contains(NbdMetaContext.BASE_ALLOCATION);
+            depth = offersDepth && queries.contains(NbdMetaContext.QEMU_ALLOCATION_DEPTH);
+            negotiated.baseAllocation = base;
+            negotiated.allocationDepth = depth;
             negotiated.metaContextExport = name;
         }
-        if (selected) {
-            byte[] n = NbdMetaContext.BASE_ALLOCATION.getBytes(StandardCharsets.UTF_8);
-            ByteBuf b = replyHeader(ctx, opt, NBD_REP_META_CONTEXT, 4 + n.length);
-            // proto.md: ids in a LIST reply SHOULD be 0; SET gives the id used in transmission.
-            b.writeInt(opt == NBD_OPT_LIST_META_CONTEXT ? 0 : BASE_ALLOCATION_ID).writeBytes(n);
-            ctx.write(b, ctx.voidPromise());
-        }
+        // proto.md: ids in a LIST reply SHOULD be 0; SET gives the id used in transmission.
+        if (base) metaContextReply(ctx, opt, NbdMetaContext.BASE_ALLOCATION, BASE_ALLOCATION_ID);
+        if (depth) metaContextReply(ctx, opt, NbdMetaContext.QEMU_ALLOCATION_DEPTH, ALLOCATION_DEPTH_ID);
         replyAck(ctx, opt);
+    }
+
+    private static void metaContextReply(ChannelHandlerContext ctx, int opt, String context, int id) {
+        byte[] n = context.getBytes(StandardCharsets.UTF_8);
+        ByteBuf b = replyHeader(ctx, opt, NBD_REP_META_CONTEXT, 4 + n.length);
+        b.writeInt(opt == NBD_OPT_LIST_META_CONTEXT ? 0 : id).writeBytes(n);
+        ctx.write(b, ctx.voidPromise());
     }
 
     /** Sends {@code lastReply} and moves the channel to the export's home IOThread. */

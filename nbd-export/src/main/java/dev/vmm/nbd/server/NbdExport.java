@@ -25,10 +25,17 @@ public final class NbdExport {
     private final String description;
     private final BlockNode node;
     private final boolean writable;
+    /** QEMU's {@code allocation-depth=on}: the export offers {@code qemu:allocation-depth}. */
+    private final boolean allocationDepth;
     private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
     private final dev.vmm.core.stats.ExportStats stats = new dev.vmm.core.stats.ExportStats();
 
     public NbdExport(String id, String name, String description, BlockNode node, boolean writable) {
+        this(id, name, description, node, writable, false);
+    }
+
+    public NbdExport(String id, String name, String description, BlockNode node, boolean writable, boolean allocationDepth) {
+        this.allocationDepth = allocationDepth;
         this.id = Objects.requireNonNull(id, "id");
         this.name = Objects.requireNonNull(name, "name");
         this.description = description;
@@ -45,6 +52,8 @@ public final class NbdExport {
     public String description() { return description; }
     public BlockNode node() { return node; }
     public boolean writable() { return writable; }
+    /** Whether clients may select {@code qemu:allocation-depth}. */
+    public boolean allocationDepth() { return allocationDepth; }
     public Set<Channel> clients() { return clients; }
     /** Requests, bytes, errors and in-flight count of this export's clients. */
     public dev.vmm.core.stats.ExportStats stats() { return stats; }

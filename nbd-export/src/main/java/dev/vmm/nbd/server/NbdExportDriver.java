@@ -20,7 +20,8 @@ public final class NbdExportDriver implements ExportDriver {
     public String helpKeys() {
         return """
                   name=NAME            export name clients ask for (default: the node name)
-                  description=TEXT     free text shown by 'nbdinfo --list'""";
+                  description=TEXT     free text shown by 'nbdinfo --list'
+                  allocation-depth=on  offer the qemu:allocation-depth metadata context (default off, as QEMU)""";
     }
 
     @Override
@@ -33,6 +34,7 @@ public final class NbdExportDriver implements ExportDriver {
         BlockNode node = common.node();
         String name = options.optional("name", node.name());
         String description = options.optional("description", null);
+        boolean allocationDepth = options.bool("allocation-depth", false);
         if (name.length() > HandshakeHandler.MAX_STRING) {
             throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "name", "'name' must be at most 4096 bytes");
         }
@@ -40,7 +42,7 @@ public final class NbdExportDriver implements ExportDriver {
             throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "name",
                     "an NBD export named '" + name + "' exists already");
         }
-        NbdExport export = new NbdExport(common.id(), name, description, node, common.writable());
+        NbdExport export = new NbdExport(common.id(), name, description, node, common.writable(), allocationDepth);
         return new BlockExport() {
             private boolean open;
 

@@ -13,6 +13,8 @@ final class Negotiated {
     boolean extendedHeaders;
     /** base:allocation selected by NBD_OPT_SET_META_CONTEXT, for {@link #metaContextExport}. */
     boolean baseAllocation;
+    /** qemu:allocation-depth selected by NBD_OPT_SET_META_CONTEXT, for {@link #metaContextExport}. */
+    boolean allocationDepth;
     /** The export name the meta contexts were selected for. */
     String metaContextExport;
     /** NBD_OPT_STARTTLS succeeded: the channel has an SslHandler, its socket carries ciphertext. */
@@ -23,6 +25,7 @@ final class Negotiated {
         structuredReplies = false;
         extendedHeaders = false;
         baseAllocation = false;
+        allocationDepth = false;
         metaContextExport = null;
     }
 }

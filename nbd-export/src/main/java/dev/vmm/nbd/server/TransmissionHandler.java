@@ -109,6 +109,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final boolean structured;
     private final boolean extended;
     private final boolean baseAllocation;
+    /** qemu:allocation-depth was negotiated: BLOCK_STATUS answers it too, in a second chunk. */
+    private final boolean allocationDepth;
     /** The socket carries TLS records: no sendfile. */
     private final boolean tls;
     private final int requestSize;
@@ -165,6 +167,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         this.structured = negotiated.structuredReplies || negotiated.extendedHeaders;
         this.extended = negotiated.extendedHeaders;
         this.baseAllocation = negotiated.baseAllocation;
+        this.allocationDepth = negotiated.allocationDepth;
         this.tls = negotiated.tls;
         this.requestSize = extended ? 32 : 28;
         this.replies = new ReplyEncoder(negotiated.structuredReplies, extended);
@@ -532,7 +535,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             }
             case NBD_CMD_BLOCK_STATUS -> {
                 if (badFlags(flags, NBD_CMD_FLAG_REQ_ONE | fua, type)) return NbdError.NBD_EINVAL;
-                if (!baseAllocation) {
+                if (!baseAllocation && !allocationDepth) {
                     invalid = "no metadata context was negotiated";
                     return NbdError.NBD_EINVAL;
                 }
@@ -771,7 +774,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
      * answered here, as one OFFSET_HOLE chunk.
      */
     private boolean sparseRead(int flags, long cookie, long offset, int length, boolean df, long cost, long t0) throws BlockException {
-        int n = collectExtents(offset, length, MAX_READ_CHUNKS, (a, b) -> ((a & BlockStatus.ZERO) != 0) == ((b & BlockStatus.ZERO) != 0));
+        int n = collectExtents(offset, length, MAX_READ_CHUNKS, false, (a, b) -> ((a & BlockStatus.ZERO) != 0) == ((b & BlockStatus.ZERO) != 0));
         if (n == 1 && (extentFlags[0] & BlockStatus.ZERO) == 0) return false; // all data
         if (df && !(n == 1 && extentLength[0] == length)) return false;
         long covered = 0;
@@ -931,32 +934,45 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     // ---- BLOCK_STATUS (base:allocation) ----
 
+    /**
+     * One chunk per negotiated context, base:allocation first, the last one flagged DONE (as
+     * QEMU's server). qemu:allocation-depth extents carry {@code BlockStatus.depth} as their value.
+     */
     private void blockStatus(long cookie, long offset, long length, boolean reqOne) throws BlockException {
-        int n = collectExtents(offset, length, reqOne ? 1 : MAX_EXTENTS, (a, b) -> a == b);
+        if (baseAllocation) blockStatusChunk(cookie, offset, length, reqOne, false, !allocationDepth);
+        if (allocationDepth) blockStatusChunk(cookie, offset, length, reqOne, true, true);
+    }
+
+    private void blockStatusChunk(long cookie, long offset, long length, boolean reqOne, boolean depth, boolean last)
+            throws BlockException {
+        int n = collectExtents(offset, length, reqOne ? 1 : MAX_EXTENTS, depth, (a, b) -> a == b);
         int hs = replies.chunkHeaderSize;
+        int id = depth ? HandshakeHandler.ALLOCATION_DEPTH_ID : HandshakeHandler.BASE_ALLOCATION_ID;
+        int flags = last ? NbdReplyFlags.NBD_REPLY_FLAG_DONE : 0;
         ByteBuf b;
         if (extended) {
             b = ctx.alloc().directBuffer(hs + 8 + 16 * n);
-            replies.chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, 8L + 16L * n);
-            b.writeInt(HandshakeHandler.BASE_ALLOCATION_ID).writeInt(n);
+            replies.chunkHeader(b, flags, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, 8L + 16L * n);
+            b.writeInt(id).writeInt(n);
             for (int i = 0; i < n; i++) b.writeLong(extentLength[i]).writeLong(extentFlags[i]);
         } else {
             b = ctx.alloc().directBuffer(hs + 4 + 8 * n);
-            replies.chunkHeader(b, NbdReplyFlags.NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, offset, 4L + 8L * n);
-            b.writeInt(HandshakeHandler.BASE_ALLOCATION_ID);
+            replies.chunkHeader(b, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, offset, 4L + 8L * n);
+            b.writeInt(id);
             for (int i = 0; i < n; i++) b.writeInt((int) extentLength[i]).writeInt(extentFlags[i]);
         }
         emit(b);
     }
 
-    private interface SameRun { boolean same(int flagsA, int flagsB); }
-
     /**
      * Fills {@link #extentLength}/{@link #extentFlags} with at most {@code max} runs covering a
-     * prefix of [offset, offset+length), merging neighbours that {@code same} says are alike.
+     * prefix of [offset, offset+length), merging neighbours whose values {@code same} says are
+     * alike; the value is the status flags, or with {@code depth} the allocation depth.
      * Extent lengths stay below 2^32 so that they fit 32-bit descriptors. Returns the count (>= 1).
      */
-    private int collectExtents(long offset, long length, int max, SameRun same) throws BlockException {
+    private interface SameRun { boolean same(int valueA, int valueB); }
+
+    private int collectExtents(long offset, long length, int max, boolean depth, SameRun same) throws BlockException {
         int n = 0;
         long at = offset;
         long end = offset + length;
@@ -965,13 +981,14 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             driver.status(at, end - at, status);
             long len = Math.min(status.length, end - at);
             if (len <= 0) len = end - at; // defensive: a driver must report progress
-            if (n > 0 && same.same(extentFlags[n - 1], status.flags) && extentLength[n - 1] + len <= maxRun) {
+            int value = depth ? status.depth : status.flags;
+            if (n > 0 && same.same(extentFlags[n - 1], value) && extentLength[n - 1] + len <= maxRun) {
                 extentLength[n - 1] += len;
             } else {
                 if (n == max) break;
                 len = Math.min(len, maxRun);
                 extentLength[n] = len;
-                extentFlags[n] = status.flags;
+                extentFlags[n] = value;
                 n++;
             }
             at += len;

@@ -11,6 +11,8 @@ import dev.vmm.nbd.server.NbdServer;
 import dev.vmm.nbd.server.NbdServerComponent;
 import java.io.IOException;
 import java.io.RandomAccessFile;
+import dev.vmm.core.block.qcow2.Qcow2Create;
+import dev.vmm.core.block.qcow2.Qcow2Driver;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -21,7 +23,7 @@ import java.util.Map;
 
 /**
  * The server half of {@code vmm demo}: the same daemon {@code vmm serve} builds, configured
- * in-process. A sparse image, IOThreads {@value #IOT0} and {@value #IOT1}, block node
+ * in-process. A thin qcow2 image, IOThreads {@value #IOT0} and {@value #IOT1}, block node
  * {@value #NODE} homed on {@value #IOT0}, its NBD export on a unix socket in the work folder and
  * on TCP localhost, a vhost-user-blk export and a QMP monitor. Each part is one printed step.
  *
@@ -32,7 +34,7 @@ public final class Demo implements AutoCloseable {
     public static final String NODE = "disk0";
     public static final String IOT0 = "iot0";
     public static final String IOT1 = "iot1";
-    public static final String IMAGE = "demo.img";
+    public static final String IMAGE = "demo.qcow2";
     /** The number of steps {@link #start} prints. */
     public static final int STEPS = 6;
 
@@ -77,7 +79,7 @@ public final class Demo implements AutoCloseable {
 
     private void setUp(Steps steps, Runnable onQuit) throws DemoException {
         checkPaths();
-        Steps.Step s = steps.begin("image " + display(image) + " (" + Sizes.human(config.size()) + ", sparse)");
+        Steps.Step s = steps.begin("image " + display(image) + " (" + Sizes.human(config.size()) + " qcow2, thin)");
         s.ok(createImage(s));
 
         s = steps.begin("IOThreads " + IOT0 + " and " + IOT1);
@@ -87,9 +89,9 @@ public final class Demo implements AutoCloseable {
         });
         s.ok();
 
-        s = steps.begin("block node " + NODE + " (raw file " + IMAGE + ")");
-        run(s, () -> daemon.blockdevAdd(Options.of("--blockdev",
-                Map.of("driver", "file", "node-name", NODE, "filename", image.toString()))));
+        s = steps.begin("block node " + NODE + " (qcow2 over file " + IMAGE + ")");
+        run(s, () -> daemon.blockdevAdd(Options.of("--blockdev", Map.of("driver", "qcow2", "node-name", NODE,
+                "file", Map.of("driver", "file", "filename", image.toString())))));
         s.ok();
 
         s = steps.begin("NBD export " + NODE + " on " + IOT0);
@@ -168,27 +170,38 @@ public final class Demo implements AutoCloseable {
         }
     }
 
-    /** Creates the sparse image (or reuses one of the same size); returns the step's detail. */
+    /** Creates the qcow2 image (or reuses one of the same virtual size); returns the step's detail. */
     private String createImage(Steps.Step s) throws DemoException {
         try {
             Files.createDirectories(image.getParent());
             if (Files.exists(image)) {
-                long existing = Files.size(image);
+                long existing = virtualSize(image);
+                if (existing < 0) {
+                    s.fail("not a qcow2 image");
+                    throw new DemoException(image + " exists and is not a qcow2 image: remove it, or give another --dir");
+                }
                 if (existing != config.size()) {
                     s.fail("exists with another size");
-                    throw new DemoException(image + " exists with size " + existing + " bytes, not " + config.size()
+                    throw new DemoException(image + " exists with virtual size " + existing + " bytes, not " + config.size()
                             + ": remove it or give --size " + existing);
                 }
                 return "exists, reused";
             }
-            // setLength on a new file allocates nothing: a 1 GiB image costs no disk space until written.
-            try (RandomAccessFile f = new RandomAccessFile(image.toFile(), "rw")) {
-                f.setLength(config.size());
-            }
+            // An empty qcow2 costs four clusters; space is allocated as the guest and clients write.
+            Qcow2Create.create(image, config.size());
             return "created";
         } catch (IOException e) {
             s.fail(e.getMessage());
             throw new DemoException("cannot create " + image + ": " + e.getMessage(), e);
+        }
+    }
+
+    /** The virtual size in a qcow2 header, or -1 when the file is not qcow2 (a demo.qcow2 of another origin). */
+    private static long virtualSize(Path qcow2) throws IOException {
+        try (RandomAccessFile f = new RandomAccessFile(qcow2.toFile(), "r")) {
+            if (f.length() < 32 || f.readInt() != Qcow2Driver.QCOW_MAGIC) return -1;
+            f.seek(24);
+            return f.readLong();
         }
     }
 

@@ -71,6 +71,16 @@ public final class DurabilityLedger {
     }
 
     /**
+     * Block {@code b} starts out holding {@code version} (e.g. from a backing file): sent,
+     * acknowledged and durable. Call before any write.
+     */
+    public synchronized void baseline(int b, long version) {
+        sent[b] = version;
+        acked[b] = version;
+        durable[b] = version;
+    }
+
+    /**
      * Reserves {@code [first, first + count)} for one write and returns the next version of
      * each block, or null if a write to one of them is still in flight.
      */

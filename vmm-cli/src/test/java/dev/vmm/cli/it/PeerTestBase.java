@@ -63,6 +63,26 @@ abstract class PeerTestBase {
         return p;
     }
 
+    /** Starts {@code server} (vmm or qemu-storage-daemon) with these arguments; stopped after the test. */
+    VmmProcess serve(Server server, List<String> args) {
+        VmmProcess p = VmmProcess.start(tmp, label + "-" + server, args, server == Server.QSD);
+        cleanup.push(p);
+        return p;
+    }
+
+    /** {@link VmmProcess#startOrExit}: starts {@code server}, or returns the exited process; stopped after the test. */
+    VmmProcess serveOrExit(Server server, List<String> args) {
+        VmmProcess p = VmmProcess.startOrExit(tmp, label + "-" + server, args, server == Server.QSD);
+        cleanup.push(p);
+        return p;
+    }
+
+    /** Registers anything to be closed after the test (before what was registered earlier). */
+    <T extends AutoCloseable> T closeLater(T resource) {
+        cleanup.push(resource);
+        return resource;
+    }
+
     /** Registers a background process to be killed after the test. */
     Process background(Process p) {
         cleanup.push(() -> {

@@ -43,8 +43,13 @@ public final class VmmProcess implements AutoCloseable {
 
     /** The full command line: the launcher (java or QSD) followed by {@code serveArgs}. */
     public static List<String> commandLine(List<String> serveArgs) {
+        return commandLine(serveArgs, Peers.qsd());
+    }
+
+    /** The full command line for vmm, or for qemu-storage-daemon when {@code qsd}. */
+    public static List<String> commandLine(List<String> serveArgs, boolean qsd) {
         List<String> cmd = new ArrayList<>();
-        if (Peers.qsd()) {
+        if (qsd) {
             cmd.add(Peers.require("qemu-storage-daemon"));
         } else {
             cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
@@ -71,6 +76,23 @@ public final class VmmProcess implements AutoCloseable {
      * does not appear within 20 s.
      */
     public static VmmProcess start(Path dir, String label, List<String> args) {
+        return start(dir, label, args, Peers.qsd());
+    }
+
+    /** {@link #start(Path, String, List)} with vmm, or qemu-storage-daemon when {@code qsd}. */
+    public static VmmProcess start(Path dir, String label, List<String> args, boolean qsd) {
+        return start(dir, label, args, qsd, false);
+    }
+
+    /**
+     * Like {@link #start(Path, String, List, boolean)}, but an exit before the pidfile is an
+     * answer, not a failure: check {@link #isAlive()} and {@link #exitCode()}.
+     */
+    public static VmmProcess startOrExit(Path dir, String label, List<String> args, boolean qsd) {
+        return start(dir, label, args, qsd, true);
+    }
+
+    private static VmmProcess start(Path dir, String label, List<String> args, boolean qsd, boolean exitIsAnAnswer) {
         String name = safe(label) + "-" + SEQ.incrementAndGet();
         Path pidfile = dir.resolve(name + ".pid");
         List<String> all = new ArrayList<>(args);
@@ -79,7 +101,7 @@ public final class VmmProcess implements AutoCloseable {
         Path logs = logDir();
         Path out = logs.resolve(name + ".out");
         Path err = logs.resolve(name + ".err");
-        List<String> cmd = commandLine(all);
+        List<String> cmd = commandLine(all, qsd);
         Process p;
         try {
             Files.writeString(logs.resolve(name + ".cmd"), String.join(" ", cmd) + "\n");
@@ -92,6 +114,9 @@ public final class VmmProcess implements AutoCloseable {
         long deadline = System.currentTimeMillis() + START_TIMEOUT_MS;
         while (true) {
             if (vmm.pidFromFile() > 0) {
+                return vmm;
+            }
+            if (!p.isAlive() && exitIsAnAnswer) {
                 return vmm;
             }
             if (!p.isAlive()) {
@@ -113,7 +138,12 @@ public final class VmmProcess implements AutoCloseable {
      * added by this method; waits at most {@code timeoutSeconds}.
      */
     public static Run.Result runToExit(List<String> args, long timeoutSeconds) {
-        return Run.cmd(commandLine(args)).timeoutSeconds(timeoutSeconds).expectAny();
+        return runToExit(args, timeoutSeconds, Peers.qsd());
+    }
+
+    /** {@link #runToExit(List, long)} with vmm, or qemu-storage-daemon when {@code qsd}. */
+    public static Run.Result runToExit(List<String> args, long timeoutSeconds, boolean qsd) {
+        return Run.cmd(commandLine(args, qsd)).timeoutSeconds(timeoutSeconds).expectAny();
     }
 
     public Path pidfile() {
@@ -126,6 +156,11 @@ public final class VmmProcess implements AutoCloseable {
 
     public boolean isAlive() {
         return process.isAlive();
+    }
+
+    /** The exit code of a process that has exited. */
+    public int exitCode() {
+        return process.exitValue();
     }
 
     /** The pid written to the pidfile, or -1 if it is missing or not (yet) a number. */

@@ -13,6 +13,20 @@ import java.util.concurrent.CopyOnWriteArrayList;
  * A named block node ({@code --blockdev node-name=...}): a driver plus its home IOThread and
  * statistics. Every request on the node runs on {@link #home()}.
  *
+ * <p>The graph: a node may have children (a format node's {@code file} and {@code backing}
+ * nodes), given at creation and fixed for the node's life, and parents (the format nodes that
+ * use it as a child). Invariants, kept by the daemon:
+ * <ul>
+ *   <li>every child and every parent is a node of the daemon's table (implicit ones included,
+ *       named like QEMU's {@code #block123});</li>
+ *   <li>{@code c} is in {@code p.children()} exactly when {@code p} is in {@code c.parents()};</li>
+ *   <li>a child that is {@link Child#owned() owned} (created inline, or implicitly for a backing
+ *       file named in an image header) has exactly one parent, its owner, and is closed with it;</li>
+ *   <li>all nodes of a connected graph (linked by child edges, in either direction) have the same
+ *       home: a parent's request submits its child I/O on the same thread, with no locks;</li>
+ *   <li>the child graph has no cycle (a node is created after its children).</li>
+ * </ul>
+ *
  * <p>Thread contract: {@link #home()}, {@link #name()}, {@link #driver()}, {@link #users()} and
  * {@link #stats()} may be read from any thread; {@link #setHome} is called by the handoff only,
  * while the node's users are detached. Driver calls MUST happen on the home thread. The gate
@@ -23,6 +37,10 @@ import java.util.concurrent.CopyOnWriteArrayList;
 public final class BlockNode {
     private final String name;
     private final BlockDriver driver;
+    private final String driverName;
+    private final List<Child> children;
+    /** The nodes using this one as a child; changed by the daemon under its lock. */
+    private final List<BlockNode> parents = new CopyOnWriteArrayList<>();
     private final BlockStats stats = new BlockStats();
     private volatile IOThread home;
     private final List<NodeUser> users = new CopyOnWriteArrayList<>();
@@ -35,11 +53,128 @@ public final class BlockNode {
     private final ArrayDeque<Runnable> moveWaiters = new ArrayDeque<>();
     private final ArrayDeque<Runnable> joinWaiters = new ArrayDeque<>();
 
+    /**
+     * One child edge: {@code role} is QEMU's child name ({@value #FILE} or {@value #BACKING});
+     * {@code owned} when the parent created the child (inline definition or a backing file from
+     * the image header) and closes it when it goes.
+     */
+    public record Child(String role, BlockNode node, boolean owned) {
+        public Child {
+            Objects.requireNonNull(role, "role");
+            Objects.requireNonNull(node, "node");
+        }
+    }
+
+    /** The role of a format node's protocol child. */
+    public static final String FILE = "file";
+    /** The role of a format node's backing child. */
+    public static final String BACKING = "backing";
+
+    /** A leaf node of driver {@code file}, with no children. */
     public BlockNode(String name, BlockDriver driver, IOThread home) {
+        this(name, "file", driver, home, List.of());
+    }
+
+    /**
+     * A node over {@code children}, which must already live on {@code home} (the caller moves
+     * them first). The children learn their new parent when the daemon links the node
+     * ({@link #link}).
+     */
+    public BlockNode(String name, String driverName, BlockDriver driver, IOThread home, List<Child> children) {
         this.name = Objects.requireNonNull(name, "name");
+        this.driverName = Objects.requireNonNull(driverName, "driverName");
         this.driver = Objects.requireNonNull(driver, "driver");
         this.home = Objects.requireNonNull(home, "home");
+        this.children = List.copyOf(children);
+        for (Child c : this.children) {
+            if (c.node().home() != home) {
+                throw new IllegalArgumentException("child " + c.node().name() + " of " + name + " lives on IOThread "
+                        + c.node().home().id() + ", not " + home.id());
+            }
+        }
         driver.attach(home);
+    }
+
+    /**
+     * What {@code query-named-block-nodes} shows of a format node's image, beyond its driver: set
+     * once by the daemon at creation.
+     *
+     * @param clusterSize         qcow2 cluster size, or 0
+     * @param backingFilename     the backing file name as the image header stores it, or null
+     * @param fullBackingFilename that name resolved against the image's directory, or null
+     * @param backingFormat       the header's backing format, or null
+     */
+    public record ImageInfo(int clusterSize, String backingFilename, String fullBackingFilename, String backingFormat) {
+        public static final ImageInfo NONE = new ImageInfo(0, null, null, null);
+    }
+
+    private volatile ImageInfo imageInfo = ImageInfo.NONE;
+
+    public ImageInfo imageInfo() { return imageInfo; }
+
+    /** Daemon, at creation. */
+    public void setImageInfo(ImageInfo info) { this.imageInfo = Objects.requireNonNull(info); }
+
+    /** QEMU's driver name: {@code file}, {@code raw}, {@code qcow2}. */
+    public String driverName() { return driverName; }
+
+    /** The child edges, fixed at creation (any thread). */
+    public List<Child> children() { return children; }
+
+    /** The child with this role, or null. */
+    public BlockNode child(String role) {
+        for (Child c : children) if (c.role().equals(role)) return c.node();
+        return null;
+    }
+
+    /** The nodes using this one as a child (a snapshot; any thread). */
+    public List<BlockNode> parents() { return List.copyOf(parents); }
+
+    /** Daemon, under its lock: makes this node a parent of each of its children. */
+    public void link() {
+        for (Child c : children) c.node().parents.add(this);
+    }
+
+    /** Daemon, under its lock: this node goes; its children forget it. */
+    public void unlink() {
+        for (Child c : children) c.node().parents.remove(this);
+    }
+
+    /**
+     * Every node connected to this one by child edges in either direction, this one included,
+     * sorted by name (the order in which a move takes their gates). Any thread; a snapshot.
+     */
+    public java.util.SortedMap<String, BlockNode> connected() {
+        java.util.TreeMap<String, BlockNode> seen = new java.util.TreeMap<>();
+        ArrayDeque<BlockNode> todo = new ArrayDeque<>();
+        todo.add(this);
+        while (!todo.isEmpty()) {
+            BlockNode n = todo.poll();
+            if (seen.putIfAbsent(n.name, n) != null) continue;
+            for (Child c : n.children) todo.add(c.node());
+            todo.addAll(n.parents);
+        }
+        return seen;
+    }
+
+    /**
+     * {@code nodes} (a closed set under child edges, e.g. {@link #connected()}) ordered parents
+     * before children: the order of drains. Reversed, children before parents: the order of
+     * {@link #setHome}.
+     */
+    public static List<BlockNode> parentsFirst(java.util.Collection<BlockNode> nodes) {
+        List<BlockNode> post = new java.util.ArrayList<>();
+        java.util.Set<BlockNode> done = new java.util.HashSet<>();
+        for (BlockNode n : nodes) postOrder(n, done, post);
+        post.removeIf(n -> !nodes.contains(n));
+        java.util.Collections.reverse(post);
+        return post;
+    }
+
+    private static void postOrder(BlockNode n, java.util.Set<BlockNode> done, List<BlockNode> out) {
+        if (!done.add(n)) return;
+        for (Child c : n.children) postOrder(c.node(), done, out);
+        out.add(n);
     }
 
     public String name() { return name; }
@@ -65,20 +200,32 @@ public final class BlockNode {
 
     /**
      * Control plane, off the home thread ({@code blockdev-del}, shutdown): waits until no request
-     * is in flight, then flushes and closes the driver on the home thread. Closing earlier would
-     * free memory the kernel may still write into; so if requests are still in flight after
-     * {@code timeoutMs} (a hung device) the image is left open and this fails.
+     * is in flight, then flushes (asynchronously: a format driver such as qcow2 has no synchronous
+     * data path, and the home thread must keep serving the other nodes meanwhile) and closes the
+     * driver on the home thread. Closing earlier would free memory the kernel may still write
+     * into; so if requests are still in flight after {@code timeoutMs} (a hung device) the image
+     * is left open and this fails. Closes this node's driver only: the caller closes parents
+     * before children.
      */
     public void flushAndClose(long timeoutMs) throws BlockException {
         CompletableFuture<Void> f = new CompletableFuture<>();
         home.execute(() -> driver.whenIdle(() -> {
             try {
-                driver.flush();
-                f.complete(null);
+                driver.flush(errno -> {
+                    // The flush itself was in flight: wait for anything else it started, then close.
+                    driver.whenIdle(() -> {
+                        driver.close();
+                        if (errno == 0) {
+                            f.complete(null);
+                        } else {
+                            f.completeExceptionally(new BlockException(errno, "final flush of block node " + name + " failed: "
+                                    + dev.vmm.core.linux.LibC.describe(errno)));
+                        }
+                    });
+                });
             } catch (BlockException | RuntimeException e) {
-                f.completeExceptionally(e);
-            } finally {
                 driver.close();
+                f.completeExceptionally(e);
             }
         }));
         try {

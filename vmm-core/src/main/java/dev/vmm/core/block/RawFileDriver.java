@@ -216,10 +216,9 @@ public final class RawFileDriver implements BlockDriver {
                         && Integer.bitCount(off) == 1 && Integer.bitCount(mem) == 1 && off <= BOUNCE_MAX;
                 memAlign = known ? mem : DEFAULT_ALIGNMENT;
                 offAlign = known ? off : DEFAULT_ALIGNMENT;
-                if (!readOnly && (size & (offAlign - 1)) != 0) {
-                    throw new BlockException(EINVAL, "cannot open image '" + shown + "' read-write with O_DIRECT: its size "
-                            + size + " is not a multiple of the O_DIRECT alignment " + offAlign);
-                }
+                // A size that is not a multiple of offAlign (qemu-img writes such qcow2 files) is
+                // served as QEMU does: requests touching the last partial block are bounced, and a
+                // write there pads the file up to the alignment.
             }
             return new RawFileDriver(shown, fd, size, type == LibC.S_IFREG, readOnly, direct, memAlign, offAlign, aio);
         } catch (LastErrorException e) {

@@ -33,7 +33,9 @@ import org.slf4j.LoggerFactory;
  * calls them.
  */
 public final class Daemon {
-    private static final Logger LOG = LoggerFactory.getLogger(Daemon.class);
+    static final Logger LOG = LoggerFactory.getLogger(Daemon.class);
+    /** The qcow2 format; tests of the graph substitute a fake with the same API. */
+    static volatile ImageFormat qcow2Format = ImageFormat.QCOW2;
 
     private final IOThread main;
     /** Started on first use by {@link #controlLoop()}. */
@@ -42,6 +44,8 @@ public final class Daemon {
     /** {@code tls-creds-x509} objects; they share the object id namespace with the IOThreads. */
     private final Map<String, TlsCredentials> tlsCreds = new LinkedHashMap<>();
     private final Map<String, BlockNode> nodes = new LinkedHashMap<>();
+    /** QEMU's {@code id_generate} counter for implicit node names ({@code #block<n><2 random digits>}). */
+    private long implicitIds;
     private final Map<String, BlockExport> exports = new LinkedHashMap<>();
     private final Map<Class<?>, AutoCloseable> components = new LinkedHashMap<>();
     private boolean shutDown;
@@ -116,10 +120,42 @@ public final class Daemon {
 
     // ---- nodes ----
 
-    public synchronized void addNode(BlockNode node) throws DaemonException {
-        if (nodes.containsKey(node.name())) throw new DaemonException("node-name '" + node.name() + "' is in use already");
+    /**
+     * Enters a node built by the caller (tests, custom drivers); its children must be in the table
+     * already and live on its home. Links it as their parent.
+     */
+    public void addNode(BlockNode node) throws DaemonException {
+        enter(node);
+    }
+
+    synchronized void enter(BlockNode node) throws DaemonException {
+        if (nodes.containsKey(node.name())) throw new DaemonException("Duplicate nodes with node-name='" + node.name() + "'"); // QEMU's wording
+        for (BlockNode.Child c : node.children()) {
+            if (nodes.get(c.node().name()) != c.node()) throw new DaemonException("child node '" + c.node().name() + "' of '" + node.name() + "' is gone");
+        }
         nodes.put(node.name(), node);
-        LOG.debug("block node {} added: {} bytes{}", node.name(), node.size(), node.readOnly() ? ", read-only" : "");
+        node.link();
+        LOG.debug("block node {} added: {} {} bytes{}", node.name(), node.driverName(), node.size(), node.readOnly() ? ", read-only" : "");
+    }
+
+    /** The node with this name, or null. */
+    synchronized BlockNode findNode(String name) { return nodes.get(name); }
+
+    /** Takes nodes out of the table and unlinks them from their children (they are closed by the caller). */
+    synchronized void forget(List<BlockNode> gone) {
+        for (BlockNode n : gone) {
+            if (nodes.get(n.name()) == n) nodes.remove(n.name());
+            n.unlink();
+        }
+    }
+
+    /** A fresh implicit node name, as QEMU's: {@code #block} + a counter + two random digits. */
+    synchronized String implicitName() {
+        String n;
+        do {
+            n = String.format("#block%d%02d", implicitIds++, BlockdevOpener.randomSuffix());
+        } while (nodes.containsKey(n));
+        return n;
     }
 
     public synchronized BlockNode node(String name) throws DaemonException {
@@ -219,44 +255,14 @@ public final class Daemon {
         return c;
     }
 
-    /** {@code --blockdev driver=file,...} ({@code blockdev-add}). The node starts on the main loop. */
+    /**
+     * {@code --blockdev} ({@code blockdev-add}): {@code driver=file}, {@code raw} or {@code qcow2},
+     * with inline children and a qcow2 image's backing chain (see {@link BlockdevOpener}). A node
+     * over no existing node starts on the main loop; over an existing node, on that node's home.
+     * Call it from the CLI or QMP control thread, never from the main loop or an IOThread.
+     */
     public BlockNode blockdevAdd(Options o) throws OptionException, DaemonException {
-        o.choice("driver", null, "file");
-        if (!o.has("driver")) throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "driver", "parameter 'driver' is missing (only 'file' is supported)");
-        String name = o.required("node-name");
-        String filename = o.path("filename");
-        boolean readOnly = o.bool("read-only", false);
-        boolean direct = o.sub("cache").bool("direct", false);
-        // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
-        // sparse image expect. Both values are accepted for drop-in compatibility.
-        boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
-        // QEMU's key and rule; our default (no aio=) is io_uring, falling back to threads where refused.
-        String aioKey = o.choice("aio", null, "threads", "native", "io_uring");
-        dev.vmm.core.aio.AioMode aio = aioKey == null ? dev.vmm.core.aio.IoEngines.defaultMode() : dev.vmm.core.aio.AioMode.parse(aioKey);
-        if (aio == dev.vmm.core.aio.AioMode.NATIVE && !direct) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "aio",
-                    "aio=native was specified, but it requires cache.direct=on, which was not specified.");
-        }
-        o.checkAllConsumed();
-        synchronized (this) {
-            if (nodes.containsKey(name)) throw new DaemonException(o.optionName() + ": node-name '" + name + "' is in use already");
-        }
-        BlockDriver driver;
-        try {
-            RawFileDriver raw = RawFileDriver.open(Path.of(filename), readOnly, direct, aio);
-            raw.setUnmap(unmap);
-            driver = raw;
-        } catch (BlockException e) {
-            throw new DaemonException(o.optionName() + ": " + e.getMessage(), e);
-        }
-        BlockNode node = new BlockNode(name, driver, main);
-        try {
-            addNode(node);
-        } catch (DaemonException e) {
-            driver.close();
-            throw e;
-        }
-        return node;
+        return new BlockdevOpener(this).open(o);
     }
 
     /** The export drivers on the class path, by type. */
@@ -294,21 +300,38 @@ public final class Daemon {
         if (writable && node.readOnly()) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "writable", "'writable=on' but block node '" + nodeName + "' is read-only");
         }
+        if (writable) {
+            for (BlockNode p : node.parents()) {
+                if (!p.readOnly()) {
+                    String role = p.children().stream().filter(c -> c.node() == node).findFirst().map(BlockNode.Child::role).orElse("file");
+                    throw new DaemonException(o.optionName() + ": Permission conflict on node '" + nodeName + "': permissions 'write' are both"
+                            + " required by export '" + id + "' (uses node '" + nodeName + "' as 'root' child) and unshared by node '" + p.name()
+                            + "' (uses node '" + nodeName + "' as '" + role + "' child).");
+                }
+            }
+        }
         BlockExport export = drivers.get(type).create(this, new ExportCommon(id, node, writable, iothread), o);
         o.checkAllConsumed();
         if (iothread != null && iothread != node.home()) {
-            if (!node.users().isEmpty() || !node.settled().isDone()) {
-                throw new DaemonException(o.optionName() + ": block node '" + nodeName + "' is in use on IOThread '"
-                        + node.home().id() + "'; move it with x-blockdev-set-iothread first");
-            }
-            for (BlockExport other : exports()) {
-                if (other.node() == node) {
-                    throw new DaemonException(o.optionName() + ": block node '" + nodeName + "' is served on IOThread '"
-                            + node.home().id() + "' by export '" + other.id() + "'; give it the same iothread");
+            // The whole graph goes (connected nodes share a home); with no users, nothing to quiesce.
+            java.util.Collection<BlockNode> graph = node.connected().values();
+            for (BlockNode g : graph) {
+                String which = g == node ? "block node '" + nodeName + "'" : "block node '" + g.name() + "' (in the graph of '" + nodeName + "')";
+                if (!g.users().isEmpty() || !g.settled().isDone()) {
+                    throw new DaemonException(o.optionName() + ": " + which + " is in use on IOThread '"
+                            + g.home().id() + "'; move it with x-blockdev-set-iothread first");
+                }
+                for (BlockExport other : exports()) {
+                    if (other.node() == g) {
+                        throw new DaemonException(o.optionName() + ": " + which + " is served on IOThread '"
+                                + g.home().id() + "' by export '" + other.id() + "'; give it the same iothread");
+                    }
                 }
             }
-            node.setHome(iothread); // no users yet: nothing to quiesce
-            LOG.debug("block node {} moved to IOThread {}", nodeName, iothread.id());
+            List<BlockNode> childrenFirst = BlockNode.parentsFirst(graph);
+            Collections.reverse(childrenFirst);
+            for (BlockNode g : childrenFirst) g.setHome(iothread);
+            LOG.debug("block node {} ({} node(s) in its graph) moved to IOThread {}", nodeName, graph.size(), iothread.id());
         }
         try {
             export.start();
@@ -323,12 +346,13 @@ public final class Daemon {
     }
 
     /**
-     * {@code x-blockdev-set-iothread}: moves a node, with its exports and their connected
-     * clients, to another IOThread (quiesce, drain, detach, attach, resume; see {@link NodeUser}).
-     * Completes with the pause in nanoseconds — from the first quiesce on the old thread to the
-     * last resume on the new one — or 0 when the node already lives there, or exceptionally with
-     * a {@link DaemonException} for an unknown node or IOThread. Moves of one node run one after
-     * the other; the main loop is never blocked by a move.
+     * {@code x-blockdev-set-iothread}: moves a node, with every node connected to it by child links
+     * (its whole graph: a backing node shared by two disks moves both disks), their exports and
+     * the exports' connected clients, to another IOThread (quiesce, drain, detach, attach, resume;
+     * see {@link NodeUser}). Completes with the pause in nanoseconds — from the first quiesce on
+     * the old thread to the last resume on the new one — or 0 when the graph already lives there,
+     * or exceptionally with a {@link DaemonException} for an unknown node or IOThread. Moves of
+     * one node run one after the other; the main loop is never blocked by a move.
      *
      * <p>May be called from any thread.
      */
@@ -343,7 +367,7 @@ public final class Daemon {
             result.completeExceptionally(e);
             return result;
         }
-        main.execute(() -> node.requestMove(() -> runMove(node, target, result)));
+        main.execute(() -> takeGates(node, target, result, 0));
         return result;
     }
 
@@ -353,16 +377,86 @@ public final class Daemon {
     /** A move that has not finished by then is reported failed to its caller; it goes on, holding the node's gate, until it ends. */
     static final long MOVE_TIMEOUT_SECONDS = 30;
 
-    /** The six steps; started on the main loop by the node's gate, which it must release at the end. */
-    private void runMove(BlockNode node, IOThread target, CompletableFuture<Long> result) {
+    /**
+     * Main loop: takes the gate of every node of {@code node}'s graph, one after the other in name
+     * order (so two moves of overlapping graphs cannot each hold a gate the other waits for), then
+     * runs the move. A graph that changed while the gates were being taken (a node added over one
+     * of them) is taken again, with the new members.
+     */
+    private void takeGates(BlockNode node, IOThread target, CompletableFuture<Long> result, int attempt) {
+        List<BlockNode> graph = new ArrayList<>(node.connected().values());
+        takeGate(graph, 0, () -> {
+            List<BlockNode> now = new ArrayList<>(node.connected().values());
+            if (!now.equals(graph) && attempt < 100) {
+                for (BlockNode g : graph) {
+                    g.settle();
+                    g.moveDone();
+                }
+                takeGates(node, target, result, attempt + 1);
+                return;
+            }
+            runMove(node, graph, target, result);
+        });
+    }
+
+    /**
+     * Takes the move gates of {@code sorted} (sorted by name), as a move does: completes (on the
+     * main loop) once all are held; {@link #releaseGates} gives them back. For work that must
+     * see the nodes' homes stay put (creating a node over them).
+     */
+    CompletableFuture<Void> holdGates(List<BlockNode> sorted) {
+        CompletableFuture<Void> f = new CompletableFuture<>();
+        main.execute(() -> takeGate(sorted, 0, () -> f.complete(null)));
+        return f;
+    }
+
+    void releaseGates(List<BlockNode> held) {
+        for (BlockNode g : held) g.settle();
+        main.execute(() -> {
+            for (BlockNode g : held) g.moveDone();
+        });
+    }
+
+    private static void takeGate(List<BlockNode> graph, int i, Runnable then) {
+        if (i == graph.size()) {
+            then.run();
+        } else {
+            graph.get(i).requestMove(() -> takeGate(graph, i + 1, then));
+        }
+    }
+
+    /**
+     * The six steps for a whole graph; started on the main loop with every gate of the graph
+     * held, which it must release at the end. Drains parents before children (a parent's
+     * requests complete their child I/O first; a child's in-flight count includes its parents'
+     * I/O), moves homes children before parents.
+     */
+    private void runMove(BlockNode node, List<BlockNode> graph, IOThread target, CompletableFuture<Long> result) {
         IOThread source = node.home();
+        Runnable release = () -> {
+            for (BlockNode g : graph) g.settle();
+            main.execute(() -> {
+                for (BlockNode g : graph) g.moveDone();
+            });
+        };
+        for (BlockNode g : graph) {
+            if (g.home() != source) { // the invariant is broken: moving part of the graph would break it more
+                release.run();
+                result.completeExceptionally(new DaemonException("block node '" + g.name() + "' in the graph of '" + node.name()
+                        + "' lives on IOThread '" + g.home().id() + "', not '" + source.id() + "'"));
+                return;
+            }
+        }
         if (source == target) {
-            node.settle();
-            node.moveDone();
+            release.run();
             result.complete(0L);
             return;
         }
-        List<NodeUser> users = List.copyOf(node.users());
+        List<BlockNode> parentsFirst = BlockNode.parentsFirst(graph);
+        List<BlockNode> childrenFirst = new ArrayList<>(parentsFirst);
+        Collections.reverse(childrenFirst);
+        List<NodeUser> users = new ArrayList<>();
+        for (BlockNode g : parentsFirst) users.addAll(g.users());
         long[] t0 = new long[1];
         reportSlowMove(node, target, result);
         source.submit(() -> {
@@ -370,13 +464,13 @@ public final class Daemon {
             for (NodeUser u : users) step(u, u::quiesce);
             // Drain: requests already taken complete here, on the old home; the users answer them
             // (replies, used-ring entries) before they leave the loop.
-            return node.drain();
+            return drainInOrder(parentsFirst, 0);
         }).thenCompose(f -> f).thenCompose(v -> source.submit(() -> {
             List<CompletableFuture<Void>> detached = new ArrayList<>();
             for (NodeUser u : users) detached.add(safe(u.describe(), u::detach));
             return CompletableFuture.allOf(detached.toArray(new CompletableFuture[0]));
         })).thenCompose(f -> f).thenCompose(v -> {
-            node.setHome(target);
+            for (BlockNode g : childrenFirst) g.setHome(target);
             return target.submit(() -> {
                 List<CompletableFuture<Void>> attached = new ArrayList<>();
                 for (NodeUser u : users) attached.add(safe(u.describe(), () -> u.attach(target)));
@@ -386,10 +480,9 @@ public final class Daemon {
             for (NodeUser u : users) step(u, u::resume);
             return System.nanoTime() - t0[0];
         })).whenComplete((pause, err) -> {
-            // The gate opens only when the move has really ended, even after the caller was told it
-            // takes too long: a half-moved node must not take joins, control calls or another move.
-            node.settle();
-            main.execute(node::moveDone);
+            // The gates open only when the move has really ended, even after the caller was told it
+            // takes too long: a half-moved graph must not take joins, control calls or another move.
+            release.run();
             if (result.isDone() && err == null) {
                 LOG.warn("block node {} reached IOThread {} after the move was reported as taking too long (paused {} us)",
                         node.name(), target.id(), pause / 1000);
@@ -400,11 +493,17 @@ public final class Daemon {
             } else {
                 handoffs.record(new dev.vmm.core.stats.HandoffLog.Handoff(node.name(), source.id(), target.id(), pause,
                         System.currentTimeMillis()));
-                LOG.info("block node {} moved from IOThread {} to {} with {} user(s): paused {} us",
-                        node.name(), source.id(), target.id(), users.size(), pause / 1000);
+                LOG.info("block node {} moved from IOThread {} to {} with {} node(s) in its graph and {} user(s): paused {} us",
+                        node.name(), source.id(), target.id(), graph.size(), users.size(), pause / 1000);
                 result.complete(pause);
             }
         });
+    }
+
+    /** On the old home: drains the nodes one after the other, in the order given. */
+    private static CompletableFuture<Void> drainInOrder(List<BlockNode> order, int i) {
+        if (i == order.size()) return CompletableFuture.completedFuture(null);
+        return order.get(i).drain().thenCompose(v -> drainInOrder(order, i + 1));
     }
 
     /** The caller of a move that has not finished after {@link #MOVE_TIMEOUT_SECONDS} gets an error; the move itself goes on. */
@@ -477,25 +576,61 @@ public final class Daemon {
     }
 
     /**
-     * {@code blockdev-del}: flushes and closes a node on its home IOThread. Refused while an
-     * export serves it.
+     * {@code blockdev-del}: flushes and closes a node on its home IOThread, with the children it
+     * owns (inline definitions, the backing chain opened from its header) that no other node
+     * uses. Refused, with QEMU's words, while an export serves it or another node uses it as a
+     * child; refused while an export serves one of the owned children that would go with it.
+     * Parents are flushed and closed before their children: a parent's flush writes through them.
      */
     public void blockdevDel(String name) throws DaemonException {
-        BlockNode n;
+        List<BlockNode> gone;
         synchronized (this) {
-            n = nodes.get(name);
+            BlockNode n = nodes.get(name);
             if (n == null) throw new DaemonException("Failed to find node with node-name='" + name + "'");
             for (BlockExport e : exports.values()) {
-                if (e.node() == n) throw new DaemonException("Node " + name + " is in use by export '" + e.id() + "'");
+                if (e.node() == n) throw new DaemonException("Node " + name + " is in use"); // QEMU 7.2's wording
             }
-            nodes.remove(name);
+            List<BlockNode> parents = n.parents();
+            if (!parents.isEmpty()) {
+                BlockNode p = parents.get(0);
+                boolean backing = p.children().stream().anyMatch(c -> c.node() == n && c.role().equals(BlockNode.BACKING));
+                // QEMU 7.2's two wordings: the backing op blocker, and the file child's BlockBackend check
+                throw new DaemonException(backing ? "Node '" + name + "' is busy: node is used as backing hd of '" + p.name() + "'"
+                        : "Block device " + name + " is in use");
+            }
+            gone = new ArrayList<>();
+            collectOwned(n, gone);
+            for (BlockNode g : gone) {
+                for (BlockExport e : exports.values()) {
+                    if (e.node() == g) {
+                        throw new DaemonException("Node " + name + " is in use: its child '" + g.name() + "' is served by export '" + e.id() + "'");
+                    }
+                }
+            }
+            forget(gone);
         }
-        try {
-            n.flushAndClose(CLOSE_TIMEOUT_MS);
-        } catch (BlockException e) {
-            throw new DaemonException("block node '" + name + "' removed, but its final flush failed: " + e.getMessage(), e);
+        DaemonException failed = null;
+        for (BlockNode g : BlockNode.parentsFirst(gone)) {
+            try {
+                g.flushAndClose(CLOSE_TIMEOUT_MS);
+            } catch (BlockException e) {
+                if (failed == null) {
+                    failed = new DaemonException("block node '" + name + "' removed, but the final flush of '" + g.name() + "' failed: "
+                            + e.getMessage(), e);
+                }
+            }
+            LOG.debug("block node {} removed", g.name());
         }
-        LOG.debug("block node {} removed", name);
+        if (failed != null) throw failed;
+    }
+
+    /** {@code n} and, recursively, the children it owns whose only parent is their owner. */
+    private static void collectOwned(BlockNode n, List<BlockNode> out) {
+        if (out.contains(n)) return;
+        out.add(n);
+        for (BlockNode.Child c : n.children()) {
+            if (c.owned() && c.node().parents().size() == 1) collectOwned(c.node(), out);
+        }
     }
 
     /**
@@ -574,7 +709,7 @@ public final class Daemon {
             }
         }
         for (BlockExport e : exps) e.close();
-        for (BlockNode n : ns) {
+        for (BlockNode n : BlockNode.parentsFirst(ns)) { // a parent's final flush writes through its children
             try {
                 n.flushAndClose(CLOSE_TIMEOUT_MS);
             } catch (BlockException e) {

@@ -53,7 +53,8 @@ public final class Options {
      * key. Values become strings: {@code Boolean} as {@code on}/{@code off}, integers in decimal,
      * other numbers by their {@code toString()} (which {@link #number} and {@link #size} reject).
      *
-     * @throws OptionException (SYNTAX) for a null value, an invalid or repeated key, or a key
+     * @throws OptionException (SYNTAX) for a null value (except {@code backing}, which becomes
+     *         {@code ""} as in QEMU), an invalid or repeated key, or a key
      *         used both as a value and a group
      * @throws IllegalArgumentException for a value of another Java type (a programming error)
      */
@@ -109,7 +110,11 @@ public final class Options {
             return;
         }
         String s;
-        if (v == null) {
+        if (v == null && (key.equals("backing") || key.endsWith(".backing"))) {
+            // QAPI's BlockdevRefOrNull, the one nullable block option: null means "no backing
+            // node", which QEMU's bdrv_open also turns into backing="" (as the key=value form writes it)
+            s = "";
+        } else if (v == null) {
             throw new OptionException(Kind.SYNTAX, optionName, key, "parameter '" + key + "' must not be null");
         } else if (v instanceof String) {
             s = (String) v;

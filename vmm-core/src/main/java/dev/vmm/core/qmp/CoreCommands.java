@@ -102,7 +102,7 @@ public final class CoreCommands {
 
         // ---- block nodes ----
         t.register("blockdev-add", QmpCommand.blocking(c -> {
-            daemon.blockdevAdd(c.options());
+            daemon.blockdevAdd(c.options()); // "backing": null flattens to backing="" (Options.of)
             return Map.of();
         }));
         t.register("blockdev-del", QmpCommand.blocking(c -> {
@@ -114,10 +114,10 @@ public final class CoreCommands {
         }));
         t.register("query-named-block-nodes", QmpCommand.sync(c -> {
             Options o = c.options();
-            o.bool("flat", false); // we have no child nodes: flat or not, the list is the same
+            boolean flat = o.bool("flat", false); // QEMU: without backing-image, backing_file_depth 0
             o.checkAllConsumed();
             List<Object> out = new ArrayList<>();
-            for (BlockNode n : daemon.nodes()) out.add(nodeInfo(n));
+            for (BlockNode n : daemon.nodes()) out.add(nodeInfo(n, flat));
             return out;
         }));
         // blocking, not sync: the latency histogram is copied on each node's home thread, and
@@ -214,29 +214,93 @@ public final class CoreCommands {
         });
     }
 
-    /** QEMU's {@code BlockDeviceInfo} for a raw file node, plus {@code iothread} (ours). */
-    static Map<String, Object> nodeInfo(BlockNode n) {
-        String file = n.driver() instanceof RawFileDriver r ? r.filename() : n.name();
-        boolean direct = n.driver() instanceof RawFileDriver r && r.direct();
+    /** The file name QEMU shows for a node: the image file under it (a {@code raw} window: QEMU's {@code json:} form). */
+    static String filename(BlockNode n) {
+        if (n.driver() instanceof RawFileDriver r) return r.filename();
+        if (n.driver() instanceof dev.vmm.core.block.RawFormatDriver w && w.windowed()) {
+            BlockNode f = n.child(BlockNode.FILE);
+            // QEMU's member order and spacing (qobject_to_json with ", " and ": ")
+            return "json:{\"offset\": " + w.offset() + ", \"driver\": \"raw\", \"size\": " + n.size() + ", \"file\": {\"driver\": "
+                    + dev.vmm.core.json.Json.write(f.driverName()) + ", \"filename\": " + dev.vmm.core.json.Json.write(filename(f)) + "}}";
+        }
+        BlockNode f = n.child(BlockNode.FILE);
+        return f == null ? n.name() : filename(f);
+    }
+
+    /**
+     * QEMU's {@code actual-size}: the bytes the image file under {@code n} takes on disk
+     * ({@code st_blocks * 512}, statx(2) on its path: a metadata read, no I/O on the node), or -1
+     * when unknown.
+     */
+    static long actualSize(BlockNode n) {
+        BlockNode leaf = n;
+        while (!(leaf.driver() instanceof RawFileDriver) && leaf.child(BlockNode.FILE) != null) leaf = leaf.child(BlockNode.FILE);
+        if (!(leaf.driver() instanceof RawFileDriver r)) return -1;
+        try (com.sun.jna.Memory stx = new com.sun.jna.Memory(dev.vmm.core.linux.LibC.STATX_SIZEOF)) {
+            stx.clear();
+            dev.vmm.core.linux.LibC.statx(dev.vmm.core.linux.LibC.AT_FDCWD, r.filename(), 0, dev.vmm.core.linux.LibC.STATX_BLOCKS,
+                    com.sun.jna.Pointer.nativeValue(stx));
+            if ((stx.getInt(dev.vmm.core.linux.LibC.STATX_OFF_MASK) & dev.vmm.core.linux.LibC.STATX_BLOCKS) == 0) return -1;
+            return stx.getLong(dev.vmm.core.linux.LibC.STATX_OFF_BLOCKS) * 512;
+        } catch (com.sun.jna.LastErrorException e) {
+            return -1; // the file was removed behind our back: QEMU leaves the member out too
+        }
+    }
+
+    /** The backing chain's length below {@code n} (QEMU's {@code backing_file_depth}). */
+    static int backingDepth(BlockNode n) {
+        int d = 0;
+        for (BlockNode b = n.child(BlockNode.BACKING); b != null && d < 1000; b = b.child(BlockNode.BACKING)) d++;
+        return d;
+    }
+
+    /** QEMU's {@code ImageInfo} of a node; with {@code backing-image} down the chain unless {@code flat}. */
+    static Map<String, Object> imageInfo(BlockNode n, boolean flat, int depth) {
+        BlockNode.ImageInfo info = n.imageInfo();
         Map<String, Object> image = new LinkedHashMap<>();
+        if (!flat && depth < 1000) {
+            BlockNode b = n.child(BlockNode.BACKING);
+            if (b != null) image.put("backing-image", imageInfo(b, false, depth + 1));
+        }
+        if (info.backingFormat() != null) image.put("backing-filename-format", info.backingFormat());
         image.put("virtual-size", n.size());
-        image.put("filename", file);
-        image.put("format", "file");
+        image.put("filename", filename(n));
+        if (info.clusterSize() > 0) image.put("cluster-size", info.clusterSize());
+        image.put("format", n.driverName());
+        long actual = actualSize(n);
+        if (actual >= 0) image.put("actual-size", actual);
+        if (info.fullBackingFilename() != null) image.put("full-backing-filename", info.fullBackingFilename());
+        if (info.backingFilename() != null) image.put("backing-filename", info.backingFilename());
         image.put("dirty-flag", false);
+        return image;
+    }
+
+    /** QEMU's {@code BlockDeviceInfo} for a node, plus {@code iothread} (ours). */
+    static Map<String, Object> nodeInfo(BlockNode n, boolean flat) {
+        String file = filename(n);
+        BlockNode leaf = n;
+        while (!(leaf.driver() instanceof RawFileDriver) && leaf.child(BlockNode.FILE) != null) leaf = leaf.child(BlockNode.FILE);
+        boolean direct = leaf.driver() instanceof RawFileDriver r && r.direct();
         Map<String, Object> cache = new LinkedHashMap<>();
         cache.put("no-flush", false);
         cache.put("direct", direct);
         cache.put("writeback", true);
         Map<String, Object> m = new LinkedHashMap<>();
         m.put("node-name", n.name());
-        m.put("drv", "file");
+        m.put("drv", n.driverName());
         m.put("file", file);
         m.put("ro", n.readOnly());
         m.put("encrypted", false);
         m.put("detect_zeroes", "off");
-        m.put("backing_file_depth", 0);
+        BlockNode backing = n.child(BlockNode.BACKING);
+        if (backing != null) {
+            String full = n.imageInfo().fullBackingFilename();
+            m.put("backing_file", full != null ? full : filename(backing));
+        }
+        // QEMU 7.2 counts the chain only when it also shows it (not with flat)
+        m.put("backing_file_depth", flat ? 0 : backingDepth(n));
         for (String k : new String[] {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "write_threshold"}) m.put(k, 0);
-        m.put("image", image);
+        m.put("image", imageInfo(n, flat, 0));
         m.put("cache", cache);
         m.put("iothread", n.home().id());
         return m;

@@ -143,8 +143,9 @@ class KeyValueParserTest {
         assertEquals(Kind.SYNTAX, e.kind());
         assertEquals("--blockdev: duplicate parameter 'cache.direct'",
                 fails("--blockdev", "{\"cache.direct\":true,\"cache\":{\"direct\":false}}", null).getMessage());
-        assertEquals("--blockdev: parameter 'backing' must not be null",
-                fails("--blockdev", "{\"backing\":null}", null).getMessage());
+        assertEquals("--blockdev: parameter 'filename' must not be null",
+                fails("--blockdev", "{\"filename\":null}", null).getMessage());
+        // "backing": null is QAPI's one nullable block option: no backing node (OptionsTest)
         assertEquals("--blockdev: invalid parameter name ''", fails("--blockdev", "{\"\":1}", null).getMessage());
         assertEquals("--blockdev: invalid JSON at position 0: nesting deeper than 64 levels".replace("0:", "320:"),
                 fails("--blockdev", "{\"a\":".repeat(100) + "1" + "}".repeat(100), null).getMessage());

@@ -283,4 +283,22 @@ class OptionsTest {
         assertEquals("x: parameter 'a' must not be null", error(() -> Options.of("x", nul)));
         assertThrows(IllegalArgumentException.class, () -> Options.of("x", Map.of("a", new Object())));
     }
+
+    @Test
+    void backingNullIsTheEmptyNameAtAnyDepthAsInQemu() throws Exception {
+        Map<String, Object> inner = new java.util.LinkedHashMap<>();
+        inner.put("driver", "qcow2");
+        inner.put("backing", null);
+        Map<String, Object> args = new java.util.LinkedHashMap<>();
+        args.put("backing", inner);
+        Options o = Options.of("blockdev-add", args);
+        assertEquals("", o.sub("backing").required("backing"));
+        Map<String, Object> top = new java.util.LinkedHashMap<>();
+        top.put("backing", null);
+        assertEquals("", Options.of("blockdev-add", top).required("backing"));
+        assertEquals("", opts("--blockdev", "{\"driver\":\"qcow2\",\"backing\":null}").required("backing"));
+        Map<String, Object> other = new java.util.LinkedHashMap<>();
+        other.put("file", null);
+        assertEquals("x: parameter 'file' must not be null", error(() -> Options.of("x", other)));
+    }
 }

@@ -290,12 +290,12 @@ class QmpServerTest {
         Path img = image("a.img", 3 << 20);
         try (Client c = negotiated()) {
             c.ok(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d0\",\"filename\":\"" + img + "\",\"read-only\":true}"));
-            assertEquals("GenericError: node-name 'd0' is in use already",
+            assertEquals("GenericError: Duplicate nodes with node-name='d0'",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d0\",\"filename\":\"" + img + "\"}")));
             assertEquals("GenericError: parameter 'filename' is missing",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\"}")));
-            assertEquals("GenericError: 'driver' must be one of file, got 'qcow2'",
-                    c.error(cmd("blockdev-add", "{\"driver\":\"qcow2\",\"node-name\":\"d1\",\"file\":\"d0\"}")));
+            assertEquals("GenericError: 'driver' must be one of file, raw, qcow2, got 'vmdk'",
+                    c.error(cmd("blockdev-add", "{\"driver\":\"vmdk\",\"node-name\":\"d1\",\"file\":\"d0\"}")));
             assertEquals("GenericError: 'read-only' must be 'on' or 'off', got '1'",
                     c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\",\"filename\":\"" + img + "\",\"read-only\":1}")));
             String missing = c.error(cmd("blockdev-add", "{\"driver\":\"file\",\"node-name\":\"d1\",\"filename\":\"" + dir.resolve("none.img") + "\"}"));
@@ -324,6 +324,37 @@ class QmpServerTest {
 
     @Test
     @SuppressWarnings("unchecked")
+    void aRawNodeOverAnInlineFileAsQemuShowsIt() throws Exception {
+        Path img = image("g.img", 1 << 20);
+        try (Client c = negotiated()) {
+            c.ok(cmd("blockdev-add", "{\"driver\":\"raw\",\"node-name\":\"r0\",\"offset\":4096,\"size\":8192,"
+                    + "\"file\":{\"driver\":\"file\",\"filename\":\"" + img + "\"}}"));
+            assertEquals("GenericError: Cannot find device='nope' nor node-name='nope'",
+                    c.error(cmd("blockdev-add", "{\"driver\":\"raw\",\"node-name\":\"r1\",\"file\":\"nope\"}")));
+            List<Object> nodes = (List<Object>) c.ok("{\"execute\":\"query-named-block-nodes\"}");
+            assertEquals(2, nodes.size());
+            Map<String, Object> file = (Map<String, Object>) nodes.get(0);
+            Map<String, Object> raw = (Map<String, Object>) nodes.get(1);
+            assertTrue(((String) file.get("node-name")).startsWith("#block"), file.toString());
+            assertEquals("file", file.get("drv"));
+            assertEquals("raw", raw.get("drv"));
+            // QSD 7.2 names a windowed raw node by its JSON description
+            String json = "json:{\"offset\": 4096, \"driver\": \"raw\", \"size\": 8192, \"file\": {\"driver\": \"file\", \"filename\": \"" + img + "\"}}";
+            assertEquals(json, raw.get("file"));
+            Map<String, Object> image = (Map<String, Object>) raw.get("image");
+            assertEquals(8192L, image.get("virtual-size"));
+            assertTrue(image.get("actual-size") instanceof Long l && l >= 0 && l <= 2 << 20, image.toString()); // st_blocks of the file
+            assertEquals("raw", image.get("format"));
+            assertEquals(0L, raw.get("backing_file_depth"));
+            assertEquals("GenericError: Block device " + file.get("node-name") + " is in use",
+                    c.error(cmd("blockdev-del", "{\"node-name\":\"" + file.get("node-name") + "\"}")));
+            c.ok(cmd("blockdev-del", "{\"node-name\":\"r0\"}"));
+            assertEquals(List.of(), c.ok("{\"execute\":\"query-named-block-nodes\"}"), "the inline file went with its parent");
+        }
+    }
+
+    @Test
+    @SuppressWarnings("unchecked")
     void exportsAddQueryDeleteWithTheirEvent() throws Exception {
         try (Client a = negotiated(); Client b = negotiated(); Client unnegotiated = new Client(socket)) {
             unnegotiated.read();
@@ -337,7 +368,7 @@ class QmpServerTest {
                     a.error(cmd("block-export-add", "{\"type\":\"test\",\"id\":\"e1\",\"node-name\":\"d0\",\"bogus\":1}")));
             assertEquals(List.of(Map.of("type", "test", "id", "e0", "node-name", "d0", "shutting-down", false)),
                     b.ok("{\"execute\":\"query-block-exports\"}"));
-            assertEquals("GenericError: Node d0 is in use by export 'e0'", a.error(cmd("blockdev-del", "{\"node-name\":\"d0\"}")));
+            assertEquals("GenericError: Node d0 is in use", a.error(cmd("blockdev-del", "{\"node-name\":\"d0\"}")));
             TestExportDriver.users = 2;
             assertEquals("GenericError: export 'e0' still in use by 2 clients; use mode=hard to disconnect them",
                     a.error(cmd("block-export-del", "{\"id\":\"e0\"}")));

@@ -1,0 +1,466 @@
+package dev.vmm.core.daemon;
+
+import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockException;
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.block.NoDiscardDriver;
+import dev.vmm.core.block.RawFormatDriver;
+import dev.vmm.core.block.qcow2.Qcow2Header;
+import dev.vmm.core.block.qcow2.Qcow2Options;
+import dev.vmm.core.export.BlockExport;
+import dev.vmm.core.options.OptionException;
+import dev.vmm.core.options.Options;
+import dev.vmm.iothread.IOThread;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * One {@code --blockdev} / {@code blockdev-add}: opens the node and whatever it creates with it
+ * (inline {@code file}/{@code backing} definitions, the backing chain named in a qcow2 header),
+ * children before parents, each on the home of its children. Every node is entered in the daemon's
+ * table as soon as it is open (so names are reserved and a later child can refer to it); if a
+ * later step fails, {@link #rollback} closes and removes them all again, parents first.
+ *
+ * <p>Thread contract: one instance per command, on the calling control thread (the CLI thread or
+ * the QMP control thread), never on the main loop or an IOThread: it waits for driver calls on the
+ * nodes' homes and, when two children live on different IOThreads, for a move.
+ */
+final class BlockdevOpener {
+    /** Longest backing chain opened from image headers (QEMU has no cap; a loop or a hostile image must not recurse forever). */
+    static final int MAX_BACKING_CHAIN = 64;
+    /** Deepest inline definition ({@code file.file.file...}); JSON input is capped at 64 levels anyway. */
+    static final int MAX_INLINE_DEPTH = 32;
+
+    private final Daemon daemon;
+    /** Nodes opened so far, in order (children before parents). */
+    private final List<BlockNode> created = new ArrayList<>();
+
+    BlockdevOpener(Daemon daemon) {
+        this.daemon = daemon;
+    }
+
+    /** The top node of {@code o}; on failure everything opened is closed again. */
+    BlockNode open(Options o) throws OptionException, DaemonException {
+        try {
+            return node(o, true, false);
+        } catch (OptionException | DaemonException | RuntimeException e) {
+            rollback();
+            throw e;
+        }
+    }
+
+    /** Closes and forgets every node this command opened, parents first. */
+    private void rollback() {
+        List<BlockNode> undo = new ArrayList<>(created);
+        daemon.forget(undo);
+        for (BlockNode n : BlockNode.parentsFirst(undo)) {
+            try {
+                n.flushAndClose(Daemon.CLOSE_TIMEOUT_MS);
+            } catch (BlockException e) {
+                Daemon.LOG.warn("closing block node {} after a failed blockdev-add: {}", n.name(), e.getMessage());
+            }
+        }
+    }
+
+    // ---- one definition ----
+
+    /**
+     * @param top       the command's own definition ({@code node-name} required), else an inline one
+     * @param inheritRo a read-only parent makes its inline children read-only unless they say
+     *                  otherwise (QEMU's option inheritance)
+     */
+    private BlockNode node(Options o, boolean top, boolean inheritRo) throws OptionException, DaemonException {
+        int depth = o.fullKey("driver").split("\\.").length - 1;
+        if (depth > MAX_INLINE_DEPTH) { // hostile input must not recurse until the stack overflows
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("driver"),
+                    "inline node definitions nest deeper than " + MAX_INLINE_DEPTH + " levels");
+        }
+        String driver = o.choice("driver", null, "file", "raw", "qcow2");
+        if (driver == null) {
+            throw new OptionException(OptionException.Kind.MISSING, o.optionName(), o.fullKey("driver"),
+                    "parameter '" + o.fullKey("driver") + "' is missing (one of file, raw, qcow2)");
+        }
+        String name = top ? o.required("node-name") : o.optional("node-name", null);
+        if (name != null) checkNewName(o, name);
+        boolean readOnly = o.bool("read-only", inheritRo);
+        // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
+        // sparse image expect. Both values are accepted for drop-in compatibility.
+        boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
+        String dz = o.choice("detect-zeroes", "off", "off", "on", "unmap");
+        if (!dz.equals("off")) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("detect-zeroes"),
+                    "'" + o.fullKey("detect-zeroes") + "': only 'off' is supported (zero detection is not implemented)");
+        }
+        o.bool("auto-read-only", false); // QEMU's fallback to read-only for unwritable files: we open as asked
+        o.bool("force-share", false);
+        return switch (driver) {
+            case "file" -> file(o, name, readOnly, unmap);
+            case "raw" -> raw(o, name, readOnly, unmap);
+            default -> qcow2(o, name, readOnly, unmap);
+        };
+    }
+
+    private void checkNewName(Options o, String name) throws DaemonException, OptionException {
+        if (name.isEmpty() || name.startsWith("#") || !name.matches("[A-Za-z][A-Za-z0-9_.+-]{0,127}")) {
+            // QEMU: ids start with a letter, then letters, digits, '-', '.', '_' (we also take '+')
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("node-name"), "Invalid node-name: '" + name + "'");
+        }
+        if (daemon.findNode(name) != null) throw new DaemonException("Duplicate nodes with node-name='" + name + "'"); // QEMU's wording
+    }
+
+    private BlockNode file(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+        String filename = o.path("filename");
+        boolean direct = o.sub("cache").bool("direct", false);
+        o.sub("cache").bool("no-flush", false);
+        // QEMU's key and rule; our default (no aio=) is io_uring, falling back to threads where refused.
+        String aioKey = o.choice("aio", null, "threads", "native", "io_uring");
+        dev.vmm.core.aio.AioMode aio = aioKey == null ? dev.vmm.core.aio.IoEngines.defaultMode() : dev.vmm.core.aio.AioMode.parse(aioKey);
+        if (aio == dev.vmm.core.aio.AioMode.NATIVE && !direct) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("aio"),
+                    "aio=native was specified, but it requires cache.direct=on, which was not specified.");
+        }
+        o.choice("locking", "auto", "auto", "on", "off"); // we take no OFD locks (see docs/cli.md)
+        o.checkAllConsumed();
+        return openFile(name, Path.of(filename), readOnly, direct, aio, unmap, o.optionName());
+    }
+
+    private BlockNode openFile(String name, Path filename, boolean readOnly, boolean direct, dev.vmm.core.aio.AioMode aio,
+            boolean unmap, String option) throws DaemonException {
+        RawFileDriver raw;
+        try {
+            raw = RawFileDriver.open(filename, readOnly, direct, aio);
+        } catch (BlockException e) {
+            throw new DaemonException(option + ": " + e.getMessage(), e);
+        }
+        raw.setUnmap(unmap);
+        return enter(new BlockNode(name == null ? daemon.implicitName() : name, "file", raw, daemon.mainLoop(), List.of()), raw);
+    }
+
+    private BlockNode raw(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+        long offset = o.size("offset", 0);
+        long size = o.size("size", -1);
+        BlockNode.Child file = fileChild(o, readOnly);
+        o.checkAllConsumed();
+        return withGates(List.of(file.node()), () -> {
+            checkWritableChild(file, name, readOnly, "write");
+            RawFormatDriver d;
+            try {
+                d = onHome(file.node(), () -> new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap), "");
+            } catch (DaemonException e) {
+                throw new DaemonException(e.getMessage(), e);
+            }
+            IOThread home = file.node().home();
+            return enter(new BlockNode(name == null ? daemon.implicitName() : name, "raw", d, home, List.of(file)), d);
+        });
+    }
+
+    private BlockNode qcow2(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+        if (o.has("data-file") || o.hasGroup("data-file")) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("data-file"),
+                    "'" + o.fullKey("data-file") + "': qcow2 images with an external data file are not supported");
+        }
+        if (o.has("encrypt") || o.hasGroup("encrypt")) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("encrypt"),
+                    "'" + o.fullKey("encrypt") + "': encrypted qcow2 images are not supported");
+        }
+        Qcow2Options q = qcow2Options(o, readOnly);
+        BlockNode.Child file = fileChild(o, readOnly);
+        // backing: absent = the header's; "" (QMP null, or backing= on the command line) = none;
+        // a name = that node; a group = an inline definition
+        boolean backingGiven = o.has("backing") || o.hasGroup("backing");
+        BlockNode.Child backing = null;
+        if (o.hasGroup("backing")) {
+            backing = new BlockNode.Child(BlockNode.BACKING, node(o.sub("backing"), false, true), true);
+        } else if (o.has("backing")) {
+            String ref = o.required("backing");
+            if (!ref.isEmpty()) {
+                BlockNode b = daemon.findNode(ref);
+                if (b == null) throw new DaemonException("Could not open backing file: Cannot find device='" + ref + "' nor node-name='" + ref + "'");
+                backing = new BlockNode.Child(BlockNode.BACKING, b, false);
+            }
+        }
+        o.checkAllConsumed();
+        if (backing != null && backing.node().home() != file.node().home()) {
+            // QEMU's rule: connected nodes share one AioContext. The new node lives with its file;
+            // the backing graph moves there first (with its users, if it has any).
+            sameHome(backing.node(), file.node().home());
+        }
+        BlockNode.Child b = backing;
+        List<BlockNode> children = b == null ? List.of(file.node()) : List.of(file.node(), b.node());
+        return withGates(children, () -> {
+            if (b != null && b.node().home() != file.node().home()) {
+                throw new DaemonException("node '" + b.node().name() + "' moved to IOThread '" + b.node().home().id()
+                        + "' while node '" + name + "' was being created over it; try again");
+            }
+            checkWritableChild(file, name, readOnly, "write, resize");
+            return openQcow2(name, file, b, backingGiven, q, unmap, new ArrayList<>());
+        });
+    }
+
+    interface GatedWork {
+        BlockNode run() throws DaemonException;
+    }
+
+    /**
+     * Runs {@code work} holding the move gates of every node of the children's graphs (taken as a
+     * move takes them: by name), so that no move changes their home while the new node reads
+     * them on it and links itself to them. Gated nodes keep serving their users meanwhile.
+     */
+    private BlockNode withGates(List<BlockNode> children, GatedWork work) throws DaemonException {
+        if (daemon.mainLoop().inThread()) {
+            // Gates change only on the main loop, which this command holds: free gates stay free.
+            for (BlockNode c : children) {
+                for (BlockNode g : c.connected().values()) {
+                    if (!g.settled().isDone()) throw new DaemonException("block node '" + g.name() + "' is moving; try again");
+                }
+            }
+            return work.run();
+        }
+        for (int attempt = 0; ; attempt++) {
+            java.util.TreeMap<String, BlockNode> all = new java.util.TreeMap<>();
+            for (BlockNode c : children) all.putAll(c.connected());
+            List<BlockNode> gated = new ArrayList<>(all.values());
+            java.util.concurrent.CompletableFuture<Void> held = daemon.holdGates(gated);
+            try {
+                held.get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
+            } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
+                held.thenRun(() -> daemon.releaseGates(gated)); // taken later: give them back then
+                throw new DaemonException("the nodes under the new node are busy moving; try again");
+            } catch (InterruptedException e) {
+                held.thenRun(() -> daemon.releaseGates(gated));
+                Thread.currentThread().interrupt();
+                throw new DaemonException("interrupted");
+            }
+            try {
+                java.util.TreeMap<String, BlockNode> now = new java.util.TreeMap<>();
+                for (BlockNode c : children) now.putAll(c.connected());
+                if (!new ArrayList<>(now.values()).equals(gated) && attempt < 10) continue; // a node joined meanwhile: take its gate too
+                return work.run();
+            } finally {
+                daemon.releaseGates(gated);
+            }
+        }
+    }
+
+    /**
+     * Opens a qcow2 node over {@code file}; without {@code backingGiven}, opens the chain its
+     * header names (implicit, read-only nodes).
+     *
+     * @param chain the real paths of the images above this one in a chain opened from headers, for
+     *              the loop check and the depth cap
+     */
+    private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
+            Qcow2Options q, boolean unmap, List<Path> chain) throws DaemonException {
+        BlockDriver fd = file.node().driver();
+        Qcow2Header h = onHome(file.node(), () -> Daemon.qcow2Format.readHeader(fd), "");
+        Path image = imagePath(file.node());
+        String full = null;
+        if (h.backingFile() != null) {
+            full = image == null || Path.of(h.backingFile()).isAbsolute() || image.getParent() == null
+                    ? h.backingFile() : image.getParent().resolve(h.backingFile()).toString();
+        }
+        if (!backingGiven && h.backingFile() != null) {
+            backing = new BlockNode.Child(BlockNode.BACKING, backingFromHeader(image, Path.of(full), h.backingFormat(), chain), true);
+        }
+        if (backing != null && backing.node().home() != file.node().home()) {
+            // the implicit backing chain was opened on the main loop; nobody else knows it yet
+            sameHome(backing.node(), file.node().home());
+        }
+        IOThread home = file.node().home();
+        BlockDriver bd = backing == null ? null : backing.node().driver();
+        BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
+        if (!unmap) d = new NoDiscardDriver(d);
+        List<BlockNode.Child> children = backing == null ? List.of(file) : List.of(file, backing);
+        BlockNode n = new BlockNode(name == null ? daemon.implicitName() : name, "qcow2", d, home, children);
+        n.setImageInfo(new BlockNode.ImageInfo(h.clusterSize(), h.backingFile(), full, h.backingFormat()));
+        return enter(n, d);
+    }
+
+    /** The implicit nodes for a backing file named in a header: a read-only file node and its format node. */
+    private BlockNode backingFromHeader(Path image, Path backingPath, String format, List<Path> chain) throws DaemonException {
+        String prefix = "Could not open backing file: ";
+        Path real;
+        try {
+            real = backingPath.toRealPath();
+        } catch (IOException e) {
+            throw new DaemonException(prefix + "Could not open '" + backingPath + "': No such file or directory"); // QEMU's wording
+        }
+        List<Path> above = new ArrayList<>(chain);
+        if (image != null) {
+            try {
+                above.add(image.toRealPath());
+            } catch (IOException e) {
+                above.add(image.toAbsolutePath());
+            }
+        }
+        if (above.contains(real)) {
+            throw new DaemonException(prefix + "backing file loop: '" + real + "' is its own backing file"
+                    + (above.size() > 1 || !above.get(0).equals(real) ? " (through " + above + ")" : ""));
+        }
+        if (above.size() >= MAX_BACKING_CHAIN) {
+            throw new DaemonException(prefix + "the backing chain of '" + above.get(0) + "' is longer than " + MAX_BACKING_CHAIN + " images");
+        }
+        BlockNode file = openFile(null, backingPath, true, false, dev.vmm.core.aio.IoEngines.defaultMode(), true, "backing");
+        BlockNode.Child fileChild = new BlockNode.Child(BlockNode.FILE, file, true);
+        String fmt = format;
+        if (fmt == null) fmt = onHome(file, () -> Daemon.qcow2Format.probe(file.driver()), prefix) ? "qcow2" : "raw";
+        switch (fmt) {
+            case "raw" -> {
+                RawFormatDriver d;
+                try {
+                    d = new RawFormatDriver(file.driver(), 0, -1, true, true);
+                } catch (BlockException e) {
+                    throw new DaemonException(prefix + e.getMessage(), e);
+                }
+                return enter(new BlockNode(daemon.implicitName(), "raw", d, file.home(), List.of(fileChild)), d);
+            }
+            case "qcow2" -> {
+                try {
+                    return openQcow2(null, fileChild, null, false, Qcow2Options.defaults(true), true, above);
+                } catch (DaemonException e) {
+                    throw e.getMessage().startsWith(prefix) ? e : new DaemonException(prefix + e.getMessage(), e);
+                }
+            }
+            default -> throw new DaemonException(prefix + "Unknown driver '" + fmt + "'");
+        }
+    }
+
+    /** The image file under a node: the filename of the {@code file} node at the bottom of its file children. */
+    static Path imagePath(BlockNode n) {
+        for (BlockNode x = n; x != null; x = x.child(BlockNode.FILE)) {
+            if (x.driver() instanceof RawFileDriver r) return Path.of(r.filename());
+        }
+        return null;
+    }
+
+    private BlockNode.Child fileChild(Options o, boolean readOnly) throws OptionException, DaemonException {
+        if (o.hasGroup("file")) return new BlockNode.Child(BlockNode.FILE, node(o.sub("file"), false, readOnly), true);
+        if (!o.has("file")) throw new DaemonException("A block device must be specified for \"file\""); // QEMU's wording
+        String ref = o.required("file");
+        BlockNode n = daemon.findNode(ref);
+        if (n == null) throw new DaemonException("Cannot find device='" + ref + "' nor node-name='" + ref + "'"); // QEMU's wording
+        return new BlockNode.Child(BlockNode.FILE, n, false);
+    }
+
+    /**
+     * QEMU's permission rule, as far as it matters here: a writable format node needs its file
+     * child writable and shares no writer with it, so a node that another writable node or a
+     * writable export uses already cannot become the file child of a writable node (two writers of
+     * one image's metadata corrupt it); read-only nodes may share a child with anyone. An implicit
+     * node that a parent owns is nobody else's child.
+     */
+    private void checkWritableChild(BlockNode.Child file, String name, boolean readOnly, String perms) throws DaemonException {
+        if (file.owned()) return;
+        BlockNode f = file.node();
+        String self = name == null ? "an implicit node" : "node '" + name + "'";
+        if (!readOnly && f.readOnly()) {
+            throw new DaemonException("Block node '" + f.name() + "' is read-only: " + self + " over it must be read-only too (read-only=on)");
+        }
+        for (BlockNode p : f.parents()) {
+            boolean ownedByP = p.children().stream().anyMatch(c -> c.node() == f && c.owned());
+            if (ownedByP) {
+                throw new DaemonException("Node '" + f.name() + "' is owned by node '" + p.name() + "' (created with it) and cannot be a child of "
+                        + self);
+            }
+            if (!readOnly && !p.readOnly()) {
+                String role = p.children().stream().filter(c -> c.node() == f).findFirst().map(BlockNode.Child::role).orElse("file");
+                throw new DaemonException("Permission conflict on node '" + f.name() + "': permissions '" + perms + "' are both required by node '"
+                        + p.name() + "' (uses node '" + f.name() + "' as '" + role + "' child) and unshared by " + self + " (uses node '"
+                        + f.name() + "' as 'file' child).");
+            }
+        }
+        if (!readOnly) {
+            for (BlockExport e : daemon.exports()) {
+                if (e.node() == f && e.writable()) {
+                    throw new DaemonException("Permission conflict on node '" + f.name() + "': permissions '" + perms
+                            + "' are both required by export '" + e.id() + "' (uses node '" + f.name() + "' as 'root' child) and unshared by "
+                            + self + " (uses node '" + f.name() + "' as 'file' child).");
+                }
+            }
+        }
+    }
+
+    private static Qcow2Options qcow2Options(Options o, boolean readOnly) throws OptionException {
+        long l2 = o.size("l2-cache-size", -1);
+        long refcount = o.size("refcount-cache-size", -1);
+        long cache = o.size("cache-size", -1);
+        o.number("cache-clean-interval", 600, 0, Integer.MAX_VALUE); // accepted: caches are not trimmed by time
+        Boolean lazy = o.has("lazy-refcounts") ? o.bool("lazy-refcounts", false) : null;
+        boolean passDiscard = o.bool("pass-discard-request", true);
+        if (cache >= 0) {
+            // QEMU's read_cache_sizes(): cache-size splits between the two caches
+            if (l2 >= 0 && refcount >= 0) {
+                throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("cache-size"),
+                        "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time");
+            } else if (l2 >= 0) {
+                if (l2 > cache) throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("l2-cache-size"), "l2-cache-size may not exceed cache-size");
+                refcount = cache - l2;
+            } else if (refcount >= 0) {
+                if (refcount > cache) throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("refcount-cache-size"), "refcount-cache-size may not exceed cache-size");
+                l2 = cache - refcount;
+            } else {
+                l2 = cache;
+            }
+        }
+        return new Qcow2Options(readOnly, l2, refcount, lazy, passDiscard);
+    }
+
+    // ---- helpers ----
+
+    /** Enters an opened node in the daemon's table; a clash (a concurrent command took the name) closes it. */
+    private BlockNode enter(BlockNode n, BlockDriver d) throws DaemonException {
+        try {
+            daemon.enter(n);
+        } catch (DaemonException e) {
+            n.home().execute(d::close);
+            throw e;
+        }
+        created.add(n);
+        return n;
+    }
+
+    /** Moves {@code n}'s whole graph to {@code home} and waits for it. */
+    private void sameHome(BlockNode n, IOThread home) throws DaemonException {
+        if (daemon.mainLoop().inThread()) { // a move needs the main loop: it cannot be waited for there
+            throw new DaemonException("block node '" + n.name() + "' lives on IOThread '" + n.home().id() + "', not '" + home.id()
+                    + "'; move it there first (x-blockdev-set-iothread)");
+        }
+        try {
+            daemon.moveNode(n.name(), home.id()).get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
+        } catch (java.util.concurrent.ExecutionException e) {
+            throw new DaemonException("cannot bring block node '" + n.name() + "' to IOThread '" + home.id() + "': " + e.getCause().getMessage(), e);
+        } catch (java.util.concurrent.TimeoutException e) {
+            throw new DaemonException("bringing block node '" + n.name() + "' to IOThread '" + home.id() + "' takes too long");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new DaemonException("interrupted");
+        }
+    }
+
+    interface HomeCall<T> {
+        T call() throws BlockException;
+    }
+
+    /** A driver call on {@code n}'s home thread, waited for; a driver error becomes a DaemonException with QEMU's text. */
+    private static <T> T onHome(BlockNode n, HomeCall<T> call, String prefix) throws DaemonException {
+        try {
+            return n.home().call(call::call);
+        } catch (BlockException e) {
+            throw new DaemonException(prefix + e.getMessage(), e);
+        } catch (RuntimeException e) {
+            throw new DaemonException(prefix + e, e);
+        } catch (Exception e) {
+            throw new DaemonException(prefix + e.getMessage(), e);
+        }
+    }
+
+    /** Random two digits, as QEMU's {@code id_generate}. */
+    static int randomSuffix() {
+        return ThreadLocalRandom.current().nextInt(100);
+    }
+}
