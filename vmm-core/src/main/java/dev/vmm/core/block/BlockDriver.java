@@ -78,6 +78,15 @@ public interface BlockDriver extends AutoCloseable {
         throw new BlockException(dev.vmm.core.linux.Errno.ENOTSUP, "this driver cannot grow its file");
     }
 
+    /**
+     * Bytes the underlying file takes on disk ({@code st_blocks * 512}), or -1 when unknown. A
+     * format driver compares it with what its metadata allocates (QEMU's detection of
+     * {@code preallocation=metadata} images for block status). Home thread; a metadata read.
+     */
+    default long allocatedSize() {
+        return -1;
+    }
+
     /** Hints that a range will be read soon (NBD_CMD_CACHE); never fails for a valid range. */
     void prefetch(long offset, long length) throws BlockException;
 

@@ -397,6 +397,20 @@ public final class RawFileDriver implements BlockDriver {
         size = newSize;
     }
 
+    /** st_blocks * 512 of the open file (statx on the fd), or -1 when closed or unknown. */
+    @Override
+    public long allocatedSize() {
+        if (fd < 0) return -1;
+        try (Memory stx = new Memory(LibC.STATX_SIZEOF)) {
+            stx.clear();
+            LibC.statx(fd, "", AT_EMPTY_PATH, LibC.STATX_BLOCKS, Pointer.nativeValue(stx));
+            if ((stx.getInt(LibC.STATX_OFF_MASK) & LibC.STATX_BLOCKS) == 0) return -1;
+            return stx.getLong(LibC.STATX_OFF_BLOCKS) * 512;
+        } catch (LastErrorException e) {
+            return -1;
+        }
+    }
+
     @Override
     public void prefetch(long offset, long length) throws BlockException {
         checkRange(offset, length);

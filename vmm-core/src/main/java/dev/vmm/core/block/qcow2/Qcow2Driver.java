@@ -2258,6 +2258,50 @@ public final class Qcow2Driver implements BlockDriver {
     // ================================================================ block status
 
     private final Mapping statusMap = new Mapping();
+    private final BlockStatus fileStatus = new BlockStatus();
+    /** 0 unknown, 1 yes, 2 no: see {@link #metadataPreallocation}. */
+    private int metadataPrealloc;
+
+    /**
+     * QEMU's qcow2_detect_metadata_preallocation: the image was preallocated with metadata when
+     * far more clusters have a refcount than the file has blocks on disk. Decided once, at the
+     * first block status (synchronous refcount block reads).
+     */
+    private boolean metadataPreallocation() throws BlockException {
+        if (metadataPrealloc == 0) {
+            metadataPrealloc = 2;
+            long real = file.allocatedSize();
+            if (real >= 0) {
+                long realClusters = real >>> clusterBits; // floor, as QEMU
+                long threshold = Math.max(realClusters * 10 / 9, realClusters + 2);
+                long end = (file.size() + csMask) >>> clusterBits;
+                long count = 0;
+                for (long c = 0; c < end && count <= threshold; c++) {
+                    long rbi = c >>> rbBits;
+                    if (rbi >= rtEntries) break;
+                    long rbOff = rbOffset(rbi);
+                    if (rbOff == 0) {
+                        c |= rbEntries - 1; // no block: nothing counted in its range
+                        continue;
+                    }
+                    Table t = rbCache.lookup(rbOff);
+                    long a;
+                    if (t != null && !t.loading) {
+                        a = t.addr;
+                    } else {
+                        file.read(rbOff, statusBuf, clusterSize);
+                        a = statusBuf;
+                    }
+                    int from = (int) (c & (rbEntries - 1));
+                    int to = (int) Math.min(rbEntries, from + (end - c));
+                    for (int i = from; i < to && count <= threshold; i++) if (getRc(a, i) != 0) count++;
+                    c = (rbi << rbBits) + to - 1;
+                }
+                if (count > threshold) metadataPrealloc = 1;
+            }
+        }
+        return metadataPrealloc == 1;
+    }
 
     @Override
     public void status(long offset, long maxLength, BlockStatus out) throws BlockException {
@@ -2274,8 +2318,24 @@ public final class Qcow2Driver implements BlockDriver {
         }
         long len = statusMap.runLen;
         switch (statusMap.kind) {
-            case K_DATA, K_COMPRESSED -> out.set(len, 0, 1);
-            case K_ZERO -> out.set(len, BlockStatus.ZERO, 1);
+            case K_COMPRESSED -> out.set(len, 0, 1);
+            case K_DATA -> {
+                // As QEMU: in an image preallocated with metadata only, the file says whether the
+                // mapped range is a hole; then it is data that reads as zeros.
+                long host = statusMap.host;
+                long fs = file.size();
+                if (!metadataPreallocation()) {
+                    out.set(len, 0, 1);
+                } else if (host >= fs) {
+                    out.set(len, BlockStatus.ZERO, 1);
+                } else {
+                    file.status(host, Math.min(len, fs - host), fileStatus);
+                    long l = Math.max(1, Math.min(fileStatus.length, len));
+                    out.set(l, (fileStatus.flags & BlockStatus.ZERO) != 0 ? BlockStatus.ZERO : 0, 1);
+                }
+            }
+            // As QEMU: a zero cluster is ZERO without DATA (NBD: HOLE|ZERO) but allocated here (depth 1).
+            case K_ZERO -> out.set(len, BlockStatus.HOLE | BlockStatus.ZERO, 1);
             default -> {
                 long part = backingPart(offset, len);
                 if (part == 0) {

@@ -96,7 +96,7 @@ class Qcow2ReadTest {
         assertEquals(BlockStatus.ZERO, s.flags & BlockStatus.ZERO);
         assertEquals(2, s.depth);
         h.on(() -> { d.status(512 * 1024, 8192, s); return null; });
-        assertEquals(BlockStatus.ZERO, s.flags);
+        assertEquals(BlockStatus.HOLE | BlockStatus.ZERO, s.flags, "zero, no data (as QEMU)");
         assertEquals(1, s.depth, "zero subclusters of the top image");
         h.on(() -> { d.status(1 << 20, 4096, s); return null; });
         assertEquals(3, s.depth, "from the raw base");
@@ -104,6 +104,29 @@ class Qcow2ReadTest {
         assertEquals(BlockStatus.HOLE | BlockStatus.ZERO, s.flags);
         assertEquals(0, s.depth, "beyond every backing file");
         assertEquals(1 << 20, s.length);
+    }
+
+    /** As QEMU: zero clusters are HOLE|ZERO at depth 1; data over file holes of a metadata-preallocated image is ZERO. */
+    @Test
+    void statusOfZeroClustersAndPreallocatedData() throws Exception {
+        Path img = create("p.qcow2", "cluster_size=65536,preallocation=metadata", "4M");
+        qemuIoCmds(img, "qcow2", "write -P 0x9 0 64k", "write -z 1M 64k");
+        Qcow2Driver d = h.open(img, true);
+        BlockStatus s = new BlockStatus();
+        h.on(() -> { d.status(0, 65536, s); return null; });
+        assertEquals(0, s.flags, "written data");
+        h.on(() -> { d.status(2 << 20, 65536, s); return null; });
+        assertEquals(BlockStatus.ZERO, s.flags, "preallocated, never written: data that reads as zeros");
+        assertEquals(1, s.depth);
+        h.on(() -> { d.status(1 << 20, 65536, s); return null; });
+        assertEquals(BlockStatus.HOLE | BlockStatus.ZERO, s.flags, "zero cluster");
+        assertEquals(1, s.depth);
+        Path plain = create("q.qcow2", "cluster_size=65536", "4M");
+        qemuIoCmds(plain, "qcow2", "write -P 0x9 0 4k");
+        Qcow2Driver d2 = h.open(plain, true);
+        h.on(() -> { d2.status(0, 65536, s); return null; });
+        assertEquals(0, s.flags, "not preallocated: the whole cluster is data, as QEMU says");
+        assertEquals(65536, s.length);
     }
 
     @Test
