@@ -68,6 +68,25 @@ public interface BlockDriver extends AutoCloseable {
      */
     void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua) throws BlockException;
 
+    /**
+     * Grows the underlying file to {@code newSize} bytes (never shrinks): a format driver
+     * ({@code qcow2}) allocating clusters past the end of its {@code file} child. Synchronous, on
+     * the home thread: an ftruncate, no data I/O. Drivers that cannot grow refuse with
+     * {@code ENOTSUP} (the default) or {@code ENOSPC} (a block device too small).
+     */
+    default void grow(long newSize) throws BlockException {
+        throw new BlockException(dev.vmm.core.linux.Errno.ENOTSUP, "this driver cannot grow its file");
+    }
+
+    /**
+     * Bytes the underlying file takes on disk ({@code st_blocks * 512}), or -1 when unknown. A
+     * format driver compares it with what its metadata allocates (QEMU's detection of
+     * {@code preallocation=metadata} images for block status). Home thread; a metadata read.
+     */
+    default long allocatedSize() {
+        return -1;
+    }
+
     /** Hints that a range will be read soon (NBD_CMD_CACHE); never fails for a valid range. */
     void prefetch(long offset, long length) throws BlockException;
 

@@ -20,6 +20,8 @@ public abstract class ForwardingBlockDriver implements BlockDriver {
     @Override public void flush() throws BlockException { d.flush(); }
     @Override public void discard(long o, long l) throws BlockException { d.discard(o, l); }
     @Override public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua) throws BlockException { d.writeZeroes(o, l, u, f, fua); }
+    @Override public void grow(long n) throws BlockException { d.grow(n); }
+    @Override public long allocatedSize() { return d.allocatedSize(); }
     @Override public void prefetch(long o, long l) throws BlockException { d.prefetch(o, l); }
     @Override public void status(long o, long m, BlockStatus out) throws BlockException { d.status(o, m, out); }
     @Override public void read(long o, long a, int l, IoCompletion c) throws BlockException { d.read(o, a, l, c); }

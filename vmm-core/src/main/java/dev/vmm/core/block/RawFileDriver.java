@@ -87,7 +87,9 @@ public final class RawFileDriver implements BlockDriver {
     // ---- immutable after open ----
     private final String file;
     private final AioMode aio;
-    private final long size;
+    /** Changes only through {@link #grow} (home thread); volatile for {@link #size()} off it. */
+    private volatile long size;
+    private final boolean regular;
     private final boolean readOnly;
     private final boolean direct;
     private final int memAlign;
@@ -147,8 +149,10 @@ public final class RawFileDriver implements BlockDriver {
     private int curLeft;
     private long curOff;
 
-    private RawFileDriver(String file, int fd, long size, boolean readOnly, boolean direct, int memAlign, int offAlign, AioMode aio) {
+    private RawFileDriver(String file, int fd, long size, boolean regular, boolean readOnly, boolean direct, int memAlign, int offAlign,
+                          AioMode aio) {
         this.file = file;
+        this.regular = regular;
         this.aio = aio;
         this.fd = fd;
         this.size = size;
@@ -216,7 +220,7 @@ public final class RawFileDriver implements BlockDriver {
                 // served as QEMU does: requests touching the last partial block are bounced, and a
                 // write there pads the file up to the alignment.
             }
-            return new RawFileDriver(shown, fd, size, readOnly, direct, memAlign, offAlign, aio);
+            return new RawFileDriver(shown, fd, size, type == LibC.S_IFREG, readOnly, direct, memAlign, offAlign, aio);
         } catch (LastErrorException e) {
             closeQuietly(fd);
             throw new BlockException(e.getErrorCode(), "cannot open image '" + shown + "': " + LibC.describe(e.getErrorCode()));
@@ -364,6 +368,46 @@ public final class RawFileDriver implements BlockDriver {
         }
         if (fua) {
             datasync();
+        }
+    }
+
+    /**
+     * Grows a regular file with ftruncate (a format driver allocating past the end). A block
+     * device cannot grow: ENOSPC. Sizes below the current one are ignored (never shrinks).
+     */
+    @Override
+    public void grow(long newSize) throws BlockException {
+        checkOpen();
+        checkWritable();
+        if (newSize <= size) {
+            return;
+        }
+        if (!regular) {
+            throw new BlockException(Errno.ENOSPC, "cannot grow block device " + file + " to " + newSize + " bytes");
+        }
+        if (direct && (newSize & (offAlign - 1)) != 0) {
+            throw new BlockException(EINVAL, "cannot grow " + file + " to " + newSize
+                    + " bytes: not a multiple of the O_DIRECT alignment " + offAlign);
+        }
+        try {
+            dev.vmm.core.linux.LibcMemory.truncate(fd, newSize);
+        } catch (dev.vmm.core.linux.LibcMemory.ErrnoException e) {
+            throw new BlockException(e.errno(), "cannot grow " + file + " to " + newSize + " bytes: " + LibC.describe(e.errno()));
+        }
+        size = newSize;
+    }
+
+    /** st_blocks * 512 of the open file (statx on the fd), or -1 when closed or unknown. */
+    @Override
+    public long allocatedSize() {
+        if (fd < 0) return -1;
+        try (Memory stx = new Memory(LibC.STATX_SIZEOF)) {
+            stx.clear();
+            LibC.statx(fd, "", AT_EMPTY_PATH, LibC.STATX_BLOCKS, Pointer.nativeValue(stx));
+            if ((stx.getInt(LibC.STATX_OFF_MASK) & LibC.STATX_BLOCKS) == 0) return -1;
+            return stx.getLong(LibC.STATX_OFF_BLOCKS) * 512;
+        } catch (LastErrorException e) {
+            return -1;
         }
     }
 

@@ -4,7 +4,8 @@ package dev.vmm.core.block.qcow2;
  * What the block graph needs to know of a qcow2 image before opening it: its size and where its
  * backing file is. Read and checked by {@link Qcow2Driver#readHeader}.
  *
- * <p>Thread contract: immutable.
+ * <p>Thread contract: immutable. The driver's full parse (every field checked) is
+ * {@code Qcow2Format.Image}; this is the part the graph needs.
  *
  * @param version        2 or 3
  * @param size           virtual disk size in bytes

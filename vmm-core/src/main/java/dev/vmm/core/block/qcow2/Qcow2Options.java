@@ -10,7 +10,8 @@ package dev.vmm.core.block.qcow2;
  * @param l2CacheSize       {@code l2-cache-size} in bytes, or -1 for the default (as QEMU: enough to
  *                          map the whole image, at most 32 MiB)
  * @param refcountCacheSize {@code refcount-cache-size} in bytes, or -1 for the default
- * @param lazyRefcounts     {@code lazy-refcounts}: null to follow the image's compatible bit
+ * @param lazyRefcounts     {@code lazy-refcounts}: accepted and ignored; the driver never uses lazy
+ *                          refcounts (its metadata writes are ordered instead, see docs/qcow2.md)
  * @param passDiscardRequest {@code pass-discard-request}: a guest discard also punches the freed
  *                          clusters in the file
  */
