@@ -21,6 +21,8 @@ public final class RawFormatDriver extends ForwardingBlockDriver {
     private final long size;
     private final boolean readOnly;
     private final boolean unmap;
+    /** Discards answered without I/O ({@code discard=ignore}): from a later task, counted in flight. */
+    private final LaterCompletions later = new LaterCompletions();
 
     /**
      * @param offset where the window starts in the child, bytes
@@ -93,7 +95,7 @@ public final class RawFormatDriver extends ForwardingBlockDriver {
         if (unmap) {
             d.discard(o + offset, l, c);
         } else {
-            c.ioDone(0); // QEMU without BDRV_O_UNMAP: the discard succeeds and does nothing
+            later.complete(c, 0, d); // QEMU without BDRV_O_UNMAP: the discard succeeds and does nothing
         }
     }
 
@@ -107,7 +109,12 @@ public final class RawFormatDriver extends ForwardingBlockDriver {
     @Override public int sendfileFd() { return offset == 0 ? d.sendfileFd() : -1; }
 
     /** The child is a node of its own: the daemon attaches it (children before parents). */
-    @Override public void attach(IOThread home) { }
+    @Override public void attach(IOThread home) { later.attach(home); }
+
+    /** The child's requests (this node's are among them) and the discards answered here. */
+    @Override public int inFlight() { return d.inFlight() + later.pending(); }
+
+    @Override public void whenIdle(Runnable idle) { later.whenIdle(idle, d); }
 
     /** The child is a node of its own: the daemon closes it after this one. */
     @Override public void close() { }
