@@ -135,4 +135,52 @@ class GraphRaceTest {
         w.get(5, TimeUnit.SECONDS);
         assertEquals(0, errno[0]);
     }
+
+    /**
+     * Two raw windows over one file node (two disks in one image); one is busy (a request held in
+     * flight on the shared file), the other is removed. Its final flush and close must wait for its
+     * own requests only: before the fix RawFormatDriver reported the child's in-flight count as its
+     * own, so blockdev-del waited for the sibling's I/O, failed after 30 s ("still has requests in
+     * flight ... left open") and, holding the graph's gates meanwhile, held up the sibling's moves
+     * and new clients.
+     */
+    @Test
+    void blockdevDelOfOneRawWindowDoesNotWaitForItsBusySibling() throws Exception {
+        IOThread main = daemon.mainLoop();
+        HoldingDriver cd = new HoldingDriver(file("c.img"));
+        BlockNode c = new BlockNode("c", cd, main);
+        daemon.addNode(c);
+        for (String w : List.of("w0", "w1")) {
+            long off = w.equals("w0") ? 0 : 1 << 19;
+            daemon.addNode(new BlockNode(w, "raw", new RawFormatDriver(cd, off, 1 << 19, false, true), main,
+                    List.of(new BlockNode.Child(BlockNode.FILE, c, false))));
+        }
+        BlockNode w1 = daemon.node("w1");
+        main.call(() -> {
+            cd.hold(true);
+            w1.driver().write(0, Pointer.nativeValue(buf), 4096, false, errno -> { });
+            return null;
+        });
+        while (cd.heldCount() < 1) Thread.sleep(1);
+        main.call(() -> {
+            cd.hold(false); // only that one is held: the busy sibling's request
+            return null;
+        });
+        CompletableFuture<Void> del = CompletableFuture.runAsync(() -> {
+            try {
+                daemon.blockdevDel("w0");
+            } catch (DaemonException e) {
+                throw new RuntimeException(e);
+            }
+        });
+        try {
+            del.get(5, TimeUnit.SECONDS);
+        } finally {
+            main.call(() -> {
+                cd.releaseAllReversed();
+                return null;
+            });
+        }
+        assertEquals(List.of("c", "w1"), daemon.nodes().stream().map(BlockNode::name).toList());
+    }
 }
