@@ -6,6 +6,9 @@ package dev.vmm.core.block;
  * {@link BlockDriver}.
  */
 public final class NoDiscardDriver extends ForwardingBlockDriver {
+    /** Discards answered without I/O: from a later task, counted in flight. */
+    private final LaterCompletions later = new LaterCompletions();
+
     public NoDiscardDriver(BlockDriver d) {
         super(d);
     }
@@ -18,8 +21,18 @@ public final class NoDiscardDriver extends ForwardingBlockDriver {
     @Override
     public void discard(long o, long l, IoCompletion c) throws BlockException {
         if (readOnly()) throw new BlockException(dev.vmm.core.linux.Errno.EROFS, "the node is read-only");
-        c.ioDone(0);
+        later.complete(c, 0, d);
     }
+
+    @Override
+    public void attach(dev.vmm.iothread.IOThread home) {
+        later.attach(home);
+        super.attach(home);
+    }
+
+    @Override public int inFlight() { return d.inFlight() + later.pending(); }
+
+    @Override public void whenIdle(Runnable idle) { later.whenIdle(idle, d); }
 
     @Override public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua) throws BlockException { d.writeZeroes(o, l, false, f, fua); }
 

@@ -57,6 +57,21 @@ final class BlockdevOpener {
     /** Closes and forgets every node this command opened, parents first. */
     private void rollback() {
         List<BlockNode> undo = new ArrayList<>(created);
+        if (undo.isEmpty()) return;
+        try {
+            // Under the gates of their graphs: a node created over an existing one (file=NAME) is
+            // flushed through it on its home, which a move must not change meanwhile.
+            daemon.withGates(undo, () -> {
+                close(undo);
+                return null;
+            });
+        } catch (DaemonException e) {
+            Daemon.LOG.warn("after a failed blockdev-add: {}; closing its nodes anyway", e.getMessage());
+            close(undo);
+        }
+    }
+
+    private void close(List<BlockNode> undo) {
         daemon.forget(undo);
         for (BlockNode n : BlockNode.parentsFirst(undo)) {
             try {
@@ -212,39 +227,7 @@ final class BlockdevOpener {
      * them on it and links itself to them. Gated nodes keep serving their users meanwhile.
      */
     private BlockNode withGates(List<BlockNode> children, GatedWork work) throws DaemonException {
-        if (daemon.mainLoop().inThread()) {
-            // Gates change only on the main loop, which this command holds: free gates stay free.
-            for (BlockNode c : children) {
-                for (BlockNode g : c.connected().values()) {
-                    if (!g.settled().isDone()) throw new DaemonException("block node '" + g.name() + "' is moving; try again");
-                }
-            }
-            return work.run();
-        }
-        for (int attempt = 0; ; attempt++) {
-            java.util.TreeMap<String, BlockNode> all = new java.util.TreeMap<>();
-            for (BlockNode c : children) all.putAll(c.connected());
-            List<BlockNode> gated = new ArrayList<>(all.values());
-            java.util.concurrent.CompletableFuture<Void> held = daemon.holdGates(gated);
-            try {
-                held.get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
-            } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
-                held.thenRun(() -> daemon.releaseGates(gated)); // taken later: give them back then
-                throw new DaemonException("the nodes under the new node are busy moving; try again");
-            } catch (InterruptedException e) {
-                held.thenRun(() -> daemon.releaseGates(gated));
-                Thread.currentThread().interrupt();
-                throw new DaemonException("interrupted");
-            }
-            try {
-                java.util.TreeMap<String, BlockNode> now = new java.util.TreeMap<>();
-                for (BlockNode c : children) now.putAll(c.connected());
-                if (!new ArrayList<>(now.values()).equals(gated) && attempt < 10) continue; // a node joined meanwhile: take its gate too
-                return work.run();
-            } finally {
-                daemon.releaseGates(gated);
-            }
-        }
+        return daemon.withGates(children, work::run);
     }
 
     /**

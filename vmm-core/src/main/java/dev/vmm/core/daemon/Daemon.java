@@ -314,24 +314,30 @@ public final class Daemon {
         o.checkAllConsumed();
         if (iothread != null && iothread != node.home()) {
             // The whole graph goes (connected nodes share a home); with no users, nothing to quiesce.
-            java.util.Collection<BlockNode> graph = node.connected().values();
-            for (BlockNode g : graph) {
-                String which = g == node ? "block node '" + nodeName + "'" : "block node '" + g.name() + "' (in the graph of '" + nodeName + "')";
-                if (!g.users().isEmpty() || !g.settled().isDone()) {
-                    throw new DaemonException(o.optionName() + ": " + which + " is in use on IOThread '"
-                            + g.home().id() + "'; move it with x-blockdev-set-iothread first");
-                }
-                for (BlockExport other : exports()) {
-                    if (other.node() == g) {
-                        throw new DaemonException(o.optionName() + ": " + which + " is served on IOThread '"
-                                + g.home().id() + "' by export '" + other.id() + "'; give it the same iothread");
+            // Under the graph's move gates: a concurrent move (another monitor) or a blockdev-add
+            // over one of its nodes must not see the homes change half-way.
+            IOThread to = iothread;
+            withGates(List.of(node), () -> {
+                java.util.Collection<BlockNode> graph = node.connected().values();
+                for (BlockNode g : graph) {
+                    String which = g == node ? "block node '" + nodeName + "'" : "block node '" + g.name() + "' (in the graph of '" + nodeName + "')";
+                    if (!g.users().isEmpty()) {
+                        throw new DaemonException(o.optionName() + ": " + which + " is in use on IOThread '"
+                                + g.home().id() + "'; move it with x-blockdev-set-iothread first");
+                    }
+                    for (BlockExport other : exports()) {
+                        if (other.node() == g) {
+                            throw new DaemonException(o.optionName() + ": " + which + " is served on IOThread '"
+                                    + g.home().id() + "' by export '" + other.id() + "'; give it the same iothread");
+                        }
                     }
                 }
-            }
-            List<BlockNode> childrenFirst = BlockNode.parentsFirst(graph);
-            Collections.reverse(childrenFirst);
-            for (BlockNode g : childrenFirst) g.setHome(iothread);
-            LOG.debug("block node {} ({} node(s) in its graph) moved to IOThread {}", nodeName, graph.size(), iothread.id());
+                List<BlockNode> childrenFirst = BlockNode.parentsFirst(graph);
+                Collections.reverse(childrenFirst);
+                for (BlockNode g : childrenFirst) g.setHome(to);
+                LOG.debug("block node {} ({} node(s) in its graph) moved to IOThread {}", nodeName, graph.size(), to.id());
+                return null;
+            });
         }
         try {
             export.start();
@@ -397,6 +403,55 @@ public final class Daemon {
             }
             runMove(node, graph, target, result);
         });
+    }
+
+    /** Control-plane work done while holding the move gates of a graph. */
+    interface Gated<T> {
+        T run() throws DaemonException;
+    }
+
+    /**
+     * Runs {@code work} on the calling (control) thread holding the move gates of every node
+     * connected to {@code seeds} (taken as a move takes them: by name), so that no move changes
+     * their homes, and no other gated command changes the graph, while it reads them, links
+     * to them, or flushes and closes nodes through them. Gated nodes keep serving their users
+     * meanwhile; new users wait. On the main loop (which takes gates, so cannot wait for them)
+     * it refuses when one of them is held instead.
+     */
+    <T> T withGates(java.util.Collection<BlockNode> seeds, Gated<T> work) throws DaemonException {
+        if (main.inThread()) {
+            // Gates change only on the main loop, which this command holds: free gates stay free.
+            for (BlockNode c : seeds) {
+                for (BlockNode g : c.connected().values()) {
+                    if (!g.settled().isDone()) throw new DaemonException("block node '" + g.name() + "' is moving; try again");
+                }
+            }
+            return work.run();
+        }
+        for (int attempt = 0; ; attempt++) {
+            java.util.TreeMap<String, BlockNode> all = new java.util.TreeMap<>();
+            for (BlockNode c : seeds) all.putAll(c.connected());
+            List<BlockNode> gated = new ArrayList<>(all.values());
+            CompletableFuture<Void> held = holdGates(gated);
+            try {
+                held.get(MOVE_TIMEOUT_SECONDS + 5, java.util.concurrent.TimeUnit.SECONDS);
+            } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
+                held.thenRun(() -> releaseGates(gated)); // taken later: give them back then
+                throw new DaemonException("the nodes of the graph are busy moving; try again");
+            } catch (InterruptedException e) {
+                held.thenRun(() -> releaseGates(gated));
+                Thread.currentThread().interrupt();
+                throw new DaemonException("interrupted");
+            }
+            try {
+                java.util.TreeMap<String, BlockNode> now = new java.util.TreeMap<>();
+                for (BlockNode c : seeds) now.putAll(c.connected());
+                if (!new ArrayList<>(now.values()).equals(gated) && attempt < 10) continue; // a node joined meanwhile: take its gate too
+                return work.run();
+            } finally {
+                releaseGates(gated);
+            }
+        }
     }
 
     /**
@@ -583,44 +638,53 @@ public final class Daemon {
      * Parents are flushed and closed before their children: a parent's flush writes through them.
      */
     public void blockdevDel(String name) throws DaemonException {
-        List<BlockNode> gone;
-        synchronized (this) {
-            BlockNode n = nodes.get(name);
-            if (n == null) throw new DaemonException("Failed to find node with node-name='" + name + "'");
-            for (BlockExport e : exports.values()) {
-                if (e.node() == n) throw new DaemonException("Node " + name + " is in use"); // QEMU 7.2's wording
-            }
-            List<BlockNode> parents = n.parents();
-            if (!parents.isEmpty()) {
-                BlockNode p = parents.get(0);
-                boolean backing = p.children().stream().anyMatch(c -> c.node() == n && c.role().equals(BlockNode.BACKING));
-                // QEMU 7.2's two wordings: the backing op blocker, and the file child's BlockBackend check
-                throw new DaemonException(backing ? "Node '" + name + "' is busy: node is used as backing hd of '" + p.name() + "'"
-                        : "Block device " + name + " is in use");
-            }
-            gone = new ArrayList<>();
-            collectOwned(n, gone);
-            for (BlockNode g : gone) {
+        BlockNode first = findNode(name);
+        if (first == null) throw new DaemonException("Failed to find node with node-name='" + name + "'");
+        // Under the gates of the node's graph, from the checks to the last close: a move of the
+        // graph (asked on a child shared with other nodes) must not drain, detach and rehome
+        // between the checks and the final flushes, which go through the children on their home.
+        DaemonException failed = withGates(List.of(first), () -> {
+            List<BlockNode> gone;
+            synchronized (this) {
+                BlockNode n = nodes.get(name);
+                if (n == null) throw new DaemonException("Failed to find node with node-name='" + name + "'");
+                if (n != first) throw new DaemonException("block node '" + name + "' was replaced meanwhile; try again");
                 for (BlockExport e : exports.values()) {
-                    if (e.node() == g) {
-                        throw new DaemonException("Node " + name + " is in use: its child '" + g.name() + "' is served by export '" + e.id() + "'");
+                    if (e.node() == n) throw new DaemonException("Node " + name + " is in use"); // QEMU 7.2's wording
+                }
+                List<BlockNode> parents = n.parents();
+                if (!parents.isEmpty()) {
+                    BlockNode p = parents.get(0);
+                    boolean backing = p.children().stream().anyMatch(c -> c.node() == n && c.role().equals(BlockNode.BACKING));
+                    // QEMU 7.2's two wordings: the backing op blocker, and the file child's BlockBackend check
+                    throw new DaemonException(backing ? "Node '" + name + "' is busy: node is used as backing hd of '" + p.name() + "'"
+                            : "Block device " + name + " is in use");
+                }
+                gone = new ArrayList<>();
+                collectOwned(n, gone);
+                for (BlockNode g : gone) {
+                    for (BlockExport e : exports.values()) {
+                        if (e.node() == g) {
+                            throw new DaemonException("Node " + name + " is in use: its child '" + g.name() + "' is served by export '" + e.id() + "'");
+                        }
                     }
                 }
+                forget(gone);
             }
-            forget(gone);
-        }
-        DaemonException failed = null;
-        for (BlockNode g : BlockNode.parentsFirst(gone)) {
-            try {
-                g.flushAndClose(CLOSE_TIMEOUT_MS);
-            } catch (BlockException e) {
-                if (failed == null) {
-                    failed = new DaemonException("block node '" + name + "' removed, but the final flush of '" + g.name() + "' failed: "
-                            + e.getMessage(), e);
+            DaemonException f = null;
+            for (BlockNode g : BlockNode.parentsFirst(gone)) {
+                try {
+                    g.flushAndClose(CLOSE_TIMEOUT_MS);
+                } catch (BlockException e) {
+                    if (f == null) {
+                        f = new DaemonException("block node '" + name + "' removed, but the final flush of '" + g.name() + "' failed: "
+                                + e.getMessage(), e);
+                    }
                 }
+                LOG.debug("block node {} removed", g.name());
             }
-            LOG.debug("block node {} removed", g.name());
-        }
+            return f;
+        });
         if (failed != null) throw failed;
     }
 
