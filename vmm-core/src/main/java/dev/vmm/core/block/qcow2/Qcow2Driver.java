@@ -2276,7 +2276,7 @@ public final class Qcow2Driver implements BlockDriver {
                 long threshold = Math.max(realClusters * 10 / 9, realClusters + 2);
                 long end = (file.size() + csMask) >>> clusterBits;
                 long count = 0;
-                for (long c = 0; c < end && count <= threshold; c++) {
+                for (long c = 0; c < end && count < threshold; c++) {
                     long rbi = c >>> rbBits;
                     if (rbi >= rtEntries) break;
                     long rbOff = rbOffset(rbi);
@@ -2294,10 +2294,10 @@ public final class Qcow2Driver implements BlockDriver {
                     }
                     int from = (int) (c & (rbEntries - 1));
                     int to = (int) Math.min(rbEntries, from + (end - c));
-                    for (int i = from; i < to && count <= threshold; i++) if (getRc(a, i) != 0) count++;
+                    for (int i = from; i < to && count < threshold; i++) if (getRc(a, i) != 0) count++;
                     c = (rbi << rbBits) + to - 1;
                 }
-                if (count > threshold) metadataPrealloc = 1;
+                if (count >= threshold) metadataPrealloc = 1; // QEMU: cluster_count >= threshold
             }
         }
         return metadataPrealloc == 1;
