@@ -72,8 +72,13 @@ class DemoCommandTest {
         assertTrue(out.contains("identical to what the guest wrote"), out);
         assertTrue(Pattern.compile("paused \\d+\\.\\d{3} ms").matcher(out).find(), out);
         assertTrue(out.contains("both patterns intact"), out);
-        // Independently of the demo's own check: the image file holds both patterns.
-        try (RandomAccessFile f = new RandomAccessFile(dir.resolve(Demo.IMAGE).toFile(), "r")) {
+        // Independently of the demo's own check: the image holds both patterns (read by qemu-img:
+        // the demo's image is qcow2, and qemu-img check must call it clean).
+        String qemuImg = Peers.require("qemu-img");
+        Run.cmd(qemuImg, "check", dir.resolve(Demo.IMAGE).toString()).timeoutSeconds(60).expect(0);
+        Path flat = dir.resolve("flat.raw");
+        Run.cmd(qemuImg, "convert", "-O", "raw", dir.resolve(Demo.IMAGE).toString(), flat.toString()).timeoutSeconds(60).expect(0);
+        try (RandomAccessFile f = new RandomAccessFile(flat.toFile(), "r")) {
             assertArrayEquals(DemoGuest.pattern(DemoGuest.LINE_A), read(f, DemoGuest.A_OFFSET));
             assertArrayEquals(DemoGuest.pattern(DemoGuest.LINE_B), read(f, DemoGuest.B_OFFSET));
         }
