@@ -2051,21 +2051,28 @@ public final class Qcow2Driver implements BlockDriver {
         }
     }
 
+    /**
+     * Writes every dirty table of {@code cache} after the overlap check: a table must not land on
+     * fixed metadata nor on a table of the other kind ({@code others}). True when anything was written.
+     */
+    private boolean writeDirtyTables(Cache cache, String kind, LongSet others, String otherKind, boolean sync) throws BlockException {
+        boolean any = false;
+        for (Table t : cache.slots) {
+            if (!t.dirty || t.offset < 0) continue;
+            String o = rangeAt(t.offset, clusterSize);
+            if (o == null && others.contains(t.offset >>> clusterBits)) o = otherKind;
+            if (o != null) throw corruption("Preventing invalid write on metadata (" + kind + " overlaps with " + o + ")");
+            tableWrite(t, sync);
+            any = true;
+        }
+        return any;
+    }
+
     /** Issues (or, sync, performs) the writes of one phase; true when anything was written. */
     private boolean issueWrites(int phase, boolean sync) throws BlockException {
         boolean any = false;
         switch (phase) {
-            case P_RB -> {
-                for (Table t : rbCache.slots) {
-                    if (!t.dirty || t.offset < 0) continue;
-                    long c = t.offset >>> clusterBits;
-                    String o = rangeAt(t.offset, clusterSize);
-                    if (o == null && l2Set.contains(c)) o = "active L2 table";
-                    if (o != null) throw corruption("Preventing invalid write on metadata (refcount block overlaps with " + o + ")");
-                    tableWrite(t, sync);
-                    any = true;
-                }
-            }
+            case P_RB -> any = writeDirtyTables(rbCache, "refcount block", l2Set, "active L2 table", sync);
             case P_RT -> {
                 if (rtRelocated) {
                     metaWrite(reftableOffset, rt, reftableClusters << clusterBits, sync);
@@ -2088,17 +2095,7 @@ public final class Qcow2Driver implements BlockDriver {
                     any = true;
                 }
             }
-            case P_L2 -> {
-                for (Table t : l2Cache.slots) {
-                    if (!t.dirty || t.offset < 0) continue;
-                    long c = t.offset >>> clusterBits;
-                    String o = rangeAt(t.offset, clusterSize);
-                    if (o == null && rbSet.contains(c)) o = "refcount block";
-                    if (o != null) throw corruption("Preventing invalid write on metadata (L2 table overlaps with " + o + ")");
-                    tableWrite(t, sync);
-                    any = true;
-                }
-            }
+            case P_L2 -> any = writeDirtyTables(l2Cache, "L2 table", rbSet, "refcount block", sync);
             case P_L1 -> {
                 if (l1DirtyHi > l1DirtyLo) {
                     long from = l1DirtyLo * ioUnit;
