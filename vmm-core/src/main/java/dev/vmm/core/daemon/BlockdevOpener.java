@@ -196,6 +196,7 @@ final class BlockdevOpener {
             if (!ref.isEmpty()) {
                 BlockNode b = daemon.findNode(ref);
                 if (b == null) throw new DaemonException("Could not open backing file: Cannot find device='" + ref + "' nor node-name='" + ref + "'");
+                checkNotOwned(b, name == null ? "an implicit node" : "node '" + name + "'");
                 backing = new BlockNode.Child(BlockNode.BACKING, b, false);
             }
         }
@@ -337,6 +338,16 @@ final class BlockdevOpener {
      * one image's metadata corrupt it); read-only nodes may share a child with anyone. An implicit
      * node that a parent owns is nobody else's child.
      */
+    /** An inline or implicit node belongs to the parent it was created with: it is nobody else's child (file or backing). */
+    private static void checkNotOwned(BlockNode f, String self) throws DaemonException {
+        for (BlockNode p : f.parents()) {
+            if (p.children().stream().anyMatch(c -> c.node() == f && c.owned())) {
+                throw new DaemonException("Node '" + f.name() + "' is owned by node '" + p.name() + "' (created with it) and cannot be a child of "
+                        + self);
+            }
+        }
+    }
+
     private void checkWritableChild(BlockNode.Child file, String name, boolean readOnly, String perms) throws DaemonException {
         if (file.owned()) return;
         BlockNode f = file.node();
@@ -344,12 +355,8 @@ final class BlockdevOpener {
         if (!readOnly && f.readOnly()) {
             throw new DaemonException("Block node '" + f.name() + "' is read-only: " + self + " over it must be read-only too (read-only=on)");
         }
+        checkNotOwned(f, self);
         for (BlockNode p : f.parents()) {
-            boolean ownedByP = p.children().stream().anyMatch(c -> c.node() == f && c.owned());
-            if (ownedByP) {
-                throw new DaemonException("Node '" + f.name() + "' is owned by node '" + p.name() + "' (created with it) and cannot be a child of "
-                        + self);
-            }
             if (!readOnly && !p.readOnly()) {
                 String role = p.children().stream().filter(c -> c.node() == f).findFirst().map(BlockNode.Child::role).orElse("file");
                 throw new DaemonException("Permission conflict on node '" + f.name() + "': permissions '" + perms + "' are both required by node '"

@@ -224,6 +224,12 @@ class BlockGraphTest {
                 error("driver=qcow2,node-name=t3,backing=nope,file.driver=file,file.filename=" + dir.resolve("top.fq")));
         daemon.blockdevDel("t2");
         assertEquals(List.of("b0"), names(), "a named backing node stays");
+        // A node created inline with another (owned by it) is nobody else's backing either.
+        add("driver=raw,node-name=r0,read-only=on,file.driver=file,file.node-name=rf,file.read-only=on,file.filename=" + dir.resolve("base.raw"));
+        assertEquals("Node 'rf' is owned by node 'r0' (created with it) and cannot be a child of node 't4'",
+                error("driver=qcow2,node-name=t4,backing=rf" + f));
+        assertEquals(List.of("b0", "r0", "rf"), names().stream().sorted().toList(), "the refused node left nothing behind");
+        daemon.blockdevDel("r0");
         FakeQcow2Format.create(dir.resolve("miss.fq"), 1 << 20, "gone.fq", null);
         assertEquals("Could not open backing file: Could not open '" + dir.resolve("gone.fq") + "': No such file or directory",
                 error("driver=qcow2,node-name=m,file.driver=file,file.filename=" + dir.resolve("miss.fq")));
