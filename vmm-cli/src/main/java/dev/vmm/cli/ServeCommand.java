@@ -204,7 +204,7 @@ public final class ServeCommand implements Callable<Integer> {
             if (!monitorPaths.isEmpty()) startMonitors(daemon, monitorPaths, stop::countDown);
             if (pidfile != null) writePidfile(pidfile);
         } catch (OptionException | DaemonException e) {
-            err.println("vmm: " + e.getMessage());
+            err.println("vmm: " + (e instanceof DaemonException d ? d.withHint() : e.getMessage()));
             err.flush();
             daemon.shutdown(false);
             return 1;
