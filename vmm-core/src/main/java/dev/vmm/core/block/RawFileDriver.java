@@ -280,6 +280,10 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void write(long offset, long address, int length, boolean fua) throws BlockException {
         fua &= !noFlush; // cache.no-flush: nothing is ever made durable on request
+        if (detectZeroes != DetectZeroes.OFF && length > 0 && DetectZeroes.isZero(address, length)) {
+            writeZeroes(offset, length, detectZeroes.mayUnmap(), false, fua);
+            return;
+        }
         checkRange(offset, length);
         checkWritable();
         if (length == 0) {
@@ -305,6 +309,11 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua) throws BlockException {
         fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && totalLength > 0 && iovcnt > 0 && iovcnt <= IOV_MAX
+                && DetectZeroes.iovIsZero(iovAddress, iovcnt, totalLength)) {
+            writeZeroes(offset, totalLength, detectZeroes.mayUnmap(), false, fua);
+            return;
+        }
         checkRange(offset, totalLength);
         checkWritable();
         boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
@@ -501,6 +510,10 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void write(long offset, long address, int length, boolean fua, IoCompletion done) throws BlockException {
         fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && length > 0 && DetectZeroes.isZero(address, length)) {
+            writeZeroes(offset, length, detectZeroes.mayUnmap(), false, fua, done);
+            return;
+        }
         checkRange(offset, length);
         checkWritable();
         Op op = take(done);
@@ -520,6 +533,11 @@ public final class RawFileDriver implements BlockDriver {
     public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua, IoCompletion done)
             throws BlockException {
         fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && totalLength > 0 && iovcnt > 0 && iovcnt <= IOV_MAX
+                && DetectZeroes.iovIsZero(iovAddress, iovcnt, totalLength)) {
+            writeZeroes(offset, totalLength, detectZeroes.mayUnmap(), false, fua, done);
+            return;
+        }
         checkRange(offset, totalLength);
         checkWritable();
         boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
@@ -930,6 +948,12 @@ public final class RawFileDriver implements BlockDriver {
 
     /** Set once at creation ({@code --blockdev ...,discard=}), before any I/O. */
     public void setUnmap(boolean unmap) { this.unmap = unmap; }
+
+    /** {@code detect-zeroes=}: zero writes become write-zeroes (see {@link DetectZeroes}). */
+    private volatile DetectZeroes detectZeroes = DetectZeroes.OFF;
+
+    /** Set once at creation ({@code --blockdev ...,detect-zeroes=}), before any I/O. */
+    public void setDetectZeroes(DetectZeroes mode) { this.detectZeroes = mode; }
 
     /** {@code cache.no-flush=on}: flushes complete at once without syncing, FUA writes are plain writes. */
     private volatile boolean noFlush;

@@ -3,6 +3,8 @@ package dev.vmm.core.daemon;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.DetectZeroes;
+import dev.vmm.core.block.DetectZeroesDriver;
 import dev.vmm.core.block.ImageLock;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.block.RawFileDriver;
@@ -112,10 +114,10 @@ final class BlockdevOpener {
         // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
         // sparse image expect. Both values are accepted for drop-in compatibility.
         boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
-        String dz = o.choice("detect-zeroes", "off", "off", "on", "unmap");
-        if (!dz.equals("off")) {
+        DetectZeroes dz = DetectZeroes.parse(o.choice("detect-zeroes", "off", "off", "on", "unmap"));
+        if (dz == DetectZeroes.UNMAP && !unmap) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("detect-zeroes"),
-                    "'" + o.fullKey("detect-zeroes") + "': only 'off' is supported (zero detection is not implemented)");
+                    "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"); // QEMU's wording
         }
         boolean autoRo = o.bool("auto-read-only", false);
         boolean forceShare = o.bool("force-share", inheritFs);
@@ -124,9 +126,9 @@ final class BlockdevOpener {
                     "force-share=on can only be used with read-only images"); // QEMU's wording
         }
         BlockNode n = switch (driver) {
-            case "file" -> file(o, name, readOnly, autoRo, unmap);
-            case "raw" -> raw(o, name, readOnly, forceShare, unmap);
-            default -> qcow2(o, name, readOnly, forceShare, unmap);
+            case "file" -> file(o, name, readOnly, autoRo, unmap, dz);
+            case "raw" -> raw(o, name, readOnly, forceShare, unmap, dz);
+            default -> qcow2(o, name, readOnly, forceShare, unmap, dz);
         };
         n.setForceShare(forceShare);
         return n;
@@ -140,7 +142,8 @@ final class BlockdevOpener {
         if (daemon.findNode(name) != null) throw new DaemonException("Duplicate nodes with node-name='" + name + "'"); // QEMU's wording
     }
 
-    private BlockNode file(Options o, String name, boolean readOnly, boolean autoRo, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode file(Options o, String name, boolean readOnly, boolean autoRo, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         String filename = o.path("filename");
         boolean direct = o.sub("cache").bool("direct", false);
         boolean noFlush = o.sub("cache").bool("no-flush", false);
@@ -153,11 +156,11 @@ final class BlockdevOpener {
         }
         ImageLock.Mode locking = ImageLock.Mode.parse(o.choice("locking", "auto", "auto", "on", "off"));
         o.checkAllConsumed();
-        return openFile(name, Path.of(filename), readOnly, autoRo, direct, noFlush, aio, unmap, locking, o.optionName());
+        return openFile(name, Path.of(filename), readOnly, autoRo, direct, noFlush, aio, unmap, dz, locking, o.optionName());
     }
 
     private BlockNode openFile(String name, Path filename, boolean readOnly, boolean autoRo, boolean direct, boolean noFlush,
-            dev.vmm.core.aio.AioMode aio, boolean unmap, ImageLock.Mode locking, String option) throws DaemonException {
+            dev.vmm.core.aio.AioMode aio, boolean unmap, DetectZeroes dz, ImageLock.Mode locking, String option) throws DaemonException {
         RawFileDriver raw;
         try {
             raw = RawFileDriver.open(filename, readOnly, direct, aio);
@@ -173,6 +176,7 @@ final class BlockdevOpener {
         }
         raw.setUnmap(unmap);
         raw.setNoFlush(noFlush);
+        raw.setDetectZeroes(dz);
         try {
             raw.initLock(locking);
         } catch (BlockException e) {
@@ -182,25 +186,28 @@ final class BlockdevOpener {
         return enter(new BlockNode(name == null ? daemon.implicitName() : name, "file", raw, daemon.mainLoop(), List.of()), raw);
     }
 
-    private BlockNode raw(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode raw(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         long offset = o.size("offset", 0);
         long size = o.size("size", -1);
         BlockNode.Child file = fileChild(o, readOnly, forceShare);
         o.checkAllConsumed();
         return withGates(List.of(file.node()), () -> {
             checkWritableChild(file, name, readOnly, "write");
-            RawFormatDriver d;
+            BlockDriver d;
             try {
                 d = onHome(file.node(), () -> new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap), "");
             } catch (DaemonException e) {
                 throw new DaemonException(e.getMessage(), e);
             }
+            if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
             IOThread home = file.node().home();
             return enter(new BlockNode(name == null ? daemon.implicitName() : name, "raw", d, home, List.of(file)), d);
         });
     }
 
-    private BlockNode qcow2(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode qcow2(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         if (o.has("data-file") || o.hasGroup("data-file")) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("data-file"),
                     "'" + o.fullKey("data-file") + "': qcow2 images with an external data file are not supported");
@@ -240,7 +247,7 @@ final class BlockdevOpener {
                         + "' while node '" + name + "' was being created over it; try again");
             }
             checkWritableChild(file, name, readOnly, "write, resize");
-            return openQcow2(name, file, b, backingGiven, q, unmap, forceShare, new ArrayList<>());
+            return openQcow2(name, file, b, backingGiven, q, unmap, dz, forceShare, new ArrayList<>());
         });
     }
 
@@ -265,7 +272,7 @@ final class BlockdevOpener {
      *              the loop check and the depth cap
      */
     private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
-            Qcow2Options q, boolean unmap, boolean forceShare, List<Path> chain) throws DaemonException {
+            Qcow2Options q, boolean unmap, DetectZeroes dz, boolean forceShare, List<Path> chain) throws DaemonException {
         BlockDriver fd = file.node().driver();
         Qcow2Header h = onHome(file.node(), () -> Daemon.qcow2Format.readHeader(fd), "");
         Path image = imagePath(file.node());
@@ -285,6 +292,7 @@ final class BlockdevOpener {
         BlockDriver bd = backing == null ? null : backing.node().driver();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
         if (!unmap) d = new NoDiscardDriver(d);
+        if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
         List<BlockNode.Child> children = backing == null ? List.of(file) : List.of(file, backing);
         BlockNode n = new BlockNode(name == null ? daemon.implicitName() : name, "qcow2", d, home, children);
         n.setImageInfo(new BlockNode.ImageInfo(h.clusterSize(), h.backingFile(), full, h.backingFormat()));
@@ -317,7 +325,7 @@ final class BlockdevOpener {
             throw new DaemonException(prefix + "the backing chain of '" + above.get(0) + "' is longer than " + MAX_BACKING_CHAIN + " images");
         }
         BlockNode file = openFile(null, backingPath, true, false, false, false, dev.vmm.core.aio.IoEngines.defaultMode(), true,
-                ImageLock.Mode.AUTO, "backing");
+                DetectZeroes.OFF, ImageLock.Mode.AUTO, "backing");
         file.setForceShare(forceShare); // implicit nodes inherit it, as QEMU's backing options
         BlockNode.Child fileChild = new BlockNode.Child(BlockNode.FILE, file, true);
         String fmt = format;
@@ -336,7 +344,7 @@ final class BlockdevOpener {
             }
             case "qcow2" -> {
                 try {
-                    BlockNode q = openQcow2(null, fileChild, null, false, Qcow2Options.defaults(true), true, forceShare, above);
+                    BlockNode q = openQcow2(null, fileChild, null, false, Qcow2Options.defaults(true), true, DetectZeroes.OFF, forceShare, above);
                     q.setForceShare(forceShare);
                     return q;
                 } catch (DaemonException e) {
