@@ -127,6 +127,15 @@ public final class ImageLock {
         }
     }
 
+    /**
+     * Tests, without taking anything, whether another user conflicts with {@code wantPerm} /
+     * {@code wantShared}: a format node checks its file before it reads the image, as QEMU
+     * attaches its file child (with these permissions) before the format driver opens.
+     */
+    public void check(int wantPerm, int wantShared) throws BlockException, ConflictException {
+        if (enabled) checkBytes(wantPerm & BLK_PERM_ALL, wantShared);
+    }
+
     /** Goes back to the state before {@link #prepare}. */
     public void abort() {
         if (!enabled) return;

@@ -274,6 +274,15 @@ final class BlockdevOpener {
     private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
             Qcow2Options q, boolean unmap, DetectZeroes dz, boolean forceShare, List<Path> chain) throws DaemonException {
         BlockDriver fd = file.node().driver();
+        if (fd instanceof RawFileDriver r && r.imageLock() != null) {
+            // QEMU's order: the file child is attached with the format's permissions before the header is read
+            int[] want = ImagePermissions.childPerm(q.readOnly(), BlockNode.FILE, 0, ImageLock.BLK_PERM_ALL);
+            try {
+                r.imageLock().check(want[0], forceShare || file.node().forceShare() ? ImageLock.BLK_PERM_ALL : want[1]);
+            } catch (BlockException | ImageLock.ConflictException e) {
+                throw ImagePermissions.failure("", e);
+            }
+        }
         Qcow2Header h = onHome(file.node(), () -> Daemon.qcow2Format.readHeader(fd), "");
         Path image = imagePath(file.node());
         String full = null;

@@ -114,16 +114,19 @@ final class ImagePermissions {
 
     /** What {@code parent}, whose users take {@code perm}/{@code shared}, asks of its child in {@code role}. */
     static int[] childPerm(BlockNode parent, String role, int perm, int shared) {
-        if (parent.driverName().equals("qcow2")) {
-            if (role.equals(BlockNode.BACKING)) { // bdrv_default_perms_for_cow
-                int p = perm & BLK_PERM_CONSISTENT_READ;
-                int s = (shared & BLK_PERM_WRITE) != 0 ? BLK_PERM_WRITE | BLK_PERM_RESIZE : 0;
-                return new int[] {p, s | BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED};
-            }
-            // bdrv_default_perms_for_storage: metadata must stay consistent and is written when writable
-            int p = perm | BLK_PERM_CONSISTENT_READ | (parent.readOnly() ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE);
-            return new int[] {p, shared & ~(BLK_PERM_WRITE | BLK_PERM_RESIZE)};
-        }
+        if (parent.driverName().equals("qcow2")) return childPerm(parent.readOnly(), role, perm, shared);
         return new int[] {perm, shared}; // raw, and filters: bdrv_filter_default_perms
+    }
+
+    /** What a qcow2 node ({@code readOnly} or not) whose users take {@code perm}/{@code shared} asks of its child in {@code role}. */
+    static int[] childPerm(boolean readOnly, String role, int perm, int shared) {
+        if (role.equals(BlockNode.BACKING)) { // bdrv_default_perms_for_cow
+            int p = perm & BLK_PERM_CONSISTENT_READ;
+            int s = (shared & BLK_PERM_WRITE) != 0 ? BLK_PERM_WRITE | BLK_PERM_RESIZE : 0;
+            return new int[] {p, s | BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED};
+        }
+        // bdrv_default_perms_for_storage: metadata must stay consistent and is written when writable
+        int p = perm | BLK_PERM_CONSISTENT_READ | (readOnly ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE);
+        return new int[] {p, shared & ~(BLK_PERM_WRITE | BLK_PERM_RESIZE)};
     }
 }

@@ -181,6 +181,24 @@ class ImageLockTest {
     }
 
     @Test
+    void locksAreCheckedBeforeTheHeaderIsRead() throws Exception {
+        Tools.require("qemu-io", "qemu-utils");
+        Process holder = new ProcessBuilder("qemu-io", "-f", "raw", raw.toString()).redirectErrorStream(true).start();
+        try {
+            for (int i = 0; i < 100 && locks(raw).isEmpty(); i++) Thread.sleep(50);
+            assertEquals("100 101", locks(raw), "qemu-io writes the raw image");
+            // QSD 7.2 answers this, not "not in qcow2 format": QEMU attaches the file before reading it
+            DaemonException e = assertThrows(DaemonException.class,
+                    () -> add(daemon, "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + raw));
+            assertEquals("Failed to get shared \"write\" lock", e.getMessage());
+        } finally {
+            holder.getOutputStream().close();
+            holder.waitFor(5, TimeUnit.SECONDS);
+            holder.destroy();
+        }
+    }
+
+    @Test
     void twoDaemonsConflict() throws Exception {
         add(daemon, "driver=qcow2,node-name=q,file.driver=file,file.filename=" + top);
         Daemon other = Daemon.start();
