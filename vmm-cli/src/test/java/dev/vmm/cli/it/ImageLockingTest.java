@@ -91,6 +91,50 @@ class ImageLockingTest extends PeerTestBase {
         }
     }
 
+    /** {@code vmm qmp --socket S ARGS} (our client speaks to both servers). */
+    private static List<String> qmp(Path socket, String... args) {
+        List<String> cmd = new java.util.ArrayList<>();
+        cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+        String flags = System.getProperty("vmm.jvm.flags", "").strip();
+        if (!flags.isEmpty() && !flags.startsWith("${")) cmd.addAll(java.util.Arrays.asList(flags.split("\\s+")));
+        cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), "dev.vmm.cli.Main", "qmp", "--socket", socket.toString()));
+        cmd.addAll(java.util.Arrays.asList(args));
+        return cmd;
+    }
+
+    @ParameterizedTest(name = "qsd={0}")
+    @ValueSource(booleans = {false, true})
+    void qmpBlockdevAddTakesTheLocksAndBlockdevDelReleasesThem(boolean qsd) throws Exception {
+        String qemuImg = Peers.require("qemu-img");
+        Path img = qcow2("d.qcow2");
+        Path dir = Net.shortSocketDir();
+        Path mon = dir.resolve("qmp.sock");
+        try (VmmProcess s = start(qsd, "qmp", "--chardev", "socket,id=m,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m")) {
+            String[] add = {"blockdev-add", "driver=qcow2", "node-name=d", "file.driver=file", "file.filename=" + img};
+            Run.cmd(qmp(mon, add)).expect(0);
+            Run.Result info = Run.cmd(qemuImg, "info", img.toString()).expect(1);
+            assertTrue(info.stderr().contains("Failed to get shared \"write\" lock"), info.describe());
+            Run.cmd(qmp(mon, "blockdev-del", "node-name=d")).expect(0);
+            Run.cmd(qemuImg, "info", img.toString()).expect(0);
+            // held by qemu-io: QMP's answer is QEMU's message, without the command line's hint
+            Process holder = new ProcessBuilder(Peers.require("qemu-io"), "-f", "qcow2", img.toString()).redirectErrorStream(true).start();
+            try {
+                for (int i = 0; i < 100 && Run.cmd(qemuImg, "info", img.toString()).expectAny().exit() == 0; i++) Thread.sleep(50);
+                Run.Result refused = Run.cmd(qmp(mon, add)).expect(1);
+                assertTrue(refused.stdout().contains("{\"class\":\"GenericError\",\"desc\":\"Failed to get \\\"write\\\" lock\"}"),
+                        refused.describe());
+                assertFalse(refused.stdout().contains("Is another process"), refused.describe());
+            } finally {
+                holder.getOutputStream().close();
+                holder.waitFor(5, java.util.concurrent.TimeUnit.SECONDS);
+                holder.destroy();
+            }
+            s.assertAlive();
+        } finally {
+            deleteTree(dir);
+        }
+    }
+
     @ParameterizedTest(name = "qsd={0}")
     @ValueSource(booleans = {false, true})
     void lockingOffTakesNoLock(boolean qsd) {
