@@ -972,8 +972,13 @@ public final class RawFileDriver implements BlockDriver {
      * no lock until the daemon gives the node permissions. Released with the fd by {@link #close}.
      */
     public ImageLock initLock(ImageLock.Mode mode) throws BlockException {
+        return initLock(mode, file);
+    }
+
+    /** {@link #initLock(ImageLock.Mode)} naming the image as the user did ({@code filename=}), as QEMU's hint does. */
+    public ImageLock initLock(ImageLock.Mode mode, String shownName) throws BlockException {
         checkOpen();
-        imageLock = new ImageLock(fd, file, mode);
+        imageLock = new ImageLock(fd, shownName, mode);
         return imageLock;
     }
 

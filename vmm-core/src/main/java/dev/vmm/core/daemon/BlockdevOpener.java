@@ -178,7 +178,7 @@ final class BlockdevOpener {
         raw.setNoFlush(noFlush);
         raw.setDetectZeroes(dz);
         try {
-            raw.initLock(locking);
+            raw.initLock(locking, filename.toString());
         } catch (BlockException e) {
             raw.close();
             throw new DaemonException(option + ": " + e.getMessage(), e);
