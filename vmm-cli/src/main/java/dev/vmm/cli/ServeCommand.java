@@ -102,6 +102,8 @@ public final class ServeCommand implements Callable<Integer> {
           .append("                             leave a hole (unmap: needs discard=unmap, as QEMU) (default off)\n")
           .append("    force-share=on|off       share every permission with other users of the image: read-only\n")
           .append("                             nodes only, as QEMU (qemu-img -U); inline children inherit it\n")
+          .append("    auto-read-only=on|off    a file that cannot be opened for writing (EACCES, EROFS, EPERM) is\n")
+          .append("                             opened read-only, and so are the nodes over it (default off; inherited)\n")
           .append("  --blockdev driver=file\n")
           .append("    filename=PATH            the image file\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
@@ -112,8 +114,7 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    locking=auto|on|off      QEMU's image locks (OFD locks on bytes 100-103/200-203, docs/locking.md):\n")
           .append("                             QEMU, qemu-img and other vmm daemons see this daemon's users and it\n")
           .append("                             sees theirs (default auto: on where the kernel has OFD locks)\n")
-          .append("    auto-read-only=on|off    open read-write, and read-only when the file cannot be opened for\n")
-          .append("                             writing (EACCES, EROFS, EPERM), as QEMU (default off)\n")
+
           .append("  --blockdev driver=raw\n")
           .append("    file=NODE | file.driver=file,file.filename=PATH,...   the child: an existing node, or inline\n")
           .append("                             (created with this node, removed with it)\n")

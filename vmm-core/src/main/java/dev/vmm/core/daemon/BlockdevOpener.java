@@ -51,7 +51,7 @@ final class BlockdevOpener {
     /** The top node of {@code o}; on failure everything opened is closed again. */
     BlockNode open(Options o) throws OptionException, DaemonException {
         try {
-            BlockNode n = node(o, true, false, false);
+            BlockNode n = node(o, true, false, false, false);
             daemon.refreshLocks(); // the new nodes' users take their permissions on the images (docs/locking.md)
             return n;
         } catch (OptionException | DaemonException | RuntimeException e) {
@@ -96,8 +96,10 @@ final class BlockdevOpener {
      * @param inheritRo a read-only parent makes its inline children read-only unless they say
      *                  otherwise (QEMU's option inheritance)
      * @param inheritFs the same for {@code force-share}
+     * @param inheritAro the same for {@code auto-read-only}
      */
-    private BlockNode node(Options o, boolean top, boolean inheritRo, boolean inheritFs) throws OptionException, DaemonException {
+    private BlockNode node(Options o, boolean top, boolean inheritRo, boolean inheritFs, boolean inheritAro)
+            throws OptionException, DaemonException {
         int depth = o.fullKey("driver").split("\\.").length - 1;
         if (depth > MAX_INLINE_DEPTH) { // hostile input must not recurse until the stack overflows
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("driver"),
@@ -119,7 +121,7 @@ final class BlockdevOpener {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("detect-zeroes"),
                     "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"); // QEMU's wording
         }
-        boolean autoRo = o.bool("auto-read-only", false);
+        boolean autoRo = o.bool("auto-read-only", inheritAro);
         boolean forceShare = o.bool("force-share", inheritFs);
         if (forceShare && !readOnly) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("force-share"),
@@ -127,8 +129,8 @@ final class BlockdevOpener {
         }
         BlockNode n = switch (driver) {
             case "file" -> file(o, name, readOnly, autoRo, unmap, dz);
-            case "raw" -> raw(o, name, readOnly, forceShare, unmap, dz);
-            default -> qcow2(o, name, readOnly, forceShare, unmap, dz);
+            case "raw" -> raw(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            default -> qcow2(o, name, readOnly, forceShare, autoRo, unmap, dz);
         };
         n.setForceShare(forceShare);
         return n;
@@ -186,11 +188,12 @@ final class BlockdevOpener {
         return enter(new BlockNode(name == null ? daemon.implicitName() : name, "file", raw, daemon.mainLoop(), List.of()), raw);
     }
 
-    private BlockNode raw(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap, DetectZeroes dz)
+    private BlockNode raw(Options o, String name, boolean askedRo, boolean forceShare, boolean autoRo, boolean unmap, DetectZeroes dz)
             throws OptionException, DaemonException {
         long offset = o.size("offset", 0);
         long size = o.size("size", -1);
-        BlockNode.Child file = fileChild(o, readOnly, forceShare);
+        BlockNode.Child file = fileChild(o, askedRo, forceShare, autoRo);
+        boolean readOnly = askedRo || (autoRo && file.node().readOnly()); // QEMU's bdrv_apply_auto_read_only
         o.checkAllConsumed();
         return withGates(List.of(file.node()), () -> {
             checkWritableChild(file, name, readOnly, "write");
@@ -206,7 +209,7 @@ final class BlockdevOpener {
         });
     }
 
-    private BlockNode qcow2(Options o, String name, boolean readOnly, boolean forceShare, boolean unmap, DetectZeroes dz)
+    private BlockNode qcow2(Options o, String name, boolean askedRo, boolean forceShare, boolean autoRo, boolean unmap, DetectZeroes dz)
             throws OptionException, DaemonException {
         if (o.has("data-file") || o.hasGroup("data-file")) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("data-file"),
@@ -216,14 +219,15 @@ final class BlockdevOpener {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("encrypt"),
                     "'" + o.fullKey("encrypt") + "': encrypted qcow2 images are not supported");
         }
+        BlockNode.Child file = fileChild(o, askedRo, forceShare, autoRo);
+        boolean readOnly = askedRo || (autoRo && file.node().readOnly()); // QEMU's bdrv_apply_auto_read_only
         Qcow2Options q = qcow2Options(o, readOnly);
-        BlockNode.Child file = fileChild(o, readOnly, forceShare);
         // backing: absent = the header's; "" (QMP null, or backing= on the command line) = none;
         // a name = that node; a group = an inline definition
         boolean backingGiven = o.has("backing") || o.hasGroup("backing");
         BlockNode.Child backing = null;
         if (o.hasGroup("backing")) {
-            backing = new BlockNode.Child(BlockNode.BACKING, node(o.sub("backing"), false, true, forceShare), true);
+            backing = new BlockNode.Child(BlockNode.BACKING, node(o.sub("backing"), false, true, forceShare, autoRo), true);
         } else if (o.has("backing")) {
             String ref = o.required("backing");
             if (!ref.isEmpty()) {
@@ -372,8 +376,8 @@ final class BlockdevOpener {
         return null;
     }
 
-    private BlockNode.Child fileChild(Options o, boolean readOnly, boolean forceShare) throws OptionException, DaemonException {
-        if (o.hasGroup("file")) return new BlockNode.Child(BlockNode.FILE, node(o.sub("file"), false, readOnly, forceShare), true);
+    private BlockNode.Child fileChild(Options o, boolean readOnly, boolean forceShare, boolean autoRo) throws OptionException, DaemonException {
+        if (o.hasGroup("file")) return new BlockNode.Child(BlockNode.FILE, node(o.sub("file"), false, readOnly, forceShare, autoRo), true);
         if (!o.has("file")) throw new DaemonException("A block device must be specified for \"file\""); // QEMU's wording
         String ref = o.required("file");
         BlockNode n = daemon.findNode(ref);

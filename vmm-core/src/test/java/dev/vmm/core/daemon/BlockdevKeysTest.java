@@ -145,6 +145,10 @@ class BlockdevKeysTest {
         assertTrue(e.getMessage().contains("Permission denied"), e.getMessage());
         BlockNode n = add("driver=file,node-name=f,auto-read-only=on,filename=" + ro);
         assertTrue(n.readOnly(), "fell back to read-only");
+        // inherited by an inline child, and the format node over it becomes read-only too (QEMU's bdrv_apply_auto_read_only)
+        assertThrows(DaemonException.class, () -> add("driver=raw,node-name=r0,file.driver=file,file.filename=" + ro));
+        BlockNode r = add("driver=raw,node-name=r,auto-read-only=on,file.driver=file,file.filename=" + ro);
+        assertTrue(r.readOnly() && r.child(BlockNode.FILE).readOnly());
     }
 
     static String run(String... cmd) throws Exception {
