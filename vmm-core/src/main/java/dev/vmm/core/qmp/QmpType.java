@@ -188,7 +188,8 @@ public final class QmpType {
             case BUILTIN -> checkBuiltin(value, path);
             case ENUM -> {
                 if (!(value instanceof String s)) throw invalidType(path, "string");
-                if (!values.contains(s)) throw QmpException.generic("Parameter '" + label(path) + "' does not accept value '" + s + "'");
+                // QEMU names only the member here (input_type_enum), "null" for a list element
+                if (!values.contains(s)) throw QmpException.generic("Parameter '" + memberName(path) + "' does not accept value '" + s + "'");
             }
             case ARRAY -> {
                 if (!(value instanceof List<?> list)) throw invalidType(path, "array");
@@ -285,6 +286,11 @@ public final class QmpType {
     }
 
     private static String child(String path, String member) { return path == null ? member : path + "." + member; }
+
+    private static String memberName(String path) {
+        if (path == null || path.endsWith("]")) return "null";
+        return path.substring(path.lastIndexOf('.') + 1);
+    }
 
     private static String label(String path) { return path == null ? "null" : path; }
 

@@ -66,7 +66,8 @@ class QmpTypeTest {
 
     @Test
     void listElementsAreNamedWithTheirIndex() {
-        assertEquals("Parameter 'enable[1]' does not accept value 'x'",
+        // QEMU's quirk (input_type_enum): an enum error names the bare member, "null" for an element
+        assertEquals("Parameter 'null' does not accept value 'x'",
                 error(QmpCommands.QMP_CAPABILITIES_ARGS, "{\"enable\":[\"oob\",\"x\"]}"));
         assertEquals("Invalid parameter type for 'enable', expected: array", error(QmpCommands.QMP_CAPABILITIES_ARGS, "{\"enable\":\"oob\"}"));
     }
