@@ -18,8 +18,10 @@ import java.net.SocketAddress;
  * @param tlsHostname     the name the server's certificate must carry (default: the host)
  * @param reconnectDelayNs how long requests wait for a lost connection to come back (0 = fail at once)
  * @param openTimeoutMs   bound of one connect + handshake
+ * @param openRetry       {@code open-timeout} was given: blockdev-add retries until it ends (QEMU)
  */
-record NbdTarget(SocketAddress address, String export, String tlsCreds, String tlsHostname, long reconnectDelayNs, long openTimeoutMs) {
+record NbdTarget(SocketAddress address, String export, String tlsCreds, String tlsHostname, long reconnectDelayNs, long openTimeoutMs,
+        boolean openRetry) {
     /** QEMU's open-timeout default is 0 (no retry); one attempt is still bounded by this. */
     static final long DEFAULT_OPEN_TIMEOUT_MS = 10_000;
     /** QEMU's NBD_DEFAULT_PORT. */
@@ -60,7 +62,7 @@ record NbdTarget(SocketAddress address, String export, String tlsCreds, String t
         long reconnectDelay = o.number("reconnect-delay", 0, 0, 24 * 3600);
         long openTimeout = o.number("open-timeout", 0, 0, 24 * 3600);
         return new NbdTarget(address, export, tlsCreds, tlsHostname, reconnectDelay * 1_000_000_000L,
-                openTimeout == 0 ? DEFAULT_OPEN_TIMEOUT_MS : openTimeout * 1000);
+                openTimeout == 0 ? DEFAULT_OPEN_TIMEOUT_MS : openTimeout * 1000, openTimeout > 0);
     }
 
     /** QEMU's filename of an NBD node ({@code nbd_refresh_filename}): {@code nbd://host:port/export} or {@code nbd+unix:///export?socket=path}. */

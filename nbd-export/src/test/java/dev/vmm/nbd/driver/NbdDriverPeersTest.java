@@ -70,9 +70,11 @@ class NbdDriverPeersTest {
         Path in = tmp.resolve(name + ".in");
         Files.write(in, data);
         Peer.run(List.of(nbdcopy, in.toString(), uri(vmmSock, name)));
-        Path server = tmp.resolve(name + ".server");
-        Peer.run(List.of(nbdcopy, serverUri, server.toString()));
-        assertArrayEquals(data, Files.readAllBytes(server), "the server's export holds what was written through the driver");
+        if (serverUri != null) {
+            Path server = tmp.resolve(name + ".server");
+            Peer.run(List.of(nbdcopy, serverUri, server.toString()));
+            assertArrayEquals(data, Files.readAllBytes(server), "the server's export holds what was written through the driver");
+        }
         Path back = tmp.resolve(name + ".back");
         Peer.run(List.of(nbdcopy, uri(vmmSock, name), back.toString()));
         assertArrayEquals(data, Files.readAllBytes(back), "read back through the driver");
@@ -150,5 +152,39 @@ class NbdDriverPeersTest {
         assertEquals(List.of("0 4194304 3 hole,zero", "4194304 1048576 0 data", "5242880 11534336 3 hole,zero"), lines, map);
         // the query-named-block-nodes filename, as QEMU names it
         assertEquals("nbd+unix://?socket=" + k.socket, ((NbdBlockDriver) daemon.node("n4").driver()).filename());
+    }
+
+    /** TLS (tls-creds-x509 endpoint=client) to another vmm whose NBD server requires it; a plain or misnamed connection is refused clearly. */
+    @Test
+    void tlsToAnotherVmm() throws Exception {
+        dev.vmm.core.testing.TestCertificates pki = dev.vmm.core.testing.TestCertificates.createCa(tmp.resolve("pki"), "vmm test CA");
+        Path serverDir = pki.serverDir("server", dev.vmm.core.testing.TestCertificates.KeyFormat.PKCS8_RSA);
+        Path clientDir = pki.clientDir("client");
+        Path img = image("tls");
+        Daemon b = Daemon.start();
+        closeLater.add(() -> b.shutdown(false));
+        b.objectAdd(KeyValueParser.parse("--object", "tls-creds-x509,id=ts,endpoint=server,dir=" + serverDir, "qom-type"));
+        b.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=file,node-name=f,filename=" + img, null));
+        NbdServerComponent nbd = NbdServerComponent.configure(b,
+                KeyValueParser.parse("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0,tls-creds=ts", null));
+        b.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e,node-name=f,name=exp,writable=on", "type"));
+        nbd.start();
+        int port = ((java.net.InetSocketAddress) nbd.server().boundAddress()).getPort();
+        String server = "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=" + port + ",export=exp";
+
+        String plain = org.junit.jupiter.api.Assertions.assertThrows(dev.vmm.core.daemon.DaemonException.class,
+                () -> daemon.blockdevAdd(KeyValueParser.parse("--blockdev", server + ",node-name=plain", null))).getMessage();
+        assertTrue(plain.contains("requires TLS"), plain);
+        daemon.objectAdd(KeyValueParser.parse("--object", "tls-creds-x509,id=tc,endpoint=client,dir=" + clientDir, "qom-type"));
+        String misnamed = org.junit.jupiter.api.Assertions.assertThrows(dev.vmm.core.daemon.DaemonException.class,
+                () -> daemon.blockdevAdd(KeyValueParser.parse("--blockdev", server + ",node-name=bad,tls-creds=tc,tls-hostname=elsewhere.example", null)))
+                .getMessage();
+        assertTrue(misnamed.contains("TLS handshake failed"), misnamed);
+
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", server + ",node-name=n5,tls-creds=tc", null));
+        daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=n5,node-name=n5,writable=on,iothread=iot0", "type"));
+        roundTrip("n5", null);
+        assertArrayEquals(Files.readAllBytes(tmp.resolve("n5.in")), Files.readAllBytes(img), "the image behind the TLS server");
+        assertEquals("nbd://127.0.0.1:" + port + "/exp", ((NbdBlockDriver) daemon.node("n5").driver()).filename());
     }
 }

@@ -236,14 +236,12 @@ public final class Daemon {
         }
         o.bool("loaded", true); // QEMU's deprecated property: the object is always loaded at creation
         o.checkAllConsumed();
-        if (!endpoint.equals("server")) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "endpoint",
-                    "'endpoint': only 'server' is supported (credentials for our NBD server); QEMU's default is 'client', give endpoint=server");
-        }
         if (objectExists(id)) throw new DaemonException(o.optionName() + ": an object with id '" + id + "' exists already");
         TlsCredentials c;
         try {
-            c = TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck);
+            // endpoint=client: for driver=nbd nodes (tls-creds=ID) connecting to a TLS server
+            c = endpoint.equals("server") ? TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck)
+                    : TlsCredentials.loadClient(id, Path.of(dir), verifyPeer, sanityCheck);
         } catch (TlsException e) {
             throw new DaemonException(o.optionName() + ": " + id + ": " + e.getMessage(), e);
         }
