@@ -71,6 +71,10 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     static final int CHUNK_SLACK = 64 << 10;
     /** Longest wait of a synchronous call on the side connection. */
     static final long SYNC_TIMEOUT_MS = 30_000;
+    /** Bound of opening the side connection (it blocks the home thread). */
+    static final long SIDE_CONNECT_TIMEOUT_MS = 2000;
+    /** Pause after a failed side connection before the next try. */
+    static final long SIDE_RETRY_SECONDS = 30;
     /** Reconnect attempts back off up to this. */
     static final long MAX_BACKOFF_MS = 1000;
 
@@ -118,6 +122,8 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
 
     // ---- side connection (home thread) ----
     private Session side;
+    /** After a failed side connection, none is tried before this ({@link System#nanoTime}). */
+    private long sideRetryAfter = System.nanoTime();
 
     NbdBlockDriver(NbdTarget target, String nodeName, boolean readOnly, Session first, Function<Channel, SslHandler> tls, Runnable onClose) {
         this.target = target;
@@ -846,9 +852,17 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     private NbdClient side() throws BlockException {
         if (state == State.CLOSED) throw new BlockException(Errno.EIO, "NBD node " + nodeName + " is closed");
         if (side == null) {
+            if (System.nanoTime() - sideRetryAfter < 0) {
+                throw new BlockException(Errno.EIO, "NBD node " + nodeName + ": no side connection to " + target.describe() + " (failed recently)");
+            }
             try {
-                side = Connector.open(target, tls, target.openTimeoutMs());
+                side = Connector.open(target, tls, Math.min(target.openTimeoutMs(), SIDE_CONNECT_TIMEOUT_MS));
             } catch (IOException e) {
+                // a server limited to one connection (qemu-nbd without -e) never answers a second one:
+                // do not stall the home thread on every call
+                sideRetryAfter = System.nanoTime() + TimeUnit.SECONDS.toNanos(SIDE_RETRY_SECONDS);
+                LOG.warn("NBD node {}: cannot open a second connection to {} for synchronous calls (block status): {}; retrying in {} s",
+                        nodeName, target.describe(), e.getMessage(), SIDE_RETRY_SECONDS);
                 throw new BlockException(Errno.EIO, "NBD node " + nodeName + ": cannot connect to " + target.describe() + ": " + e.getMessage());
             }
         }
@@ -1014,11 +1028,18 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
         long want = Math.min(maxLength, size() - offset);
         if (want <= 0) throw new BlockException(Errno.EINVAL, "status at the end of the node");
         long len = Math.min(want, alignedNoPayloadMax());
-        if (side == null && first.metaContext() < 0) {
+        // Without the context, or while the main connection is down or no side connection can be
+        // had: allocated data, which is always a correct answer (it promises nothing about zeros).
+        if (first.metaContext() < 0 || state != State.CONNECTED || (side == null && System.nanoTime() - sideRetryAfter < 0)) {
             out.set(want, 0);
             return;
         }
-        side();
+        try {
+            side();
+        } catch (BlockException e) {
+            out.set(want, 0);
+            return;
+        }
         Session s = side;
         if (s.metaContext() < 0) {
             out.set(want, 0);
