@@ -75,6 +75,8 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     static final long SIDE_CONNECT_TIMEOUT_MS = 2000;
     /** Pause after a failed side connection before the next try. */
     static final long SIDE_RETRY_SECONDS = 30;
+    /** How long an attach from a control thread waits for the channel's move. */
+    static final long MOVE_WAIT_MS = 10_000;
     /** Reconnect attempts back off up to this. */
     static final long MAX_BACKOFF_MS = 1000;
 
@@ -160,11 +162,28 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
         if (old != null && s.channel().eventLoop() == newHome.loop()) return;
         busy++;
         state = State.MOVING;
+        java.util.concurrent.CompletableFuture<Void> moved = new java.util.concurrent.CompletableFuture<>();
+        boolean wait = !s.channel().eventLoop().inEventLoop() && !newHome.inThread();
         moveChannel(s, newHome, () -> {
             busy--;
-            if (old == null) startTransmission(s);
-            else resumeAfterMove(s);
+            try {
+                if (old == null) startTransmission(s);
+                else resumeAfterMove(s);
+            } finally {
+                moved.complete(null);
+            }
         });
+        if (wait) {
+            // A control thread (blockdev-add, then export-add with iothread=) may call setHome again
+            // at once, which needs nothing in flight: finish the channel's move before returning.
+            try {
+                moved.get(MOVE_WAIT_MS, TimeUnit.MILLISECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            } catch (java.util.concurrent.ExecutionException | java.util.concurrent.TimeoutException e) {
+                LOG.warn("NBD node {}: the connection's move to IOThread {} takes long; requests wait for it", nodeName, newHome.id());
+            }
+        }
     }
 
     /** Deregisters the channel from its loop and registers it on {@code to}'s; {@code then} runs on {@code to}. */

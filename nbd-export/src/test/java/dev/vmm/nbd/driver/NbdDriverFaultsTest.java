@@ -271,49 +271,146 @@ class NbdDriverFaultsTest {
         assertEquals(List.of(), daemon.nodes().stream().map(BlockNode::name).toList());
     }
 
-    /** Handshake like a server (no structured replies), then answer the first request with a bad magic. */
-    static void badReplyServer(DataInputStream in, DataOutputStream out) throws Exception {
-        out.writeLong(0x4e42444d41474943L); // NBDMAGIC
-        out.writeLong(0x49484156454F5054L); // IHAVEOPT
-        out.writeShort(3); // FIXED_NEWSTYLE | NO_ZEROES
-        out.flush();
-        in.readInt();
-        while (true) {
-            in.readLong();
-            int opt = in.readInt();
-            byte[] data = new byte[in.readInt()];
-            in.readFully(data);
-            if (opt == 7) { // NBD_OPT_GO: NBD_INFO_EXPORT (1 MiB, HAS_FLAGS|SEND_FLUSH), then ACK
+    /** What a fake server answers to the first request: (out, cookie, offset, length). */
+    interface BadReply {
+        void write(DataOutputStream out, long cookie, long offset, int length) throws Exception;
+    }
+
+    /**
+     * Handshakes like a server (structured replies acknowledged when {@code structured}, no meta
+     * context), exports 1 MiB, then answers the first request with {@code reply}.
+     */
+    static FakeScript badReplyServer(boolean structured, BadReply reply) {
+        return (in, out) -> {
+            out.writeLong(0x4e42444d41474943L); // NBDMAGIC
+            out.writeLong(0x49484156454F5054L); // IHAVEOPT
+            out.writeShort(3); // FIXED_NEWSTYLE | NO_ZEROES
+            out.flush();
+            in.readInt();
+            while (true) {
+                in.readLong();
+                int opt = in.readInt();
+                byte[] data = new byte[in.readInt()];
+                in.readFully(data);
+                if (opt == 7) { // NBD_OPT_GO: NBD_INFO_EXPORT (1 MiB, HAS_FLAGS|SEND_FLUSH), then ACK
+                    out.writeLong(0x3e889045565a9L);
+                    out.writeInt(opt);
+                    out.writeInt(3);
+                    out.writeInt(12);
+                    out.writeShort(0);
+                    out.writeLong(1 << 20);
+                    out.writeShort(5);
+                    out.writeLong(0x3e889045565a9L);
+                    out.writeInt(opt);
+                    out.writeInt(1);
+                    out.writeInt(0);
+                    out.flush();
+                    break;
+                }
+                boolean ack = opt == 10 || (opt == 8 && structured); // SET_META_CONTEXT: none selected
                 out.writeLong(0x3e889045565a9L);
                 out.writeInt(opt);
-                out.writeInt(3);
-                out.writeInt(12);
-                out.writeShort(0);
-                out.writeLong(1 << 20);
-                out.writeShort(5);
-                out.writeLong(0x3e889045565a9L);
-                out.writeInt(opt);
-                out.writeInt(1);
+                out.writeInt(ack ? 1 : 0x80000001); // NBD_REP_ACK or NBD_REP_ERR_UNSUP
                 out.writeInt(0);
                 out.flush();
-                break;
             }
-            out.writeLong(0x3e889045565a9L);
-            out.writeInt(opt);
-            out.writeInt(0x80000001); // NBD_REP_ERR_UNSUP
-            out.writeInt(0);
+            byte[] req = new byte[28];
+            in.readFully(req);
+            ByteBuffer r = ByteBuffer.wrap(req);
+            reply.write(out, r.getLong(8), r.getLong(16), r.getInt(24));
             out.flush();
-        }
-        in.readFully(new byte[28]); // the first request
-        out.writeInt(0xdeadbeef);
-        out.writeLong(0);
-        out.flush();
-        Thread.sleep(500);
+            Thread.sleep(500);
+        };
+    }
+
+    /** Reads 4 KiB at 0 on node {@code name} (directly on the driver, on its home) and returns the errno; the buffer has guard bytes after it. */
+    int readThrough(String name, FakeScript script) throws Exception {
+        Path sock = fake(name, script);
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=nbd,node-name=" + name + ",server.type=unix,server.path=" + sock, null));
+        BlockNode n = daemon.node(name);
+        assertEquals(1 << 20, n.size());
+        ByteBuffer buf = ByteBuffer.allocateDirect(8192);
+        for (int i = 4096; i < 8192; i++) buf.put(i, (byte) 0x77);
+        long addr = PlatformDependent.directBufferAddress(buf);
+        CompletableFuture<Integer> done = new CompletableFuture<>();
+        n.home().execute(() -> {
+            try {
+                n.driver().read(0, addr, 4096, done::complete);
+            } catch (Exception e) {
+                done.completeExceptionally(e);
+            }
+        });
+        int errno = done.get(10, TimeUnit.SECONDS);
+        for (int i = 4096; i < 8192; i++) assertEquals((byte) 0x77, buf.get(i), "byte " + i + " past the request is untouched");
+        return errno;
+    }
+
+    static void structuredHeader(DataOutputStream out, int flags, int type, long cookie, int length) throws Exception {
+        out.writeInt(0x668e33ef);
+        out.writeShort(flags);
+        out.writeShort(type);
+        out.writeLong(cookie);
+        out.writeInt(length);
+    }
+
+    @Test
+    void badRepliesFailTheRequestWithEioAndTouchNoMemoryOutsideIt() throws Exception {
+        // a simple reply with a bad magic
+        assertEquals(Errno.EIO, readThrough("magic", badReplyServer(false, (out, cookie, off, len) -> {
+            out.writeInt(0xdeadbeef);
+            out.writeLong(0);
+        })));
+        // a reply for a cookie that was never sent
+        assertEquals(Errno.EIO, readThrough("cookie", badReplyServer(false, (out, cookie, off, len) -> {
+            out.writeInt(0x67446698);
+            out.writeInt(0);
+            out.writeLong(cookie + 1000);
+        })));
+        // OFFSET_DATA that reaches past the request (the server's data would land after the buffer)
+        assertEquals(Errno.EIO, readThrough("outside", badReplyServer(true, (out, cookie, off, len) -> {
+            structuredHeader(out, 1, 1, cookie, 8 + 4096);
+            out.writeLong(off + 2048);
+            out.write(new byte[4096]);
+        })));
+        // a chunk claiming 4 GiB - 1: refused from its header, not waited for
+        assertEquals(Errno.EIO, readThrough("huge", badReplyServer(true, (out, cookie, off, len) -> {
+            structuredHeader(out, 1, 1, cookie, -1);
+            out.writeLong(off);
+        })));
+        // DONE after covering half the request
+        assertEquals(Errno.EIO, readThrough("short", badReplyServer(true, (out, cookie, off, len) -> {
+            structuredHeader(out, 1, 1, cookie, 8 + 2048);
+            out.writeLong(off);
+            out.write(new byte[2048]);
+        })));
+        // a structured reply that was not negotiated
+        assertEquals(Errno.EIO, readThrough("unasked", badReplyServer(false, (out, cookie, off, len) -> {
+            structuredHeader(out, 1, 0, cookie, 0);
+        })));
+        // an error chunk is an error of the request, not of the protocol: its errno comes through
+        assertEquals(Errno.ENOSPC, readThrough("error", badReplyServer(true, (out, cookie, off, len) -> {
+            structuredHeader(out, 1, 0x8001, cookie, 6 + 3);
+            out.writeInt(28);
+            out.writeShort(3);
+            out.write("bad".getBytes());
+        })));
+        // and a correct structured answer still works: a hole chunk and a data chunk
+        assertEquals(0, readThrough("good", badReplyServer(true, (out, cookie, off, len) -> {
+            structuredHeader(out, 0, 2, cookie, 12);
+            out.writeLong(off);
+            out.writeInt(2048);
+            structuredHeader(out, 1, 1, cookie, 8 + 2048);
+            out.writeLong(off + 2048);
+            out.write(new byte[2048]);
+        })));
     }
 
     @Test
     void aBadReplyFailsTheRequestWithEioAndTheDaemonLives() throws Exception {
-        Path sock = fake("badreply", NbdDriverFaultsTest::badReplyServer);
+        Path sock = fake("badreply", badReplyServer(false, (out, cookie, off, len) -> {
+            out.writeInt(0xdeadbeef);
+            out.writeLong(0);
+        }));
         daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=nbd,node-name=b,server.type=unix,server.path=" + sock, null));
         BlockNode n = daemon.node("b");
         assertEquals(1 << 20, n.size());

@@ -187,4 +187,24 @@ class NbdDriverPeersTest {
         assertArrayEquals(Files.readAllBytes(tmp.resolve("n5.in")), Files.readAllBytes(img), "the image behind the TLS server");
         assertEquals("nbd://127.0.0.1:" + port + "/exp", ((NbdBlockDriver) daemon.node("n5").driver()).filename());
     }
+
+    /** blockdev-add's nested JSON form (QMP), with the port as a string as QEMU's schema has it. */
+    @Test
+    void qmpJsonForm() throws Exception {
+        Path img = image("json");
+        Daemon b = Daemon.start();
+        closeLater.add(() -> b.shutdown(false));
+        b.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=file,node-name=f,filename=" + img, null));
+        NbdServerComponent nbd = NbdServerComponent.configure(b, KeyValueParser.parse("--nbd-server", "addr.type=inet,addr.host=127.0.0.1,addr.port=0", null));
+        b.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e,node-name=f,name=exp,writable=on", "type"));
+        nbd.start();
+        int port = ((java.net.InetSocketAddress) nbd.server().boundAddress()).getPort();
+        daemon.blockdevAdd(dev.vmm.core.options.Options.of("blockdev-add", java.util.Map.of("driver", "nbd", "node-name", "j", "export", "exp",
+                "server", java.util.Map.of("type", "inet", "host", "127.0.0.1", "port", String.valueOf(port)))));
+        assertEquals(SIZE, daemon.node("j").size());
+        assertEquals("nbd", daemon.node("j").driverName());
+        daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=j,node-name=j,writable=on,iothread=iot1", "type"));
+        roundTrip("j", null);
+        assertArrayEquals(Files.readAllBytes(tmp.resolve("j.in")), Files.readAllBytes(img));
+    }
 }
