@@ -53,9 +53,10 @@ import org.slf4j.LoggerFactory;
  * {@code reconnect-delay} has passed, requests wait; after it, queued and new requests fail with
  * EIO until a reconnect succeeds. With {@code reconnect-delay=0} they fail at once.
  *
- * <p>Moves: {@link #attach} moves the channel to the new home (deregister, register); the move of
- * the channel counts as in flight, so a drain waits for it and requests that arrive meanwhile
- * wait in the queue.
+ * <p>Moves: {@link #attach} moves the channel to the new home (deregister, register); requests
+ * that arrive meanwhile wait in the queue and leave when it is registered there. The channel's
+ * trip is not a request in flight: if the node moves again before it arrives, it follows the
+ * newest home (a reconnect hands its channel over the same way).
  *
  * <p>The synchronous methods (control plane, {@link #status}) use a second, blocking connection
  * that stays on the connect loop, opened on first use.
@@ -113,8 +114,12 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     private long nextCookie = 1;
     /** User requests accepted and not completed. */
     private int ops;
-    /** Channel moves in progress (they count as in flight). */
-    private int busy;
+    /**
+     * The channel is moving between loops. Not counted in flight: a move that attaches the node
+     * elsewhere meanwhile only changes {@link #home}, and the channel, once registered, follows it.
+     * Guarded by this (attach and adopt may run on different threads).
+     */
+    private boolean channelMoving;
     private long reconnectDeadline;
     private boolean warnedDown;
 
@@ -156,16 +161,18 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     public void attach(IOThread newHome) {
         IOThread old = home;
         home = newHome;
-        if (closed) return;
-        Session s = session;
-        if (s == null) return; // not connected: a reconnect hands its channel to whatever is home then
-        if (old != null && s.channel().eventLoop() == newHome.loop()) return;
-        busy++;
+        Session s;
+        synchronized (this) {
+            if (closed || channelMoving) return; // a channel on its way follows the new home
+            s = session;
+            if (s == null) return; // not connected: a reconnect hands its channel to whatever is home then
+            if (old != null && s.channel().eventLoop() == newHome.loop()) return;
+            channelMoving = true;
+        }
         state = State.MOVING;
         java.util.concurrent.CompletableFuture<Void> moved = new java.util.concurrent.CompletableFuture<>();
         boolean wait = !s.channel().eventLoop().inEventLoop() && !newHome.inThread();
-        moveChannel(s, newHome, () -> {
-            busy--;
+        moveChannel(s, () -> {
             try {
                 if (old == null) startTransmission(s);
                 else resumeAfterMove(s);
@@ -174,8 +181,7 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
             }
         });
         if (wait) {
-            // A control thread (blockdev-add, then export-add with iothread=) may call setHome again
-            // at once, which needs nothing in flight: finish the channel's move before returning.
+            // blockdev-add returns with the node connected on its home, not half-way there
             try {
                 moved.get(MOVE_WAIT_MS, TimeUnit.MILLISECONDS);
             } catch (InterruptedException e) {
@@ -186,14 +192,33 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
         }
     }
 
-    /** Deregisters the channel from its loop and registers it on {@code to}'s; {@code then} runs on {@code to}. */
-    private void moveChannel(Session s, IOThread to, Runnable then) {
+    /**
+     * Deregisters the channel from its loop and registers it on the home's; if the home changed
+     * meanwhile, goes on to the new one. {@code arrived} runs on the home thread once the channel
+     * is registered there, with {@link #channelMoving} cleared.
+     */
+    private void moveChannel(Session s, Runnable arrived) {
+        IOThread to = home;
         Channel ch = s.channel();
         ch.config().setAutoRead(false);
         ch.deregister().addListener((ChannelFutureListener) d -> ((EventLoop) to.loop()).register(ch).addListener((ChannelFutureListener) r -> {
-            if (!r.isSuccess()) LOG.warn("NBD node {}: cannot register the connection on IOThread {}: {}", nodeName, to.id(), r.cause().toString());
+            if (!r.isSuccess()) {
+                LOG.warn("NBD node {}: cannot register the connection on IOThread {}: {}", nodeName, to.id(), String.valueOf(r.cause()));
+                ch.close();
+            }
             ch.config().setAutoRead(true);
-            to.execute(then); // after the listener: the loop is the channel's now
+            // after this listener, as a task of the loop: the channel is this loop's now, and a
+            // move's attach (which runs on the old home's loop) is ordered with it
+            to.execute(() -> {
+                synchronized (this) {
+                    if (home != to && r.isSuccess() && !closed) {
+                        moveChannel(s, arrived);
+                        return;
+                    }
+                    channelMoving = false;
+                }
+                arrived.run();
+            });
         }));
     }
 
@@ -391,10 +416,10 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     }
 
     private void checkIdle() {
-        while (ops == 0 && busy == 0 && !idle.isEmpty()) idle.poll().run();
+        while (ops == 0 && !idle.isEmpty()) idle.poll().run();
     }
 
-    @Override public int inFlight() { return ops + busy; }
+    @Override public int inFlight() { return ops; }
 
     @Override
     public void whenIdle(Runnable r) {
@@ -769,16 +794,17 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
             h.execute(() -> adopt(s));
             return;
         }
-        if (closed) {
-            s.abort();
-            return;
+        synchronized (this) {
+            if (closed) {
+                s.abort();
+                return;
+            }
+            channelMoving = true;
+            session = s;
         }
         boolean wasFailed = state == State.FAILED;
         state = State.MOVING;
-        session = s;
-        busy++;
-        moveChannel(s, h, () -> {
-            busy--;
+        moveChannel(s, () -> {
             if (wasFailed) warnedDown = false;
             startTransmission(s);
         });
