@@ -37,7 +37,8 @@ class NbdClientDriverTest extends PeerTestBase {
         Run.cmd(nbdcopy, src.toString(), kitUri).expect(0);
 
         int port = Net.freePort();
-        serve("--blockdev", "driver=nbd,node-name=remote,server.type=unix,server.path=" + kitSock + ",reconnect-delay=5",
+        Path mon = dir.resolve("qmp.sock");
+        serve("--qmp", mon.toString(), "--blockdev", "driver=nbd,node-name=remote,server.type=unix,server.path=" + kitSock + ",reconnect-delay=5",
                 "--nbd-server", Net.inetServer(port),
                 "--export", "type=nbd,id=exp0,node-name=remote,writable=on");
         String vmmUri = Net.uri(port, "remote");
@@ -52,5 +53,26 @@ class NbdClientDriverTest extends PeerTestBase {
         Path direct = tmp.resolve("direct.img");
         Run.cmd(nbdcopy, kitUri, direct.toString()).expect(0);
         assertEquals(Images.sha256(src2), Images.sha256(direct), "written through vmm, read from nbdkit");
+
+        // blockdev-add over QMP (server.* become the nested "server" object), and QEMU's names in query-named-block-nodes
+        Run.cmd(qmp(mon, "blockdev-add", "driver=nbd", "node-name=q", "read-only=true", "server.type=unix", "server.path=" + kitSock)).expect(0);
+        Run.Result nodes = Run.cmd(qmp(mon, "query-named-block-nodes")).expect(0);
+        String shown = nodes.stdout();
+        assertTrue(shown.contains("\"node-name\":\"remote\"") && shown.contains("\"node-name\":\"q\""), nodes.describe());
+        assertTrue(shown.contains("\"drv\":\"nbd\""), nodes.describe());
+        assertTrue(shown.contains("\"file\":\"nbd+unix://?socket=" + kitSock + "\""), nodes.describe());
+        Run.Result bad = Run.cmd(qmp(mon, "blockdev-add", "driver=nbd", "node-name=nope", "server.type=unix", "server.path=" + dir.resolve("none.sock"))).expect(1);
+        assertTrue(bad.stdout().contains("Failed to connect to") || bad.stderr().contains("Failed to connect to"), bad.describe());
+    }
+
+    /** {@code java ... dev.vmm.cli.Main qmp --socket S ARGS}, as QmpTest runs it. */
+    private static java.util.List<String> qmp(Path socket, String... args) {
+        java.util.List<String> cmd = new java.util.ArrayList<>();
+        cmd.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+        String flags = System.getProperty("vmm.jvm.flags", "").strip();
+        if (!flags.isEmpty() && !flags.startsWith("${")) cmd.addAll(java.util.Arrays.asList(flags.split("\\s+")));
+        cmd.addAll(java.util.List.of("-cp", System.getProperty("java.class.path"), "dev.vmm.cli.Main", "qmp", "--socket", socket.toString()));
+        cmd.addAll(java.util.Arrays.asList(args));
+        return cmd;
     }
 }
