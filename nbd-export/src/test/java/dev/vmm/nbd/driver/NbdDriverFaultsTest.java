@@ -206,6 +206,68 @@ class NbdDriverFaultsTest {
         assertEquals(List.of(), again.finish(), "the node serves again once the server is back");
     }
 
+    /**
+     * reconnect-delay=1 and a server away for longer: after the delay requests fail with EIO; the
+     * node moves to another IOThread while the server is away, and serves again from there once
+     * the server is back (the reconnected channel goes to the new home).
+     */
+    @Test
+    void afterTheReconnectDelayRequestsFailUntilTheServerIsBackEvenAfterAMove() throws Exception {
+        Path img = tmp.resolve("disk.img");
+        try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(img.toFile(), "rw")) {
+            f.setLength(SIZE);
+        }
+        Peer k = kit("kit", "file", img.toString());
+        nbdNode("n0", k.socket, ",reconnect-delay=1");
+        Load l = new Load(vmmSock, "n0");
+        l.waitOps(20);
+        k.kill();
+        long killed = System.nanoTime();
+        long end = killed + TimeUnit.SECONDS.toNanos(10);
+        while (l.errors.isEmpty() && System.nanoTime() < end) Thread.sleep(5);
+        assertTrue(l.errors.stream().anyMatch(e -> e.contains("NBD_EIO")), "EIO after the delay: " + l.errors);
+        assertTrue(System.nanoTime() - killed > TimeUnit.MILLISECONDS.toNanos(900), "no error before reconnect-delay ended");
+        List<String> errors = l.finish();
+        assertTrue(errors.stream().allMatch(e -> e.contains("NBD_EIO")), errors.toString());
+        daemon.moveNode("n0", "iot1").get(20, TimeUnit.SECONDS);
+        k.start();
+        Load again = null;
+        end = System.nanoTime() + TimeUnit.SECONDS.toNanos(20);
+        while (System.nanoTime() < end) { // the first requests may still fail while the reconnect is on its way
+            again = new Load(vmmSock, "n0");
+            Thread.sleep(300);
+            if (again.errors.isEmpty() && again.ops.get() > 5) break;
+            again.finish();
+        }
+        again.waitOps(50);
+        assertEquals(List.of(), again.finish(), "serves again from iot1");
+        assertEquals("iot1", daemon.node("n0").home().id());
+    }
+
+    @Test
+    void badOptionsAreClearErrors() throws Exception {
+        String[][] cases = {
+            {"driver=nbd,node-name=x", "server.type"},
+            {"driver=nbd,node-name=x,server.type=tcp", "server.type"},
+            {"driver=nbd,node-name=x,server.type=inet", "server.host"},
+            {"driver=nbd,node-name=x,server.type=inet,server.host=127.0.0.1,server.port=99999", "server.port"},
+            {"driver=nbd,node-name=x,server.type=unix", "server.path"},
+            {"driver=nbd,node-name=x,server.type=unix,server.path=/x,tls-hostname=h", "tls-hostname"},
+            {"driver=nbd,node-name=x,server.type=unix,server.path=/x,reconnect-delay=-1", "reconnect-delay"},
+            {"driver=nbd,node-name=x,server.type=unix,server.path=/x,tls-creds=nope", "tls-creds"},
+            {"driver=nbd,node-name=x,server.type=unix,server.path=/x,frobnicate=1", "frobnicate"},
+        };
+        for (String[] c : cases) {
+            Exception e = assertThrows(Exception.class, () -> daemon.blockdevAdd(KeyValueParser.parse("--blockdev", c[0], null)), c[0]);
+            assertTrue(e instanceof dev.vmm.core.options.OptionException, c[0] + ": " + e);
+            assertTrue(e.getMessage().contains(c[1]), c[0] + ": " + e.getMessage());
+        }
+        DaemonException refused = assertThrows(DaemonException.class, () -> daemon.blockdevAdd(KeyValueParser.parse("--blockdev",
+                "driver=nbd,node-name=x,server.type=unix,server.path=" + tmp.resolve("nobody.sock"), null)));
+        assertTrue(refused.getMessage().startsWith("--blockdev: Failed to connect to 'nbd+unix://?socket="), refused.getMessage());
+        assertEquals(List.of(), daemon.nodes().stream().map(BlockNode::name).toList());
+    }
+
     @Test
     void moveUnderLoadLosesNothing() throws Exception {
         Peer k = kit("kit", "memory", "size=" + SIZE);
