@@ -191,7 +191,7 @@ public final class Daemon {
     // ---- the commands that --object, --blockdev and --export (and their QMP twins) run ----
 
     /**
-     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,...}
+     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client,...}
      * ({@code object-add qom-type=...}).
      *
      * @return the new IOThread, or null when the object is not an IOThread
@@ -215,8 +215,9 @@ public final class Daemon {
 
     /**
      * {@code tls-creds-x509}: the files are read and checked now, so a bad directory fails here,
-     * before anything listens. Only {@code endpoint=server} is useful to a server; QEMU's default
-     * is {@code client}, so forgetting the key gets a hint instead of a silent client object.
+     * before anything listens. {@code endpoint=server} is for the NBD server, {@code endpoint=client}
+     * (QEMU's default) for {@code driver=nbd} nodes; each refuses the other kind with a hint, so a
+     * server whose object forgot {@code endpoint=server} is told so.
      */
     private TlsCredentials addTlsCredentials(Options o) throws OptionException, DaemonException {
         String id = o.required("id");
