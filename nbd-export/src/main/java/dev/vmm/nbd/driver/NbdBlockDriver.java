@@ -106,7 +106,7 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
     // ---- home thread (and attach, with nothing in flight) ----
     private volatile IOThread home;
     private volatile State state = State.MOVING;
-    private Session session;
+    private volatile Session session;
     private ReplyDecoder decoder;
     private final HashMap<Long, Part> sent = new HashMap<>();
     private final ArrayDeque<Part> queue = new ArrayDeque<>();
