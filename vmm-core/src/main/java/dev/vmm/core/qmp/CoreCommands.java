@@ -217,7 +217,8 @@ public final class CoreCommands {
     /** The file name QEMU shows for a node: the image file under it (a {@code raw} window: QEMU's {@code json:} form). */
     static String filename(BlockNode n) {
         if (n.driver() instanceof RawFileDriver r) return r.filename();
-        dev.vmm.core.block.BlockDriver d = n.driver() instanceof dev.vmm.core.block.NoDiscardDriver nd ? nd.inner() : n.driver();
+        dev.vmm.core.block.BlockDriver d = n.driver();
+        while (d instanceof dev.vmm.core.block.ForwardingBlockDriver f) d = f.forwardsTo(); // discard=ignore, detect-zeroes
         if (d instanceof dev.vmm.core.block.ProtocolDriverFactory.Described p) return p.filename();
         if (n.driver() instanceof dev.vmm.core.block.RawFormatDriver w && w.windowed()) {
             BlockNode f = n.child(BlockNode.FILE);
