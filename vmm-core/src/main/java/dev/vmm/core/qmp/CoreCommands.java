@@ -223,6 +223,9 @@ public final class CoreCommands {
     /** The file name QEMU shows for a node: the image file under it (a {@code raw} window: QEMU's {@code json:} form). */
     static String filename(BlockNode n) {
         if (n.driver() instanceof RawFileDriver r) return r.filename();
+        dev.vmm.core.block.BlockDriver d = n.driver();
+        while (d instanceof dev.vmm.core.block.ForwardingBlockDriver f) d = f.forwardsTo(); // discard=ignore, detect-zeroes
+        if (d instanceof dev.vmm.core.block.ProtocolDriverFactory.Described p) return p.filename();
         if (n.driver() instanceof dev.vmm.core.block.RawFormatDriver w && w.windowed()) {
             BlockNode f = n.child(BlockNode.FILE);
             // QEMU's member order and spacing (qobject_to_json with ", " and ": ")
