@@ -91,7 +91,7 @@ public final class CoreTypes {
     public static final QmpType BLOCKDEV_REF = QmpType.alternateForward("BlockdevRef");
     /** {@code BlockdevRefOrNull}: as BlockdevRef, or null for "no backing image". */
     public static final QmpType BLOCKDEV_REF_OR_NULL = QmpType.alternateForward("BlockdevRefOrNull");
-    public static final QmpType BLOCKDEV_DRIVER = enumOf("BlockdevDriver", "file", "qcow2", "raw");
+    public static final QmpType BLOCKDEV_DRIVER = enumOf("BlockdevDriver", "file", "nbd", "qcow2", "raw");
     public static final QmpType BLOCKDEV_OPTIONS = object("BlockdevOptions")
             .required("driver", BLOCKDEV_DRIVER).optional("node-name", STR)
             // QEMU's discard enum is ignore|unmap; off|on are the command line's aliases, accepted here too
@@ -103,6 +103,10 @@ public final class CoreTypes {
             .variant("file", object("BlockdevOptionsFile").required("filename", STR)
                     .optional("locking", enumOf("OnOffAuto", "auto", "on", "off"))
                     .optional("aio", enumOf("BlockdevAioOptions", "threads", "native", "io_uring")).build())
+            // the nbd-export module's driver (ProtocolDriverFactory); its keys as QEMU's BlockdevOptionsNbd
+            .variant("nbd", object("BlockdevOptionsNbd").required("server", SOCKET_ADDRESS).optional("export", STR)
+                    .optional("tls-creds", STR).optional("tls-hostname", STR)
+                    .optional("reconnect-delay", INT).optional("open-timeout", INT).build())
             .variant("qcow2", object("BlockdevOptionsQcow2").required("file", BLOCKDEV_REF).optional("backing", BLOCKDEV_REF_OR_NULL)
                     .optional("lazy-refcounts", BOOL).optional("pass-discard-request", BOOL).optional("cache-size", INT)
                     .optional("l2-cache-size", INT).optional("refcount-cache-size", INT).optional("cache-clean-interval", INT)
