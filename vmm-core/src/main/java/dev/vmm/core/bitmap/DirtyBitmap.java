@@ -97,7 +97,11 @@ public final class DirtyBitmap {
      */
     public boolean inconsistent() { return inconsistent; }
 
-    public void setInconsistent(boolean on) { inconsistent = on; }
+    /** Marks the bitmap inconsistent, which also stops recording (QEMU's bdrv_dirty_bitmap_set_inconsistent). */
+    public void setInconsistent(boolean on) {
+        inconsistent = on;
+        if (on) recording = false;
+    }
 
     // ================================================================ bits
 
