@@ -363,7 +363,12 @@ public final class Qcow2Driver implements BlockDriver {
             return what;
         }));
         if (!readOnly && !bitmaps.isEmpty()) {
-            LOG.warn("qcow2: persistent bitmaps are read but not yet kept up to date: a writable open drops them from the image (autoclear bit cleared)");
+            // Writes do not mark bitmaps yet and the image's copy is dropped below (autoclear
+            // cleared): shown as QEMU shows a bitmap that may miss changes, never silently stale.
+            // When the write path marks them (issue 13), drop this and keep them in_use instead.
+            for (DirtyBitmap b : bitmaps) b.setInconsistent(true);
+            LOG.warn("qcow2: persistent bitmaps are not kept up to date yet: on a writable open they are inconsistent"
+                    + " and the image's bitmaps extension is dropped (autoclear bit cleared)");
         }
         if (!readOnly && h.autoclear != 0 && h.version == 3) {
             // QEMU clears autoclear bits it does not maintain: the bitmaps (kept intact) may now be

@@ -297,6 +297,18 @@ class Qcow2BitmapsTest {
         h.closeAll(false);
     }
 
+    /** Writes do not mark bitmaps yet: a writable open loads them as inconsistent, never silently stale. */
+    @Test
+    void writableOpenLoadsThemInconsistentUntilWritesMarkThem() throws Exception {
+        Path p = oneBitmap();
+        DirtyBitmap b = h.open(p, false).bitmaps().get(0);
+        assertTrue(b.inconsistent());
+        assertFalse(b.recording());
+        assertEquals(65536, b.count()); // the bits as stored, not usable
+        h.closeAll(true);
+        assertEquals(0, Qcow2HostileTest.get64(p, 88) & 1, "autoclear bit cleared: QEMU ignores the stale bitmaps");
+    }
+
     @Test
     void fuzzedDirectoriesAndTablesNeverThrowAnythingElse() throws Exception {
         Path src = image("fuzz-src.qcow2", 4096, 8L << 20);
