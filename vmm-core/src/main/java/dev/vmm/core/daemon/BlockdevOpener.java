@@ -10,6 +10,7 @@ import dev.vmm.core.block.ImageLock;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.block.RawFileDriver;
 import dev.vmm.core.block.NoDiscardDriver;
+import dev.vmm.core.block.ProtocolDriverFactory;
 import dev.vmm.core.block.RawFormatDriver;
 import dev.vmm.core.block.qcow2.Qcow2Driver;
 import dev.vmm.core.block.qcow2.Qcow2Header;
@@ -107,10 +108,13 @@ final class BlockdevOpener {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("driver"),
                     "inline node definitions nest deeper than " + MAX_INLINE_DEPTH + " levels");
         }
-        String driver = o.choice("driver", null, "file", "raw", "qcow2");
+        java.util.Map<String, ProtocolDriverFactory> protocols = protocolDrivers();
+        List<String> known = new ArrayList<>(List.of("file", "raw", "qcow2"));
+        known.addAll(protocols.keySet());
+        String driver = o.choice("driver", null, known.toArray(new String[0]));
         if (driver == null) {
             throw new OptionException(OptionException.Kind.MISSING, o.optionName(), o.fullKey("driver"),
-                    "parameter '" + o.fullKey("driver") + "' is missing (one of file, raw, qcow2)");
+                    "parameter '" + o.fullKey("driver") + "' is missing (one of " + String.join(", ", known) + ")");
         }
         String name = top ? o.required("node-name") : o.optional("node-name", null);
         if (name != null) checkNewName(o, name);
@@ -132,10 +136,35 @@ final class BlockdevOpener {
         BlockNode n = switch (driver) {
             case "file" -> file(o, name, readOnly, autoRo, unmap, dz);
             case "raw" -> raw(o, name, readOnly, forceShare, autoRo, unmap, dz);
-            default -> qcow2(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            case "qcow2" -> qcow2(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            default -> protocol(protocols.get(driver), o, name, readOnly, unmap, dz);
         };
         n.setForceShare(forceShare);
         return n;
+    }
+
+    /** The protocol drivers on the class path ({@link ProtocolDriverFactory}), by {@code driver=} value. */
+    static java.util.Map<String, ProtocolDriverFactory> protocolDrivers() {
+        java.util.Map<String, ProtocolDriverFactory> m = new java.util.TreeMap<>();
+        for (ProtocolDriverFactory f : java.util.ServiceLoader.load(ProtocolDriverFactory.class)) m.put(f.driver(), f);
+        return m;
+    }
+
+    /** A node of a protocol driver found by ServiceLoader: starts on the main loop, as a file node. */
+    private BlockNode protocol(ProtocolDriverFactory f, Options o, String name, boolean readOnly, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
+        String nodeName = name == null ? daemon.implicitName() : name;
+        BlockDriver d = f.open(daemon, o, nodeName, readOnly);
+        if (!unmap) d = new NoDiscardDriver(d);
+        if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
+        BlockNode n;
+        try {
+            n = new BlockNode(nodeName, f.driver(), d, daemon.mainLoop(), List.of());
+        } catch (RuntimeException e) {
+            d.close();
+            throw e;
+        }
+        return enter(n, d);
     }
 
     private void checkNewName(Options o, String name) throws DaemonException, OptionException {

@@ -217,7 +217,7 @@ public final class Daemon {
     // ---- the commands that --object, --blockdev and --export (and their QMP twins) run ----
 
     /**
-     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,...}
+     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client,...}
      * ({@code object-add qom-type=...}).
      *
      * @return the new IOThread, or null when the object is not an IOThread
@@ -241,8 +241,9 @@ public final class Daemon {
 
     /**
      * {@code tls-creds-x509}: the files are read and checked now, so a bad directory fails here,
-     * before anything listens. Only {@code endpoint=server} is useful to a server; QEMU's default
-     * is {@code client}, so forgetting the key gets a hint instead of a silent client object.
+     * before anything listens. {@code endpoint=server} is for the NBD server, {@code endpoint=client}
+     * (QEMU's default) for {@code driver=nbd} nodes; each refuses the other kind with a hint, so a
+     * server whose object forgot {@code endpoint=server} is told so.
      */
     private TlsCredentials addTlsCredentials(Options o) throws OptionException, DaemonException {
         String id = o.required("id");
@@ -262,14 +263,12 @@ public final class Daemon {
         }
         o.bool("loaded", true); // QEMU's deprecated property: the object is always loaded at creation
         o.checkAllConsumed();
-        if (!endpoint.equals("server")) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "endpoint",
-                    "'endpoint': only 'server' is supported (credentials for our NBD server); QEMU's default is 'client', give endpoint=server");
-        }
         if (objectExists(id)) throw new DaemonException(o.optionName() + ": an object with id '" + id + "' exists already");
         TlsCredentials c;
         try {
-            c = TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck);
+            // endpoint=client: for driver=nbd nodes (tls-creds=ID) connecting to a TLS server
+            c = endpoint.equals("server") ? TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck)
+                    : TlsCredentials.loadClient(id, Path.of(dir), verifyPeer, sanityCheck);
         } catch (TlsException e) {
             throw new DaemonException(o.optionName() + ": " + id + ": " + e.getMessage(), e);
         }
