@@ -75,7 +75,9 @@ class DirtyBitmapsQueryTest {
         }
         BlockNode n = daemon.blockdevAdd(KeyValueParser.parse("--blockdev",
                 "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
-        Object ours = Json.parse(Json.write(CoreCommands.nodeInfo(n, true).get("dirty-bitmaps")));
+        Map<String, Object> info = CoreCommands.nodeInfo(n, true);
+        CoreTypes.BLOCK_DEVICE_INFO.check(Json.parse(Json.write(info)), "BlockDeviceInfo"); // the declared schema
+        Object ours = Json.parse(Json.write(info.get("dirty-bitmaps")));
         assertNotNull(theirs);
         assertEquals(Json.write(theirs), Json.write(ours));
         assertEquals(theirs, ours);
