@@ -115,6 +115,22 @@ public final class BlockNode {
     /** Daemon, at creation. */
     public void setImageInfo(ImageInfo info) { this.imageInfo = Objects.requireNonNull(info); }
 
+    /** Newest first, as QEMU lists a node's bitmaps (it inserts at the head). */
+    private final java.util.concurrent.CopyOnWriteArrayList<dev.vmm.core.bitmap.DirtyBitmap> dirtyBitmaps =
+            new java.util.concurrent.CopyOnWriteArrayList<>();
+
+    /**
+     * The node's dirty bitmaps, newest first (QEMU's order in {@code query-named-block-nodes}).
+     * Any thread may list them; their bits belong to the home thread ({@link dev.vmm.core.bitmap.DirtyBitmap}).
+     */
+    public List<dev.vmm.core.bitmap.DirtyBitmap> dirtyBitmaps() { return dirtyBitmaps; }
+
+    /**
+     * Adds a bitmap (the daemon, at creation: the persistent bitmaps of a qcow2 image). Marking
+     * them on writes is not wired yet.
+     */
+    public void addDirtyBitmap(dev.vmm.core.bitmap.DirtyBitmap b) { dirtyBitmaps.add(0, Objects.requireNonNull(b)); }
+
     private volatile boolean forceShare;
 
     /**

@@ -2,6 +2,7 @@ package dev.vmm.core.daemon;
 
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
+import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.DetectZeroes;
 import dev.vmm.core.block.DetectZeroesDriver;
@@ -11,6 +12,7 @@ import dev.vmm.core.block.RawFileDriver;
 import dev.vmm.core.block.NoDiscardDriver;
 import dev.vmm.core.block.ProtocolDriverFactory;
 import dev.vmm.core.block.RawFormatDriver;
+import dev.vmm.core.block.qcow2.Qcow2Driver;
 import dev.vmm.core.block.qcow2.Qcow2Header;
 import dev.vmm.core.block.qcow2.Qcow2Options;
 import dev.vmm.core.export.BlockExport;
@@ -333,11 +335,13 @@ final class BlockdevOpener {
         IOThread home = file.node().home();
         BlockDriver bd = backing == null ? null : backing.node().driver();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
+        List<DirtyBitmap> persistent = d instanceof Qcow2Driver qd ? qd.bitmaps() : List.of();
         if (!unmap) d = new NoDiscardDriver(d);
         if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
         List<BlockNode.Child> children = backing == null ? List.of(file) : List.of(file, backing);
         BlockNode n = new BlockNode(name == null ? daemon.implicitName() : name, "qcow2", d, home, children);
         n.setImageInfo(new BlockNode.ImageInfo(h.clusterSize(), h.backingFile(), full, h.backingFormat()));
+        for (DirtyBitmap b : persistent) n.addDirtyBitmap(b);
         return enter(n, d);
     }
 

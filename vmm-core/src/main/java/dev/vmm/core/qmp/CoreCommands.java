@@ -1,5 +1,6 @@
 package dev.vmm.core.qmp;
 
+import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.BlockStats;
 import dev.vmm.core.block.RawFileDriver;
@@ -311,8 +312,27 @@ public final class CoreCommands {
         for (String k : new String[] {"bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "write_threshold"}) m.put(k, 0);
         m.put("image", imageInfo(n, flat, 0));
         m.put("cache", cache);
+        List<Object> bitmaps = dirtyBitmaps(n);
+        if (!bitmaps.isEmpty()) m.put("dirty-bitmaps", bitmaps);
         m.put("iothread", n.home().id());
         return m;
+    }
+
+    /** QEMU's {@code BlockDirtyInfo} list (absent when empty; {@code inconsistent} only when true). */
+    static List<Object> dirtyBitmaps(BlockNode n) {
+        List<Object> out = new ArrayList<>();
+        for (DirtyBitmap b : n.dirtyBitmaps()) {
+            Map<String, Object> d = new LinkedHashMap<>();
+            d.put("name", b.name());
+            d.put("recording", b.recording());
+            d.put("persistent", b.persistent());
+            d.put("busy", b.busy());
+            d.put("granularity", b.granularity());
+            d.put("count", b.count());
+            if (b.inconsistent()) d.put("inconsistent", true);
+            out.add(d);
+        }
+        return out;
     }
 
     /**

@@ -141,13 +141,17 @@ public final class CoreTypes {
         return info;
     }
 
+    /** QEMU's {@code BlockDirtyInfo} (7.2 members; {@code inconsistent} only when true). */
+    static final QmpType BLOCK_DIRTY_INFO = object("BlockDirtyInfo").optional("name", STR).required("count", INT)
+            .required("granularity", INT).required("recording", BOOL).required("busy", BOOL).required("persistent", BOOL)
+            .optional("inconsistent", BOOL).build();
     static final QmpType BLOCK_DEVICE_INFO = object("BlockDeviceInfo").required("node-name", STR).required("drv", STR)
             .required("file", STR).required("ro", BOOL).required("encrypted", BOOL).required("detect_zeroes", STR)
             .optional("backing_file", STR).required("backing_file_depth", INT)
             .required("bps", INT).required("bps_rd", INT).required("bps_wr", INT).required("iops", INT).required("iops_rd", INT)
             .required("iops_wr", INT).required("write_threshold", INT).required("image", IMAGE_INFO)
             .required("cache", object("BlockdevCacheInfo").required("no-flush", BOOL).required("direct", BOOL).required("writeback", BOOL).build())
-            .required("iothread", STR).build();
+            .optional("dirty-bitmaps", arrayOf(BLOCK_DIRTY_INFO)).required("iothread", STR).build();
     static final QmpType BLOCK_STATS = object("BlockStats").required("device", STR).required("node-name", STR)
             .required("stats", object("BlockDeviceStats").required("rd_bytes", INT).required("wr_bytes", INT)
                     .required("rd_operations", INT).required("wr_operations", INT).required("flush_operations", INT)

@@ -11,6 +11,7 @@ import static dev.vmm.core.linux.Errno.EROFS;
 import com.sun.jna.Pointer;
 import dev.vmm.core.block.qcow2.Qcow2Format.Image;
 import dev.vmm.core.block.qcow2.Qcow2Format.Snapshot;
+import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStatus;
@@ -148,6 +149,8 @@ public final class Qcow2Driver implements BlockDriver {
     private final ArrayList<long[]> ranges = new ArrayList<>();
     private final ArrayList<String> rangeNames = new ArrayList<>();
     private int reftableRange;
+    /** Persistent bitmaps loaded at open (directory order); immutable list. */
+    private List<DirtyBitmap> bitmaps = List.of();
     private long freeClusterIndex;
     private final Inflater inflater = new Inflater(true);
     private long dcKey = -1;
@@ -348,6 +351,25 @@ public final class Qcow2Driver implements BlockDriver {
             if (l2Set.contains(e >>> clusterBits)) throw invalid("refcount block (reftable index " + i + ") overlaps an L2 table");
             rbSet.add(e >>> clusterBits);
         }
+        if (h.hasBitmaps && h.nbBitmaps == 0) {
+            LOG.warn("qcow2: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent");
+        }
+        bitmaps = List.copyOf(Qcow2Bitmaps.load(file, h, (off, len) -> {
+            String what = rangeAt(off, len);
+            for (long c = clusterOf(off), end = clusterOf(off + len - 1); what == null && c <= end; c++) {
+                if (l2Set.contains(c)) what = "an L2 table";
+                else if (rbSet.contains(c)) what = "a refcount block";
+            }
+            return what;
+        }));
+        if (!readOnly && !bitmaps.isEmpty()) {
+            // Writes do not mark bitmaps yet and the image's copy is dropped below (autoclear
+            // cleared): shown as QEMU shows a bitmap that may miss changes, never silently stale.
+            // When the write path marks them (issue 13), drop this and keep them in_use instead.
+            for (DirtyBitmap b : bitmaps) b.setInconsistent(true);
+            LOG.warn("qcow2: persistent bitmaps are not kept up to date yet: on a writable open they are inconsistent"
+                    + " and the image's bitmaps extension is dropped (autoclear bit cleared)");
+        }
         if (!readOnly && h.autoclear != 0 && h.version == 3) {
             // QEMU clears autoclear bits it does not maintain: the bitmaps (kept intact) may now be
             // inconsistent, which QEMU then knows.
@@ -514,6 +536,13 @@ public final class Qcow2Driver implements BlockDriver {
     @Override public long size() { return size; }
 
     @Override public boolean readOnly() { return readOnly; }
+
+    /**
+     * The image's persistent dirty bitmaps, loaded at open in directory order (an in_use bitmap is
+     * {@code inconsistent} and empty). The list is immutable; the bitmaps belong to the node's
+     * home thread (see {@link DirtyBitmap}).
+     */
+    public List<DirtyBitmap> bitmaps() { return bitmaps; }
 
     /** True once a run-time inconsistency was found (or the image came with the corrupt bit). */
     public boolean corrupt() { return corrupt; }

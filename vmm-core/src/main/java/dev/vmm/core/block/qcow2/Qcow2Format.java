@@ -94,6 +94,10 @@ final class Qcow2Format {
     static final long MAX_HOST_OFFSET = 1L << 56;
     /** QEMU's limit on the virtual size (QCOW_MAX_... : 2^63 guarded by l1 size). */
     static final int SNAPSHOT_ENTRY_FIXED = 40;
+    /** Bitmaps extension: nb_bitmaps, reserved32, bitmap_directory_size, bitmap_directory_offset. */
+    static final int BITMAPS_EXT_LENGTH = 24;
+    static final int QCOW2_MAX_BITMAPS = 65535;
+    static final long QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024L * QCOW2_MAX_BITMAPS;
 
     static long be64(long a) { return Long.reverseBytes(RawMemory.getLe64(a)); }
     static long be32(long a) { return Integer.reverseBytes(RawMemory.getLe32(a)) & 0xFFFFFFFFL; }
@@ -133,8 +137,12 @@ final class Qcow2Format {
         String backingFile;
         String backingFormat;
         boolean extL2;
-        /** A bitmaps extension is present (kept intact, not used). */
+        /** A bitmaps extension is present (valid or not). */
         boolean hasBitmaps;
+        /** From a valid bitmaps extension (autoclear bit 0 set), else 0. Checked by {@link #parse}. */
+        long nbBitmaps;
+        long bitmapDirectorySize;
+        long bitmapDirectoryOffset;
         /** The whole first cluster, as read (aligned native copy made by the driver). */
         byte[] headerCluster;
 
@@ -223,7 +231,13 @@ final class Qcow2Format {
                         if (ftype == 0) incompatNames.put(bit, new String(cl, o + i + 2, n, StandardCharsets.UTF_8));
                     }
                 }
-                case QCOW2_EXT_MAGIC_BITMAPS -> h.hasBitmaps = true; // kept intact, not used
+                case QCOW2_EXT_MAGIC_BITMAPS -> {
+                    h.hasBitmaps = true;
+                    if (len != BITMAPS_EXT_LENGTH) throw invalid("bitmaps_ext: Invalid extension length");
+                    // Without the autoclear bit a program unaware of bitmaps wrote the image
+                    // after them: QEMU ignores the extension (the bitmaps are lost), so do we.
+                    if (h.version == 3 && (h.autoclear & QCOW2_AUTOCLEAR_BITMAPS) != 0) parseBitmapsExt(h, b, o);
+                }
                 default -> { /* unknown extensions are ignored (and kept: we never rewrite them) */ }
             }
             off += (len + 7) & ~7L;
@@ -290,6 +304,26 @@ final class Qcow2Format {
             if (h.backingFile.isEmpty()) h.backingFile = null;
         }
         return h;
+    }
+
+    /** The bitmaps extension's fields, with QEMU's checks and wording (qcow2_read_extensions). */
+    private static void parseBitmapsExt(Image h, java.nio.ByteBuffer b, int o) throws BlockException {
+        long nb = Integer.toUnsignedLong(b.getInt(o));
+        if (b.getInt(o + 4) != 0) throw invalid("bitmaps_ext: Reserved field is not zero");
+        long dirSize = b.getLong(o + 8);
+        long dirOffset = b.getLong(o + 16);
+        if (nb > QCOW2_MAX_BITMAPS) {
+            throw invalid("bitmaps_ext: Image has " + nb + " bitmaps, exceeding the QEMU supported maximum of " + QCOW2_MAX_BITMAPS);
+        }
+        if (nb == 0) throw invalid("found bitmaps extension with zero bitmaps");
+        if ((dirOffset & (h.clusterSize - 1)) != 0) throw invalid("bitmaps_ext: invalid bitmap directory offset");
+        if (Long.compareUnsigned(dirSize, QCOW2_MAX_BITMAP_DIRECTORY_SIZE) > 0) {
+            throw invalid("bitmaps_ext: bitmap directory size (" + Long.toUnsignedString(dirSize)
+                    + ") exceeds the maximum supported size (" + QCOW2_MAX_BITMAP_DIRECTORY_SIZE + ")");
+        }
+        h.nbBitmaps = nb;
+        h.bitmapDirectorySize = dirSize;
+        h.bitmapDirectoryOffset = dirOffset;
     }
 
     /** Offsets aligned, inside the file, no overflow. */
