@@ -7,7 +7,6 @@ import com.sun.jna.Platform;
 import com.sun.jna.Pointer;
 import com.sun.jna.ptr.IntByReference;
 import dev.vmm.core.linux.LibcSocket;
-import java.io.FileInputStream;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.charset.StandardCharsets;
@@ -121,15 +120,24 @@ final class Daemonize {
             err.println("vmm: --daemonize: cannot start the daemon: " + dev.vmm.core.linux.LibC.describe(rc));
             return 1;
         }
-        String answer;
-        try (FileInputStream in = new FileInputStream("/proc/self/fd/" + pipe[0])) {
-            answer = new String(in.readAllBytes(), StandardCharsets.US_ASCII);
-        } catch (IOException e) {
-            answer = "";
+        StringBuilder answer = new StringBuilder();
+        try (Memory buf = new Memory(64)) {
+            while (true) { // until the child writes READY or its end closes (it exited)
+                long n;
+                try {
+                    n = LibcSocket.read(pipe[0], Pointer.nativeValue(buf), 64);
+                } catch (com.sun.jna.LastErrorException e) {
+                    if (e.getErrorCode() == dev.vmm.core.linux.Errno.EINTR) continue;
+                    break;
+                }
+                if (n <= 0) break;
+                answer.append(new String(buf.getByteArray(0, (int) n), StandardCharsets.US_ASCII));
+                if (answer.indexOf("READY") >= 0) break;
+            }
         } finally {
             LibcSocket.closeQuietly(pipe[0]);
         }
-        if (answer.startsWith("READY")) return 0;
+        if (answer.indexOf("READY") >= 0) return 0;
         err.println("vmm: --daemonize: the daemon (pid " + pid.getValue() + ") exited during start-up");
         return 1;
     }
