@@ -140,6 +140,61 @@ class SocketHandoverTest {
         assertEquals(0, p.exitValue());
     }
 
+    /**
+     * The example units of examples/ (docs/systemd.md), run as systemd would run them, with
+     * systemd-socket-activate: the .socket's ListenStream (moved to the test's directory) and
+     * FileDescriptorName, the .service's ExecStart (the launcher replaced by this build's java
+     * command, the image by the test's). Type=notify: READY=1 must arrive.
+     */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.ValueSource(strings = {"vmm-nbd", "vmm-vhost-user"})
+    void theExampleUnitsWorkUnderSocketActivation(String unit) throws Exception {
+        String activate = Tools.require("systemd-socket-activate", "systemd");
+        Path examples = Path.of(System.getProperty("basedir", ".")).toAbsolutePath().getParent().resolve("examples");
+        java.util.Map<String, String> socket = unitKeys(examples.resolve(unit + ".socket"));
+        java.util.Map<String, String> service = unitKeys(examples.resolve(unit + ".service"));
+        assertEquals("notify", service.get("Type"));
+        List<String> exec = new ArrayList<>(List.of(service.get("ExecStart").split("\\s+")));
+        assertEquals("/opt/vmm/vmm", exec.get(0));
+        assertEquals("serve", exec.get(1));
+        List<String> serveArgs = new ArrayList<>();
+        for (String a : exec.subList(2, exec.size())) serveArgs.add(a.replace("/var/lib/vmm/disk0.img", image.toString()));
+        Path sock = dir.resolve("unit.sock");
+        try (NotifySocket notify = NotifySocket.abstractAddress("vmm-unit-" + ProcessHandle.current().pid() + "-" + System.nanoTime())) {
+            List<String> cmd = new ArrayList<>(List.of(activate, "-l", sock.toString(), "--fdname=" + socket.get("FileDescriptorName"),
+                    "-E", "NOTIFY_SOCKET=" + notify.address()));
+            cmd.addAll(vmm(serveArgs));
+            Process p = start(cmd, unit);
+            awaitFile(sock, p);
+            if (unit.equals("vmm-nbd")) {
+                Run.Result info = Run.cmd(Peers.require("nbdinfo"), "--size", "nbd+unix:///disk0?socket=" + sock).timeoutSeconds(120).expect(0);
+                assertEquals(Long.toString(4L << 20), info.stdout().strip());
+            } else {
+                try (VhostUserFrontendConnection fe = VhostUserFrontendConnection.connect(sock.toString(), START_MS)) {
+                    assertTrue((fe.getFeatures() & (1L << 30)) != 0);
+                }
+            }
+            String ready = notify.receive(START_MS);
+            assertNotNull(ready, "no READY=1\n" + logs());
+            assertTrue(ready.contains("READY=1"), ready);
+            p.destroy();
+            assertTrue(p.waitFor(20, TimeUnit.SECONDS));
+            assertEquals(0, p.exitValue(), logs());
+        }
+    }
+
+    /** KEY=VALUE lines of a unit file (comments and sections skipped; the last value of a key wins). */
+    private static java.util.Map<String, String> unitKeys(Path f) throws IOException {
+        java.util.Map<String, String> m = new java.util.HashMap<>();
+        for (String line : Files.readAllLines(f)) {
+            String l = line.strip();
+            if (l.isEmpty() || l.startsWith("#") || l.startsWith("[")) continue;
+            int eq = l.indexOf('=');
+            if (eq > 0) m.put(l.substring(0, eq), l.substring(eq + 1));
+        }
+        return m;
+    }
+
     /** A python parent binds the sockets and execs the server with them, as libvirt or a CSI plugin would. */
     private static final String PARENT = String.join("\n",
             "import os, socket, sys",
