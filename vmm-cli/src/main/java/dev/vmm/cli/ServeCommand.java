@@ -31,7 +31,9 @@ import picocli.CommandLine.Option;
 /**
  * {@code vmm serve}: qemu-storage-daemon's command line. Builds the daemon in a fixed order
  * (objects, block devices, NBD server, exports), then listens and writes the pidfile, then
- * waits for SIGTERM/SIGINT and shuts down in order. Any bad option ends the process with one
+ * reports ready (sd_notify READY=1, the {@code --daemonize} parent, {@code /readyz}), then
+ * waits for SIGTERM/SIGINT and shuts down in order (after sd_notify STOPPING=1). Listening
+ * sockets may be handed over (docs/systemd.md: {@code addr.type=fd}, systemd socket activation). Any bad option ends the process with one
  * line on stderr and exit code 1 before anything listens.
  *
  * <p>Thread contract: {@link #call} runs on the process's main thread, which only builds the
