@@ -117,12 +117,23 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    node-name=NAME           name exports and other nodes refer to (unique; implicit nodes are #blockN)\n")
           .append("    read-only=on|off         open read-only (default off; inline children inherit it)\n")
           .append("    discard=unmap|ignore     TRIM/discard reaches the image (default unmap; QEMU's default is ignore)\n")
-          .append("    detect-zeroes=off        accepted (off only)\n")
+          .append("    detect-zeroes=off|on|unmap  a write of an all-zero buffer becomes a write-zeroes (on), which may\n")
+          .append("                             leave a hole (unmap: needs discard=unmap, as QEMU) (default off)\n")
+          .append("    force-share=on|off       share every permission with other users of the image: read-only\n")
+          .append("                             nodes only, as QEMU (qemu-img -U); inline children inherit it\n")
+          .append("    auto-read-only=on|off    a file that cannot be opened for writing (EACCES, EROFS, EPERM) is\n")
+          .append("                             opened read-only, and so are the nodes over it (default off; inherited)\n")
           .append("  --blockdev driver=file\n")
           .append("    filename=PATH            the image file\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
+          .append("    cache.no-flush=on|off    flushes complete at once without syncing, FUA writes are plain\n")
+          .append("                             writes: fast, and nothing survives a host crash (default off)\n")
           .append("    aio=io_uring|native|threads  asynchronous I/O engine (default io_uring; threads where the\n")
           .append("                             kernel refuses io_uring; native needs cache.direct=on, served by io_uring)\n")
+          .append("    locking=auto|on|off      QEMU's image locks (OFD locks on bytes 100-103/200-203, docs/locking.md):\n")
+          .append("                             QEMU, qemu-img and other vmm daemons see this daemon's users and it\n")
+          .append("                             sees theirs (default auto: on where the kernel has OFD locks)\n")
+
           .append("  --blockdev driver=raw\n")
           .append("    file=NODE | file.driver=file,file.filename=PATH,...   the child: an existing node, or inline\n")
           .append("                             (created with this node, removed with it)\n")
@@ -235,7 +246,7 @@ public final class ServeCommand implements Callable<Integer> {
                         f.name(), f.fd());
             }
         } catch (OptionException | DaemonException e) {
-            err.println("vmm: " + e.getMessage());
+            err.println("vmm: " + (e instanceof DaemonException d ? d.withHint() : e.getMessage()));
             err.flush();
             daemon.shutdown(false);
             return 1;

@@ -208,6 +208,32 @@ public final class Daemon {
 
     public synchronized List<BlockExport> exports() { return new ArrayList<>(exports.values()); }
 
+    // ---- image locks ----
+
+    /** Exports being added: their permissions count before they are in the table (see exportAdd). */
+    private final List<ImagePermissions.Root> pendingRoots = new ArrayList<>();
+
+    /**
+     * Gives every file node the image locks its users need now (see {@link ImagePermissions});
+     * all or nothing. Called after every change of the graph or of the exports.
+     *
+     * @throws DaemonException another process holds a conflicting lock (QEMU's wording and hint)
+     */
+    synchronized void refreshLocks() throws DaemonException {
+        List<ImagePermissions.Root> roots = new ArrayList<>(pendingRoots);
+        for (BlockExport e : exports.values()) roots.add(new ImagePermissions.Root(e.node(), e.type(), e.writable()));
+        ImagePermissions.apply(nodes.values(), roots);
+    }
+
+    /** {@link #refreshLocks} after a removal, which only drops locks and so cannot conflict. */
+    void releaseLocks() {
+        try {
+            refreshLocks();
+        } catch (DaemonException e) {
+            LOG.warn("image locks after a removal: {}", e.getMessage());
+        }
+    }
+
     // ---- components (protocol servers) ----
 
     public synchronized <T extends AutoCloseable> void putComponent(Class<T> type, T component) throws DaemonException {
@@ -370,13 +396,35 @@ public final class Daemon {
                 return null;
             });
         }
+        ImagePermissions.Root root = new ImagePermissions.Root(node, type, writable);
+        synchronized (this) {
+            pendingRoots.add(root);
+            try {
+                refreshLocks();
+            } catch (DaemonException e) {
+                pendingRoots.remove(root);
+                export.close();
+                throw new DaemonException(o.optionName() + ": " + e.getMessage(), e.hint(), e);
+            }
+        }
         try {
             export.start();
         } catch (Exception e) {
             export.close();
+            synchronized (this) {
+                pendingRoots.remove(root);
+            }
+            releaseLocks();
             throw new DaemonException(o.optionName() + ": cannot start export '" + id + "': " + e.getMessage(), e);
         }
-        addExport(export);
+        synchronized (this) {
+            pendingRoots.remove(root);
+            try {
+                addExport(export);
+            } finally {
+                releaseLocks();
+            }
+        }
         LOG.info("export {} added: {}, {}, node {} ({} bytes) on IOThread {}", id, type, writable ? "writable" : "read-only",
                 nodeName, node.size(), node.home().id());
         return export;
@@ -714,6 +762,7 @@ public final class Daemon {
                 }
                 LOG.debug("block node {} removed", g.name());
             }
+            releaseLocks(); // the children that stay lose what the removed parents asked of them
             return f;
         });
         if (failed != null) throw failed;
@@ -746,6 +795,7 @@ public final class Daemon {
             exports.remove(id);
         }
         e.close();
+        releaseLocks();
         LOG.info("export {} removed{}", id, hard ? " (mode=hard)" : "");
         return e;
     }
