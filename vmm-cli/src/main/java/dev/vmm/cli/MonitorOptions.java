@@ -25,6 +25,8 @@ final class MonitorOptions {
               --chardev socket
                 id=ID                    the character device's id, for --monitor chardev=ID
                 path=PATH                unix socket to listen on (created mode 0600; a stale socket is replaced)
+                fd=N|NAME                instead of path: a listening unix socket passed by the parent (descriptor
+                                         number), or by systemd socket activation (a LISTEN_FDNAMES name)
                 server=on                required: the daemon listens
                 wait=off                 the default here: start-up never waits for a monitor client (wait=on is refused)
               --monitor
@@ -33,9 +35,12 @@ final class MonitorOptions {
                 id=ID                    accepted for QEMU compatibility
               --qmp PATH                 shorthand for --chardev socket,id=..,path=PATH,server=on,wait=off --monitor ..""";
 
-    /** The monitor socket paths, in command-line order ({@code --monitor}s, then {@code --qmp}s). */
-    static List<Path> resolve(List<String> chardevs, List<String> monitors, List<String> qmps) throws OptionException {
-        Map<String, Path> byId = new LinkedHashMap<>();
+    /** Where one monitor listens: a socket file it creates, or an inherited listening socket. */
+    record Endpoint(Path path, dev.vmm.core.net.InheritedSocket socket) { }
+
+    /** The monitor endpoints, in command-line order ({@code --monitor}s, then {@code --qmp}s). */
+    static List<Endpoint> resolve(List<String> chardevs, List<String> monitors, List<String> qmps) throws OptionException {
+        Map<String, Endpoint> byId = new LinkedHashMap<>();
         for (String text : chardevs) {
             Options o = KeyValueParser.parse("--chardev", text, "backend");
             String backend = o.choice("backend", null, "socket");
@@ -45,7 +50,11 @@ final class MonitorOptions {
                 throw new OptionException(Kind.INVALID, "--chardev", o.has("host") ? "host" : "port",
                         "only unix socket chardevs (path=...) are supported, not TCP");
             }
-            String path = o.required("path");
+            String path = o.has("fd") ? null : o.required("path");
+            String fd = o.has("fd") ? o.required("fd") : null;
+            if (fd != null && o.has("path")) {
+                throw new OptionException(Kind.INVALID, "--chardev", "fd", "give 'path' or 'fd', not both");
+            }
             if (!o.bool("server", false)) {
                 throw new OptionException(Kind.INVALID, "--chardev", "server", "'server' must be on: the daemon listens for monitor clients");
             }
@@ -53,12 +62,24 @@ final class MonitorOptions {
                 throw new OptionException(Kind.INVALID, "--chardev", "wait", "'wait=on' is not supported: give wait=off (start-up never waits for a monitor client)");
             }
             o.checkAllConsumed();
-            checkPath("--chardev", "path", path);
-            if (byId.put(id, Path.of(path)) != null) {
+            Endpoint e;
+            if (fd != null) {
+                try {
+                    e = new Endpoint(null, dev.vmm.core.net.SocketActivation.current().claim(fd));
+                } catch (java.io.IOException ex) {
+                    throw new OptionException(Kind.INVALID, "--chardev", "fd", "'fd': " + ex.getMessage());
+                }
+                if (!e.socket().unix()) throw new OptionException(Kind.INVALID, "--chardev", "fd", "'fd': " + e.socket() + " is not a unix socket");
+            } else {
+                checkPath("--chardev", "path", path);
+                e = new Endpoint(Path.of(path), null);
+            }
+            if (byId.containsKey(id)) {
                 throw new OptionException(Kind.INVALID, "--chardev", "id", "a chardev with id '" + id + "' exists already");
             }
+            byId.put(id, e);
         }
-        List<Path> out = new ArrayList<>();
+        List<Endpoint> out = new ArrayList<>();
         Map<String, Boolean> used = new LinkedHashMap<>();
         for (String text : monitors) {
             Options o = KeyValueParser.parse("--monitor", text, "chardev");
@@ -67,7 +88,7 @@ final class MonitorOptions {
             if (o.bool("pretty", false)) throw new OptionException(Kind.INVALID, "--monitor", "pretty", "'pretty=on' is not supported");
             o.optional("id", null);
             o.checkAllConsumed();
-            Path p = byId.get(chardev);
+            Endpoint p = byId.get(chardev);
             if (p == null) {
                 throw new OptionException(Kind.INVALID, "--monitor", "chardev", "chardev '" + chardev
                         + "' does not exist (give --chardev socket,id=" + chardev + ",path=PATH,server=on,wait=off)");
@@ -84,10 +105,12 @@ final class MonitorOptions {
         }
         for (String q : qmps) {
             checkPath("--qmp", null, q);
-            out.add(Path.of(q));
+            out.add(new Endpoint(Path.of(q), null));
         }
         List<Path> seen = new ArrayList<>();
-        for (Path p : out) {
+        for (Endpoint e : out) {
+            if (e.path() == null) continue;
+            Path p = e.path();
             Path abs = p.toAbsolutePath().normalize();
             if (seen.contains(abs)) throw new OptionException(Kind.INVALID, "--monitor", null, "two monitors on the same socket " + p);
             seen.add(abs);

@@ -3,6 +3,9 @@ package dev.vmm.cli;
 import dev.vmm.core.daemon.Daemon;
 import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.export.ExportDriver;
+import dev.vmm.core.net.SdNotify;
+import dev.vmm.core.net.SocketActivation;
+import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.core.options.KeyValueParser;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.qmp.CoreCommands;
@@ -28,7 +31,9 @@ import picocli.CommandLine.Option;
 /**
  * {@code vmm serve}: qemu-storage-daemon's command line. Builds the daemon in a fixed order
  * (objects, block devices, NBD server, exports), then listens and writes the pidfile, then
- * waits for SIGTERM/SIGINT and shuts down in order. Any bad option ends the process with one
+ * reports ready (sd_notify READY=1, the {@code --daemonize} parent, {@code /readyz}), then
+ * waits for SIGTERM/SIGINT and shuts down in order (after sd_notify STOPPING=1). Listening
+ * sockets may be handed over (docs/systemd.md: {@code addr.type=fd}, systemd socket activation). Any bad option ends the process with one
  * line on stderr and exit code 1 before anything listens.
  *
  * <p>Thread contract: {@link #call} runs on the process's main thread, which only builds the
@@ -82,6 +87,20 @@ public final class ServeCommand implements Callable<Integer> {
     @Option(names = "--pidfile", paramLabel = "PATH",
             description = "Write the process id here once every listener accepts connections; removed at exit.")
     Path pidfile;
+
+    @Option(names = "--daemonize",
+            description = "Return once every listener accepts connections and keep serving in the background (as qemu-storage-daemon);"
+                    + " start-up errors are printed and the command exits 1. Combine with --pidfile.")
+    boolean daemonize;
+
+    @Option(names = "--socket-mode", paramLabel = "MODE", defaultValue = "0600",
+            description = "Permissions of the unix socket files the daemon creates (octal, default 0600: the owner only; 0660 with"
+                    + " --socket-group lets a group in, e.g. libvirt's QEMU user). Handed-over sockets keep theirs.")
+    String socketMode;
+
+    @Option(names = "--socket-group", paramLabel = "GROUP",
+            description = "Group of the unix socket files the daemon creates (default: the process's group).")
+    String socketGroup;
 
     @Option(names = "--log-level", paramLabel = "LEVEL", defaultValue = "info",
             description = "error, warn, info (default), debug or trace. Logs go to stderr.")
@@ -192,7 +211,14 @@ public final class ServeCommand implements Callable<Integer> {
             err.println("vmm: " + (nbdServers.size() > 1 ? "--nbd-server" : "--metrics") + ": may be given only once");
             return 1;
         }
-        List<Path> monitorPaths;
+        if (daemonize && !Daemonize.isChild()) return Daemonize.parent(err);
+        try {
+            UnixSocketFiles.setAccess(socketAccess(socketMode, socketGroup));
+        } catch (OptionException e) {
+            err.println("vmm: " + e.getMessage());
+            return 1;
+        }
+        List<MonitorOptions.Endpoint> monitorPaths;
         try {
             monitorPaths = MonitorOptions.resolve(chardevs, monitors, qmps);
         } catch (OptionException e) {
@@ -206,6 +232,7 @@ public final class ServeCommand implements Callable<Integer> {
             for (String b : blockdevs) daemon.blockdevAdd(KeyValueParser.parse("--blockdev", b, null));
             NbdServerComponent nbd = null;
             for (String s : nbdServers) nbd = NbdServerComponent.configure(daemon, KeyValueParser.parse("--nbd-server", s, null));
+            if (nbd == null) nbd = activatedNbdServer(daemon);
             dev.vmm.core.metrics.MetricsServer metricsServer = null; // parsed before any export listens
             for (String m : metrics) metricsServer = dev.vmm.core.metrics.MetricsServer.configure(daemon, KeyValueParser.parse("--metrics", m, null));
             for (String e : exports) daemon.exportAdd(KeyValueParser.parse("--export", e, "type"));
@@ -223,8 +250,12 @@ public final class ServeCommand implements Callable<Integer> {
                     throw new DaemonException("--metrics: " + e.getMessage(), e);
                 }
             }
-            if (!monitorPaths.isEmpty()) startMonitors(daemon, monitorPaths, stop::countDown);
+            if (!monitorPaths.isEmpty()) startMonitorEndpoints(daemon, monitorPaths, stop::countDown);
             if (pidfile != null) writePidfile(pidfile);
+            for (SocketActivation.Fd f : SocketActivation.current().unclaimed()) {
+                LOG.warn("socket activation: socket {} (fd {}) is used by no listener (name it in addr.str=, see docs/systemd.md)",
+                        f.name(), f.fd());
+            }
         } catch (OptionException | DaemonException e) {
             err.println("vmm: " + (e instanceof DaemonException d ? d.withHint() : e.getMessage()));
             err.flush();
@@ -237,11 +268,15 @@ public final class ServeCommand implements Callable<Integer> {
             return 1;
         }
         Signals.onTermination(stop::countDown);
+        daemon.markStarted();
+        SdNotify.notify("READY=1\nMAINPID=" + ProcessHandle.current().pid());
+        Daemonize.childReady();
         try {
             stop.await();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
         }
+        SdNotify.notify("STOPPING=1");
         boolean flushed = daemon.shutdown();
         if (pidfile != null) {
             try {
@@ -251,6 +286,50 @@ public final class ServeCommand implements Callable<Integer> {
             }
         }
         return flushed ? 0 : 1;
+    }
+
+    /**
+     * The NBD server of a socket-activated daemon given NBD exports but no {@code --nbd-server}
+     * (as qemu-nbd): it listens on the first activated socket no option named; null otherwise.
+     */
+    private NbdServerComponent activatedNbdServer(Daemon daemon) throws OptionException, DaemonException {
+        if (SocketActivation.current().unclaimed().isEmpty()) return null;
+        boolean nbdExport = false;
+        for (String e : exports) {
+            if ("nbd".equals(KeyValueParser.parse("--export", e, "type").optional("type", null))) nbdExport = true;
+        }
+        if (!nbdExport) return null;
+        dev.vmm.core.net.InheritedSocket s;
+        try {
+            s = SocketActivation.current().claimNext();
+        } catch (IOException e) {
+            throw new DaemonException("socket activation: " + e.getMessage(), e);
+        }
+        return NbdServerComponent.configure(daemon,
+                new dev.vmm.nbd.server.NbdServer.Config(s, 0, NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS));
+    }
+
+    /** {@code --socket-mode} (octal, owner read-write at least) and {@code --socket-group} (an existing group). */
+    static UnixSocketFiles.Access socketAccess(String mode, String group) throws OptionException {
+        int m;
+        try {
+            m = Integer.parseInt(mode, 8);
+        } catch (NumberFormatException e) {
+            throw new OptionException(OptionException.Kind.INVALID, "--socket-mode", null, "'" + mode + "' is not an octal mode such as 0660");
+        }
+        java.nio.file.attribute.GroupPrincipal g = null;
+        if (group != null) {
+            try {
+                g = java.nio.file.FileSystems.getDefault().getUserPrincipalLookupService().lookupPrincipalByGroupName(group);
+            } catch (IOException e) { // UserPrincipalNotFoundException included
+                throw new OptionException(OptionException.Kind.INVALID, "--socket-group", null, "no group named '" + group + "'");
+            }
+        }
+        try {
+            return new UnixSocketFiles.Access(m, g);
+        } catch (IllegalArgumentException e) {
+            throw new OptionException(OptionException.Kind.INVALID, "--socket-mode", null, e.getMessage());
+        }
     }
 
     /** Every QMP command of the daemon (docs/qmp.md documents each; QmpReferenceTest checks it). */
@@ -263,14 +342,21 @@ public final class ServeCommand implements Callable<Integer> {
 
     /** The QMP monitors: every command registered, then each socket bound (0600). Also used by {@code vmm demo}. */
     public static void startMonitors(Daemon daemon, List<Path> paths, Runnable quit) throws DaemonException {
+        List<MonitorOptions.Endpoint> endpoints = new ArrayList<>();
+        for (Path p : paths) endpoints.add(new MonitorOptions.Endpoint(p, null));
+        startMonitorEndpoints(daemon, endpoints, quit);
+    }
+
+    static void startMonitorEndpoints(Daemon daemon, List<MonitorOptions.Endpoint> endpoints, Runnable quit) throws DaemonException {
         QmpCommands commands = qmpCommands(daemon, quit);
         QmpServer qmp = new QmpServer(daemon.mainLoop(), commands,
                 new QmpServer.Version(QmpServer.Version.DEFAULT.major(), QmpServer.Version.DEFAULT.minor(),
                         QmpServer.Version.DEFAULT.micro(), new Version().getVersion()[0].replaceFirst(" \\(.*", "")));
         daemon.putComponent(QmpServer.class, qmp);
-        for (Path p : paths) {
+        for (MonitorOptions.Endpoint p : endpoints) {
             try {
-                qmp.listen(p);
+                if (p.socket() != null) qmp.listen(p.socket());
+                else qmp.listen(p.path());
             } catch (IOException e) {
                 throw new DaemonException("--monitor: " + e.getMessage(), e);
             }

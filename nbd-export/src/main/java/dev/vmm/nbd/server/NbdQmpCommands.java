@@ -73,9 +73,9 @@ public final class NbdQmpCommands {
             throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "addr", "parameter 'addr' is missing");
         }
         Options addr = o.sub("addr");
-        String type = addr.choice("type", null, "inet", "unix");
+        String type = addr.choice("type", null, "inet", "unix", "fd");
         if (type == null) {
-            throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "addr.type", "parameter 'addr.type' is missing (inet or unix)");
+            throw new OptionException(OptionException.Kind.MISSING, o.optionName(), "addr.type", "parameter 'addr.type' is missing (inet, unix or fd)");
         }
         return NbdServerComponent.address(addr.hasGroup("data") ? addr.sub("data") : addr, type);
     }

@@ -2,6 +2,7 @@ package dev.vmm.nbd.server;
 
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.linux.LibcSocket;
+import dev.vmm.core.net.InheritedSocket;
 import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.core.tls.TlsCredentials;
 import dev.vmm.iothread.IOThread;
@@ -36,7 +37,8 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
 /**
- * The NBD server ({@code --nbd-server}): one listening socket, the export table, and the
+ * The NBD server ({@code --nbd-server}): its listening sockets (one, or more with socket
+ * activation and in {@code vmm demo}), the export table, and the
  * lifecycle of client connections. Clients are accepted and negotiate on the main loop; when
  * NBD_OPT_GO (or NBD_OPT_EXPORT_NAME) names an export, the channel moves to the home IOThread
  * of the export's block node, so a disk's NBD clients share its event loop.
@@ -72,7 +74,8 @@ public final class NbdServer {
     private final Map<String, NbdExport> exports = new LinkedHashMap<>();
     /** Every open client connection, in whatever phase: what max-connections counts and stop() closes. */
     private final Set<Channel> connections = ConcurrentHashMap.newKeySet();
-    private volatile Channel listener;
+    /** Listening channels and what each was asked to listen on; guarded by itself. */
+    private final Map<Channel, SocketAddress> listeners = new LinkedHashMap<>();
 
     public NbdServer(IOThread main, Config config) {
         this.main = Objects.requireNonNull(main, "main");
@@ -83,16 +86,34 @@ public final class NbdServer {
 
     Logger log() { return LOG; }
 
-    /** Binds the listening socket; returns once it accepts connections. */
+    /** Binds the configured address; returns once it accepts connections. */
     public void start() throws IOException {
-        SocketAddress address = config.address();
+        listen(config.address());
+    }
+
+    /**
+     * Listens on one more address (a TCP port beside a unix socket, or a socket handed over by
+     * systemd): every listener serves the same exports, whose counters and client sets therefore
+     * include the clients of all of them. Returns once it accepts connections.
+     */
+    public void listen(SocketAddress address) throws IOException {
         ServerBootstrap b = new ServerBootstrap().group(main.loop(), main.loop());
         Path socketPath = null;
+        boolean registerOnly = true; // a socket that listens already is registered, not bound
         if (address instanceof DomainSocketAddress unix) {
             socketPath = Path.of(unix.path());
             int fd = UnixSocketFiles.listen(socketPath, 128); // 0600 before it listens
             b.channelFactory(() -> new EpollServerDomainSocketChannel(fd, true));
+        } else if (address instanceof InheritedSocket inherited) {
+            if (inherited.unix()) {
+                b.channelFactory(() -> new EpollServerDomainSocketChannel(inherited.fd(), true));
+            } else {
+                b.channelFactory(() -> new EpollServerSocketChannel(inherited.fd()))
+                        .childOption(ChannelOption.TCP_NODELAY, true)
+                        .childOption(ChannelOption.SO_KEEPALIVE, true);
+            }
         } else {
+            registerOnly = false;
             b.channel(EpollServerSocketChannel.class)
                     .option(ChannelOption.SO_BACKLOG, 128) // a unix socket got its backlog from listen(2) already
                     .option(ChannelOption.SO_REUSEADDR, true)
@@ -109,23 +130,50 @@ public final class NbdServer {
                         accept(ch);
                     }
                 });
+        Channel l;
         try {
-            // A unix socket listens already (its fd is registered, not bound); TCP binds here.
-            listener = socketPath != null ? b.register().sync().channel() : b.bind(address).sync().channel();
+            l = registerOnly ? b.register().sync().channel() : b.bind(address).sync().channel();
         } catch (Exception e) {
             if (socketPath != null) UnixSocketFiles.removeQuietly(socketPath);
             throw new IOException("cannot listen on " + describe(address) + ": " + rootMessage(e), e);
+        }
+        synchronized (listeners) {
+            listeners.put(l, address);
         }
         LOG.info("NBD server listening on {}{}", describe(address),
                 config.tls() == null ? "" : " (TLS required: " + config.tls().id() + ", verify-peer=" + (config.tls().verifyPeer() ? "on" : "off")
                         + ", " + config.tls().providerName() + ")");
     }
 
-    /** The bound address (with the real port when port 0 was asked for). */
+    /** The first listener's bound address (with the real port when port 0 was asked for), or null before {@link #start}. */
     public SocketAddress boundAddress() {
-        Channel l = listener;
-        if (l == null) return null;
-        return config.address() instanceof DomainSocketAddress u ? u : l.localAddress(); // a registered fd knows no address
+        synchronized (listeners) {
+            for (Map.Entry<Channel, SocketAddress> e : listeners.entrySet()) return bound(e.getKey(), e.getValue());
+        }
+        return null;
+    }
+
+    /** Every listener's bound address, in the order they started. */
+    public List<SocketAddress> boundAddresses() {
+        List<SocketAddress> out = new ArrayList<>();
+        synchronized (listeners) {
+            for (Map.Entry<Channel, SocketAddress> e : listeners.entrySet()) out.add(bound(e.getKey(), e.getValue()));
+        }
+        return out;
+    }
+
+    /** True when the server was started and each of its listeners is still open. */
+    public boolean listening() {
+        synchronized (listeners) {
+            return !listeners.isEmpty() && listeners.keySet().stream().allMatch(Channel::isOpen);
+        }
+    }
+
+    private static SocketAddress bound(Channel l, SocketAddress configured) {
+        // A registered fd knows no address: a unix socket says its path, an inherited TCP socket its local address.
+        if (configured instanceof DomainSocketAddress) return configured;
+        SocketAddress local = l.localAddress();
+        return local != null ? local : configured;
     }
 
     private static String rootMessage(Throwable e) {
@@ -137,6 +185,7 @@ public final class NbdServer {
 
     static String describe(SocketAddress a) {
         if (a instanceof DomainSocketAddress u) return "unix:" + u.path();
+        if (a instanceof InheritedSocket s) return s.toString();
         if (a instanceof InetSocketAddress i) return i.getHostString() + ":" + i.getPort();
         return String.valueOf(a);
     }
@@ -315,14 +364,16 @@ public final class NbdServer {
      */
     public void stop(long timeoutMs) {
         assert !main.inThread() : "NbdServer.stop waits for the main loop";
-        Channel l = listener;
-        boolean started = l != null;
-        if (l != null) {
-            l.close().awaitUninterruptibly(timeoutMs);
-            listener = null;
-            if (config.address() instanceof DomainSocketAddress u) {
-                UnixSocketFiles.removeQuietly(Path.of(u.path()));
-            }
+        Map<Channel, SocketAddress> ls;
+        synchronized (listeners) {
+            ls = new LinkedHashMap<>(listeners);
+            listeners.clear();
+        }
+        boolean started = !ls.isEmpty();
+        for (Map.Entry<Channel, SocketAddress> l : ls.entrySet()) {
+            l.getKey().close().awaitUninterruptibly(timeoutMs);
+            // An inherited socket's file (if any) belongs to whoever bound it: left in place.
+            if (l.getValue() instanceof DomainSocketAddress u) UnixSocketFiles.removeQuietly(Path.of(u.path()));
         }
         Map<Channel, NbdExport> closing = new LinkedHashMap<>();
         for (NbdExport e : exports()) {

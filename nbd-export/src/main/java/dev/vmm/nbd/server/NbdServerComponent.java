@@ -13,7 +13,7 @@ import java.net.SocketAddress;
  * The daemon's NBD server as a component: built from {@code --nbd-server} (or QMP
  * {@code nbd-server-start}) options, stopped at shutdown. Control plane only.
  */
-public final class NbdServerComponent implements AutoCloseable {
+public final class NbdServerComponent implements AutoCloseable, dev.vmm.core.daemon.Listening {
     /** qemu-storage-daemon's default for {@code handshake-max-seconds}. */
     public static final int DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
 
@@ -26,10 +26,12 @@ public final class NbdServerComponent implements AutoCloseable {
     public NbdServer server() { return server; }
 
     public static final String HELP_KEYS = """
-              addr.type=inet|unix        listen on TCP or on a unix socket
+              addr.type=inet|unix|fd     listen on TCP, on a unix socket, or on a listening socket passed by the parent
               addr.host=HOST             inet: address to bind (e.g. 127.0.0.1, ::1, 0.0.0.0)
               addr.port=PORT             inet: TCP port (10809 is NBD's)
               addr.path=PATH             unix: socket path (created mode 0600; a stale socket is replaced)
+              addr.str=N|NAME            fd: the descriptor number, or a LISTEN_FDNAMES name (systemd socket activation);
+                                         without --nbd-server, NBD exports use the activated sockets (docs/systemd.md)
               max-connections=N          refuse clients beyond N at once (0: no limit, the default)
               handshake-max-seconds=N    drop clients that have not finished the handshake after N s (default 10, 0: never)
               tls-creds=ID               require TLS (NBD_OPT_STARTTLS) with this --object tls-creds-x509; plain clients get nothing""";
@@ -119,14 +121,23 @@ public final class NbdServerComponent implements AutoCloseable {
     /** {@code addr.type=inet,addr.host=...,addr.port=...} or {@code addr.type=unix,addr.path=...} (QAPI SocketAddress). */
     public static SocketAddress address(Options o) throws OptionException {
         Options addr = o.sub("addr");
-        return address(addr, addr.choice("type", "inet", "inet", "unix"));
+        return address(addr, addr.choice("type", "inet", "inet", "unix", "fd"));
     }
 
     /**
      * The fields of one socket address of {@code type} ({@code inet}: host, port; {@code unix}:
-     * path) read from {@code fields}; errors name the full dotted key ({@code addr.data.port}).
+     * path; {@code fd}: str, a descriptor number or a LISTEN_FDNAMES name, claimed and checked
+     * now) read from {@code fields}; errors name the full dotted key ({@code addr.data.port}).
      */
     public static SocketAddress address(Options fields, String type) throws OptionException {
+        if (type.equals("fd")) {
+            String str = fields.required("str");
+            try {
+                return dev.vmm.core.net.SocketActivation.current().claim(str);
+            } catch (IOException e) {
+                throw new OptionException(OptionException.Kind.INVALID, fields.optionName(), "addr.str", "'addr.str': " + e.getMessage());
+            }
+        }
         if (type.equals("unix")) {
             String path = fields.socketPath("path");
             return new DomainSocketAddress(path);
@@ -137,6 +148,9 @@ public final class NbdServerComponent implements AutoCloseable {
     public void start() throws IOException {
         server.start();
     }
+
+    @Override
+    public boolean listening() { return server.listening(); }
 
     @Override
     public void close() {

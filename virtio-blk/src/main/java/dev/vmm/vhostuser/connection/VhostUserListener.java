@@ -34,6 +34,8 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(VhostUserListener.class);
 
     private final String path;
+    /** False for an inherited socket: its file (if any) belongs to whoever bound it. */
+    private final boolean ownsFile;
     private final int fd;
     private final FileDescriptor nettyFd;
     private final IoEventLoop loop;
@@ -44,10 +46,11 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
     private VhostUserConnection active;
     private long accepted;
     private long refused;
-    private boolean closed;
+    private volatile boolean closed; // written on the loop; read by listening() from any thread
 
-    private VhostUserListener(String path, int fd, IoEventLoop loop, VhostUserBackendHandler handler) {
+    private VhostUserListener(String path, boolean ownsFile, int fd, IoEventLoop loop, VhostUserBackendHandler handler) {
         this.path = path;
+        this.ownsFile = ownsFile;
         this.fd = fd;
         this.nettyFd = new FileDescriptor(fd);
         this.loop = loop;
@@ -59,8 +62,22 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
      * front-end are handed to {@code handler} on that loop.
      */
     public static VhostUserListener open(String path, IoEventLoop loop, VhostUserBackendHandler handler) throws IOException {
-        int fd = createSocket(path);
-        VhostUserListener l = new VhostUserListener(path, fd, loop, handler);
+        return open(path, true, createSocket(path), loop, handler);
+    }
+
+    /**
+     * Accepts on a listening unix socket passed by the parent or by systemd
+     * ({@code addr.type=fd}); the socket file, if any, is left in place at {@link #close()}.
+     */
+    public static VhostUserListener open(dev.vmm.core.net.InheritedSocket socket, IoEventLoop loop, VhostUserBackendHandler handler)
+            throws IOException {
+        if (!socket.unix()) throw new IOException(socket + ": vhost-user needs a unix socket (file descriptors travel with its messages)");
+        return open(socket.toString(), false, socket.fd(), loop, handler);
+    }
+
+    private static VhostUserListener open(String path, boolean ownsFile, int fd, IoEventLoop loop, VhostUserBackendHandler handler)
+            throws IOException {
+        VhostUserListener l = new VhostUserListener(path, ownsFile, fd, loop, handler);
         CompletableFuture<Void> started = new CompletableFuture<>();
         loop.register(l).addListener(f -> {
             if (!f.isSuccess()) {
@@ -75,7 +92,7 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
             started.get();
         } catch (InterruptedException | ExecutionException e) {
             LibcSocket.closeQuietly(fd);
-            unlinkQuietly(path);
+            if (ownsFile) unlinkQuietly(path);
             if (e instanceof InterruptedException) Thread.currentThread().interrupt();
             throw new IOException("cannot register vhost-user socket " + path + " with the event loop", e);
         }
@@ -170,6 +187,9 @@ public final class VhostUserListener implements EpollIoHandle, AutoCloseable {
         if (active != null) active.disconnect();
         if (registration != null) registration.cancel();
         LibcSocket.closeQuietly(fd);
-        unlinkQuietly(path);
+        if (ownsFile) unlinkQuietly(path);
     }
+
+    /** True until {@link #close()}. */
+    public boolean listening() { return !closed; }
 }

@@ -32,8 +32,10 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
     @Override
     public String helpKeys() {
         return """
-                  addr.type=unix             the socket kind (unix only)
+                  addr.type=unix|fd          a socket path, or a listening unix socket passed by the parent
                   addr.path=PATH             vhost-user socket (created mode 0600; a stale socket is replaced)
+                  addr.str=N|NAME            fd: the descriptor number, or a LISTEN_FDNAMES name (systemd socket
+                                             activation); no addr at all: the next activated socket (docs/systemd.md)
                   num-queues=N               virtqueues offered (default 1; QEMU's device asks for its vCPU count)
                   logical-block-size=512|4096  block size the guest sees (default 512)""";
     }
@@ -41,8 +43,24 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
     @Override
     public BlockExport create(Daemon daemon, ExportCommon common, Options o) throws OptionException {
         Options addr = o.sub("addr");
-        addr.choice("type", "unix", "unix");
-        String path = addr.socketPath("path");
+        String path = null;
+        dev.vmm.core.net.InheritedSocket inherited;
+        try {
+            if (!o.hasGroup("addr") && !dev.vmm.core.net.SocketActivation.current().unclaimed().isEmpty()) {
+                inherited = dev.vmm.core.net.SocketActivation.current().claimNext(); // systemd-socket-activate -l PATH
+            } else if (addr.choice("type", "unix", "unix", "fd").equals("fd")) {
+                inherited = dev.vmm.core.net.SocketActivation.current().claim(addr.required("str"));
+            } else {
+                inherited = null;
+                path = addr.socketPath("path");
+            }
+        } catch (IOException e) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.str", "'addr.str': " + e.getMessage());
+        }
+        if (inherited != null && !inherited.unix()) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "addr.str",
+                    "'addr.str': " + inherited + " is a TCP socket; vhost-user needs a unix socket");
+        }
         int numQueues = (int) o.number("num-queues", 1, 1, MAX_QUEUES);
         long lbs = o.number("logical-block-size", 512, 512, 4096);
         if (lbs != 512 && lbs != 4096) {
@@ -54,9 +72,17 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "logical-block-size",
                     "the image size " + node.size() + " is not a multiple of logical-block-size " + lbs);
         }
+        String finalPath = path;
         VhostUserBlkDevice device = new VhostUserBlkDevice(common.id(), node, common.writable(), numQueues, (int) lbs);
-        return new BlockExport() {
-            private VhostUserListener listener;
+        abstract class ListeningExport implements BlockExport, dev.vmm.core.daemon.Listening { }
+        return new ListeningExport() {
+            private volatile VhostUserListener listener;
+
+            @Override
+            public boolean listening() {
+                VhostUserListener l = listener;
+                return l != null && l.listening();
+            }
 
             @Override public String id() { return common.id(); }
             @Override public String type() { return "vhost-user-blk"; }
@@ -68,7 +94,8 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
             @Override
             public void start() throws IOException {
                 // Not the main loop: the device's handlers may wait for a move, which may need main.
-                listener = VhostUserListener.open(path, daemon.controlLoop().loop(), device);
+                listener = inherited != null ? VhostUserListener.open(inherited, daemon.controlLoop().loop(), device)
+                        : VhostUserListener.open(finalPath, daemon.controlLoop().loop(), device);
                 node.addUser(device); // its rings follow the node when it moves
             }
 

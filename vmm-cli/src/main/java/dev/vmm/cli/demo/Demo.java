@@ -6,7 +6,6 @@ import dev.vmm.core.daemon.DaemonException;
 import dev.vmm.core.net.UnixSocketFiles;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
-import dev.vmm.nbd.server.NbdExport;
 import dev.vmm.nbd.server.NbdServer;
 import dev.vmm.nbd.server.NbdServerComponent;
 import java.io.IOException;
@@ -106,7 +105,7 @@ public final class Demo implements AutoCloseable {
             } catch (IOException e) {
                 throw new DaemonException(e.getMessage(), e);
             }
-            startTcp(nbdStep);
+            startTcp(nbdStep, unix.server());
         });
         s.ok("unix " + display(nbdSocket) + (tcpPort > 0 ? ", tcp 127.0.0.1:" + tcpPort : ""));
 
@@ -121,44 +120,34 @@ public final class Demo implements AutoCloseable {
     }
 
     /**
-     * A second NBD listener on TCP: the daemon's NBD server has one address (as QSD's), so this
-     * one is a server of its own with an export of the same node, stopped with the daemon. A
-     * taken port is not an error for a demo: another is picked and the step says so.
+     * A second listener of the same NBD server, on TCP: its clients use the very export the unix
+     * socket serves, so they count in nbd0's counters ({@code vmm top}, /metrics,
+     * query-blockstats) and block-export-del disconnects them too. (It used to be a server of its
+     * own with an unregistered export of the same node, invisible to every counter.) A taken port
+     * is not an error for a demo: another is picked and the step says so.
      */
-    private void startTcp(Steps.Step step) throws DaemonException {
-        NbdServer tcp = new NbdServer(daemon.mainLoop(),
-                new NbdServer.Config(new InetSocketAddress("127.0.0.1", config.port()), 0, NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS));
+    private void startTcp(Steps.Step step, NbdServer server) throws DaemonException {
         try {
-            tcp.start();
+            server.listen(new InetSocketAddress("127.0.0.1", config.port()));
         } catch (IOException e) {
             if (!String.valueOf(e.getMessage()).contains("in use")) throw new DaemonException(e.getMessage(), e);
-            tcp = new NbdServer(daemon.mainLoop(),
-                    new NbdServer.Config(new InetSocketAddress("127.0.0.1", 0), 0, NbdServerComponent.DEFAULT_HANDSHAKE_MAX_SECONDS));
             try {
-                tcp.start();
+                server.listen(new InetSocketAddress("127.0.0.1", 0));
             } catch (IOException again) {
                 step.accept("TCP: " + again.getMessage() + "; serving on the unix socket only");
                 return;
             }
-            tcpPort = ((InetSocketAddress) tcp.boundAddress()).getPort();
+            tcpPort = tcpPortOf(server);
             step.accept("port " + config.port() + " is in use by another program: using port " + tcpPort + " instead");
         }
-        if (tcpPort < 0) tcpPort = ((InetSocketAddress) tcp.boundAddress()).getPort();
-        tcp.addExport(new NbdExport("nbd0-tcp", NODE, null, daemon.node(NODE), true));
-        daemon.putComponent(TcpListener.class, new TcpListener(tcp));
+        if (tcpPort < 0) tcpPort = tcpPortOf(server);
     }
 
-    /** The TCP listener as a daemon component, so the daemon's shutdown stops it with the rest. */
-    private record TcpListener(NbdServer server) implements AutoCloseable {
-        @Override
-        public void close() {
-            server.stop(10_000);
+    private static int tcpPortOf(NbdServer server) {
+        for (java.net.SocketAddress a : server.boundAddresses()) {
+            if (a instanceof InetSocketAddress i) return i.getPort();
         }
-
-        @Override
-        public String toString() {
-            return "NBD server (tcp)";
-        }
+        return -1;
     }
 
     private void checkPaths() throws DemoException {

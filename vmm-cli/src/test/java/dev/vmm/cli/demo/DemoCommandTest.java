@@ -107,6 +107,32 @@ class DemoCommandTest {
         assertEquals(0, interrupt(), stderr());
     }
 
+    /**
+     * Regression (issue 14): the TCP listener was a second server with an export of its own that
+     * no counter saw, so {@code vmm top} showed 0 clients and 0 IOPS on nbd0 while fio ran over
+     * nbd://127.0.0.1:10809/disk0. The export's counters must include the TCP clients.
+     */
+    @Test
+    void tcpClientsCountInTheExportsCounters() throws Exception {
+        int port = Net.freePort();
+        start("--dir", dir.toString(), "--no-guest", "--port", Integer.toString(port), "--size", "8M");
+        awaitOutput("until Ctrl-C");
+        try (NbdClient tcp = NbdClient.open(new InetSocketAddress("127.0.0.1", port), "disk0");
+             dev.vmm.cli.qmp.QmpClient qmp = dev.vmm.cli.qmp.QmpClient.connect(dir.resolve("qmp.sock"))) {
+            for (int i = 0; i < 10; i++) tcp.read(i * 4096L, 4096);
+            tcp.write(0, new byte[4096]);
+            @SuppressWarnings("unchecked")
+            List<java.util.Map<String, Object>> exports = (List<java.util.Map<String, Object>>) qmp.execute(
+                    dev.vmm.cli.qmp.ShellSyntax.parseLine("x-query-export-stats")).get("return");
+            java.util.Map<String, Object> nbd0 = exports.stream().filter(e -> "nbd0".equals(e.get("id"))).findFirst()
+                    .orElseThrow(() -> new AssertionError("no nbd0 in " + exports));
+            assertEquals(1L, ((Number) nbd0.get("clients")).longValue(), nbd0.toString());
+            assertTrue(((Number) nbd0.get("rd_operations")).longValue() >= 10, nbd0.toString());
+            assertTrue(((Number) nbd0.get("wr_operations")).longValue() >= 1, nbd0.toString());
+        }
+        assertEquals(0, interrupt(), stderr());
+    }
+
     @Test
     void aTakenPortIsReplacedByAFreeOneAndSaid() throws Exception {
         try (ServerSocket taken = new ServerSocket()) {

@@ -49,6 +49,8 @@ public final class Daemon {
     private final Map<String, BlockExport> exports = new LinkedHashMap<>();
     private final Map<Class<?>, AutoCloseable> components = new LinkedHashMap<>();
     private boolean shutDown;
+    /** Set once the start-up sequence (every listener of the command line) has finished. */
+    private volatile boolean started;
     private final dev.vmm.core.stats.HandoffLog handoffs = new dev.vmm.core.stats.HandoffLog();
 
     private Daemon(IOThread main) {
@@ -75,6 +77,35 @@ public final class Daemon {
     public synchronized IOThread controlLoop() {
         if (control == null) control = IOThread.start(IOThread.CONTROL_ID);
         return control;
+    }
+
+    /** The control loop if something started it, else null (health checks must not start it). */
+    public synchronized IOThread controlLoopIfStarted() { return control; }
+
+    // ---- readiness ----
+
+    /** Marks the start-up sequence as finished: every listener given at start accepts connections. */
+    public void markStarted() { started = true; }
+
+    /**
+     * Why the daemon is not ready to serve, for {@code /readyz}: empty when start-up has finished,
+     * no shutdown has begun, and every {@link Listening} component and export still listens.
+     */
+    public List<String> notReady() {
+        List<String> out = new ArrayList<>();
+        List<Object> parts = new ArrayList<>();
+        synchronized (this) {
+            if (shutDown) out.add("shutting down");
+            parts.addAll(components.values());
+            parts.addAll(exports.values());
+        }
+        if (!started) out.add("start-up has not finished");
+        for (Object p : parts) {
+            if (p instanceof Listening l && !l.listening()) {
+                out.add((p instanceof BlockExport e ? "export '" + e.id() + "'" : p.toString()) + " is not listening");
+            }
+        }
+        return out;
     }
 
     // ---- IOThreads ----

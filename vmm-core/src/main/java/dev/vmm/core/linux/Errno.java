@@ -47,6 +47,8 @@ public final class Errno {
     public static final int ENOSYS = 38;
     /** Value too large: NBD's answer to a DF read it cannot send in one chunk. */
     public static final int EOVERFLOW = 75;
+    /** Socket operation on a descriptor that is not a socket. */
+    public static final int ENOTSOCK = 88;
     /** Operation not supported. */
     public static final int EOPNOTSUPP = 95;
     /** The same value as EOPNOTSUPP on Linux. */

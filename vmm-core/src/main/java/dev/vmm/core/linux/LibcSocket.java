@@ -60,6 +60,18 @@ public final class LibcSocket {
     public static final int SO_SNDTIMEO = 21;
     /** getsockopt: credentials of the connected peer (struct ucred { pid_t pid; uid_t uid; gid_t gid; }, 12 bytes). */
     public static final int SO_PEERCRED = 17;
+    /** SO_TYPE: the socket type (SOCK_STREAM, SOCK_DGRAM), socket(7). */
+    public static final int SO_TYPE = 3;
+    /** SO_ACCEPTCONN: 1 when the socket is listening, socket(7). */
+    public static final int SO_ACCEPTCONN = 30;
+    /** SO_DOMAIN: the socket's address family, socket(7). */
+    public static final int SO_DOMAIN = 39;
+    /** IPv4 sockets. */
+    public static final int AF_INET = 2;
+    /** IPv6 sockets. */
+    public static final int AF_INET6 = 10;
+    /** Datagram sockets (sd_notify). */
+    public static final int SOCK_DGRAM = 2;
 
     // ---- recvmsg/sendmsg flags (bits/socket.h) ----
     /** msg_flags on return: control data was truncated, some fds were dropped by the kernel. */
@@ -80,6 +92,8 @@ public final class LibcSocket {
     public static final int EFD_CLOEXEC = 0x80000;
     /** fcntl: get fd flags (FD_CLOEXEC); EBADF when the fd is not open. */
     public static final int F_GETFD = 1;
+    /** fcntl: set the descriptor flags (FD_CLOEXEC). */
+    public static final int F_SETFD = 2;
     /** fcntl: get file status flags. */
     public static final int F_GETFL = 3;
     /** fcntl: set file status flags. */
@@ -173,6 +187,27 @@ public final class LibcSocket {
 
     /** unlink(2). */
     public static native int unlink(String path) throws LastErrorException;
+
+    // ---- process ----
+
+    /** unsetenv(3): removes a variable from the C environment (what exec'd children inherit). */
+    public static native int unsetenv(String name) throws LastErrorException;
+
+    /** getpid(2). */
+    public static native int getpid();
+
+    /**
+     * An int socket option (getsockopt(2) with a 4-byte value), e.g. SO_ACCEPTCONN.
+     *
+     * @throws LastErrorException ENOTSOCK for a descriptor that is not a socket, EBADF for a closed one
+     */
+    public static int intSockopt(int fd, int level, int optname) throws LastErrorException {
+        try (Memory m = new Memory(8)) {
+            m.setInt(4, 4); // socklen_t in
+            getsockopt(fd, level, optname, Pointer.nativeValue(m), Pointer.nativeValue(m) + 4);
+            return m.getInt(0);
+        }
+    }
 
     // ---- helpers ----
 

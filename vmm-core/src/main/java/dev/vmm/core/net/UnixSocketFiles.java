@@ -27,6 +27,33 @@ public final class UnixSocketFiles {
 
     private UnixSocketFiles() {}
 
+    /**
+     * Who may connect to the daemon's socket files: {@code mode} (permission bits, owner
+     * read-write at least) and the file's group, or null for the process's. Set once at start
+     * ({@code vmm serve --socket-mode --socket-group}); the default is 0600, whatever the umask.
+     */
+    public record Access(int mode, java.nio.file.attribute.GroupPrincipal group) {
+        public static final Access PRIVATE = new Access(0600, null);
+
+        public Access {
+            if ((mode & ~0777) != 0 || (mode & 0600) != 0600) {
+                throw new IllegalArgumentException(String.format("socket mode %04o: permission bits with owner read and write (0600..0777)", mode));
+            }
+        }
+
+        @Override
+        public String toString() {
+            return String.format("%04o", mode) + (group == null ? "" : " group " + group.getName());
+        }
+    }
+
+    private static volatile Access access = Access.PRIVATE;
+
+    /** The access of every socket file created from now on (process-wide: one daemon per process). */
+    public static void setAccess(Access a) { access = java.util.Objects.requireNonNull(a); }
+
+    public static Access access() { return access; }
+
     /** Before bind: replaces a stale socket file; a socket in use or any other file is an error. */
     public static void prepare(Path p) throws IOException {
         if (!Files.exists(p, LinkOption.NOFOLLOW_LINKS)) return;
@@ -47,8 +74,9 @@ public final class UnixSocketFiles {
 
     /**
      * A listening unix socket at {@code p} that only the owner may connect to, whatever the
-     * umask: a stale socket file is replaced ({@link #prepare}), the socket is made 0600 and
-     * bound, and only then listens, so nobody can connect in between (Netty's bind() binds and listens
+     * umask (or those {@link #setAccess} allows): a stale socket file is replaced ({@link #prepare}),
+     * the socket is made 0600 (or the configured mode), bound, given the configured group, and
+     * only then listens, so nobody can connect in between (Netty's bind() binds and listens
      * in one step, which leaves that window open). Returns the file descriptor (non-blocking,
      * close-on-exec), owned by the caller; on failure nothing is left behind.
      */
@@ -64,7 +92,7 @@ public final class UnixSocketFiles {
         try (Memory addr = LibcSocket.sockaddrUn(path)) {
             // bind() creates the file with the socket inode's mode minus the umask: 0600 from the
             // first moment, and nothing to chmod by path afterwards (a path can be swapped).
-            LibcSocket.fchmod(fd, 0600);
+            LibcSocket.fchmod(fd, access.mode());
             LibcSocket.bind(fd, Pointer.nativeValue(addr), LibcSocket.SOCKADDR_UN_SIZEOF);
         } catch (IllegalArgumentException e) { // the path does not fit in sun_path
             LibcSocket.closeQuietly(fd);
@@ -72,6 +100,20 @@ public final class UnixSocketFiles {
         } catch (LastErrorException e) {
             LibcSocket.closeQuietly(fd);
             throw new IOException("cannot bind " + path + ": " + LibC.describe(e.getErrorCode()));
+        }
+        Access a = access;
+        if (a.mode() != 0600 || a.group() != null) {
+            try { // not listening yet: nobody can connect before the group and the mode are right
+                // bind() applied the umask to a wider mode (0660 & ~022 = 0640): set it exactly.
+                LibcSocket.chmod(path, a.mode());
+                if (a.group() != null) Files.getFileAttributeView(p, java.nio.file.attribute.PosixFileAttributeView.class, LinkOption.NOFOLLOW_LINKS)
+                        .setGroup(a.group());
+            } catch (IOException | LastErrorException e) {
+                LibcSocket.closeQuietly(fd);
+                removeQuietly(p);
+                throw new IOException("cannot set the access (" + a + ") of " + path + ": "
+                        + (e instanceof LastErrorException le ? LibC.describe(le.getErrorCode()) : e.getMessage()), e);
+            }
         }
         try {
             LibcSocket.listen(fd, backlog);

@@ -42,7 +42,7 @@ import org.slf4j.LoggerFactory;
  * {@link #emit} may be called from any thread. Commands that block run on one control thread
  * ({@link #blocking}), in submission order.
  */
-public final class QmpServer implements AutoCloseable {
+public final class QmpServer implements AutoCloseable, dev.vmm.core.daemon.Listening {
     private static final Logger LOG = LoggerFactory.getLogger(QmpServer.class);
     /** Output a client may leave unread before it is disconnected. */
     static final int MAX_PENDING_OUTPUT = 16 << 20;
@@ -55,8 +55,8 @@ public final class QmpServer implements AutoCloseable {
     private final IOThread main;
     private final QmpCommands commands;
     private final Version version;
-    /** Listening channels and their socket paths (a channel made from a listening fd knows no address). */
-    private final java.util.Map<Channel, Path> listeners = new java.util.LinkedHashMap<>();
+    /** Listening channels and their socket files (none for an inherited socket); a channel made from a listening fd knows no address. */
+    private final java.util.Map<Channel, java.util.Optional<Path>> listeners = new java.util.LinkedHashMap<>();
     private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
     private final ExecutorService control = Executors.newSingleThreadExecutor(r -> {
         Thread t = new Thread(r, "vmm-qmp-control");
@@ -102,6 +102,20 @@ public final class QmpServer implements AutoCloseable {
             throw new IOException(path + " is longer than the " + UnixSocketFiles.MAX_PATH_BYTES + " bytes a unix socket path may have");
         }
         int fd = UnixSocketFiles.listen(path, 16); // 0600 before it listens
+        register(fd, path.toString(), path);
+    }
+
+    /**
+     * Serves QMP on a listening unix socket passed by the parent or by systemd
+     * ({@code --chardev socket,fd=N}); its file, if any, is left in place at {@link #close}.
+     */
+    public synchronized void listen(dev.vmm.core.net.InheritedSocket socket) throws IOException {
+        assert !main.inThread() : "listen waits for the registration; not on the main loop";
+        if (!socket.unix()) throw new IOException(socket + ": QMP monitors listen on unix sockets only");
+        register(socket.fd(), socket.toString(), null);
+    }
+
+    private void register(int fd, String what, Path file) throws IOException {
         ServerBootstrap b = new ServerBootstrap().group(main.loop(), main.loop())
                 .channelFactory(() -> new EpollServerDomainSocketChannel(fd, true))
                 .childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(1 << 20, MAX_PENDING_OUTPUT))
@@ -111,18 +125,24 @@ public final class QmpServer implements AutoCloseable {
                         clients.add(ch);
                         ch.closeFuture().addListener(f -> clients.remove(ch));
                         ch.pipeline().addLast("qmp", new QmpConnection(QmpServer.this));
-                        LOG.debug("QMP monitor client connected on {}", path);
+                        LOG.debug("QMP monitor client connected on {}", what);
                     }
                 });
         Channel l;
         try {
             l = b.register().sync().channel(); // listening already: registered, not bound
         } catch (Exception e) {
-            UnixSocketFiles.removeQuietly(path);
-            throw new IOException("cannot listen on " + path + ": " + e.getMessage(), e);
+            if (file != null) UnixSocketFiles.removeQuietly(file);
+            throw new IOException("cannot listen on " + what + ": " + e.getMessage(), e);
         }
-        listeners.put(l, path);
-        LOG.info("QMP monitor listening on {}", path);
+        listeners.put(l, java.util.Optional.ofNullable(file));
+        LOG.info("QMP monitor listening on {}", what);
+    }
+
+    /** True when at least one monitor socket was started and all of them are still open. */
+    @Override
+    public synchronized boolean listening() {
+        return !listeners.isEmpty() && listeners.keySet().stream().allMatch(Channel::isOpen);
     }
 
     /**
@@ -196,9 +216,9 @@ public final class QmpServer implements AutoCloseable {
     /** Stops listening, disconnects every client, removes the socket files. Not on the main loop. */
     @Override
     public synchronized void close() {
-        for (java.util.Map.Entry<Channel, Path> l : listeners.entrySet()) {
+        for (java.util.Map.Entry<Channel, java.util.Optional<Path>> l : listeners.entrySet()) {
             l.getKey().close().awaitUninterruptibly(5000);
-            UnixSocketFiles.removeQuietly(l.getValue());
+            l.getValue().ifPresent(UnixSocketFiles::removeQuietly);
         }
         listeners.clear();
         for (Channel c : clients) c.close().awaitUninterruptibly(5000);

@@ -84,4 +84,23 @@ class UnixSocketFilesTest {
         IOException tooLong = assertThrows(IOException.class, () -> UnixSocketFiles.listen(dir.resolve("x".repeat(120)), 1));
         assertTrue(tooLong.getMessage().contains("must be 1..107 bytes"), tooLong.getMessage());
     }
+
+    /** --socket-mode 0660 --socket-group G: exactly that mode whatever the umask (bind applies it), and that group. */
+    @Test
+    void aConfiguredModeAndGroupAreSetExactlyBeforeListening() throws Exception {
+        Path p = dir.resolve("g.sock");
+        java.nio.file.attribute.GroupPrincipal group = Files.readAttributes(dir, java.nio.file.attribute.PosixFileAttributes.class).group();
+        UnixSocketFiles.setAccess(new UnixSocketFiles.Access(0660, group));
+        int fd = -1;
+        try {
+            fd = UnixSocketFiles.listen(p, 4);
+            assertEquals("rw-rw----", PosixFilePermissions.toString(Files.getPosixFilePermissions(p, java.nio.file.LinkOption.NOFOLLOW_LINKS)));
+            assertEquals(group, Files.readAttributes(p, java.nio.file.attribute.PosixFileAttributes.class, java.nio.file.LinkOption.NOFOLLOW_LINKS).group());
+        } finally {
+            UnixSocketFiles.setAccess(UnixSocketFiles.Access.PRIVATE);
+            LibcSocket.closeQuietly(fd);
+        }
+        assertThrows(IllegalArgumentException.class, () -> new UnixSocketFiles.Access(0066, null), "the owner keeps read-write");
+        assertThrows(IllegalArgumentException.class, () -> new UnixSocketFiles.Access(04777, null));
+    }
 }
