@@ -93,9 +93,34 @@ class VhostUserLoopbackTest {
         Files.deleteIfExists(dir);
     }
 
-    static int openFds() {
+    /** Open fds and what they point to, without .jar files: the JVM opens a jar when it first loads a class from it, and keeps it open. */
+    static java.util.Map<String, String> fdTargets() {
+        java.util.Map<String, String> m = new java.util.TreeMap<>();
         String[] l = new File("/proc/self/fd").list();
-        return l == null ? -1 : l.length;
+        if (l == null) return m;
+        for (String fd : l) {
+            try {
+                String t = Files.readSymbolicLink(Path.of("/proc/self/fd", fd)).toString();
+                if (!t.endsWith(".jar")) m.put(fd, t);
+            } catch (java.io.IOException e) {
+                // closed meanwhile (the listing's own fd, or another thread's)
+            }
+        }
+        return m;
+    }
+
+    /** No more open fds than {@code before}, allowing 2 s for closes that run on an event loop; names the new ones if not. */
+    static void assertNoFdLeak(java.util.Map<String, String> before) throws InterruptedException {
+        long end = System.nanoTime() + 2_000_000_000L;
+        java.util.Map<String, String> now = fdTargets();
+        while (now.size() > before.size() && System.nanoTime() < end) {
+            Thread.sleep(20);
+            now = fdTargets();
+        }
+        java.util.Map<String, String> added = new java.util.TreeMap<>(now);
+        added.entrySet().removeIf(e -> e.getValue().equals(before.get(e.getKey())));
+        // more open fds is a leak; other tests' threads may close some meanwhile
+        assertTrue(now.size() <= before.size(), "fd leak: new fds " + added);
     }
 
     static void waitFor(java.util.function.BooleanSupplier c) throws InterruptedException {
@@ -114,7 +139,7 @@ class VhostUserLoopbackTest {
 
     @Test
     void negotiationMemTableKickConfigAndReplyAck() throws Exception {
-        int before = openFds();
+        java.util.Map<String, String> before = fdTargets();
         try (VhostUserListener l = VhostUserListener.open(path, io.loop(), stub)) {
             assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(Path.of(path))));
             try (VhostUserFrontendConnection fe = VhostUserFrontendConnection.connect(path, 5000)) {
@@ -161,12 +186,12 @@ class VhostUserLoopbackTest {
             assertEquals(1, stub.calls.stream().filter("setOwner"::equals).count(), "a request with a stray fd must not reach the handler");
         }
         assertFalse(new File(path).exists());
-        assertTrue(openFds() <= before, "fd leak"); // more open fds is a leak; other tests' threads may close some meanwhile
+        assertNoFdLeak(before);
     }
 
     @Test
     void reconnectAndSecondFrontendRefused() throws Exception {
-        int before = openFds();
+        java.util.Map<String, String> before = fdTargets();
         try (VhostUserListener l = VhostUserListener.open(path, io.loop(), stub)) {
             VhostUserFrontendConnection a = VhostUserFrontendConnection.connect(path, 5000);
             assertEquals(FEATURES, a.getFeatures());
@@ -183,7 +208,7 @@ class VhostUserLoopbackTest {
             waitFor(() -> stub.disconnects.get() == 2);
             assertEquals(2, io.call(l::accepted));
         }
-        assertTrue(openFds() <= before, "fd leak"); // more open fds is a leak; other tests' threads may close some meanwhile
+        assertNoFdLeak(before);
     }
 
     @Test
@@ -221,7 +246,7 @@ class VhostUserLoopbackTest {
 
     @Test
     void socketFuzzKeepsServingAndLeaksNothing() throws Exception {
-        int before = openFds();
+        java.util.Map<String, String> before = fdTargets();
         Random rnd = new Random(7);
         int cases = 0;
         try (VhostUserListener l = VhostUserListener.open(path, io.loop(), stub)) {
