@@ -165,7 +165,7 @@ final class BlockdevOpener {
             checkWritableChild(file, name, readOnly, "write");
             RawFormatDriver d;
             try {
-                d = onHome(file.node(), () -> new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap), "");
+                d = onHome(file.node(), () -> new RawFormatDriver(file.node().io(), offset, size, readOnly, unmap), "");
             } catch (DaemonException e) {
                 throw new DaemonException(e.getMessage(), e);
             }
@@ -240,7 +240,7 @@ final class BlockdevOpener {
      */
     private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
             Qcow2Options q, boolean unmap, List<Path> chain) throws DaemonException {
-        BlockDriver fd = file.node().driver();
+        BlockDriver fd = file.node().io();
         Qcow2Header h = onHome(file.node(), () -> Daemon.qcow2Format.readHeader(fd), "");
         Path image = imagePath(file.node());
         String full = null;
@@ -256,7 +256,7 @@ final class BlockdevOpener {
             sameHome(backing.node(), file.node().home());
         }
         IOThread home = file.node().home();
-        BlockDriver bd = backing == null ? null : backing.node().driver();
+        BlockDriver bd = backing == null ? null : backing.node().io();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
         if (!unmap) d = new NoDiscardDriver(d);
         List<BlockNode.Child> children = backing == null ? List.of(file) : List.of(file, backing);
@@ -297,7 +297,7 @@ final class BlockdevOpener {
             case "raw" -> {
                 RawFormatDriver d;
                 try {
-                    d = new RawFormatDriver(file.driver(), 0, -1, true, true);
+                    d = new RawFormatDriver(file.io(), 0, -1, true, true);
                 } catch (BlockException e) {
                     throw new DaemonException(prefix + e.getMessage(), e);
                 }

@@ -50,6 +50,7 @@ public final class Daemon {
     private final Map<Class<?>, AutoCloseable> components = new LinkedHashMap<>();
     private boolean shutDown;
     private final dev.vmm.core.stats.HandoffLog handoffs = new dev.vmm.core.stats.HandoffLog();
+    private final dev.vmm.core.job.JobRegistry jobs = new dev.vmm.core.job.JobRegistry();
 
     private Daemon(IOThread main) {
         this.main = main;
@@ -63,6 +64,18 @@ public final class Daemon {
     }
 
     public IOThread mainLoop() { return main; }
+
+    /** The block jobs (any thread). */
+    public dev.vmm.core.job.JobRegistry jobs() { return jobs; }
+
+    /**
+     * {@code blockdev-mirror}: checks the arguments with QEMU's words, ties the target to the
+     * source (moving the target to the source's IOThread first if needed) and starts the job
+     * under the graph's move gates. Control thread only (it waits for a move and for the job's start).
+     */
+    public dev.vmm.core.job.MirrorJob blockdevMirror(Options o, dev.vmm.core.job.JobEvents events) throws OptionException, DaemonException {
+        return new MirrorStarter(this).start(o, events);
+    }
 
     /** Recent handoffs and their pauses (any thread). */
     public dev.vmm.core.stats.HandoffLog handoffs() { return handoffs; }
@@ -652,6 +665,15 @@ public final class Daemon {
                 for (BlockExport e : exports.values()) {
                     if (e.node() == n) throw new DaemonException("Node " + name + " is in use"); // QEMU 7.2's wording
                 }
+                for (BlockNode l : n.jobLinks()) {
+                    if (l.io().current() == n.io()) {
+                        // a mirror pivoted from l to n: l's users write here now
+                        throw new DaemonException("Node " + name + " is in use: the users of '" + l.name() + "' use it since a mirror's pivot");
+                    }
+                    if (n.io().current() != l.io()) {
+                        throw new DaemonException("Node '" + name + "' is busy: block device is in use by block job: mirror");
+                    }
+                }
                 List<BlockNode> parents = n.parents();
                 if (!parents.isEmpty()) {
                     BlockNode p = parents.get(0);
@@ -670,6 +692,7 @@ public final class Daemon {
                     }
                 }
                 forget(gone);
+                for (BlockNode l : n.jobLinks()) BlockNode.jobUnlink(n, l); // a pivoted source: unused now
             }
             DaemonException f = null;
             for (BlockNode g : BlockNode.parentsFirst(gone)) {
