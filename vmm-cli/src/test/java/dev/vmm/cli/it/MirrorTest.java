@@ -1,0 +1,248 @@
+package dev.vmm.cli.it;
+
+import static dev.vmm.cli.it.Images.MiB;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.vmm.cli.qmp.QmpClient;
+import dev.vmm.cli.qmp.ShellSyntax;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * Mirror jobs end to end, against vmm and qemu-storage-daemon with the same QMP: a source served
+ * over NBD to a writer (python3-libnbd, random writes, zero writes and trims, each applied to a
+ * reference file) is mirrored to a local target node with {@code blockdev-mirror}; after
+ * {@code BLOCK_JOB_READY}, {@code job-complete} pivots and the writer keeps writing (now into the
+ * target); once it stopped, {@code qemu-img compare} says the target equals the reference. The
+ * job statuses and events seen must be the same on both servers.
+ */
+@Timeout(300)
+class MirrorTest extends PeerTestBase {
+    static final long SIZE = 32 * MiB;
+
+    static Stream<Arguments> serversAndModes() {
+        return Server.selected().flatMap(s -> Stream.of(Arguments.of(s, "background"), Arguments.of(s, "write-blocking")));
+    }
+
+    /** A QMP monitor connection that keeps every event. */
+    static final class Monitor implements AutoCloseable {
+        final QmpClient qmp;
+        final List<Map<String, Object>> events = new ArrayList<>();
+
+        Monitor(Path socket) throws Exception {
+            QmpClient c = null;
+            for (int i = 0; i < 200 && c == null; i++) {
+                try {
+                    c = QmpClient.connect(socket);
+                } catch (IOException e) {
+                    Thread.sleep(50);
+                }
+            }
+            if (c == null) fail("no QMP monitor on " + socket);
+            qmp = c;
+            qmp.onEvent(events::add);
+        }
+
+        Map<String, Object> run(String command, Object... kv) throws IOException {
+            Map<String, Object> args = new LinkedHashMap<>();
+            for (int i = 0; i < kv.length; i += 2) args.put((String) kv[i], kv[i + 1]);
+            return qmp.execute(new ShellSyntax.Request(command, args));
+        }
+
+        Object ok(String command, Object... kv) throws IOException {
+            Map<String, Object> r = run(command, kv);
+            if (r.containsKey("error")) fail(command + " failed: " + r.get("error"));
+            return r.get("return");
+        }
+
+        String error(String command, Object... kv) throws IOException {
+            Map<String, Object> r = run(command, kv);
+            if (!r.containsKey("error")) fail(command + " succeeded, want an error: " + r);
+            return (String) ((Map<?, ?>) r.get("error")).get("desc");
+        }
+
+        /** Polls (query-jobs keeps events flowing) until an event named {@code name} arrived. */
+        Map<String, Object> waitEvent(String name, long timeoutMs) throws Exception {
+            long end = System.currentTimeMillis() + timeoutMs;
+            while (System.currentTimeMillis() < end) {
+                for (Map<String, Object> e : events) if (e.get("event").equals(name)) return e;
+                ok("query-jobs");
+                Thread.sleep(50);
+            }
+            fail("no " + name + " event after " + timeoutMs + " ms; events: " + events);
+            return null;
+        }
+
+        /** The job statuses in the order of their JOB_STATUS_CHANGE events, with the block job events between them. */
+        List<String> story() {
+            List<String> out = new ArrayList<>();
+            for (Map<String, Object> e : events) {
+                String n = (String) e.get("event");
+                if (n.equals("JOB_STATUS_CHANGE")) out.add((String) ((Map<?, ?>) e.get("data")).get("status"));
+                else if (n.startsWith("BLOCK_JOB_")) out.add(n);
+            }
+            return out;
+        }
+
+        @Override
+        public void close() throws IOException {
+            qmp.close();
+        }
+    }
+
+    /** The writer: python3-libnbd, sequential random requests mirrored into {@code reference}. */
+    final class Writer {
+        final Process p;
+        final Path stop;
+
+        Writer(String uri, Path reference, long seed) throws IOException {
+            Path script = tmp.resolve("nbd_writer.py");
+            if (!Files.exists(script)) {
+                try (InputStream in = MirrorTest.class.getResourceAsStream("/mirror/nbd_writer.py")) {
+                    Files.copy(in, script);
+                }
+            }
+            stop = tmp.resolve("stop-" + seed);
+            p = background(new ProcessBuilder(Peers.python(), script.toString(), uri, reference.toString(), stop.toString(),
+                    String.valueOf(seed), "128").redirectError(tmp.resolve("writer-" + seed + ".err").toFile()).start());
+        }
+
+        /** Stops the writer; returns how many requests it made (it must have made some). */
+        long stop() throws Exception {
+            Files.createFile(stop);
+            String out = new String(p.getInputStream().readAllBytes()).strip();
+            int rc = p.waitFor();
+            if (rc != 0) fail("writer failed (" + rc + "): " + Files.readString(tmp.resolve(stop.getFileName().toString().replace("stop", "writer") + ".err")));
+            long n = Long.parseLong(out);
+            assertTrue(n > 0, "the writer wrote nothing");
+            return n;
+        }
+    }
+
+    /** Source image of random bytes, an empty target, the reference copy; a server with its monitor. */
+    private record Setup(VmmProcess server, Monitor mon, String uri, Path source, Path target, Path reference) {}
+
+    private Setup setup(Server server, String targetExtra) throws Exception {
+        Path dir = socketDir();
+        Path src = tmp.resolve("src.img");
+        Path tgt = tmp.resolve("tgt.img");
+        Path ref = tmp.resolve("ref.img");
+        Images.sparse(src, SIZE);
+        for (long off = 0; off < SIZE; off += 4 * MiB) Images.fill(src, off + 12345, (int) MiB, off);
+        Images.sparse(tgt, SIZE);
+        Files.copy(src, ref, StandardCopyOption.REPLACE_EXISTING);
+        Path mon = dir.resolve("m.sock");
+        Path nbd = dir.resolve("n.sock");
+        VmmProcess p = serve(server, List.of(
+                "--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
+                "--blockdev", "driver=file,node-name=src,filename=" + src,
+                "--blockdev", "driver=file,node-name=tgt,filename=" + tgt + targetExtra,
+                "--nbd-server", Net.unixServer(nbd),
+                "--export", "type=nbd,id=e0,node-name=src,name=src,writable=on"));
+        Monitor m = closeLater(new Monitor(mon));
+        return new Setup(p, m, Net.unixUri(nbd, "src"), src, tgt, ref);
+    }
+
+    private static void compare(Path image, Path reference) {
+        Run.cmd(Peers.require("qemu-img"), "compare", "-f", "raw", "-F", "raw", image.toString(), reference.toString()).expect(0);
+    }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("serversAndModes")
+    void mirrorUnderWritesConvergesAndPivots(Server server, String copyMode) throws Exception {
+        Setup s = setup(server, "");
+        Writer w = new Writer(s.uri(), s.reference(), 1);
+        Thread.sleep(300);
+        s.mon().ok("blockdev-mirror", "job-id", "j0", "device", "src", "target", "tgt", "sync", "full", "copy-mode", copyMode);
+        Map<String, Object> ready = s.mon().waitEvent("BLOCK_JOB_READY", 60_000);
+        Map<?, ?> data = (Map<?, ?>) ready.get("data");
+        assertEquals("j0", data.get("device"));
+        assertEquals("mirror", data.get("type"));
+        List<?> jobs = (List<?>) s.mon().ok("query-block-jobs");
+        Map<?, ?> info = (Map<?, ?>) jobs.get(0);
+        assertEquals(true, info.get("ready"), info.toString());
+        assertEquals("ok", info.get("io-status"));
+        Thread.sleep(500); // the writer keeps dirtying while ready
+        s.mon().ok("job-complete", "id", "j0");
+        s.mon().waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        Thread.sleep(500); // and now writes into the target
+        w.stop();
+        assertEquals(List.of(), s.mon().ok("query-jobs"));
+        assertEquals(List.of("created", "running", "ready", "BLOCK_JOB_READY", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"),
+                s.mon().story());
+        compare(s.target(), s.reference());
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void cancelInReadyLeavesTargetInSyncAndUsersOnSource(Server server) throws Exception {
+        Setup s = setup(server, "");
+        Writer w = new Writer(s.uri(), s.reference(), 2);
+        s.mon().ok("blockdev-mirror", "job-id", "j1", "device", "src", "target", "tgt", "sync", "full");
+        s.mon().waitEvent("BLOCK_JOB_READY", 60_000);
+        w.stop();
+        Path atCancel = tmp.resolve("at-cancel.img");
+        Files.copy(s.reference(), atCancel);
+        s.mon().ok("block-job-cancel", "device", "j1");
+        s.mon().waitEvent("BLOCK_JOB_COMPLETED", 60_000); // QEMU: a cancel in the ready state completes
+        assertEquals(List.of("created", "running", "ready", "BLOCK_JOB_READY", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"),
+                s.mon().story());
+        // The users stay on the source: new writes land there, the target keeps the state at the cancel.
+        Writer after = new Writer(s.uri(), s.reference(), 3);
+        Thread.sleep(300);
+        after.stop();
+        s.mon().ok("blockdev-del", "node-name", "tgt");
+        compare(s.target(), atCancel);
+        s.mon().ok("block-export-del", "id", "e0");
+        s.mon().waitEvent("BLOCK_EXPORT_DELETED", 10_000);
+        s.mon().ok("blockdev-del", "node-name", "src");
+        compare(s.source(), s.reference());
+    }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void forcedCancelAndRefusals(Server server) throws Exception {
+        Setup s = setup(server, "");
+        Monitor m = s.mon();
+        assertEquals("Cannot find device='nope' nor node-name='nope'", m.error("blockdev-mirror", "job-id", "x", "device", "nope", "target", "tgt", "sync", "full"));
+        assertEquals("Can't mirror node into itself", m.error("blockdev-mirror", "job-id", "x", "device", "src", "target", "src", "sync", "full"));
+        assertEquals("Parameter 'granularity' expects a power of 2",
+                m.error("blockdev-mirror", "job-id", "x", "device", "src", "target", "tgt", "sync", "full", "granularity", 1000));
+        assertEquals("Job not found", m.error("job-pause", "id", "nope"));
+        assertEquals("Block job 'nope' not found", m.error("block-job-pause", "device", "nope"));
+        // slow: 64 KiB/s, so it is still running when cancelled
+        m.ok("blockdev-mirror", "job-id", "j2", "device", "src", "target", "tgt", "sync", "full", "speed", 65536);
+        assertEquals("Need a root block node", m.error("blockdev-mirror", "job-id", "j3", "device", "src", "target", "tgt", "sync", "full"));
+        m.ok("job-pause", "id", "j2");
+        assertEquals("Job is already paused", m.error("job-pause", "id", "j2"));
+        // QEMU pauses at the job's next pause point: the status follows soon after the command
+        String status = null;
+        for (int i = 0; i < 200 && !"paused".equals(status); i++, Thread.sleep(50)) {
+            status = (String) ((Map<?, ?>) ((List<?>) m.ok("query-jobs")).get(0)).get("status");
+        }
+        assertEquals("paused", status);
+        assertEquals(true, ((Map<?, ?>) ((List<?>) m.ok("query-block-jobs")).get(0)).get("paused"));
+        m.ok("job-resume", "id", "j2");
+        assertEquals("Job 'j2' in state 'running' cannot accept command verb 'complete'", m.error("job-complete", "id", "j2"));
+        m.ok("job-cancel", "id", "j2");
+        m.waitEvent("BLOCK_JOB_CANCELLED", 30_000);
+        assertEquals(List.of("created", "running", "paused", "running", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"), m.story());
+        assertEquals(List.of(), m.ok("query-block-jobs"));
+        // the nodes are free again
+        m.ok("blockdev-del", "node-name", "tgt");
+    }
+}
