@@ -216,9 +216,9 @@ public final class MirrorJob extends Job {
 
     @Override
     protected void onResume() {
+        ioStatus = "ok";
         post(() -> {
             paused = false;
-            ioStatus = "ok";
             pump();
         });
     }
@@ -456,6 +456,7 @@ public final class MirrorJob extends Job {
             for (long i = 0; i < count; i++) map.mark(first + i);
             ioError(errno, onTarget);
         }
+        filter.runIdleWaiters();
         filter.startWaiting();
         pump();
     }
@@ -646,23 +647,33 @@ public final class MirrorJob extends Job {
         }
 
         private void idle() {
-            if (pending == 0) {
-                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
-            }
+            runIdleWaiters();
             if (phase == Phase.CONVERGING) check();
         }
 
+        /** The waiters of {@link #whenIdle}, once neither guest requests nor the job's copies are in flight. */
+        void runIdleWaiters() {
+            if (pending == 0 && copies == 0) {
+                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
+            }
+        }
+
+        /**
+         * The guest requests it accepted, the job's copies (a copy's write to the target comes
+         * after its read here: a drain of the source that ignored it would let the target get a
+         * request after its own drain) and the requests below.
+         */
         @Override
-        public int inFlight() { return pending + d.inFlight(); }
+        public int inFlight() { return pending + copies + d.inFlight(); }
 
         @Override
         public void whenIdle(Runnable idle) {
-            if (pending > 0) {
+            if (pending > 0 || copies > 0) {
                 idleWaiters.add(() -> whenIdle(idle));
                 return;
             }
             d.whenIdle(() -> {
-                if (pending > 0) idleWaiters.add(() -> whenIdle(idle));
+                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
                 else idle.run();
             });
         }
