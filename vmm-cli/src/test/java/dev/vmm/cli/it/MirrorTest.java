@@ -245,4 +245,55 @@ class MirrorTest extends PeerTestBase {
         // the nodes are free again
         m.ok("blockdev-del", "node-name", "tgt");
     }
+
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void syncTopCopiesOnlyTheTopLayer(Server server) throws Exception {
+        String qemuImg = Peers.require("qemu-img");
+        Path raw = tmp.resolve("base.raw");
+        Images.sparse(raw, SIZE);
+        for (long off = 0; off < SIZE; off += MiB) Images.fill(raw, off, (int) MiB, off + 99);
+        Path base = tmp.resolve("base.qcow2");
+        Path top = tmp.resolve("top.qcow2");
+        Path tgt = tmp.resolve("tgt.qcow2");
+        Path ref = tmp.resolve("ref.raw");
+        Run.cmd(qemuImg, "convert", "-f", "raw", "-O", "qcow2", raw.toString(), base.toString()).expect(0);
+        Run.cmd(qemuImg, "create", "-f", "qcow2", "-b", base.toString(), "-F", "qcow2", top.toString()).expect(0);
+        Run.cmd(Peers.require("qemu-io"), "-f", "qcow2", "-c", "write -P 0x5a 1M 2M", "-c", "write -z 8M 1M", top.toString()).expect(0);
+        Run.cmd(qemuImg, "create", "-f", "qcow2", "-b", base.toString(), "-F", "qcow2", tgt.toString()).expect(0);
+        Run.cmd(qemuImg, "convert", "-f", "qcow2", "-O", "raw", top.toString(), ref.toString()).expect(0);
+        Path dir = socketDir();
+        Path mon = dir.resolve("m.sock");
+        Path nbd = dir.resolve("n.sock");
+        serve(server, List.of(
+                "--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
+                "--blockdev", "driver=qcow2,node-name=src,file.driver=file,file.filename=" + top,
+                "--blockdev", "driver=qcow2,node-name=tgt,file.driver=file,file.filename=" + tgt,
+                "--nbd-server", Net.unixServer(nbd),
+                "--export", "type=nbd,id=e0,node-name=src,name=src,writable=on"));
+        Monitor m = closeLater(new Monitor(mon));
+        m.ok("blockdev-mirror", "job-id", "top0", "device", "src", "target", "tgt", "sync", "top");
+        m.waitEvent("BLOCK_JOB_READY", 60_000);
+        Map<?, ?> info = (Map<?, ?>) ((List<?>) m.ok("query-block-jobs")).get(0);
+        // Only the top layer's 3 MiB are copied (QEMU counts the whole disk in len; both offset = len).
+        assertEquals(info.get("len"), info.get("offset"), info.toString());
+        String map = Run.cmd(qemuImg, "map", "--output=json", "-U", "-f", "qcow2", tgt.toString()).expect(0).stdout();
+        long fromTarget = 0;
+        for (Object o : (List<?>) dev.vmm.core.json.Json.parse(map)) {
+            Map<?, ?> e = (Map<?, ?>) o;
+            if (((Number) e.get("depth")).intValue() == 0 && Boolean.TRUE.equals(e.get("data"))) fromTarget += ((Number) e.get("length")).longValue();
+        }
+        assertTrue(fromTarget <= 3 * MiB && fromTarget >= 2 * MiB, "the target allocates " + fromTarget + " bytes of data: " + map);
+        Writer w = new Writer(Net.unixUri(nbd, "src"), ref, 4);
+        Thread.sleep(500);
+        m.ok("job-complete", "id", "top0");
+        m.waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        Thread.sleep(300);
+        w.stop();
+        m.ok("block-export-del", "id", "e0");
+        m.waitEvent("BLOCK_EXPORT_DELETED", 10_000);
+        m.ok("blockdev-del", "node-name", "src");
+        m.ok("query-jobs");
+        Run.cmd(qemuImg, "compare", "-U", "-f", "qcow2", "-F", "raw", tgt.toString(), ref.toString()).expect(0);
+    }
 }
