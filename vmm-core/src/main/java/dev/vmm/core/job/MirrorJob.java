@@ -211,7 +211,10 @@ public final class MirrorJob extends Job {
 
     @Override
     protected void onPause() {
-        post(() -> paused = true);
+        post(() -> {
+            paused = true;
+            interruptConvergence();
+        });
     }
 
     @Override
@@ -219,6 +222,7 @@ public final class MirrorJob extends Job {
         ioStatus = "ok";
         post(() -> {
             paused = false;
+            resumeConvergence();
             pump();
         });
     }
@@ -228,7 +232,8 @@ public final class MirrorJob extends Job {
         post(() -> {
             paused = false;
             if (phase == Phase.ENDED || phase == Phase.STOPPING) return;
-            if (force) {
+            if (force || !ioStatus.equals("ok")) {
+                cancelledHard = true; // a job stopped on an error cannot converge: cancel it for good
                 stop(null);
             } else {
                 converge(false);
@@ -251,6 +256,7 @@ public final class MirrorJob extends Job {
         @Override
         public void quiesce() {
             quiesced = true;
+            interruptConvergence(); // held requests must not wait through a move for copies that cannot run
         }
 
         @Override
@@ -276,6 +282,7 @@ public final class MirrorJob extends Job {
         @Override
         public void resume() {
             quiesced = false;
+            resumeConvergence();
             pump();
         }
     };
@@ -481,6 +488,7 @@ public final class MirrorJob extends Job {
         events().emit(BLOCK_JOB_ERROR, d);
         switch (action) {
             case "stop" -> {
+                interruptConvergence();
                 if (ioStatus.equals("ok")) {
                     ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
                     ioPause();
@@ -523,10 +531,41 @@ public final class MirrorJob extends Job {
     /** Pivot ({@code complete}) or soft cancel: hold new guest requests, copy what is dirty, then switch. */
     private void converge(boolean toTarget) {
         if (phase != Phase.COPYING) return;
+        if (!mayCopyNow()) {
+            pivot = toTarget;
+            convergencePending = true;
+            return;
+        }
         pivot = toTarget;
         phase = Phase.CONVERGING;
         filter.holding = true;
         pump();
+    }
+
+    /** A convergence asked for but interrupted (pause, move, stopping error): started again when the job may copy. */
+    private boolean convergencePending;
+    private boolean cancelledHard;
+
+    /**
+     * The job cannot copy for a while: release the requests held for the convergence (the users
+     * must not wait for it) and converge again later.
+     */
+    private void interruptConvergence() {
+        if (phase != Phase.CONVERGING) return;
+        phase = Phase.COPYING;
+        convergencePending = true;
+        filter.release(filter);
+    }
+
+    private void resumeConvergence() {
+        if (convergencePending && mayCopyNow()) {
+            convergencePending = false;
+            converge(pivot);
+        }
+    }
+
+    private boolean mayCopyNow() {
+        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
     }
 
     /** Forced cancel or a reported error: no new copies; ends once the copies in flight are done. */
@@ -555,7 +594,7 @@ public final class MirrorJob extends Job {
         allocations.clear();
         freeBuffers.clear();
         updateLen();
-        boolean aborted = failure == null && forceCancelled();
+        boolean aborted = failure == null && (forceCancelled() || cancelledHard);
         finished(failure, aborted);
     }
 

@@ -171,8 +171,10 @@ class MirrorJobTest {
         Map<String, Object> args = new LinkedHashMap<>();
         for (int i = 0; i < kv.length; i += 2) args.put((String) kv[i], kv[i + 1]);
         return daemon.blockdevMirror(Options.of("blockdev-mirror", args), (e, d) -> {
-            events.add(e.equals(Job.JOB_STATUS_CHANGE) ? (String) d.get("status") : e);
-            eventData.add(d);
+            synchronized (events) {
+                events.add(e.equals(Job.JOB_STATUS_CHANGE) ? (String) d.get("status") : e);
+                eventData.add(d);
+            }
         });
     }
 
@@ -299,5 +301,52 @@ class MirrorJobTest {
         guest.stop();
         assertEquals(0, guest.errors);
         assertArrayEquals(guest.reference, Files.readAllBytes(dir.resolve("tgt.img")));
+    }
+
+    /** Fails every asynchronous read with EIO while {@link #failReads} is set. */
+    static final class FailingReads extends ForwardingBlockDriver {
+        volatile boolean failReads;
+
+        FailingReads(BlockDriver d) { super(d); }
+
+        @Override
+        public void read(long o, long a, int l, IoCompletion c) throws BlockException {
+            if (failReads) {
+                d.flush(x -> c.ioDone(Errno.EIO));
+                return;
+            }
+            super.read(o, a, l, c);
+        }
+    }
+
+    @Test
+    void sourceReadErrorIsReportedAsReadAndIgnoreRetries() throws Exception {
+        image("src", dir.resolve("src.img"), true);
+        image("tgt", dir.resolve("tgt.img"), false);
+        FailingReads reads = new FailingReads(RawFileDriver.open(dir.resolve("src.img"), false, false));
+        BlockNode src = new BlockNode("src", reads, main);
+        BlockNode tgt = new BlockNode("tgt", RawFileDriver.open(dir.resolve("tgt.img"), false, false), main);
+        daemon.addNode(src);
+        daemon.addNode(tgt);
+        reads.failReads = true;
+        MirrorJob job = mirror("job-id", "j3", "device", "src", "target", "tgt", "sync", "full", "on-source-error", "ignore");
+        waitFor("BLOCK_JOB_ERROR");
+        assertEquals(Map.of("device", "j3", "operation", "read", "action", "ignore"), dataOf("BLOCK_JOB_ERROR"));
+        assertEquals(JobStatus.RUNNING, job.status());
+        reads.failReads = false; // ignored chunks stay dirty and are copied once reads work
+        waitFor("BLOCK_JOB_READY");
+        job.cancel(false);
+        waitFor("BLOCK_JOB_COMPLETED");
+        assertArrayEquals(Files.readAllBytes(dir.resolve("src.img")), Files.readAllBytes(dir.resolve("tgt.img")));
+        reads.failReads = true;
+        synchronized (events) {
+            events.clear();
+            eventData.clear();
+        }
+        MirrorJob again = mirror("job-id", "j4", "device", "src", "target", "tgt", "sync", "full", "on-source-error", "report");
+        waitFor("BLOCK_JOB_COMPLETED");
+        assertEquals("read", dataOf("BLOCK_JOB_ERROR").get("operation"));
+        assertEquals("Input/output error", dataOf("BLOCK_JOB_COMPLETED").get("error"));
+        assertTrue(again.error() != null);
     }
 }
