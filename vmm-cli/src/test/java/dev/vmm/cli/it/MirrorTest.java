@@ -194,6 +194,7 @@ class MirrorTest extends PeerTestBase {
         Writer w = new Writer(s.uri(), s.reference(), 2);
         s.mon().ok("blockdev-mirror", "job-id", "j1", "device", "src", "target", "tgt", "sync", "full");
         s.mon().waitEvent("BLOCK_JOB_READY", 60_000);
+        Thread.sleep(800); // the writer (a python start) writes while the job is ready
         w.stop();
         Path atCancel = tmp.resolve("at-cancel.img");
         Files.copy(s.reference(), atCancel);
@@ -203,7 +204,7 @@ class MirrorTest extends PeerTestBase {
                 s.mon().story());
         // The users stay on the source: new writes land there, the target keeps the state at the cancel.
         Writer after = new Writer(s.uri(), s.reference(), 3);
-        Thread.sleep(300);
+        Thread.sleep(800);
         after.stop();
         s.mon().ok("blockdev-del", "node-name", "tgt");
         compare(s.target(), atCancel);
