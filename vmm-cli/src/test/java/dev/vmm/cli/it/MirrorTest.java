@@ -136,7 +136,7 @@ class MirrorTest extends PeerTestBase {
     /** Source image of random bytes, an empty target, the reference copy; a server with its monitor. */
     private record Setup(VmmProcess server, Monitor mon, String uri, Path source, Path target, Path reference) {}
 
-    private Setup setup(Server server, String targetExtra) throws Exception {
+    private Setup setup(Server server, String targetExtra, String... extra) throws Exception {
         Path dir = socketDir();
         Path src = tmp.resolve("src.img");
         Path tgt = tmp.resolve("tgt.img");
@@ -147,12 +147,14 @@ class MirrorTest extends PeerTestBase {
         Files.copy(src, ref, StandardCopyOption.REPLACE_EXISTING);
         Path mon = dir.resolve("m.sock");
         Path nbd = dir.resolve("n.sock");
-        VmmProcess p = serve(server, List.of(
+        List<String> args = new ArrayList<>(List.of(extra));
+        args.addAll(List.of(
                 "--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
                 "--blockdev", "driver=file,node-name=src,filename=" + src,
                 "--blockdev", "driver=file,node-name=tgt,filename=" + tgt + targetExtra,
                 "--nbd-server", Net.unixServer(nbd),
                 "--export", "type=nbd,id=e0,node-name=src,name=src,writable=on"));
+        VmmProcess p = serve(server, args);
         Monitor m = closeLater(new Monitor(mon));
         return new Setup(p, m, Net.unixUri(nbd, "src"), src, tgt, ref);
     }
@@ -304,5 +306,37 @@ class MirrorTest extends PeerTestBase {
         m.ok("blockdev-del", "node-name", "src");
         m.ok("blockdev-del", "node-name", "tgt");
         Run.cmd(qemuImg, "compare", "-U", "-f", "qcow2", "-F", "raw", tgt.toString(), ref.toString()).expect(0);
+    }
+
+    /** vmm only: qemu-storage-daemon does not move a node that an export uses. */
+    @org.junit.jupiter.api.Test
+    void movesOfTheSourceDuringTheJobUnderWrites() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(Server.primary() == Server.VMM, "vmm moves nodes with their users");
+        Setup s = setup(Server.VMM, "", "--object", "iothread,id=iot1", "--object", "iothread,id=iot2");
+        Monitor m = s.mon();
+        Writer w = new Writer(s.uri(), s.reference(), 5);
+        Thread.sleep(500);
+        m.ok("blockdev-mirror", "job-id", "mv", "device", "src", "target", "tgt", "sync", "full", "speed", 8 * MiB, "buf-size", MiB);
+        for (String to : List.of("iot1", "iot2", "main", "iot1")) {
+            m.ok("x-blockdev-set-iothread", "node-name", "src", "iothread", to);
+            Thread.sleep(150);
+        }
+        m.ok("block-job-set-speed", "device", "mv", "speed", 0);
+        m.waitEvent("BLOCK_JOB_READY", 60_000);
+        m.ok("x-blockdev-set-iothread", "node-name", "tgt", "iothread", "iot2"); // asked on the target: both go
+        Thread.sleep(300);
+        m.ok("job-complete", "id", "mv");
+        m.waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        m.ok("x-blockdev-set-iothread", "node-name", "src", "iothread", "iot1"); // after the pivot: still tied
+        Thread.sleep(300);
+        w.stop();
+        long moves = m.events.stream().filter(e -> e.get("event").equals("VMM_NODE_MOVED")).count();
+        assertEquals(6, moves, m.events.toString());
+        assertTrue(m.story().containsAll(List.of("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED")), m.story().toString());
+        for (Object n : (List<?>) m.ok("query-named-block-nodes")) {
+            Map<?, ?> node = (Map<?, ?>) n;
+            if (node.get("node-name").equals("tgt")) assertEquals("iot1", String.valueOf(node.get("iothread")), node.toString());
+        }
+        compare(s.target(), s.reference());
     }
 }
