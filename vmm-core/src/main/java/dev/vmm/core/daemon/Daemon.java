@@ -787,6 +787,22 @@ public final class Daemon {
             ns = new ArrayList<>(nodes.values());
             ts = new ArrayList<>(iothreads.values());
         }
+        // Jobs first: a mirror still copying would submit to nodes being closed.
+        for (dev.vmm.core.job.Job j : jobs.all()) {
+            try {
+                j.cancel(true);
+            } catch (dev.vmm.core.job.JobException e) {
+                LOG.debug("job {} at shutdown: {}", j.id(), e.getMessage());
+            }
+        }
+        for (int i = 0; i < 100 && jobs.all().stream().anyMatch(j -> j.status() != dev.vmm.core.job.JobStatus.CONCLUDED); i++) {
+            try {
+                Thread.sleep(50);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+        }
         Collections.reverse(comps);
         for (AutoCloseable c : comps) {
             try {

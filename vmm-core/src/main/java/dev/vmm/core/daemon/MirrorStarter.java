@@ -20,7 +20,7 @@ import java.util.concurrent.TimeoutException;
 final class MirrorStarter {
     /** QEMU's DEFAULT_MIRROR_BUF_SIZE (block/mirror.c): 16 MiB. */
     static final long DEFAULT_BUF_SIZE = 16L << 20;
-    /** QEMU's default granularity when the target has no cluster size: 64 KiB. */
+    /** QEMU's default granularity when the target has no cluster size (a raw file): 64 KiB. */
     static final int DEFAULT_GRANULARITY = 64 << 10;
 
     private final Daemon daemon;
@@ -74,7 +74,8 @@ final class MirrorStarter {
         if (target.readOnly()) throw new DaemonException("Block node is read-only");
         if (granularity == 0) {
             int cluster = target.imageInfo().clusterSize();
-            granularity = cluster > 0 ? Math.max(DEFAULT_GRANULARITY, cluster) : DEFAULT_GRANULARITY;
+            // QEMU's bdrv_get_default_bitmap_granularity: the target's cluster size (at least 4 KiB), else 64 KiB
+            granularity = cluster > 0 ? Math.max(4096, cluster) : DEFAULT_GRANULARITY;
         }
         if (bufSize == 0) bufSize = DEFAULT_BUF_SIZE;
         bufSize = Math.max(bufSize, granularity);

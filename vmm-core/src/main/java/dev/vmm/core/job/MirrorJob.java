@@ -717,6 +717,43 @@ public final class MirrorJob extends Job {
             });
         }
 
+        // The synchronous calls (control plane, tests): written, then marked.
+        @Override
+        public void write(long o, long a, int l, boolean fua) throws BlockException {
+            try {
+                d.write(o, a, l, fua);
+            } finally {
+                if (!passthrough) map.markRange(o, l);
+            }
+        }
+
+        @Override
+        public void writev(long o, long iov, int n, long t, boolean fua) throws BlockException {
+            try {
+                d.writev(o, iov, n, t, fua);
+            } finally {
+                if (!passthrough) map.markRange(o, t);
+            }
+        }
+
+        @Override
+        public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua) throws BlockException {
+            try {
+                d.writeZeroes(o, l, u, f, fua);
+            } finally {
+                if (!passthrough) map.markRange(o, l);
+            }
+        }
+
+        @Override
+        public void discard(long o, long l) throws BlockException {
+            try {
+                d.discard(o, l);
+            } finally {
+                if (!passthrough) map.markRange(o, l);
+            }
+        }
+
         @Override
         public void read(long o, long a, int l, IoCompletion c) throws BlockException {
             if (hold(to -> to.read(o, a, l, c), c)) return;

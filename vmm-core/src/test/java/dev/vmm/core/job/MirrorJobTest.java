@@ -349,4 +349,18 @@ class MirrorJobTest {
         assertEquals("Input/output error", dataOf("BLOCK_JOB_COMPLETED").get("error"));
         assertTrue(again.error() != null);
     }
+
+    @Test
+    void shutdownCancelsARunningJobFirst() throws Exception {
+        image("src", dir.resolve("src.img"), true);
+        image("tgt", dir.resolve("tgt.img"), false);
+        daemon.addNode(new BlockNode("src", RawFileDriver.open(dir.resolve("src.img"), false, false), main));
+        daemon.addNode(new BlockNode("tgt", RawFileDriver.open(dir.resolve("tgt.img"), false, false), main));
+        MirrorJob job = mirror("job-id", "j5", "device", "src", "target", "tgt", "sync", "full", "speed", 65536);
+        long t0 = System.nanoTime();
+        assertTrue(daemon.shutdown(false), "every node flushed");
+        assertTrue(System.nanoTime() - t0 < 10_000_000_000L, "shutdown took too long");
+        assertEquals(JobStatus.NULL, job.status());
+        assertTrue(events.contains("BLOCK_JOB_CANCELLED"), events.toString());
+    }
 }
