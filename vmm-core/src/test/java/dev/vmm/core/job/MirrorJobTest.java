@@ -363,4 +363,54 @@ class MirrorJobTest {
         assertEquals(JobStatus.NULL, job.status());
         assertTrue(events.contains("BLOCK_JOB_CANCELLED"), events.toString());
     }
+
+    @Test
+    void aPauseDuringThePivotReleasesTheHeldGuestRequests() throws Exception {
+        image("src", dir.resolve("src.img"), true);
+        image("tgt", dir.resolve("tgt.img"), false);
+        BlockNode src = new BlockNode("src", RawFileDriver.open(dir.resolve("src.img"), false, false), main);
+        dev.vmm.core.testing.HoldingDriver holding = new dev.vmm.core.testing.HoldingDriver(RawFileDriver.open(dir.resolve("tgt.img"), false, false));
+        BlockNode tgt = new BlockNode("tgt", holding, main);
+        daemon.addNode(src);
+        daemon.addNode(tgt);
+        MirrorJob job = mirror("job-id", "j6", "device", "src", "target", "tgt", "sync", "full");
+        waitFor("BLOCK_JOB_READY");
+        Memory buf = NativeBuffers.aligned(65536, 4096);
+        CompletableFuture<Integer> first = new CompletableFuture<>();
+        main.execute(() -> {
+            holding.hold(true);
+            try {
+                src.io().write(0, NativeBuffers.address(buf), 65536, false, first::complete);
+            } catch (BlockException e) {
+                first.completeExceptionally(e);
+            }
+        });
+        assertEquals(0, first.get(5, TimeUnit.SECONDS));
+        for (int i = 0; i < 250 && holding.heldCount() == 0; i++) Thread.sleep(20); // the copy of the dirty chunk, held
+        assertTrue(holding.heldCount() > 0);
+        job.complete(); // converges: holds new requests, waits for the held copy
+        Thread.sleep(100);
+        CompletableFuture<Integer> second = new CompletableFuture<>();
+        main.execute(() -> {
+            try {
+                src.io().write(1 << 20, NativeBuffers.address(buf), 4096, false, second::complete);
+            } catch (BlockException e) {
+                second.completeExceptionally(e);
+            }
+        });
+        Thread.sleep(200);
+        assertTrue(!second.isDone(), "held while the job converges");
+        job.pause();
+        assertEquals(0, second.get(5, TimeUnit.SECONDS), "a paused job does not keep guest requests waiting");
+        assertEquals(JobStatus.STANDBY, job.status());
+        main.call(() -> {
+            holding.hold(false);
+            holding.releaseAllReversed();
+            return null;
+        });
+        job.resume();
+        waitFor("BLOCK_JOB_COMPLETED");
+        assertSame(tgt.io(), main.call(() -> src.io().current()));
+        assertArrayEquals(Files.readAllBytes(dir.resolve("src.img")), Files.readAllBytes(dir.resolve("tgt.img")));
+    }
 }
