@@ -219,8 +219,17 @@ class MirrorTest extends PeerTestBase {
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.vmm.cli.it.Server#selected")
     void forcedCancelAndRefusals(Server server) throws Exception {
-        Setup s = setup(server, "");
+        Path small = Images.sparse(tmp.resolve("small.img"), 4 * MiB);
+        Path small2 = Images.sparse(tmp.resolve("small2.img"), 4 * MiB);
+        Setup s = setup(server, "", "--blockdev", "driver=file,node-name=small,filename=" + small,
+                "--blockdev", "driver=file,node-name=small2,filename=" + small2);
         Monitor m = s.mon();
+        // A target of another size: the job starts, then fails (QEMU checks it when the job runs).
+        m.ok("blockdev-mirror", "job-id", "j0", "device", "src", "target", "small", "sync", "full");
+        Map<String, Object> done = m.waitEvent("BLOCK_JOB_COMPLETED", 30_000);
+        assertEquals("Source and target image have different sizes", ((Map<?, ?>) done.get("data")).get("error"));
+        assertEquals(List.of("created", "running", "aborting", "BLOCK_JOB_COMPLETED", "concluded", "null"), m.story());
+        m.events.clear();
         assertEquals("Cannot find device='nope' nor node-name='nope'", m.error("blockdev-mirror", "job-id", "x", "device", "nope", "target", "tgt", "sync", "full"));
         assertEquals("Can't mirror node into itself", m.error("blockdev-mirror", "job-id", "x", "device", "src", "target", "src", "sync", "full"));
         assertEquals("Parameter 'granularity' expects a power of 2",
@@ -230,6 +239,7 @@ class MirrorTest extends PeerTestBase {
         // slow: 64 KiB/s, so it is still running when cancelled
         m.ok("blockdev-mirror", "job-id", "j2", "device", "src", "target", "tgt", "sync", "full", "speed", 65536);
         assertEquals("Need a root block node", m.error("blockdev-mirror", "job-id", "j3", "device", "src", "target", "tgt", "sync", "full"));
+        assertEquals("Job ID 'j2' already in use", m.error("blockdev-mirror", "job-id", "j2", "device", "small", "target", "small2", "sync", "full"));
         m.ok("job-pause", "id", "j2");
         assertEquals("Job is already paused", m.error("job-pause", "id", "j2"));
         // QEMU pauses at the job's next pause point: the status follows soon after the command
