@@ -77,7 +77,7 @@ public final class MirrorJob extends Job {
     /** What the source's io forwarded to before the filter (its own driver, usually). */
     private BlockDriver below;
     private NodeIo targetIo;
-    private enum Phase { STARTING, COPYING, CONVERGING, STOPPING, ENDED }
+    private enum Phase { STARTING, COPYING, CONVERGING, FLUSHING, STOPPING, ENDED }
     private Phase phase = Phase.STARTING;
     private boolean pivot;
     private boolean quiesced;
@@ -515,17 +515,36 @@ public final class MirrorJob extends Job {
         }
         if (phase == Phase.CONVERGING && filter.active() == 0) {
             // Guest requests are held, nothing is dirty or in flight: source and target are equal.
-            phase = Phase.ENDED; // no second pass through here from the released requests' completions
-            if (pivot) {
-                source.io().set(target.io());
-            } else {
-                source.io().set(below);
+            // Make the copies durable before the users depend on the target (QEMU's mirror_flush):
+            // a guest that flushed the source must not lose data to a crash after the pivot.
+            phase = Phase.FLUSHING; // no second pass through here; the held requests stay held
+            try {
+                targetIo.flush(this::converged);
+            } catch (BlockException e) {
+                home.loop().execute(() -> converged(e.errno()));
             }
-            source.io().retire(filter);
-            filter.passthrough = true;
-            filter.release(source.io());
-            end();
         }
+    }
+
+    /** The target's flush at the end of a convergence: switch (or not) and release the held requests. */
+    private void converged(int errno) {
+        if (phase != Phase.FLUSHING) return; // cancelled meanwhile: the users stayed on the source
+        if (errno != 0) {
+            pivot = false;
+            phase = Phase.CONVERGING;
+            stop(LibC.strerror(errno)); // the users stay on the source
+            return;
+        }
+        phase = Phase.ENDED;
+        if (pivot) {
+            source.io().set(target.io());
+        } else {
+            source.io().set(below);
+        }
+        source.io().retire(filter);
+        filter.passthrough = true;
+        filter.release(source.io());
+        end();
     }
 
     /** Pivot ({@code complete}) or soft cancel: hold new guest requests, copy what is dirty, then switch. */
