@@ -47,12 +47,12 @@ public final class ServeCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--blockdev", paramLabel = "driver=file|raw|qcow2,node-name=NAME,...",
-            description = "Open a block node: a disk image (driver=file), or a format node over one (raw, qcow2) with its backing chain.")
+    @Option(names = "--blockdev", paramLabel = "driver=file|raw|qcow2|nbd,node-name=NAME,...",
+            description = "Open a block node: a disk image (driver=file), an export of a remote NBD server (driver=nbd), or a format node over one (raw, qcow2) with its backing chain.")
     List<String> blockdevs = new ArrayList<>();
 
-    @Option(names = "--object", paramLabel = "iothread,id=ID | tls-creds-x509,id=ID,dir=DIR,endpoint=server",
-            description = "Create an IOThread (an event-loop thread that serves the disks placed on it) or TLS credentials for --nbd-server tls-creds=ID.")
+    @Option(names = "--object", paramLabel = "iothread,id=ID | tls-creds-x509,id=ID,dir=DIR,endpoint=server|client",
+            description = "Create an IOThread (an event-loop thread that serves the disks placed on it) or TLS credentials for --nbd-server tls-creds=ID (endpoint=server) or --blockdev driver=nbd,tls-creds=ID (endpoint=client).")
     List<String> objects = new ArrayList<>();
 
     @Option(names = "--nbd-server", paramLabel = "addr.type=inet|unix,...",
@@ -94,16 +94,37 @@ public final class ServeCommand implements Callable<Integer> {
     static String keysHelp() {
         StringBuilder sb = new StringBuilder();
         sb.append("  --blockdev (all drivers)\n")
-          .append("    driver=file|raw|qcow2    a protocol node (file) or a format node over a 'file' child (raw, qcow2)\n")
+          .append("    driver=file|raw|qcow2|nbd  a protocol node (file, nbd) or a format node over a 'file' child (raw, qcow2)\n")
           .append("    node-name=NAME           name exports and other nodes refer to (unique; implicit nodes are #blockN)\n")
           .append("    read-only=on|off         open read-only (default off; inline children inherit it)\n")
           .append("    discard=unmap|ignore     TRIM/discard reaches the image (default unmap; QEMU's default is ignore)\n")
-          .append("    detect-zeroes=off        accepted (off only)\n")
+          .append("    detect-zeroes=off|on|unmap  a write of an all-zero buffer becomes a write-zeroes (on), which may\n")
+          .append("                             leave a hole (unmap: needs discard=unmap, as QEMU) (default off)\n")
+          .append("    force-share=on|off       share every permission with other users of the image: read-only\n")
+          .append("                             nodes only, as QEMU (qemu-img -U); inline children inherit it\n")
+          .append("    auto-read-only=on|off    a file that cannot be opened for writing (EACCES, EROFS, EPERM) is\n")
+          .append("                             opened read-only, and so are the nodes over it (default off; inherited)\n")
           .append("  --blockdev driver=file\n")
           .append("    filename=PATH            the image file\n")
           .append("    cache.direct=on|off      O_DIRECT: bypass the host page cache (default off)\n")
+          .append("    cache.no-flush=on|off    flushes complete at once without syncing, FUA writes are plain\n")
+          .append("                             writes: fast, and nothing survives a host crash (default off)\n")
           .append("    aio=io_uring|native|threads  asynchronous I/O engine (default io_uring; threads where the\n")
           .append("                             kernel refuses io_uring; native needs cache.direct=on, served by io_uring)\n")
+          .append("    locking=auto|on|off      QEMU's image locks (OFD locks on bytes 100-103/200-203, docs/locking.md):\n")
+          .append("                             QEMU, qemu-img and other vmm daemons see this daemon's users and it\n")
+          .append("                             sees theirs (default auto: on where the kernel has OFD locks)\n")
+          .append("  --blockdev driver=nbd (an NBD client; see docs/nbd-client.md)\n")
+          .append("    server.type=inet|unix    how to reach the server; JSON: \"server\": {\"type\": \"inet\", ...}\n")
+          .append("    server.host=HOST, server.port=PORT   inet: the server (port default 10809)\n")
+          .append("    server.path=PATH         unix: the server's socket\n")
+          .append("    export=NAME              the export to open (default: the server's default export, \"\")\n")
+          .append("    tls-creds=ID             STARTTLS with this --object tls-creds-x509,endpoint=client (ca-cert.pem,\n")
+          .append("                             optionally client-cert.pem and client-key.pem)\n")
+          .append("    tls-hostname=NAME        the name the server's certificate must carry (default: server.host)\n")
+          .append("    reconnect-delay=S        after a lost connection, requests wait up to S seconds for a reconnect\n")
+          .append("                             and are re-sent; later ones fail with EIO until it is back (default 0)\n")
+          .append("    open-timeout=S           keep trying to connect for S seconds (default 0: one attempt)\n")
           .append("  --blockdev driver=raw\n")
           .append("    file=NODE | file.driver=file,file.filename=PATH,...   the child: an existing node, or inline\n")
           .append("                             (created with this node, removed with it)\n")
@@ -123,9 +144,10 @@ public final class ServeCommand implements Callable<Integer> {
           .append("    poll-max-ns, poll-grow, poll-shrink, aio-max-batch   accepted for QEMU compatibility, no effect\n")
           .append("  --object tls-creds-x509\n")
           .append("    id=ID                    the credentials' id (unique among objects)\n")
-          .append("    dir=DIR                  holds ca-cert.pem, server-cert.pem, server-key.pem (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key)\n")
-          .append("    endpoint=server          required (QEMU's default, client, is not useful to a server)\n")
-          .append("    verify-peer=on|off       clients must present a certificate from a CA in ca-cert.pem (default on)\n")
+          .append("    dir=DIR                  holds ca-cert.pem, server-cert.pem, server-key.pem (PEM; PKCS#8, PKCS#1 RSA or SEC1 EC key);\n")
+          .append("                             for endpoint=client: ca-cert.pem, optionally client-cert.pem, client-key.pem\n")
+          .append("    endpoint=server|client   server: for --nbd-server; client (QEMU's default): for driver=nbd nodes\n")
+          .append("    verify-peer=on|off       the peer must present a certificate from a CA in ca-cert.pem (default on)\n")
           .append("    sanity-check=on|off      check validity dates and that server-cert.pem is issued by ca-cert.pem (default on)\n")
           .append("  --nbd-server\n").append(keys(NbdServerComponent.HELP_KEYS, 4))
           .append("  --export (all types)\n")
@@ -204,7 +226,7 @@ public final class ServeCommand implements Callable<Integer> {
             if (!monitorPaths.isEmpty()) startMonitors(daemon, monitorPaths, stop::countDown);
             if (pidfile != null) writePidfile(pidfile);
         } catch (OptionException | DaemonException e) {
-            err.println("vmm: " + e.getMessage());
+            err.println("vmm: " + (e instanceof DaemonException d ? d.withHint() : e.getMessage()));
             err.flush();
             daemon.shutdown(false);
             return 1;

@@ -16,6 +16,14 @@ public final class NbdExportDriver implements ExportDriver {
     @Override
     public String type() { return "nbd"; }
 
+    /** QEMU's {@code BlockExportOptionsNbd} members that we read (no {@code bitmaps}). */
+    static final dev.vmm.core.qmp.QmpType QMP_OPTIONS = dev.vmm.core.qmp.QmpType.object("BlockExportOptionsNbd")
+            .optional("name", dev.vmm.core.qmp.QmpType.STR).optional("description", dev.vmm.core.qmp.QmpType.STR)
+            .optional("allocation-depth", dev.vmm.core.qmp.QmpType.BOOL).build();
+
+    @Override
+    public dev.vmm.core.qmp.QmpType qmpOptions() { return QMP_OPTIONS; }
+
     @Override
     public String helpKeys() {
         return """

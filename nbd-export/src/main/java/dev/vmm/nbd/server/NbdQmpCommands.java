@@ -6,9 +6,11 @@ import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
 import dev.vmm.core.qmp.CoreCommands;
+import dev.vmm.core.qmp.CoreTypes;
 import dev.vmm.core.qmp.QmpCommand;
 import dev.vmm.core.qmp.QmpCommands;
 import dev.vmm.core.qmp.QmpException;
+import dev.vmm.core.qmp.QmpType;
 import java.io.IOException;
 import java.net.SocketAddress;
 import java.util.Map;
@@ -21,8 +23,13 @@ import java.util.Map;
 public final class NbdQmpCommands {
     private NbdQmpCommands() {}
 
+    /** QEMU's {@code nbd-server-start} arguments, plus {@code handshake-max-seconds} (vmm, as --nbd-server). */
+    static final QmpType NBD_SERVER_START_ARGS = QmpType.object("q_obj_nbd-server-start-arg")
+            .required("addr", CoreTypes.SOCKET_ADDRESS_LEGACY).optional("tls-creds", QmpType.STR).optional("tls-authz", QmpType.STR)
+            .optional("max-connections", QmpType.INT).optional("handshake-max-seconds", QmpType.INT).build();
+
     public static void register(QmpCommands t, Daemon daemon) {
-        t.register("nbd-server-start", QmpCommand.blocking(c -> {
+        t.register("nbd-server-start", NBD_SERVER_START_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             Options o = c.options();
             SocketAddress address = address(o);
             int max = (int) o.number("max-connections", 0, 0, Integer.MAX_VALUE);
@@ -40,7 +47,7 @@ public final class NbdQmpCommands {
             }
             return Map.of();
         }));
-        t.register("nbd-server-stop", QmpCommand.blocking(c -> {
+        t.register("nbd-server-stop", QmpType.EMPTY, QmpType.EMPTY, QmpCommand.blocking(c -> {
             c.options().checkAllConsumed();
             if (daemon.component(NbdServerComponent.class) == null) throw QmpException.generic("NBD server not running");
             // As QEMU: stopping the server removes its exports (clients are disconnected).

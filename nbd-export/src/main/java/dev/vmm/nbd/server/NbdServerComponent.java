@@ -56,6 +56,11 @@ public final class NbdServerComponent implements AutoCloseable {
                 throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-creds",
                         "'tls-creds': no TLS credentials object with id '" + tlsCreds + "'");
             }
+            if (tls.isClient()) {
+                tls.removeUser(TLS_USER);
+                throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "tls-creds",
+                        "'tls-creds': tls-creds-x509 '" + tlsCreds + "' is endpoint=client; the NBD server needs endpoint=server");
+            }
         }
         try {
             return configure(daemon, new NbdServer.Config(address, max, handshake, tls));
@@ -90,6 +95,10 @@ public final class NbdServerComponent implements AutoCloseable {
         TlsCredentials tls = null;
         if (tlsCredsId != null) {
             tls = daemon.useTlsCredentials(tlsCredsId, TLS_USER);
+            if (tls.isClient()) {
+                tls.removeUser(TLS_USER);
+                throw new DaemonException("tls-creds-x509 '" + tlsCredsId + "' is endpoint=client; the NBD server needs endpoint=server");
+            }
         }
         NbdServerComponent c = new NbdServerComponent(new NbdServer(daemon.mainLoop(),
                 new NbdServer.Config(address, maxConnections, handshakeMaxSeconds, tls)));

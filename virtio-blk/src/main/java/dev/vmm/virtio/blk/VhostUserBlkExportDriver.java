@@ -21,6 +21,14 @@ public final class VhostUserBlkExportDriver implements ExportDriver {
     @Override
     public String type() { return "vhost-user-blk"; }
 
+    /** QEMU's {@code BlockExportOptionsVhostUserBlk}; {@code addr} must be a unix socket here. */
+    static final dev.vmm.core.qmp.QmpType QMP_OPTIONS = dev.vmm.core.qmp.QmpType.object("BlockExportOptionsVhostUserBlk")
+            .required("addr", dev.vmm.core.qmp.CoreTypes.SOCKET_ADDRESS).optional("logical-block-size", dev.vmm.core.qmp.QmpType.INT)
+            .optional("num-queues", dev.vmm.core.qmp.QmpType.INT).build();
+
+    @Override
+    public dev.vmm.core.qmp.QmpType qmpOptions() { return QMP_OPTIONS; }
+
     @Override
     public String helpKeys() {
         return """

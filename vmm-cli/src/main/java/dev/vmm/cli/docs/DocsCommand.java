@@ -19,6 +19,9 @@ public final class DocsCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
+    @Option(names = {"-h", "--help"}, usageHelp = true, description = "Show this help and exit.")
+    boolean help;
+
     @Option(names = "--output", paramLabel = "FILE", description = "Write here instead of stdout (e.g. " + CliReference.FILE + ").")
     Path output;
 

@@ -31,6 +31,12 @@ import picocli.CommandLine.Parameters;
             "  One command per line in the same syntax, plus:",
             "    sleep 20ms | sleep 1.5s     pause",
             "    repeat N ... end            run the lines in between N times (nestable)",
+            "    monitor NAME PATH           connect another monitor (e.g. a second daemon's) as NAME",
+            "    @NAME COMMAND key=value ... send the command to monitor NAME",
+            "    wait-event [@NAME] EVENT [key=value ...] [timeout=30s]",
+            "                                wait for EVENT with those data fields (also one that came",
+            "                                since the last wait); prints job progress every second",
+            "    ${VAR}                      an environment variable, anywhere in a line",
             "    # comment                   (whole lines; blank lines are ignored)",
             "  The script stops at the first error (line, command and the monitor's message on stderr) unless",
             "  --continue-on-error. The last line is a summary: commands, errors, moves and their pause",
@@ -39,7 +45,8 @@ import picocli.CommandLine.Parameters;
             "Examples:",
             "  vmm qmp --socket /tmp/qmp.sock query-block-exports",
             "  vmm qmp --socket /tmp/qmp.sock block-export-add type=nbd id=e0 node-name=disk0 writable=true",
-            "  vmm qmp --socket /tmp/qmp.sock --script examples/rotate-three-iothreads.qmp"})
+            "  vmm qmp --socket /tmp/qmp.sock --script examples/rotate-three-iothreads.qmp",
+            "  vmm qmp --socket /tmp/qmp.sock --script examples/migrate-disk.qmp"})
 public final class QmpClientCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;

@@ -43,7 +43,7 @@ class QmpTest extends PeerTestBase {
         Path mon = dir.resolve("qmp.sock");
         VmmProcess vmm = serve("--object", "iothread,id=iot0", "--qmp", mon.toString());
         assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(mon)));
-        exerciseExport(mon, dir, Images.sparse(tmp.resolve("disk.img"), 4 * MiB), true);
+        exerciseExport(mon, mon, dir, Images.sparse(tmp.resolve("disk.img"), 4 * MiB), true);
         // A bad value names the field, exit 1, no stack trace.
         Run.Result bad = Run.cmd(qmp(mon, "nbd-server-start", "addr.type=inet", "addr.data.host=127.0.0.1", "addr.data.port=x")).expect(1);
         assertTrue(bad.stdout().contains("'addr.data.port' must be a number from 0 to 65535, got 'x'"), bad.describe());
@@ -79,8 +79,10 @@ class QmpTest extends PeerTestBase {
     void sameCommandsAgainstQsd() throws Exception {
         Path dir = socketDir();
         Path mon = dir.resolve("qmp.sock");
+        Path mon2 = dir.resolve("qmp2.sock"); // QEMU's monitor serves one client at a time
         Process qsd = background(new ProcessBuilder(Peers.require("qemu-storage-daemon"),
-                "--chardev", "socket,id=m,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m")
+                "--chardev", "socket,id=m,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m",
+                "--chardev", "socket,id=m2,path=" + mon2 + ",server=on,wait=off", "--monitor", "chardev=m2")
                 .redirectOutput(VmmProcess.logDir().resolve("QmpTest-qsd.out").toFile())
                 .redirectError(VmmProcess.logDir().resolve("QmpTest-qsd.err").toFile())
                 .redirectInput(ProcessBuilder.Redirect.from(new File("/dev/null"))).start());
@@ -88,7 +90,7 @@ class QmpTest extends PeerTestBase {
             if (!qsd.isAlive()) fail("qemu-storage-daemon exited with " + qsd.exitValue());
             Thread.sleep(50);
         }
-        exerciseExport(mon, dir, Images.sparse(tmp.resolve("disk.img"), 4 * MiB), false);
+        exerciseExport(mon, mon2, dir, Images.sparse(tmp.resolve("disk.img"), 4 * MiB), false);
         Run.Result bad = Run.cmd(qmp(mon, "x-blockdev-set-iothread", "node-name=disk0", "iothread=nope")).expect(1);
         assertTrue(bad.stderr().contains("vmm qmp: x-blockdev-set-iothread: "), bad.describe());
         Run.cmd(qmp(mon, "quit")).expect(0);
@@ -96,7 +98,7 @@ class QmpTest extends PeerTestBase {
     }
 
     /** blockdev-add, nbd-server-start, block-export-add by script; nbdinfo; block-export-del with its event. */
-    private void exerciseExport(Path mon, Path dir, Path image, boolean vmm) throws Exception {
+    private void exerciseExport(Path mon, Path mon2, Path dir, Path image, boolean vmm) throws Exception {
         Path nbd = dir.resolve("nbd.sock");
         Path script = tmp.resolve("setup.qmp");
         Files.writeString(script, String.join("\n",
@@ -115,6 +117,25 @@ class QmpTest extends PeerTestBase {
             Run.Result nodes = Run.cmd(qmp(mon, "query-iothreads")).expect(0);
             assertTrue(nodes.stdout().contains("\"id\":\"iot0\""), nodes.describe());
         }
+        // Two monitors in one script, and waits for events: the event of a command on one monitor
+        // reaches both; a wait consumes it even when it arrived before the wait started; a wait
+        // for an event that never comes is an error with the line, after its timeout.
+        Path waits = tmp.resolve("waits.qmp");
+        Files.writeString(waits, String.join("\n",
+                "monitor b " + mon2,
+                "@b block-export-add type=nbd id=e1 node-name=disk0 name=e1",
+                "block-export-del id=e1",
+                "wait-event @b BLOCK_EXPORT_DELETED id=e1 timeout=10s",
+                "wait-event BLOCK_EXPORT_DELETED id=e1",
+                "wait-event BLOCK_EXPORT_DELETED id=nope timeout=300ms",
+                "query-block-exports",
+                ""));
+        Run.Result w = Run.cmd(qmp(mon, "--script", waits.toString())).expect(1);
+        assertTrue(w.stdout().contains("\"monitor\":\"b\""), w.describe());
+        assertTrue(w.stdout().contains("{\"line\":4,\"command\":\"wait-event @b BLOCK_EXPORT_DELETED id=e1 timeout=10s\",\"return\":{\"event\":\"BLOCK_EXPORT_DELETED\"}"), w.describe());
+        assertTrue(w.stdout().contains("{\"line\":5,\"command\":\"wait-event BLOCK_EXPORT_DELETED id=e1\",\"return\":{\"event\":\"BLOCK_EXPORT_DELETED\"}"), w.describe());
+        assertTrue(w.stderr().contains("waits.qmp:6: wait-event BLOCK_EXPORT_DELETED id=nope timeout=300ms: no BLOCK_EXPORT_DELETED event with {\"id\":\"nope\"} within 300 ms"), w.describe());
+        assertFalse(w.stdout().contains("\"line\":7"), w.describe()); // stopped at the failed wait
         Run.Result del = Run.cmd(qmp(mon, "block-export-del", "id=e0")).expect(0);
         String[] lines = del.stdout().strip().split("\n");
         assertTrue(lines.length == 2 && lines[0].contains("\"event\":\"BLOCK_EXPORT_DELETED\"") && lines[0].contains("\"data\":{\"id\":\"e0\"}"),

@@ -1,6 +1,8 @@
 package dev.vmm.cli.qmp;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import java.nio.file.Files;
@@ -51,10 +53,50 @@ class ScriptTest {
     }
 
     @Test
+    void monitorsWaitsAndVariables() throws Exception {
+        Script s = Script.parse("t.qmp", String.join("\n",
+                "monitor dst ${RUN}/b.sock",
+                "@dst blockdev-add driver=file node-name=t0 filename=${RUN}/t.img",
+                "wait-event BLOCK_JOB_READY device=m0 timeout=10m",
+                "wait-event @dst JOB_STATUS_CHANGE",
+                ""), java.util.Map.of("RUN", "/tmp/x"));
+        List<Script.Step> steps = s.steps();
+        assertEquals(new Script.Monitor(1, "dst", Path.of("/tmp/x/b.sock")), steps.get(0));
+        Script.Command c = (Script.Command) steps.get(1);
+        assertEquals("dst", c.monitor());
+        assertEquals("/tmp/x/t.img", c.request().arguments().get("filename"));
+        Script.WaitEvent w = (Script.WaitEvent) steps.get(2);
+        assertEquals("", w.monitor());
+        assertEquals("BLOCK_JOB_READY", w.event());
+        assertEquals(java.util.Map.of("device", "m0"), w.data());
+        assertEquals(600_000_000_000L, w.timeoutNanos());
+        Script.WaitEvent w2 = (Script.WaitEvent) steps.get(3);
+        assertEquals("dst", w2.monitor());
+        assertEquals(Script.DEFAULT_WAIT_NANOS, w2.timeoutNanos());
+        assertTrue(ScriptRunner.matches(w, java.util.Map.of("event", "BLOCK_JOB_READY", "data", java.util.Map.of("device", "m0", "len", 5))));
+        assertFalse(ScriptRunner.matches(w, java.util.Map.of("event", "BLOCK_JOB_READY", "data", java.util.Map.of("device", "m1"))));
+        assertFalse(ScriptRunner.matches(w, java.util.Map.of("event", "BLOCK_JOB_READY")));
+    }
+
+    @Test
+    void monitorAndWaitErrorsNameTheLine() {
+        assertEquals("t.qmp:1: unknown monitor 'b' (define it with 'monitor NAME PATH' first)", error("@b query-version"));
+        assertEquals("t.qmp:2: monitor 'b' is defined twice", error("monitor b /x\nmonitor b /y"));
+        assertEquals("t.qmp:1: expected 'monitor NAME PATH', got 'monitor b'", error("monitor b"));
+        assertEquals("t.qmp:1: expected 'wait-event [@MONITOR] EVENT [key=value ...] [timeout=30s]', got 'wait-event'", error("wait-event"));
+        assertEquals("t.qmp:1: expected timeout=N(ms|s|m), got 'timeout=5h'", error("wait-event X timeout=5h"));
+        assertEquals("t.qmp:1: unknown monitor 'c' (define it with 'monitor NAME PATH' first)", error("wait-event @c X"));
+        String unset = assertThrows(Script.ScriptException.class,
+                () -> Script.parse("t.qmp", "query-version x=${NOPE_VMM}", java.util.Map.of())).getMessage();
+        assertEquals("t.qmp:1: ${NOPE_VMM} is not set in the environment", unset);
+    }
+
+    @Test
     void theShippedExamplesParse() throws Exception {
         Path root = Path.of(System.getenv().getOrDefault("VMM_ROOT", "..")).resolve("examples");
-        for (String f : List.of("rotate-three-iothreads.qmp", "spread-disks.qmp", "drain-iothread.qmp")) {
-            Script.parse(f, Files.readString(root.resolve(f)));
+        java.util.Map<String, String> env = java.util.Map.of("RUN", "/run/x", "PKI", "/pki", "DST_HOST", "10.0.0.2", "DST_PORT", "10809");
+        for (String f : List.of("rotate-three-iothreads.qmp", "spread-disks.qmp", "drain-iothread.qmp", "migrate-disk.qmp")) {
+            Script.parse(f, Files.readString(root.resolve(f)), env);
         }
     }
 

@@ -118,6 +118,17 @@ public final class BlockNode {
     /** Daemon, at creation. */
     public void setImageInfo(ImageInfo info) { this.imageInfo = Objects.requireNonNull(info); }
 
+    private volatile boolean forceShare;
+
+    /**
+     * {@code force-share=on} (read-only nodes only): whatever the parents of this node ask of it,
+     * they share every permission with other users of the image (QEMU's {@code bdrv_child_perm}).
+     */
+    public boolean forceShare() { return forceShare; }
+
+    /** Daemon, at creation. */
+    public void setForceShare(boolean forceShare) { this.forceShare = forceShare; }
+
     /** QEMU's driver name: {@code file}, {@code raw}, {@code qcow2}. */
     public String driverName() { return driverName; }
 

@@ -11,6 +11,9 @@ public abstract class ForwardingBlockDriver implements BlockDriver {
 
     protected ForwardingBlockDriver(BlockDriver d) { this.d = d; }
 
+    /** The driver underneath (for what {@code query-named-block-nodes} shows). */
+    public BlockDriver forwardsTo() { return d; }
+
     @Override public long size() { return d.size(); }
     @Override public boolean readOnly() { return d.readOnly(); }
     @Override public void read(long o, long a, int l) throws BlockException { d.read(o, a, l); }

@@ -279,6 +279,11 @@ public final class RawFileDriver implements BlockDriver {
 
     @Override
     public void write(long offset, long address, int length, boolean fua) throws BlockException {
+        fua &= !noFlush; // cache.no-flush: nothing is ever made durable on request
+        if (detectZeroes != DetectZeroes.OFF && length > 0 && DetectZeroes.isZero(address, length)) {
+            writeZeroes(offset, length, detectZeroes.mayUnmap(), false, fua);
+            return;
+        }
         checkRange(offset, length);
         checkWritable();
         if (length == 0) {
@@ -303,6 +308,12 @@ public final class RawFileDriver implements BlockDriver {
 
     @Override
     public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua) throws BlockException {
+        fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && totalLength > 0 && iovcnt > 0 && iovcnt <= IOV_MAX
+                && DetectZeroes.iovIsZero(iovAddress, iovcnt, totalLength)) {
+            writeZeroes(offset, totalLength, detectZeroes.mayUnmap(), false, fua);
+            return;
+        }
         checkRange(offset, totalLength);
         checkWritable();
         boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
@@ -319,6 +330,7 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void flush() throws BlockException {
         checkOpen();
+        if (noFlush) return;
         if (flushErrno != 0) {
             throw new BlockException(flushErrno, "flush of " + file + " failed earlier (" + LibC.describe(flushErrno)
                     + "): data written before it may be lost");
@@ -344,6 +356,7 @@ public final class RawFileDriver implements BlockDriver {
 
     @Override
     public void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua) throws BlockException {
+        fua &= !noFlush;
         checkRange(offset, length);
         checkWritable();
         mayUnmap &= unmap;
@@ -496,6 +509,11 @@ public final class RawFileDriver implements BlockDriver {
 
     @Override
     public void write(long offset, long address, int length, boolean fua, IoCompletion done) throws BlockException {
+        fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && length > 0 && DetectZeroes.isZero(address, length)) {
+            writeZeroes(offset, length, detectZeroes.mayUnmap(), false, fua, done);
+            return;
+        }
         checkRange(offset, length);
         checkWritable();
         Op op = take(done);
@@ -514,6 +532,12 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void writev(long offset, long iovAddress, int iovcnt, long totalLength, boolean fua, IoCompletion done)
             throws BlockException {
+        fua &= !noFlush;
+        if (detectZeroes != DetectZeroes.OFF && totalLength > 0 && iovcnt > 0 && iovcnt <= IOV_MAX
+                && DetectZeroes.iovIsZero(iovAddress, iovcnt, totalLength)) {
+            writeZeroes(offset, totalLength, detectZeroes.mayUnmap(), false, fua, done);
+            return;
+        }
         checkRange(offset, totalLength);
         checkWritable();
         boolean aligned = checkIovecs(iovAddress, iovcnt, totalLength);
@@ -527,7 +551,9 @@ public final class RawFileDriver implements BlockDriver {
         Op op = take(done);
         op.stage = Op.FLUSH;
         op.needGen = writeGen;
-        if (flushErrno != 0) {
+        if (noFlush) {
+            finishLater(op, 0); // cache.no-flush: QEMU's BDRV_O_NO_FLUSH answers flushes at once
+        } else if (flushErrno != 0) {
             finishLater(op, flushErrno); // sticky: see flushErrno
         } else if (activeFlush != null) {
             flushWaiters.add(op); // answered by the flush in flight, or by one started when it is done
@@ -580,6 +606,7 @@ public final class RawFileDriver implements BlockDriver {
     @Override
     public void writeZeroes(long offset, long length, boolean mayUnmap, boolean fastOnly, boolean fua, IoCompletion done)
             throws BlockException {
+        fua &= !noFlush;
         checkRange(offset, length);
         checkWritable();
         Op op = take(done);
@@ -921,6 +948,42 @@ public final class RawFileDriver implements BlockDriver {
 
     /** Set once at creation ({@code --blockdev ...,discard=}), before any I/O. */
     public void setUnmap(boolean unmap) { this.unmap = unmap; }
+
+    /** {@code detect-zeroes=}: zero writes become write-zeroes (see {@link DetectZeroes}). */
+    private volatile DetectZeroes detectZeroes = DetectZeroes.OFF;
+
+    /** Set once at creation ({@code --blockdev ...,detect-zeroes=}), before any I/O. */
+    public void setDetectZeroes(DetectZeroes mode) { this.detectZeroes = mode; }
+
+    /** {@code cache.no-flush=on}: flushes complete at once without syncing, FUA writes are plain writes. */
+    private volatile boolean noFlush;
+
+    /** Set once at creation ({@code --blockdev ...,cache.no-flush=}), before any I/O. */
+    public void setNoFlush(boolean noFlush) { this.noFlush = noFlush; }
+
+    /** True with {@code cache.no-flush=on}. */
+    public boolean noFlush() { return noFlush; }
+
+    /** QEMU-compatible image locking of this file; null until {@link #initLock}. */
+    private ImageLock imageLock;
+
+    /**
+     * Creates the image's lock state ({@code --blockdev ...,locking=}) once, at creation; it holds
+     * no lock until the daemon gives the node permissions. Released with the fd by {@link #close}.
+     */
+    public ImageLock initLock(ImageLock.Mode mode) throws BlockException {
+        return initLock(mode, file);
+    }
+
+    /** {@link #initLock(ImageLock.Mode)} naming the image as the user did ({@code filename=}), as QEMU's hint does. */
+    public ImageLock initLock(ImageLock.Mode mode, String shownName) throws BlockException {
+        checkOpen();
+        imageLock = new ImageLock(fd, shownName, mode);
+        return imageLock;
+    }
+
+    /** The lock state, or null when the driver was opened outside the daemon (tests, tools). */
+    public ImageLock imageLock() { return imageLock; }
 
     @Override
     public void close() {

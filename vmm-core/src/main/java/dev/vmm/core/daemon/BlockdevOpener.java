@@ -3,8 +3,13 @@ package dev.vmm.core.daemon;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.DetectZeroes;
+import dev.vmm.core.block.DetectZeroesDriver;
+import dev.vmm.core.block.ImageLock;
+import dev.vmm.core.linux.Errno;
 import dev.vmm.core.block.RawFileDriver;
 import dev.vmm.core.block.NoDiscardDriver;
+import dev.vmm.core.block.ProtocolDriverFactory;
 import dev.vmm.core.block.RawFormatDriver;
 import dev.vmm.core.block.qcow2.Qcow2Header;
 import dev.vmm.core.block.qcow2.Qcow2Options;
@@ -47,7 +52,9 @@ final class BlockdevOpener {
     /** The top node of {@code o}; on failure everything opened is closed again. */
     BlockNode open(Options o) throws OptionException, DaemonException {
         try {
-            return node(o, true, false);
+            BlockNode n = node(o, true, false, false, false);
+            daemon.refreshLocks(); // the new nodes' users take their permissions on the images (docs/locking.md)
+            return n;
         } catch (OptionException | DaemonException | RuntimeException e) {
             rollback();
             throw e;
@@ -80,6 +87,7 @@ final class BlockdevOpener {
                 Daemon.LOG.warn("closing block node {} after a failed blockdev-add: {}", n.name(), e.getMessage());
             }
         }
+        daemon.releaseLocks(); // existing nodes the failed command used as children
     }
 
     // ---- one definition ----
@@ -88,17 +96,23 @@ final class BlockdevOpener {
      * @param top       the command's own definition ({@code node-name} required), else an inline one
      * @param inheritRo a read-only parent makes its inline children read-only unless they say
      *                  otherwise (QEMU's option inheritance)
+     * @param inheritFs the same for {@code force-share}
+     * @param inheritAro the same for {@code auto-read-only}
      */
-    private BlockNode node(Options o, boolean top, boolean inheritRo) throws OptionException, DaemonException {
+    private BlockNode node(Options o, boolean top, boolean inheritRo, boolean inheritFs, boolean inheritAro)
+            throws OptionException, DaemonException {
         int depth = o.fullKey("driver").split("\\.").length - 1;
         if (depth > MAX_INLINE_DEPTH) { // hostile input must not recurse until the stack overflows
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("driver"),
                     "inline node definitions nest deeper than " + MAX_INLINE_DEPTH + " levels");
         }
-        String driver = o.choice("driver", null, "file", "raw", "qcow2");
+        java.util.Map<String, ProtocolDriverFactory> protocols = protocolDrivers();
+        List<String> known = new ArrayList<>(List.of("file", "raw", "qcow2"));
+        known.addAll(protocols.keySet());
+        String driver = o.choice("driver", null, known.toArray(new String[0]));
         if (driver == null) {
             throw new OptionException(OptionException.Kind.MISSING, o.optionName(), o.fullKey("driver"),
-                    "parameter '" + o.fullKey("driver") + "' is missing (one of file, raw, qcow2)");
+                    "parameter '" + o.fullKey("driver") + "' is missing (one of " + String.join(", ", known) + ")");
         }
         String name = top ? o.required("node-name") : o.optional("node-name", null);
         if (name != null) checkNewName(o, name);
@@ -106,18 +120,49 @@ final class BlockdevOpener {
         // QEMU's default is ignore (TRIM does nothing); ours is unmap: holes are what users of a
         // sparse image expect. Both values are accepted for drop-in compatibility.
         boolean unmap = o.choice("discard", "unmap", "ignore", "unmap", "off", "on").matches("unmap|on");
-        String dz = o.choice("detect-zeroes", "off", "off", "on", "unmap");
-        if (!dz.equals("off")) {
+        DetectZeroes dz = DetectZeroes.parse(o.choice("detect-zeroes", "off", "off", "on", "unmap"));
+        if (dz == DetectZeroes.UNMAP && !unmap) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("detect-zeroes"),
-                    "'" + o.fullKey("detect-zeroes") + "': only 'off' is supported (zero detection is not implemented)");
+                    "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"); // QEMU's wording
         }
-        o.bool("auto-read-only", false); // QEMU's fallback to read-only for unwritable files: we open as asked
-        o.bool("force-share", false);
-        return switch (driver) {
-            case "file" -> file(o, name, readOnly, unmap);
-            case "raw" -> raw(o, name, readOnly, unmap);
-            default -> qcow2(o, name, readOnly, unmap);
+        boolean autoRo = o.bool("auto-read-only", inheritAro);
+        boolean forceShare = o.bool("force-share", inheritFs);
+        if (forceShare && !readOnly) {
+            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("force-share"),
+                    "force-share=on can only be used with read-only images"); // QEMU's wording
+        }
+        BlockNode n = switch (driver) {
+            case "file" -> file(o, name, readOnly, autoRo, unmap, dz);
+            case "raw" -> raw(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            case "qcow2" -> qcow2(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            default -> protocol(protocols.get(driver), o, name, readOnly, unmap, dz);
         };
+        n.setForceShare(forceShare);
+        return n;
+    }
+
+    /** The protocol drivers on the class path ({@link ProtocolDriverFactory}), by {@code driver=} value. */
+    static java.util.Map<String, ProtocolDriverFactory> protocolDrivers() {
+        java.util.Map<String, ProtocolDriverFactory> m = new java.util.TreeMap<>();
+        for (ProtocolDriverFactory f : java.util.ServiceLoader.load(ProtocolDriverFactory.class)) m.put(f.driver(), f);
+        return m;
+    }
+
+    /** A node of a protocol driver found by ServiceLoader: starts on the main loop, as a file node. */
+    private BlockNode protocol(ProtocolDriverFactory f, Options o, String name, boolean readOnly, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
+        String nodeName = name == null ? daemon.implicitName() : name;
+        BlockDriver d = f.open(daemon, o, nodeName, readOnly);
+        if (!unmap) d = new NoDiscardDriver(d);
+        if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
+        BlockNode n;
+        try {
+            n = new BlockNode(nodeName, f.driver(), d, daemon.mainLoop(), List.of());
+        } catch (RuntimeException e) {
+            d.close();
+            throw e;
+        }
+        return enter(n, d);
     }
 
     private void checkNewName(Options o, String name) throws DaemonException, OptionException {
@@ -128,10 +173,11 @@ final class BlockdevOpener {
         if (daemon.findNode(name) != null) throw new DaemonException("Duplicate nodes with node-name='" + name + "'"); // QEMU's wording
     }
 
-    private BlockNode file(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode file(Options o, String name, boolean readOnly, boolean autoRo, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         String filename = o.path("filename");
         boolean direct = o.sub("cache").bool("direct", false);
-        o.sub("cache").bool("no-flush", false);
+        boolean noFlush = o.sub("cache").bool("no-flush", false);
         // QEMU's key and rule; our default (no aio=) is io_uring, falling back to threads where refused.
         String aioKey = o.choice("aio", null, "threads", "native", "io_uring");
         dev.vmm.core.aio.AioMode aio = aioKey == null ? dev.vmm.core.aio.IoEngines.defaultMode() : dev.vmm.core.aio.AioMode.parse(aioKey);
@@ -139,42 +185,61 @@ final class BlockdevOpener {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("aio"),
                     "aio=native was specified, but it requires cache.direct=on, which was not specified.");
         }
-        o.choice("locking", "auto", "auto", "on", "off"); // we take no OFD locks (see docs/cli.md)
+        ImageLock.Mode locking = ImageLock.Mode.parse(o.choice("locking", "auto", "auto", "on", "off"));
         o.checkAllConsumed();
-        return openFile(name, Path.of(filename), readOnly, direct, aio, unmap, o.optionName());
+        return openFile(name, Path.of(filename), readOnly, autoRo, direct, noFlush, aio, unmap, dz, locking, o.optionName());
     }
 
-    private BlockNode openFile(String name, Path filename, boolean readOnly, boolean direct, dev.vmm.core.aio.AioMode aio,
-            boolean unmap, String option) throws DaemonException {
+    private BlockNode openFile(String name, Path filename, boolean readOnly, boolean autoRo, boolean direct, boolean noFlush,
+            dev.vmm.core.aio.AioMode aio, boolean unmap, DetectZeroes dz, ImageLock.Mode locking, String option) throws DaemonException {
         RawFileDriver raw;
         try {
             raw = RawFileDriver.open(filename, readOnly, direct, aio);
         } catch (BlockException e) {
-            throw new DaemonException(option + ": " + e.getMessage(), e);
+            boolean denied = e.errno() == Errno.EACCES || e.errno() == Errno.EROFS || e.errno() == Errno.EPERM;
+            if (readOnly || !autoRo || !denied) throw new DaemonException(option + ": " + e.getMessage(), e);
+            // auto-read-only=on (libvirt sets it on backing files): QEMU's raw_open_common falls back to read-only
+            try {
+                raw = RawFileDriver.open(filename, true, direct, aio);
+            } catch (BlockException again) {
+                throw new DaemonException(option + ": " + e.getMessage(), e);
+            }
         }
         raw.setUnmap(unmap);
+        raw.setNoFlush(noFlush);
+        raw.setDetectZeroes(dz);
+        try {
+            raw.initLock(locking, filename.toString());
+        } catch (BlockException e) {
+            raw.close();
+            throw new DaemonException(option + ": " + e.getMessage(), e);
+        }
         return enter(new BlockNode(name == null ? daemon.implicitName() : name, "file", raw, daemon.mainLoop(), List.of()), raw);
     }
 
-    private BlockNode raw(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode raw(Options o, String name, boolean askedRo, boolean forceShare, boolean autoRo, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         long offset = o.size("offset", 0);
         long size = o.size("size", -1);
-        BlockNode.Child file = fileChild(o, readOnly);
+        BlockNode.Child file = fileChild(o, askedRo, forceShare, autoRo);
+        boolean readOnly = askedRo || (autoRo && file.node().readOnly()); // QEMU's bdrv_apply_auto_read_only
         o.checkAllConsumed();
         return withGates(List.of(file.node()), () -> {
             checkWritableChild(file, name, readOnly, "write");
-            RawFormatDriver d;
+            BlockDriver d;
             try {
                 d = onHome(file.node(), () -> new RawFormatDriver(file.node().io(), offset, size, readOnly, unmap), "");
             } catch (DaemonException e) {
                 throw new DaemonException(e.getMessage(), e);
             }
+            if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
             IOThread home = file.node().home();
             return enter(new BlockNode(name == null ? daemon.implicitName() : name, "raw", d, home, List.of(file)), d);
         });
     }
 
-    private BlockNode qcow2(Options o, String name, boolean readOnly, boolean unmap) throws OptionException, DaemonException {
+    private BlockNode qcow2(Options o, String name, boolean askedRo, boolean forceShare, boolean autoRo, boolean unmap, DetectZeroes dz)
+            throws OptionException, DaemonException {
         if (o.has("data-file") || o.hasGroup("data-file")) {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("data-file"),
                     "'" + o.fullKey("data-file") + "': qcow2 images with an external data file are not supported");
@@ -183,14 +248,15 @@ final class BlockdevOpener {
             throw new OptionException(OptionException.Kind.INVALID, o.optionName(), o.fullKey("encrypt"),
                     "'" + o.fullKey("encrypt") + "': encrypted qcow2 images are not supported");
         }
+        BlockNode.Child file = fileChild(o, askedRo, forceShare, autoRo);
+        boolean readOnly = askedRo || (autoRo && file.node().readOnly()); // QEMU's bdrv_apply_auto_read_only
         Qcow2Options q = qcow2Options(o, readOnly);
-        BlockNode.Child file = fileChild(o, readOnly);
         // backing: absent = the header's; "" (QMP null, or backing= on the command line) = none;
         // a name = that node; a group = an inline definition
         boolean backingGiven = o.has("backing") || o.hasGroup("backing");
         BlockNode.Child backing = null;
         if (o.hasGroup("backing")) {
-            backing = new BlockNode.Child(BlockNode.BACKING, node(o.sub("backing"), false, true), true);
+            backing = new BlockNode.Child(BlockNode.BACKING, node(o.sub("backing"), false, true, forceShare, autoRo), true);
         } else if (o.has("backing")) {
             String ref = o.required("backing");
             if (!ref.isEmpty()) {
@@ -214,7 +280,7 @@ final class BlockdevOpener {
                         + "' while node '" + name + "' was being created over it; try again");
             }
             checkWritableChild(file, name, readOnly, "write, resize");
-            return openQcow2(name, file, b, backingGiven, q, unmap, new ArrayList<>());
+            return openQcow2(name, file, b, backingGiven, q, unmap, dz, forceShare, new ArrayList<>());
         });
     }
 
@@ -239,8 +305,17 @@ final class BlockdevOpener {
      *              the loop check and the depth cap
      */
     private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
-            Qcow2Options q, boolean unmap, List<Path> chain) throws DaemonException {
+            Qcow2Options q, boolean unmap, DetectZeroes dz, boolean forceShare, List<Path> chain) throws DaemonException {
         BlockDriver fd = file.node().io();
+        if (file.node().driver() instanceof RawFileDriver r && r.imageLock() != null) {
+            // QEMU's order: the file child is attached with the format's permissions before the header is read
+            int[] want = ImagePermissions.childPerm(q.readOnly(), BlockNode.FILE, 0, ImageLock.BLK_PERM_ALL);
+            try {
+                r.imageLock().check(want[0], forceShare || file.node().forceShare() ? ImageLock.BLK_PERM_ALL : want[1]);
+            } catch (BlockException | ImageLock.ConflictException e) {
+                throw ImagePermissions.failure("", e);
+            }
+        }
         Qcow2Header h = onHome(file.node(), () -> Daemon.qcow2Format.readHeader(fd), "");
         Path image = imagePath(file.node());
         String full = null;
@@ -249,7 +324,7 @@ final class BlockdevOpener {
                     ? h.backingFile() : image.getParent().resolve(h.backingFile()).toString();
         }
         if (!backingGiven && h.backingFile() != null) {
-            backing = new BlockNode.Child(BlockNode.BACKING, backingFromHeader(image, Path.of(full), h.backingFormat(), chain), true);
+            backing = new BlockNode.Child(BlockNode.BACKING, backingFromHeader(image, Path.of(full), h.backingFormat(), forceShare, chain), true);
         }
         if (backing != null && backing.node().home() != file.node().home()) {
             // the implicit backing chain was opened on the main loop; nobody else knows it yet
@@ -259,6 +334,7 @@ final class BlockdevOpener {
         BlockDriver bd = backing == null ? null : backing.node().io();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
         if (!unmap) d = new NoDiscardDriver(d);
+        if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
         List<BlockNode.Child> children = backing == null ? List.of(file) : List.of(file, backing);
         BlockNode n = new BlockNode(name == null ? daemon.implicitName() : name, "qcow2", d, home, children);
         n.setImageInfo(new BlockNode.ImageInfo(h.clusterSize(), h.backingFile(), full, h.backingFormat()));
@@ -266,7 +342,8 @@ final class BlockdevOpener {
     }
 
     /** The implicit nodes for a backing file named in a header: a read-only file node and its format node. */
-    private BlockNode backingFromHeader(Path image, Path backingPath, String format, List<Path> chain) throws DaemonException {
+    private BlockNode backingFromHeader(Path image, Path backingPath, String format, boolean forceShare, List<Path> chain)
+            throws DaemonException {
         String prefix = "Could not open backing file: ";
         Path real;
         try {
@@ -289,7 +366,9 @@ final class BlockdevOpener {
         if (above.size() >= MAX_BACKING_CHAIN) {
             throw new DaemonException(prefix + "the backing chain of '" + above.get(0) + "' is longer than " + MAX_BACKING_CHAIN + " images");
         }
-        BlockNode file = openFile(null, backingPath, true, false, dev.vmm.core.aio.IoEngines.defaultMode(), true, "backing");
+        BlockNode file = openFile(null, backingPath, true, false, false, false, dev.vmm.core.aio.IoEngines.defaultMode(), true,
+                DetectZeroes.OFF, ImageLock.Mode.AUTO, "backing");
+        file.setForceShare(forceShare); // implicit nodes inherit it, as QEMU's backing options
         BlockNode.Child fileChild = new BlockNode.Child(BlockNode.FILE, file, true);
         String fmt = format;
         if (fmt == null) fmt = onHome(file, () -> Daemon.qcow2Format.probe(file.driver()), prefix) ? "qcow2" : "raw";
@@ -301,11 +380,15 @@ final class BlockdevOpener {
                 } catch (BlockException e) {
                     throw new DaemonException(prefix + e.getMessage(), e);
                 }
-                return enter(new BlockNode(daemon.implicitName(), "raw", d, file.home(), List.of(fileChild)), d);
+                BlockNode r = enter(new BlockNode(daemon.implicitName(), "raw", d, file.home(), List.of(fileChild)), d);
+                r.setForceShare(forceShare);
+                return r;
             }
             case "qcow2" -> {
                 try {
-                    return openQcow2(null, fileChild, null, false, Qcow2Options.defaults(true), true, above);
+                    BlockNode q = openQcow2(null, fileChild, null, false, Qcow2Options.defaults(true), true, DetectZeroes.OFF, forceShare, above);
+                    q.setForceShare(forceShare);
+                    return q;
                 } catch (DaemonException e) {
                     throw e.getMessage().startsWith(prefix) ? e : new DaemonException(prefix + e.getMessage(), e);
                 }
@@ -322,8 +405,8 @@ final class BlockdevOpener {
         return null;
     }
 
-    private BlockNode.Child fileChild(Options o, boolean readOnly) throws OptionException, DaemonException {
-        if (o.hasGroup("file")) return new BlockNode.Child(BlockNode.FILE, node(o.sub("file"), false, readOnly), true);
+    private BlockNode.Child fileChild(Options o, boolean readOnly, boolean forceShare, boolean autoRo) throws OptionException, DaemonException {
+        if (o.hasGroup("file")) return new BlockNode.Child(BlockNode.FILE, node(o.sub("file"), false, readOnly, forceShare, autoRo), true);
         if (!o.has("file")) throw new DaemonException("A block device must be specified for \"file\""); // QEMU's wording
         String ref = o.required("file");
         BlockNode n = daemon.findNode(ref);

@@ -190,6 +190,32 @@ public final class Daemon {
 
     public synchronized List<BlockExport> exports() { return new ArrayList<>(exports.values()); }
 
+    // ---- image locks ----
+
+    /** Exports being added: their permissions count before they are in the table (see exportAdd). */
+    private final List<ImagePermissions.Root> pendingRoots = new ArrayList<>();
+
+    /**
+     * Gives every file node the image locks its users need now (see {@link ImagePermissions});
+     * all or nothing. Called after every change of the graph or of the exports.
+     *
+     * @throws DaemonException another process holds a conflicting lock (QEMU's wording and hint)
+     */
+    synchronized void refreshLocks() throws DaemonException {
+        List<ImagePermissions.Root> roots = new ArrayList<>(pendingRoots);
+        for (BlockExport e : exports.values()) roots.add(new ImagePermissions.Root(e.node(), e.type(), e.writable()));
+        ImagePermissions.apply(nodes.values(), roots);
+    }
+
+    /** {@link #refreshLocks} after a removal, which only drops locks and so cannot conflict. */
+    void releaseLocks() {
+        try {
+            refreshLocks();
+        } catch (DaemonException e) {
+            LOG.warn("image locks after a removal: {}", e.getMessage());
+        }
+    }
+
     // ---- components (protocol servers) ----
 
     public synchronized <T extends AutoCloseable> void putComponent(Class<T> type, T component) throws DaemonException {
@@ -204,7 +230,7 @@ public final class Daemon {
     // ---- the commands that --object, --blockdev and --export (and their QMP twins) run ----
 
     /**
-     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server,...}
+     * {@code --object iothread,id=ID} or {@code --object tls-creds-x509,id=ID,dir=DIR,endpoint=server|client,...}
      * ({@code object-add qom-type=...}).
      *
      * @return the new IOThread, or null when the object is not an IOThread
@@ -228,8 +254,9 @@ public final class Daemon {
 
     /**
      * {@code tls-creds-x509}: the files are read and checked now, so a bad directory fails here,
-     * before anything listens. Only {@code endpoint=server} is useful to a server; QEMU's default
-     * is {@code client}, so forgetting the key gets a hint instead of a silent client object.
+     * before anything listens. {@code endpoint=server} is for the NBD server, {@code endpoint=client}
+     * (QEMU's default) for {@code driver=nbd} nodes; each refuses the other kind with a hint, so a
+     * server whose object forgot {@code endpoint=server} is told so.
      */
     private TlsCredentials addTlsCredentials(Options o) throws OptionException, DaemonException {
         String id = o.required("id");
@@ -249,14 +276,12 @@ public final class Daemon {
         }
         o.bool("loaded", true); // QEMU's deprecated property: the object is always loaded at creation
         o.checkAllConsumed();
-        if (!endpoint.equals("server")) {
-            throw new OptionException(OptionException.Kind.INVALID, o.optionName(), "endpoint",
-                    "'endpoint': only 'server' is supported (credentials for our NBD server); QEMU's default is 'client', give endpoint=server");
-        }
         if (objectExists(id)) throw new DaemonException(o.optionName() + ": an object with id '" + id + "' exists already");
         TlsCredentials c;
         try {
-            c = TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck);
+            // endpoint=client: for driver=nbd nodes (tls-creds=ID) connecting to a TLS server
+            c = endpoint.equals("server") ? TlsCredentials.loadServer(id, Path.of(dir), verifyPeer, sanityCheck)
+                    : TlsCredentials.loadClient(id, Path.of(dir), verifyPeer, sanityCheck);
         } catch (TlsException e) {
             throw new DaemonException(o.optionName() + ": " + id + ": " + e.getMessage(), e);
         }
@@ -352,13 +377,35 @@ public final class Daemon {
                 return null;
             });
         }
+        ImagePermissions.Root root = new ImagePermissions.Root(node, type, writable);
+        synchronized (this) {
+            pendingRoots.add(root);
+            try {
+                refreshLocks();
+            } catch (DaemonException e) {
+                pendingRoots.remove(root);
+                export.close();
+                throw new DaemonException(o.optionName() + ": " + e.getMessage(), e.hint(), e);
+            }
+        }
         try {
             export.start();
         } catch (Exception e) {
             export.close();
+            synchronized (this) {
+                pendingRoots.remove(root);
+            }
+            releaseLocks();
             throw new DaemonException(o.optionName() + ": cannot start export '" + id + "': " + e.getMessage(), e);
         }
-        addExport(export);
+        synchronized (this) {
+            pendingRoots.remove(root);
+            try {
+                addExport(export);
+            } finally {
+                releaseLocks();
+            }
+        }
         LOG.info("export {} added: {}, {}, node {} ({} bytes) on IOThread {}", id, type, writable ? "writable" : "read-only",
                 nodeName, node.size(), node.home().id());
         return export;
@@ -706,6 +753,7 @@ public final class Daemon {
                 }
                 LOG.debug("block node {} removed", g.name());
             }
+            releaseLocks(); // the children that stay lose what the removed parents asked of them
             return f;
         });
         if (failed != null) throw failed;
@@ -738,6 +786,7 @@ public final class Daemon {
             exports.remove(id);
         }
         e.close();
+        releaseLocks();
         LOG.info("export {} removed{}", id, hard ? " (mode=hard)" : "");
         return e;
     }

@@ -24,4 +24,12 @@ public interface ExportDriver {
 
     /** One line per key this driver understands, for {@code --help}. */
     String helpKeys();
+
+    /**
+     * The members this type adds to QMP {@code block-export-add} (an object type, QEMU's
+     * {@code BlockExportOptions<Type>}): published by {@code query-qmp-schema} and checked
+     * before {@link #create}. Null when undeclared: the type is then accepted with any members
+     * and a schema test fails.
+     */
+    default dev.vmm.core.qmp.QmpType qmpOptions() { return null; }
 }

@@ -162,6 +162,24 @@ public final class LibC {
     /** fallocate(2) with FALLOC_FL_* mode bits. */
     public static native int fallocate(int fd, int mode, long offset, long len) throws LastErrorException;
 
+    /**
+     * fcntl(2) with a pointer argument ({@code struct flock} for the OFD lock commands). fcntl is
+     * variadic; on x86_64 the third argument travels in a register whatever its declared type.
+     */
+    public static native int fcntl(int fd, int cmd, long arg) throws LastErrorException;
+
+    /** fcntl: open file description locks (Linux 3.15): owned by the open file, not the process. */
+    public static final int F_OFD_GETLK = 36;
+    public static final int F_OFD_SETLK = 37;
+    /** struct flock l_type values. */
+    public static final short F_RDLCK = 0, F_WRLCK = 1, F_UNLCK = 2;
+    /**
+     * struct flock on x86_64: short l_type @0, short l_whence @2, off_t l_start @8, off_t l_len @16,
+     * pid_t l_pid @24; 32 bytes.
+     */
+    public static final int FLOCK_SIZEOF = 32, FLOCK_OFF_TYPE = 0, FLOCK_OFF_WHENCE = 2, FLOCK_OFF_START = 8, FLOCK_OFF_LEN = 16,
+            FLOCK_OFF_PID = 24;
+
     /** posix_fadvise(2): returns 0 or an error number; it does NOT set errno. */
     public static native int posix_fadvise(int fd, long offset, long len, int advice);
 

@@ -45,38 +45,44 @@ public final class CoreCommands {
      */
     public static void register(QmpCommands t, Daemon daemon, BiFunction<String, String, CompletableFuture<Long>> mover,
             Runnable onQuit) {
-        t.register("query-version", QmpCommand.sync(c -> {
+        t.event(BLOCK_EXPORT_DELETED, CoreTypes.BLOCK_EXPORT_DELETED);
+        t.event(NODE_MOVED, CoreTypes.NODE_MOVED);
+        t.register("query-version", QmpType.EMPTY, CoreTypes.VERSION_INFO, QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             Map<String, Object> v = new LinkedHashMap<>();
             v.put("qemu", c.server().qemuVersion());
             v.put("package", c.server().version().pkg());
             return v;
         }));
-        t.register("query-commands", QmpCommand.sync(c -> {
+        t.register("query-commands", QmpType.EMPTY, QmpType.arrayOf(CoreTypes.COMMAND_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (String n : c.server().commands().names()) out.add(Map.of("name", n));
             return out;
         }));
-        t.register("quit", QmpCommand.sync(c -> {
+        t.register("query-qmp-schema", QmpType.EMPTY, QmpType.arrayOf(CoreTypes.SCHEMA_INFO), QmpCommand.sync(c -> {
+            c.options().checkAllConsumed();
+            return c.server().commands().schema();
+        }));
+        t.register("quit", QmpType.EMPTY, QmpType.EMPTY, QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             c.afterReply(onQuit);
             return Map.of();
         }));
 
         // ---- IOThreads ----
-        t.register("object-add", QmpCommand.blocking(c -> {
+        t.register("object-add", CoreTypes.OBJECT_ADD_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             daemon.objectAdd(c.options());
             return Map.of();
         }));
-        t.register("object-del", QmpCommand.blocking(c -> {
+        t.register("object-del", CoreTypes.OBJECT_DEL_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             Options o = c.options();
             String id = o.required("id");
             o.checkAllConsumed();
             daemon.objectDel(id);
             return Map.of();
         }));
-        t.register("query-iothreads", QmpCommand.sync(c -> {
+        t.register("query-iothreads", QmpType.EMPTY, QmpType.arrayOf(CoreTypes.IOTHREAD_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<BlockNode> nodes = daemon.nodes();
             List<Object> out = new ArrayList<>();
@@ -101,18 +107,18 @@ public final class CoreCommands {
         }));
 
         // ---- block nodes ----
-        t.register("blockdev-add", QmpCommand.blocking(c -> {
+        t.register("blockdev-add", CoreTypes.BLOCKDEV_OPTIONS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             daemon.blockdevAdd(c.options()); // "backing": null flattens to backing="" (Options.of)
             return Map.of();
         }));
-        t.register("blockdev-del", QmpCommand.blocking(c -> {
+        t.register("blockdev-del", CoreTypes.BLOCKDEV_DEL_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             Options o = c.options();
             String name = o.required("node-name");
             o.checkAllConsumed();
             daemon.blockdevDel(name);
             return Map.of();
         }));
-        t.register("query-named-block-nodes", QmpCommand.sync(c -> {
+        t.register("query-named-block-nodes", CoreTypes.QUERY_NAMED_BLOCK_NODES_ARGS, QmpType.arrayOf(CoreTypes.BLOCK_DEVICE_INFO), QmpCommand.sync(c -> {
             Options o = c.options();
             boolean flat = o.bool("flat", false); // QEMU: without backing-image, backing_file_depth 0
             o.checkAllConsumed();
@@ -122,7 +128,7 @@ public final class CoreCommands {
         }));
         // blocking, not sync: the latency histogram is copied on each node's home thread, and
         // the main loop must not wait for that (LatencyCopies bounds the wait per IOThread)
-        t.register("query-blockstats", QmpCommand.blocking(c -> {
+        t.register("query-blockstats", CoreTypes.QUERY_BLOCKSTATS_ARGS, QmpType.arrayOf(CoreTypes.BLOCK_STATS), QmpCommand.blocking(c -> {
             Options o = c.options();
             o.bool("query-nodes", false); // no BlockBackends: every node is listed either way
             o.checkAllConsumed();
@@ -131,24 +137,24 @@ public final class CoreCommands {
             for (BlockNode n : daemon.nodes()) out.add(blockStats(n, exports));
             return out;
         }));
-        t.register("x-query-export-stats", QmpCommand.blocking(c -> { // waits for each home thread's histogram copy
+        t.register("x-query-export-stats", QmpType.EMPTY, QmpType.arrayOf(CoreTypes.X_EXPORT_STATS), QmpCommand.blocking(c -> { // waits for each home thread's histogram copy
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (BlockExport e : daemon.exports()) out.add(exportStats(e));
             return out;
         }));
-        t.register("x-query-handoffs", QmpCommand.sync(c -> {
+        t.register("x-query-handoffs", QmpType.EMPTY, CoreTypes.X_HANDOFFS, QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             return handoffs(daemon.handoffs());
         }));
-        t.register("x-blockdev-set-iothread", call -> setIothread(call, daemon, mover));
+        t.register("x-blockdev-set-iothread", CoreTypes.SET_IOTHREAD_ARGS, QmpType.EMPTY, call -> setIothread(call, daemon, mover));
 
         // ---- exports ----
-        t.register("block-export-add", QmpCommand.blocking(c -> {
+        t.register("block-export-add", CoreTypes.blockExportOptions(Daemon.exportDrivers()), QmpType.EMPTY, QmpCommand.blocking(c -> {
             daemon.exportAdd(c.options());
             return Map.of();
         }));
-        t.register("block-export-del", QmpCommand.blocking(c -> {
+        t.register("block-export-del", CoreTypes.BLOCK_EXPORT_DEL_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             Options o = c.options();
             String id = o.required("id");
             boolean hard = "hard".equals(o.choice("mode", "safe", "safe", "hard"));
@@ -157,7 +163,7 @@ public final class CoreCommands {
             c.server().emit(BLOCK_EXPORT_DELETED, Map.of("id", id));
             return Map.of();
         }));
-        t.register("query-block-exports", QmpCommand.sync(c -> {
+        t.register("query-block-exports", QmpType.EMPTY, QmpType.arrayOf(CoreTypes.BLOCK_EXPORT_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (BlockExport e : daemon.exports()) {
@@ -217,6 +223,9 @@ public final class CoreCommands {
     /** The file name QEMU shows for a node: the image file under it (a {@code raw} window: QEMU's {@code json:} form). */
     static String filename(BlockNode n) {
         if (n.driver() instanceof RawFileDriver r) return r.filename();
+        dev.vmm.core.block.BlockDriver d = n.driver();
+        while (d instanceof dev.vmm.core.block.ForwardingBlockDriver f) d = f.forwardsTo(); // discard=ignore, detect-zeroes
+        if (d instanceof dev.vmm.core.block.ProtocolDriverFactory.Described p) return p.filename();
         if (n.driver() instanceof dev.vmm.core.block.RawFormatDriver w && w.windowed()) {
             BlockNode f = n.child(BlockNode.FILE);
             // QEMU's member order and spacing (qobject_to_json with ", " and ": ")

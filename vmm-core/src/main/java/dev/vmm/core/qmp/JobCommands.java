@@ -34,19 +34,62 @@ public final class JobCommands {
         Action parse(Options o) throws Exception;
     }
 
+
+    // ---- declarations for query-qmp-schema (QEMU 7.2's qapi/job.json and block-core.json names) ----
+    static final QmpType JOB_STATUS = QmpType.enumOf("JobStatus", "undefined", "created", "running", "paused", "ready", "standby",
+            "waiting", "pending", "aborting", "concluded", "null");
+    static final QmpType JOB_TYPE = QmpType.enumOf("JobType", "mirror");
+    static final QmpType ON_ERROR = QmpType.enumOf("BlockdevOnError", "report", "ignore", "enospc", "stop");
+    static final QmpType BLOCKDEV_MIRROR_ARGS = QmpType.object("q_obj_blockdev-mirror-arg").optional("job-id", QmpType.STR)
+            .required("device", QmpType.STR).required("target", QmpType.STR).optional("replaces", QmpType.STR)
+            .required("sync", QmpType.enumOf("MirrorSyncMode", "top", "full", "none"))
+            .optional("speed", QmpType.INT).optional("granularity", QmpType.INT).optional("buf-size", QmpType.INT)
+            .optional("on-source-error", ON_ERROR).optional("on-target-error", ON_ERROR).optional("filter-node-name", QmpType.STR)
+            .optional("copy-mode", QmpType.enumOf("MirrorCopyMode", "background", "write-blocking"))
+            .optional("auto-finalize", QmpType.BOOL).optional("auto-dismiss", QmpType.BOOL).build();
+    static final QmpType JOB_INFO = QmpType.object("JobInfo").required("id", QmpType.STR).required("type", JOB_TYPE)
+            .required("status", JOB_STATUS).required("current-progress", QmpType.INT).required("total-progress", QmpType.INT)
+            .optional("error", QmpType.STR).build();
+    static final QmpType BLOCK_JOB_INFO = QmpType.object("BlockJobInfo").required("type", QmpType.STR).required("device", QmpType.STR)
+            .required("len", QmpType.INT).required("offset", QmpType.INT).required("busy", QmpType.BOOL).required("paused", QmpType.BOOL)
+            .required("speed", QmpType.INT).required("io-status", QmpType.enumOf("BlockDeviceIoStatus", "ok", "failed", "nospace"))
+            .required("ready", QmpType.BOOL).required("status", JOB_STATUS).required("auto-finalize", QmpType.BOOL)
+            .required("auto-dismiss", QmpType.BOOL).optional("error", QmpType.STR).build();
+    static final QmpType JOB_STATUS_CHANGE = QmpType.object("q_obj_JOB_STATUS_CHANGE-arg").required("id", QmpType.STR)
+            .required("status", JOB_STATUS).build();
+    static final QmpType BLOCK_JOB_PROGRESS = QmpType.object("q_obj_BLOCK_JOB_READY-arg").required("type", JOB_TYPE)
+            .required("device", QmpType.STR).required("len", QmpType.INT).required("offset", QmpType.INT).required("speed", QmpType.INT).build();
+    static final QmpType BLOCK_JOB_COMPLETED = QmpType.object("q_obj_BLOCK_JOB_COMPLETED-arg").required("type", JOB_TYPE)
+            .required("device", QmpType.STR).required("len", QmpType.INT).required("offset", QmpType.INT).required("speed", QmpType.INT)
+            .optional("error", QmpType.STR).build();
+    static final QmpType BLOCK_JOB_CANCELLED = QmpType.object("q_obj_BLOCK_JOB_CANCELLED-arg").required("type", JOB_TYPE)
+            .required("device", QmpType.STR).required("len", QmpType.INT).required("offset", QmpType.INT).required("speed", QmpType.INT).build();
+    static final QmpType BLOCK_JOB_ERROR = QmpType.object("q_obj_BLOCK_JOB_ERROR-arg").required("device", QmpType.STR)
+            .required("operation", QmpType.enumOf("IoOperationType", "read", "write"))
+            .required("action", QmpType.enumOf("BlockErrorAction", "ignore", "report", "stop")).build();
+
+    private static QmpType idArg(String command, String key) {
+        return QmpType.object("q_obj_" + command + "-arg").required(key, QmpType.STR).build();
+    }
+
     public static void register(QmpCommands t, Daemon daemon) {
-        t.register("blockdev-mirror", QmpCommand.blocking(c -> {
+        t.event(Job.JOB_STATUS_CHANGE, JOB_STATUS_CHANGE);
+        t.event(MirrorJob.BLOCK_JOB_READY, BLOCK_JOB_PROGRESS);
+        t.event(MirrorJob.BLOCK_JOB_COMPLETED, BLOCK_JOB_COMPLETED);
+        t.event(MirrorJob.BLOCK_JOB_CANCELLED, BLOCK_JOB_CANCELLED);
+        t.event(MirrorJob.BLOCK_JOB_ERROR, BLOCK_JOB_ERROR);
+        t.register("blockdev-mirror", BLOCKDEV_MIRROR_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
             QmpServer server = c.server();
             daemon.blockdevMirror(c.options(), server::emit);
             return Map.of();
         }));
-        t.register("query-jobs", QmpCommand.sync(c -> {
+        t.register("query-jobs", QmpType.EMPTY, QmpType.arrayOf(JOB_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (Job j : daemon.jobs().all()) out.add(j.info());
             return out;
         }));
-        t.register("query-block-jobs", QmpCommand.sync(c -> {
+        t.register("query-block-jobs", QmpType.EMPTY, QmpType.arrayOf(BLOCK_JOB_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
             for (Job j : daemon.jobs().all()) if (j instanceof MirrorJob m) out.add(m.blockJobInfo());
@@ -75,7 +118,7 @@ public final class JobCommands {
     }
 
     private static void job(QmpCommands t, Daemon daemon, String name, Verb verb) {
-        t.register(name, QmpCommand.sync(c -> {
+        t.register(name, idArg(name, "id"), QmpType.EMPTY, QmpCommand.sync(c -> {
             Options o = c.options();
             String id = o.required("id");
             Action a = verb.parse(o);
@@ -90,7 +133,14 @@ public final class JobCommands {
     }
 
     private static void blockJob(QmpCommands t, Daemon daemon, String name, String key, Verb verb) {
-        t.register(name, QmpCommand.sync(c -> {
+        QmpType args = switch (name) {
+            case "block-job-cancel" -> QmpType.object("q_obj_block-job-cancel-arg").required("device", QmpType.STR)
+                    .optional("force", QmpType.BOOL).build();
+            case "block-job-set-speed" -> QmpType.object("q_obj_block-job-set-speed-arg").required("device", QmpType.STR)
+                    .required("speed", QmpType.INT).build();
+            default -> idArg(name, key);
+        };
+        t.register(name, args, QmpType.EMPTY, QmpCommand.sync(c -> {
             Options o = c.options();
             String id = o.required(key);
             Action a = verb.parse(o);

@@ -152,30 +152,34 @@ final class QmpConnection extends ChannelInboundHandlerAdapter implements QmpFra
             sendError(id, QmpErrorClass.CommandNotFound, "Capabilities negotiation is already complete, command ignored");
             return;
         }
-        QmpCommand command = server.commands().get(name);
-        if (command == null) {
+        QmpCommands.Entry entry = server.commands().entry(name);
+        if (entry == null) {
             sendError(id, QmpErrorClass.CommandNotFound, "The command " + name + " has not been found");
             return;
         }
-        run(id, name, command, arguments);
+        if (entry.declared()) {
+            try {
+                entry.args().check(arguments == null ? Map.of() : arguments, null); // what query-qmp-schema says
+            } catch (QmpException e) {
+                sendError(id, e.errorClass(), e.getMessage());
+                return;
+            }
+        }
+        run(id, name, entry.command(), arguments);
     }
 
     /** {@code qmp_capabilities [enable: [...]]}: we offer no capability (no "oob"). */
     private void negotiate(Object id, Map<String, Object> arguments) {
         if (arguments != null) {
-            for (Map.Entry<String, Object> e : arguments.entrySet()) {
-                if (!e.getKey().equals("enable")) {
-                    sendError(id, QmpErrorClass.GenericError, "Parameter '" + e.getKey() + "' is unexpected");
-                    return;
-                }
-                if (!(e.getValue() instanceof java.util.List<?> caps)) {
-                    sendError(id, QmpErrorClass.GenericError, "Invalid parameter type for 'enable', expected: array");
-                    return;
-                }
-                if (!caps.isEmpty()) {
-                    sendError(id, QmpErrorClass.GenericError, "Capability '" + caps.get(0) + "' not available");
-                    return;
-                }
+            try {
+                QmpCommands.QMP_CAPABILITIES_ARGS.check(arguments, null);
+            } catch (QmpException e) {
+                sendError(id, e.errorClass(), e.getMessage());
+                return;
+            }
+            if (arguments.get("enable") instanceof java.util.List<?> caps && !caps.isEmpty()) {
+                sendError(id, QmpErrorClass.GenericError, "Capability '" + caps.get(0) + "' not available");
+                return;
             }
         }
         negotiated = true;

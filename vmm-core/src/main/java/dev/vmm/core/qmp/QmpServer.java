@@ -130,6 +130,13 @@ public final class QmpServer implements AutoCloseable {
      * The timestamp is taken now (wall clock, as QEMU's {@code qemu_clock_get_ns(QEMU_CLOCK_HOST)}).
      */
     public void emit(String name, Map<String, Object> data) {
+        QmpType declared = commands.eventData(name);
+        if (declared == null) {
+            // a wiring bug: query-qmp-schema would not list it. Tests run with -ea and fail here.
+            assert false : "QMP event " + name + " is not declared (QmpCommands.event)";
+            LOG.error("QMP event {} is not declared; sent anyway", name);
+        }
+        assert declared == null || conforms(declared, data, name);
         Instant now = Instant.now();
         Map<String, Object> ts = new LinkedHashMap<>();
         ts.put("seconds", now.getEpochSecond());
@@ -154,6 +161,16 @@ public final class QmpServer implements AutoCloseable {
         // On the main loop, so an event and a reply written there keep their order.
         if (main.inThread()) send.run(); else main.execute(send);
         LOG.debug("QMP event {} {}", name, data);
+    }
+
+    /** For assertions: {@code data} is what the schema says {@code event} carries. */
+    private static boolean conforms(QmpType declared, Map<String, Object> data, String event) {
+        try {
+            declared.check(data == null ? Map.of() : data, null);
+            return true;
+        } catch (QmpException e) {
+            throw new AssertionError("QMP event " + event + " does not match its declaration: " + e.getMessage());
+        }
     }
 
     /** Runs a blocking part of a command on the control thread; completes with its result. */

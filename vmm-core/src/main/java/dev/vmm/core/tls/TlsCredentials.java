@@ -56,6 +56,9 @@ public final class TlsCredentials {
     public static final String CA_CRL = "ca-crl.pem";
     public static final String SERVER_CERT = "server-cert.pem";
     public static final String SERVER_KEY = "server-key.pem";
+    /** {@code endpoint=client}: the certificate a client presents, optional as in QEMU. */
+    public static final String CLIENT_CERT = "client-cert.pem";
+    public static final String CLIENT_KEY = "client-key.pem";
     /** TLS versions we offer: 1.3 and 1.2 (what QEMU's default GnuTLS priority negotiates with current peers). */
     static final String[] PROTOCOLS = {"TLSv1.3", "TLSv1.2"};
     /**
@@ -84,6 +87,8 @@ public final class TlsCredentials {
     private final Set<String> users = new LinkedHashSet<>();
 
     private final SslProvider provider;
+    /** {@code endpoint=client}: the context makes client-mode handlers. */
+    private boolean client;
 
     private TlsCredentials(String id, Path dir, boolean verifyPeer, SslProvider provider, SslContext context, X509Certificate certificate) {
         this.id = id;
@@ -178,6 +183,77 @@ public final class TlsCredentials {
         }
     }
 
+    /**
+     * {@code endpoint=client} (a client of a remote TLS server, e.g. {@code driver=nbd}): the CA
+     * that must have issued the server's certificate ({@value #CA_CERT}), and optionally our own
+     * certificate and key ({@value #CLIENT_CERT}, {@value #CLIENT_KEY}) for servers that verify
+     * their clients. With {@code verify-peer=off} the server's certificate is not checked.
+     */
+    public static TlsCredentials loadClient(String id, Path dir, boolean verifyPeer, boolean sanityCheck) throws TlsException {
+        Objects.requireNonNull(id, "id");
+        SslProvider provider = defaultProvider();
+        if (!Files.isDirectory(dir)) {
+            throw new TlsException(dir + ": " + (Files.exists(dir) ? "not a directory" : "no such directory")
+                    + " (tls-creds-x509 'dir' of a client must hold " + CA_CERT + ", optionally " + CLIENT_CERT + " and " + CLIENT_KEY + ")");
+        }
+        Path caFile = dir.resolve(CA_CERT);
+        Path certFile = dir.resolve(CLIENT_CERT);
+        Path keyFile = dir.resolve(CLIENT_KEY);
+        if (Files.exists(dir.resolve(CA_CRL))) {
+            throw new TlsException(dir.resolve(CA_CRL) + ": certificate revocation lists are not supported");
+        }
+        List<X509Certificate> cas = verifyPeer || Files.exists(caFile) ? Pem.certificates(caFile) : List.of();
+        SslContextBuilder b = SslContextBuilder.forClient()
+                .sslProvider(provider)
+                .protocols(PROTOCOLS)
+                .ciphers(CIPHERS, io.netty.handler.ssl.SupportedCipherSuiteFilter.INSTANCE);
+        if (verifyPeer) {
+            if (sanityCheck) for (X509Certificate c : cas) checkValidity(c, caFile);
+            b.trustManager(cas.toArray(new X509Certificate[0]));
+        } else {
+            b.trustManager(io.netty.handler.ssl.util.InsecureTrustManagerFactory.INSTANCE);
+        }
+        X509Certificate cert = null;
+        if (Files.exists(certFile) || Files.exists(keyFile)) {
+            List<X509Certificate> chain = Pem.certificates(certFile);
+            PrivateKey key = Pem.privateKey(keyFile);
+            cert = chain.get(0);
+            checkKeyMatches(key, cert, keyFile, certFile);
+            if (sanityCheck) {
+                for (X509Certificate c : chain) checkValidity(c, certFile);
+                if (!cas.isEmpty()) checkIssuedByCa(chain, cas, certFile, caFile);
+            }
+            b.keyManager(key, chain.toArray(new X509Certificate[0]));
+        }
+        try {
+            TlsCredentials c = new TlsCredentials(id, dir, verifyPeer, provider, b.build(), cert);
+            c.client = true;
+            return c;
+        } catch (SSLException | RuntimeException e) {
+            throw new TlsException(dir + ": cannot build a TLS client context: " + e.getMessage(), e);
+        }
+    }
+
+    /** True for {@code endpoint=client} credentials. */
+    public boolean isClient() { return client; }
+
+    /**
+     * A client-mode handler for a connection to {@code host}:{@code port} ({@code endpoint=client}
+     * only). With {@code verifyHost} (and verify-peer on), the server's certificate must name
+     * {@code host} (a DNS name or an IP address in its subjectAltName), as QEMU's
+     * {@code tls-hostname} check.
+     */
+    public SslHandler newClientHandler(ByteBufAllocator alloc, String host, int port, boolean verifyHost) {
+        if (!client) throw new IllegalStateException("tls-creds-x509 " + id + " is endpoint=server");
+        SslHandler h = host == null ? context.newHandler(alloc) : context.newHandler(alloc, host, port);
+        if (verifyHost && verifyPeer && host != null) {
+            javax.net.ssl.SSLParameters p = h.engine().getSSLParameters();
+            p.setEndpointIdentificationAlgorithm("HTTPS");
+            h.engine().setSSLParameters(p);
+        }
+        return h;
+    }
+
     /** Signs a probe with the key and verifies it with the certificate's public key. */
     private static void checkKeyMatches(PrivateKey key, X509Certificate cert, Path keyFile, Path certFile) throws TlsException {
         String alg = switch (key.getAlgorithm()) {
@@ -262,6 +338,6 @@ public final class TlsCredentials {
 
     @Override
     public String toString() {
-        return "tls-creds-x509 " + id + " (" + dir + ", verify-peer=" + (verifyPeer ? "on" : "off") + ")";
+        return "tls-creds-x509 " + id + " (" + dir + (client ? ", endpoint=client" : "") + ", verify-peer=" + (verifyPeer ? "on" : "off") + ")";
     }
 }

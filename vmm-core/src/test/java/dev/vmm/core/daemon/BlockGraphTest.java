@@ -162,7 +162,8 @@ class BlockGraphTest {
         String f = ",file.driver=file,file.filename=" + img;
         assertTrue(error("driver=qcow2,node-name=q" + f + ",data-file=x").contains("'data-file'"));
         assertTrue(error("driver=qcow2,node-name=q" + f + ",encrypt.format=luks").contains("'encrypt"));
-        assertTrue(error("driver=qcow2,node-name=q" + f + ",detect-zeroes=on").contains("'detect-zeroes'"));
+        assertTrue(error("driver=qcow2,node-name=q" + f + ",detect-zeroes=unmap,discard=ignore").contains("detect-zeroes to unmap is not allowed"));
+        assertTrue(error("driver=qcow2,node-name=q" + f + ",detect-zeroes=bogus").contains("detect-zeroes"));
         assertTrue(error("driver=qcow2,node-name=q" + f + ",cache-size=1M,l2-cache-size=2M").contains("l2-cache-size may not exceed cache-size"));
         assertTrue(error("driver=qcow2,node-name=q" + f + ",bogus=1").contains("'bogus'"));
         assertTrue(error("driver=qcow2,node-name=q" + f + ",file.bogus=1").contains("'file.bogus'"));

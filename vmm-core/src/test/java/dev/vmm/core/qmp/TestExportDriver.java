@@ -26,6 +26,9 @@ public final class TestExportDriver implements ExportDriver {
     public String helpKeys() { return ""; }
 
     @Override
+    public QmpType qmpOptions() { return QmpType.object("x-BlockExportOptionsTest").build(); }
+
+    @Override
     public BlockExport create(Daemon daemon, ExportCommon common, Options options) {
         return new BlockExport() {
             private final ExportStats stats = new ExportStats();
