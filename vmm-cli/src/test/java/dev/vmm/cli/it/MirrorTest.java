@@ -349,4 +349,33 @@ class MirrorTest extends PeerTestBase {
         }
         compare(s.target(), s.reference());
     }
+
+    /** The target is a driver=nbd node: a qemu-nbd export of the target image (the storage-migration shape). */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void mirrorToAnNbdTarget(Server server) throws Exception {
+        Path dir = socketDir();
+        Path remote = dir.resolve("remote.sock");
+        Path tgtImage = Images.sparse(tmp.resolve("remote.img"), SIZE);
+        background(new ProcessBuilder(Peers.require("qemu-nbd"), "-f", "raw", "-k", remote.toString(), "-x", "remote", "-t",
+                tgtImage.toString()).redirectErrorStream(true).redirectOutput(tmp.resolve("qemu-nbd.log").toFile()).start());
+        for (int i = 0; i < 200 && !Files.exists(remote); i++) Thread.sleep(25);
+        Setup s = setup(server, "");
+        s.mon().ok("blockdev-add", "driver", "nbd", "node-name", "rtgt", "export", "remote",
+                "server", Map.of("type", "unix", "path", remote.toString()));
+        Writer w = new Writer(s.uri(), s.reference(), 6);
+        Thread.sleep(500);
+        s.mon().ok("blockdev-mirror", "job-id", "mig", "device", "src", "target", "rtgt", "sync", "full", "copy-mode", "write-blocking");
+        s.mon().waitEvent("BLOCK_JOB_READY", 60_000);
+        Thread.sleep(300);
+        s.mon().ok("job-complete", "id", "mig");
+        s.mon().waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        Thread.sleep(300);
+        w.stop();
+        s.mon().ok("block-export-del", "id", "e0");
+        s.mon().waitEvent("BLOCK_EXPORT_DELETED", 10_000);
+        s.mon().ok("blockdev-del", "node-name", "src");
+        s.mon().ok("blockdev-del", "node-name", "rtgt"); // flushes and disconnects
+        compare(tgtImage, s.reference());
+    }
 }
