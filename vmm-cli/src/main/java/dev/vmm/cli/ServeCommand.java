@@ -337,6 +337,7 @@ public final class ServeCommand implements Callable<Integer> {
         QmpCommands commands = new QmpCommands();
         CoreCommands.register(commands, daemon, daemon::moveNode, quit);
         NbdQmpCommands.register(commands, daemon);
+        dev.vmm.core.qmp.JobCommands.register(commands, daemon);
         return commands;
     }
 

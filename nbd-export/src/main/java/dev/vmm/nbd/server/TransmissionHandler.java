@@ -157,7 +157,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
 
     TransmissionHandler(NbdExport export, Negotiated negotiated, IOThread home, ByteBuf leftover) {
         this.export = export;
-        this.driver = export.node().driver();
+        this.driver = export.node().io();
         this.memAlign = Math.max(1, driver.memoryAlignment());
         this.stats = export.node().stats();
         this.exportStats = export.stats();

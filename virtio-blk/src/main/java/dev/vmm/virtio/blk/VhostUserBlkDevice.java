@@ -534,7 +534,7 @@ final class VhostUserBlkDevice implements VhostUserBackendHandler, NodeUser {
                 }
             }
         }
-        VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.driver(), node.stats(), stats, !writable, config);
+        VirtioBlkRequests requests = new VirtioBlkRequests(exportId, node.io(), node.stats(), stats, !writable, config);
         QueueWorker w = new QueueWorker(index, "vhost-user-blk " + exportId + " queue " + index, queue, inflight, resubmit,
                 resubmitPacked, requests, kick, call, err);
         w.setEnabled(enabled);

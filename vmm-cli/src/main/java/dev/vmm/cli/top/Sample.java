@@ -8,19 +8,19 @@ import java.util.Map;
 
 /**
  * One poll of a daemon's monitor: {@code query-iothreads}, {@code query-blockstats},
- * {@code x-query-export-stats} and {@code x-query-handoffs}, stamped with the local monotonic
+ * {@code x-query-export-stats}, {@code x-query-handoffs} and {@code query-block-jobs}, stamped with the local monotonic
  * time. Our {@code x-} commands are optional: against qemu-storage-daemon (which lacks them) the
  * corresponding parts are empty.
  *
  * <p>Thread contract: immutable once taken; {@link #take} uses the client, one thread at a time.
  */
 record Sample(long nanos, List<Map<String, Object>> iothreads, List<Map<String, Object>> blockstats,
-        List<Map<String, Object>> exports, Map<String, Object> handoffs) {
+        List<Map<String, Object>> exports, Map<String, Object> handoffs, List<Map<String, Object>> jobs) {
 
     static Sample take(QmpClient qmp) throws IOException {
         long t = System.nanoTime();
         return new Sample(t, list(qmp, "query-iothreads", true), list(qmp, "query-blockstats", true),
-                list(qmp, "x-query-export-stats", false), map(qmp, "x-query-handoffs"));
+                list(qmp, "x-query-export-stats", false), map(qmp, "x-query-handoffs"), list(qmp, "query-block-jobs", false));
     }
 
     @SuppressWarnings("unchecked")

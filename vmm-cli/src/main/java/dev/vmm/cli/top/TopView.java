@@ -79,6 +79,19 @@ final class TopView {
             }
         }
 
+        // ---- block jobs ----
+        if (!cur.jobs().isEmpty()) {
+            Map<String, Map<String, Object>> jobsBefore = byKey(prev.jobs(), "device");
+            o.append(String.format(Locale.ROOT, "%n%-12s %-8s %-10s %14s %14s %6s %10s%n", "JOB", "TYPE", "STATUS", "OFFSET", "LEN", "DONE", "MiB/s"));
+            for (Map<String, Object> j : cur.jobs()) {
+                Map<String, Object> p = jobsBefore.getOrDefault(str(j, "device"), Map.of());
+                long len = num(j, "len");
+                o.append(String.format(Locale.ROOT, "%-12s %-8s %-10s %14d %14d %5.1f%% %10s%n", str(j, "device"), str(j, "type"),
+                        str(j, "status"), num(j, "offset"), len, len == 0 ? 100.0 : 100.0 * num(j, "offset") / len,
+                        mib(p.isEmpty() ? 0 : Math.max(0, num(j, "offset") - num(p, "offset")), secs)));
+            }
+        }
+
         // ---- handoffs ----
         Map<String, Object> h = cur.handoffs();
         if (!h.isEmpty()) {

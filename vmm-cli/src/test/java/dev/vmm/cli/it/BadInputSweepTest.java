@@ -126,12 +126,14 @@ class BadInputSweepTest extends PeerTestBase {
     void everyQmpArgumentRejectsBadValuesAndTheMonitorStays() throws Exception {
         Path img = Images.sparse(tmp.resolve("disk.img"), 4 * MiB);
         Path img2 = Images.sparse(tmp.resolve("other.img"), 1 * MiB);
+        Path img3 = Images.sparse(tmp.resolve("mirror-target.img"), 4 * MiB);
         Path dir = socketDir();
         Path mon = dir.resolve("qmp.sock");
         Path certs = TestCertificates.createCa(tmp.resolve("pki"), "sweep CA").serverDir("server", TestCertificates.KeyFormat.PKCS8_RSA);
         VmmProcess vmm = serve("--object", "iothread,id=iot0", "--object", "iothread,id=iot1",
                 "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + certs,
                 "--blockdev", "driver=file,node-name=disk0,filename=" + img,
+                "--blockdev", "driver=file,node-name=tS,filename=" + img3,
                 "--nbd-server", Net.unixServer(dir.resolve("nbd.sock")),
                 "--export", "type=nbd,id=exp0,node-name=disk0,writable=on,iothread=iot0",
                 "--qmp", mon.toString());
@@ -148,6 +150,12 @@ class BadInputSweepTest extends PeerTestBase {
                 "name", "s", "description", "d", "iothread", "iot0"));
         templates.put("block-export-del", map("id", "eS", "mode", "hard"));
         templates.put("x-blockdev-set-iothread", map("node-name", "disk0", "iothread", "iot1", "force", true));
+        // speed 1: a variant that starts the job leaves it running (and tied to disk0) for the rest of the sweep
+        templates.put("blockdev-mirror", map("job-id", "jS", "device", "disk0", "target", "tS", "sync", "full", "speed", 1,
+                "granularity", 65536, "buf-size", 1048576, "copy-mode", "write-blocking", "on-source-error", "report",
+                "on-target-error", "stop", "auto-finalize", true, "auto-dismiss", true));
+        templates.put("block-job-set-speed", map("device", "jS", "speed", 1));
+        templates.put("block-job-cancel", map("device", "jS", "force", false));
         templates.put("query-blockstats", map("query-nodes", true));
         templates.put("query-named-block-nodes", map("flat", true));
         templates.put("nbd-server-stop", map());

@@ -18,7 +18,8 @@ class TopViewTest {
         Map<String, Object> moved = Map.of("node-name", "disk0", "from", "iot1", "to", "iot0", "pause-ns", 130_000L, "time-ms", 0L);
         Map<String, Object> h = Map.of("total", handoffs, "pause-p50-ns", 130_000L, "pause-p99-ns", 130_000L, "pause-max-ns", 130_000L,
                 "recent", List.of(moved));
-        return new Sample(seconds * 1_000_000_000L, List.of(iot), List.of(Map.of("node-name", "disk0", "stats", stats)), List.of(export), h);
+        return new Sample(seconds * 1_000_000_000L, List.of(iot), List.of(Map.of("node-name", "disk0", "stats", stats)), List.of(export), h,
+                List.of(Map.of("device", "m0", "type", "mirror", "status", "running", "offset", seconds * 4L * 1048576, "len", 64L * 1048576)));
     }
 
     @Test
@@ -29,16 +30,19 @@ class TopViewTest {
         assertTrue(frame.matches("(?s).*\\ndisk0 +iot0 +50,000 +0 +195\\.3 +0\\.0 +1 +20\\.0 +15\\.0 +90\\.0 +400\\.0 +0\\n.*"), frame);
         assertTrue(frame.matches("(?s).*\\nexp0 +nbd +disk0 +2 +50,000 .*"), frame);
         assertTrue(frame.contains("HANDOFFS 1 in all, 1 in this interval") && frame.contains("iot1 -> iot0  paused 130.0 us"), frame);
+        // the mirror copied 4 MiB in the 1 s interval: 44 of 64 MiB
+        assertTrue(frame.matches("(?s).*\\nm0 +mirror +running +46137344 +67108864 +68\\.8% +4\\.0.*"), frame);
+        assertTrue(!frame.contains("JOB") || frame.contains("m0"), frame);
     }
 
     @Test
     void aMonitorWithoutOurExtensionsStillShowsNodes() {
         Sample a = new Sample(0, List.of(Map.of("id", "iot0")), List.of(Map.of("node-name", "disk0", "stats", Map.of("rd_operations", 0L))),
-                List.of(), Map.of());
+                List.of(), Map.of(), List.of());
         Sample b = new Sample(2_000_000_000L, List.of(Map.of("id", "iot0")),
-                List.of(Map.of("node-name", "disk0", "stats", Map.of("rd_operations", 100L))), List.of(), Map.of());
+                List.of(Map.of("node-name", "disk0", "stats", Map.of("rd_operations", 100L))), List.of(), Map.of(), List.of());
         String frame = TopView.render("qsd", a, b);
         assertTrue(frame.matches("(?s).*\\ndisk0 +50 .*"), frame);
-        assertTrue(!frame.contains("EXPORT") && !frame.contains("HANDOFFS"), frame);
+        assertTrue(!frame.contains("EXPORT") && !frame.contains("HANDOFFS") && !frame.contains("JOB"), frame);
     }
 }

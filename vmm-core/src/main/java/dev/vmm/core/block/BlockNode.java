@@ -37,6 +37,8 @@ import java.util.concurrent.CopyOnWriteArrayList;
 public final class BlockNode {
     private final String name;
     private final BlockDriver driver;
+    /** What users and parents call: the driver, or a job's layer over it (see {@link NodeIo}). */
+    private final NodeIo io;
     private final String driverName;
     private final List<Child> children;
     /** The nodes using this one as a child; changed by the daemon under its lock. */
@@ -84,6 +86,7 @@ public final class BlockNode {
         this.name = Objects.requireNonNull(name, "name");
         this.driverName = Objects.requireNonNull(driverName, "driverName");
         this.driver = Objects.requireNonNull(driver, "driver");
+        this.io = new NodeIo(driver);
         this.home = Objects.requireNonNull(home, "home");
         this.children = List.copyOf(children);
         for (Child c : this.children) {
@@ -180,6 +183,7 @@ public final class BlockNode {
             if (seen.putIfAbsent(n.name, n) != null) continue;
             for (Child c : n.children) todo.add(c.node());
             todo.addAll(n.parents);
+            todo.addAll(n.jobLinks);
         }
         return seen;
     }
@@ -206,7 +210,36 @@ public final class BlockNode {
 
     public String name() { return name; }
 
+    /** The node's own driver (for what it is: its file name, its kind). Requests go through {@link #io()}. */
     public BlockDriver driver() { return driver; }
+
+    /**
+     * The driver users and parent nodes submit requests to: the node's driver unless a block job
+     * put a layer in front of it (a mirror's dirty tracking) or redirected it (a mirror's pivot).
+     */
+    public NodeIo io() { return io; }
+
+    /**
+     * Nodes tied to this one by a block job (a mirror's source and target) rather than by child
+     * edges: they share a home and move together. Symmetric; changed by the daemon under the
+     * nodes' move gates.
+     */
+    private final List<BlockNode> jobLinks = new CopyOnWriteArrayList<>();
+
+    /** Ties {@code a} and {@code b} (see {@link #jobLinks()}). */
+    public static void jobLink(BlockNode a, BlockNode b) {
+        a.jobLinks.add(b);
+        b.jobLinks.add(a);
+    }
+
+    /** Unties one tie made by {@link #jobLink}. */
+    public static void jobUnlink(BlockNode a, BlockNode b) {
+        a.jobLinks.remove(b);
+        b.jobLinks.remove(a);
+    }
+
+    /** The nodes tied to this one by block jobs (a snapshot; any thread). */
+    public List<BlockNode> jobLinks() { return List.copyOf(jobLinks); }
 
     public IOThread home() { return home; }
 
@@ -276,7 +309,7 @@ public final class BlockNode {
     public CompletableFuture<Void> drain() {
         assert home.inThread() : "drain of " + name + " off its home thread";
         CompletableFuture<Void> f = new CompletableFuture<>();
-        driver.whenIdle(() -> f.complete(null));
+        io.whenIdle(() -> f.complete(null));
         return f;
     }
 

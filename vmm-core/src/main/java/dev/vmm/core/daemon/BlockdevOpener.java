@@ -230,7 +230,7 @@ final class BlockdevOpener {
             checkWritableChild(file, name, readOnly, "write");
             BlockDriver d;
             try {
-                d = onHome(file.node(), () -> new RawFormatDriver(file.node().driver(), offset, size, readOnly, unmap), "");
+                d = onHome(file.node(), () -> new RawFormatDriver(file.node().io(), offset, size, readOnly, unmap), "");
             } catch (DaemonException e) {
                 throw new DaemonException(e.getMessage(), e);
             }
@@ -308,8 +308,8 @@ final class BlockdevOpener {
      */
     private BlockNode openQcow2(String name, BlockNode.Child file, BlockNode.Child backing, boolean backingGiven,
             Qcow2Options q, boolean unmap, DetectZeroes dz, boolean forceShare, List<Path> chain) throws DaemonException {
-        BlockDriver fd = file.node().driver();
-        if (fd instanceof RawFileDriver r && r.imageLock() != null) {
+        BlockDriver fd = file.node().io();
+        if (file.node().driver() instanceof RawFileDriver r && r.imageLock() != null) {
             // QEMU's order: the file child is attached with the format's permissions before the header is read
             int[] want = ImagePermissions.childPerm(q.readOnly(), BlockNode.FILE, 0, ImageLock.BLK_PERM_ALL);
             try {
@@ -333,7 +333,7 @@ final class BlockdevOpener {
             sameHome(backing.node(), file.node().home());
         }
         IOThread home = file.node().home();
-        BlockDriver bd = backing == null ? null : backing.node().driver();
+        BlockDriver bd = backing == null ? null : backing.node().io();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
         List<DirtyBitmap> persistent = d instanceof Qcow2Driver qd ? qd.bitmaps() : List.of();
         if (!unmap) d = new NoDiscardDriver(d);
@@ -380,7 +380,7 @@ final class BlockdevOpener {
             case "raw" -> {
                 RawFormatDriver d;
                 try {
-                    d = new RawFormatDriver(file.driver(), 0, -1, true, true);
+                    d = new RawFormatDriver(file.io(), 0, -1, true, true);
                 } catch (BlockException e) {
                     throw new DaemonException(prefix + e.getMessage(), e);
                 }

@@ -52,6 +52,7 @@ public final class Daemon {
     /** Set once the start-up sequence (every listener of the command line) has finished. */
     private volatile boolean started;
     private final dev.vmm.core.stats.HandoffLog handoffs = new dev.vmm.core.stats.HandoffLog();
+    private final dev.vmm.core.job.JobRegistry jobs = new dev.vmm.core.job.JobRegistry();
 
     private Daemon(IOThread main) {
         this.main = main;
@@ -65,6 +66,18 @@ public final class Daemon {
     }
 
     public IOThread mainLoop() { return main; }
+
+    /** The block jobs (any thread). */
+    public dev.vmm.core.job.JobRegistry jobs() { return jobs; }
+
+    /**
+     * {@code blockdev-mirror}: checks the arguments with QEMU's words, ties the target to the
+     * source (moving the target to the source's IOThread first if needed) and starts the job
+     * under the graph's move gates. Control thread only (it waits for a move and for the job's start).
+     */
+    public dev.vmm.core.job.MirrorJob blockdevMirror(Options o, dev.vmm.core.job.JobEvents events) throws OptionException, DaemonException {
+        return new MirrorStarter(this).start(o, events);
+    }
 
     /** Recent handoffs and their pauses (any thread). */
     public dev.vmm.core.stats.HandoffLog handoffs() { return handoffs; }
@@ -730,6 +743,15 @@ public final class Daemon {
                 for (BlockExport e : exports.values()) {
                     if (e.node() == n) throw new DaemonException("Node " + name + " is in use"); // QEMU 7.2's wording
                 }
+                for (BlockNode l : n.jobLinks()) {
+                    if (l.io().current() == n.io()) {
+                        // a mirror pivoted from l to n: l's users write here now
+                        throw new DaemonException("Node " + name + " is in use: the users of '" + l.name() + "' use it since a mirror's pivot");
+                    }
+                    if (n.io().current() != l.io()) {
+                        throw new DaemonException("Node '" + name + "' is busy: block device is in use by block job: mirror");
+                    }
+                }
                 List<BlockNode> parents = n.parents();
                 if (!parents.isEmpty()) {
                     BlockNode p = parents.get(0);
@@ -748,6 +770,7 @@ public final class Daemon {
                     }
                 }
                 forget(gone);
+                for (BlockNode l : n.jobLinks()) BlockNode.jobUnlink(n, l); // a pivoted source: unused now
             }
             DaemonException f = null;
             for (BlockNode g : BlockNode.parentsFirst(gone)) {
@@ -843,6 +866,22 @@ public final class Daemon {
             exps = new ArrayList<>(exports.values());
             ns = new ArrayList<>(nodes.values());
             ts = new ArrayList<>(iothreads.values());
+        }
+        // Jobs first: a mirror still copying would submit to nodes being closed.
+        for (dev.vmm.core.job.Job j : jobs.all()) {
+            try {
+                j.cancel(true);
+            } catch (dev.vmm.core.job.JobException e) {
+                LOG.debug("job {} at shutdown: {}", j.id(), e.getMessage());
+            }
+        }
+        for (int i = 0; i < 100 && jobs.all().stream().anyMatch(j -> j.status() != dev.vmm.core.job.JobStatus.CONCLUDED); i++) {
+            try {
+                Thread.sleep(50);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
         }
         Collections.reverse(comps);
         for (AutoCloseable c : comps) {

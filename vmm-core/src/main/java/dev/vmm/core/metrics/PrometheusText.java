@@ -115,6 +115,18 @@ public final class PrometheusText {
         line("vmm_handoffs_total " + pauses.count());
         family("vmm_handoff_pause_seconds", "summary", "Pause of each handoff, first quiesce to last resume.");
         summary(null, null, pauses);
+
+        // ---- block jobs ----
+        List<dev.vmm.core.job.Job> jobs = daemon.jobs().all();
+        family("vmm_job_info", "gauge", "A block job and its status (always 1).");
+        for (dev.vmm.core.job.Job j : jobs) {
+            out.append(family).append("{job=\"").append(esc(j.id())).append("\",type=\"").append(esc(j.type()))
+                    .append("\",status=\"").append(j.status().wire()).append("\"} 1\n");
+        }
+        family("vmm_job_offset_bytes", "gauge", "Bytes the job has copied (query-block-jobs' offset).");
+        for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.MirrorJob m) sample("job", j.id(), m.offset());
+        family("vmm_job_len_bytes", "gauge", "Bytes the job has to copy in all, so far (query-block-jobs' len; grows with writes).");
+        for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.MirrorJob m) sample("job", j.id(), m.len());
     }
 
     private interface NodeValue { long of(BlockStats s); }
