@@ -109,6 +109,11 @@ final class MirrorStarter {
                 // Under the gates until the filter is in place: a move must not drain half-way.
                 job.started().get(Daemon.MOVE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
             } catch (ExecutionException | TimeoutException e) {
+                try {
+                    job.cancel(true); // not left registered, linked and starting later behind the error
+                } catch (dev.vmm.core.job.JobException ignored) {
+                    // already ending
+                }
                 throw new DaemonException("mirror job '" + job.id() + "' did not start: " + e);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();

@@ -129,7 +129,15 @@ public abstract class Job {
     protected synchronized void leavePause() {
         if (status == JobStatus.PAUSED) transition(JobStatus.RUNNING);
         else if (status == JobStatus.STANDBY) transition(JobStatus.READY);
+        if (readyPending && status == JobStatus.RUNNING) {
+            readyPending = false;
+            transition(JobStatus.READY);
+            readyEvent();
+        }
     }
+
+    /** The work became ready while paused: READY (and its event) once the pause ends, as QEMU's job_transition_to_ready runs in the resumed coroutine. */
+    private boolean readyPending;
 
     /** The job stopped itself on an I/O error (on-*-error=stop): paused until resumed. */
     protected synchronized void ioPause() {
@@ -189,6 +197,10 @@ public abstract class Job {
 
     /** Running to ready. */
     protected synchronized void ready() {
+        if (status == JobStatus.PAUSED) { // no BLOCK_JOB_READY for a job that stays paused: leavePause sends it
+            readyPending = true;
+            return;
+        }
         if (status == JobStatus.RUNNING) transition(JobStatus.READY);
         readyEvent();
     }
@@ -215,6 +227,10 @@ public abstract class Job {
 
     private void abort(String err) {
         this.error = err != null ? err : (cancelled ? "Operation canceled" : null);
+        // QEMU's table has no paused/standby -> aborting: a cancelled or failing paused job is resumed first
+        if (status == JobStatus.PAUSED) transition(JobStatus.RUNNING);
+        else if (status == JobStatus.STANDBY) transition(JobStatus.READY);
+        readyPending = false;
         if (status != JobStatus.ABORTING) transition(JobStatus.ABORTING);
         finalEvent(err, true);
         transition(JobStatus.CONCLUDED);

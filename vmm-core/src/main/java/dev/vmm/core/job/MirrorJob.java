@@ -41,6 +41,7 @@ import java.util.concurrent.TimeUnit;
  * the source node's home IOThread only.
  */
 public final class MirrorJob extends Job {
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(MirrorJob.class);
     /** QEMU's block job events. */
     public static final String BLOCK_JOB_READY = "BLOCK_JOB_READY";
     public static final String BLOCK_JOB_COMPLETED = "BLOCK_JOB_COMPLETED";
@@ -315,14 +316,26 @@ public final class MirrorJob extends Job {
             source.addUser(user);
             below.whenIdle(() -> {
                 started.complete(null);
-                if (phase != Phase.STARTING) return; // cancelled meanwhile: stop() released the held requests
+                if (phase != Phase.STARTING) { // cancelled meanwhile: stop() released the held requests
+                    if (phase == Phase.STOPPING) check(); // and left the end to us
+                    return;
+                }
                 phase = Phase.COPYING;
                 filter.release(filter);
                 pump();
             });
         } catch (RuntimeException e) {
+            // A bug or a driver refusing: the job fails instead of staying registered and linked for good.
             started.completeExceptionally(e);
-            throw e;
+            LOG.warn("mirror job {} could not start", id(), e);
+            phase = Phase.STOPPING;
+            failure = "the job could not start: " + e.getMessage();
+            if (filter != null && source.io().current() == filter) {
+                source.io().set(below);
+                filter.passthrough = true;
+                filter.release(source.io());
+            }
+            end();
         }
     }
 
