@@ -812,30 +812,32 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
 
     // ---- memory (bounds: callers checked rel + n against the part's range) ----
 
+    private static final int COPY_OUT = 0;
+    private static final int ZERO_OUT = 1;
+    private static final int COPY_IN = 2;
+
     /** Copies {@code n} bytes of {@code src} at {@code idx} to the op's memory at {@code rel}. */
     private static void copyOut(Op o, long rel, ByteBuf src, int idx, int n) {
-        if (o.iovAddress == 0) {
-            toNative(src, idx, o.address + rel, n);
-            return;
-        }
-        for (int i = 0; i < o.iovcnt && n > 0; i++) {
-            long base = RawMemory.getLe64(o.iovAddress + 16L * i);
-            long len = RawMemory.getLe64(o.iovAddress + 16L * i + 8);
-            if (rel >= len) {
-                rel -= len;
-                continue;
-            }
-            int take = (int) Math.min(len - rel, n);
-            toNative(src, idx, base + rel, take);
-            idx += take;
-            n -= take;
-            rel = 0;
-        }
+        walk(o, rel, n, COPY_OUT, src, idx);
     }
 
     private static void zeroOut(Op o, long rel, long n) {
+        walk(o, rel, n, ZERO_OUT, null, 0);
+    }
+
+    /** Appends {@code n} bytes of the op's memory at {@code rel} to {@code dst}. */
+    private static void copyIn(Op o, long rel, ByteBuf dst, int n) {
+        walk(o, rel, n, COPY_IN, dst, 0);
+    }
+
+    /**
+     * One walk over the op's memory (a flat buffer or its iovecs) from byte {@code rel} for
+     * {@code n} bytes, doing {@code what} to each piece; an int rather than a lambda so the data
+     * path allocates nothing.
+     */
+    private static void walk(Op o, long rel, long n, int what, ByteBuf buf, int idx) {
         if (o.iovAddress == 0) {
-            PlatformDependent.setMemory(o.address + rel, n, (byte) 0);
+            piece(what, buf, idx, o.address + rel, n);
             return;
         }
         for (int i = 0; i < o.iovcnt && n > 0; i++) {
@@ -846,29 +848,18 @@ public final class NbdBlockDriver implements BlockDriver, ProtocolDriverFactory.
                 continue;
             }
             long take = Math.min(len - rel, n);
-            PlatformDependent.setMemory(base + rel, take, (byte) 0);
+            piece(what, buf, idx, base + rel, take);
+            idx += (int) take;
             n -= take;
             rel = 0;
         }
     }
 
-    /** Appends {@code n} bytes of the op's memory at {@code rel} to {@code dst}. */
-    private static void copyIn(Op o, long rel, ByteBuf dst, int n) {
-        if (o.iovAddress == 0) {
-            fromNative(o.address + rel, dst, n);
-            return;
-        }
-        for (int i = 0; i < o.iovcnt && n > 0; i++) {
-            long base = RawMemory.getLe64(o.iovAddress + 16L * i);
-            long len = RawMemory.getLe64(o.iovAddress + 16L * i + 8);
-            if (rel >= len) {
-                rel -= len;
-                continue;
-            }
-            int take = (int) Math.min(len - rel, n);
-            fromNative(base + rel, dst, take);
-            n -= take;
-            rel = 0;
+    private static void piece(int what, ByteBuf buf, int idx, long address, long n) {
+        switch (what) {
+            case COPY_OUT -> toNative(buf, idx, address, (int) n);
+            case ZERO_OUT -> PlatformDependent.setMemory(address, n, (byte) 0);
+            default -> fromNative(address, buf, (int) n);
         }
     }
 
