@@ -96,7 +96,7 @@ class Qcow2HostileImageTest extends PeerTestBase {
                 words("snapshot")));
         Path luks = dir.resolve("luks.qcow2");
         Qcow2Peers.img("create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=123456",
-                "-o", "encrypt.format=luks,encrypt.key-secret=sec0", luks.toString(), "4M");
+                "-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100", luks.toString(), "4M");
         c.add(new Crafted("luks", luks, true, words("encrypt|cipher|LUKS|secret")));
         Path ext = dir.resolve("external-data.qcow2");
         Qcow2Peers.img("create", "-q", "-f", "qcow2", "-o", "data_file=" + dir.resolve("external-data.raw"), ext.toString(), "4M");
