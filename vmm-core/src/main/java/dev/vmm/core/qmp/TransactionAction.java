@@ -42,9 +42,8 @@ public interface TransactionAction {
     /** The kinds, by QEMU's action type name ("block-dirty-bitmap-add", "blockdev-backup", ...). */
     Map<String, Registered> KINDS = new ConcurrentHashMap<>();
 
+    /** Idempotent: every daemon's command table registers the same kinds (the kinds get the daemon). */
     static void register(String type, QmpType data, Kind kind) {
-        if (KINDS.putIfAbsent(type, new Registered(type, data, kind)) != null) {
-            throw new IllegalStateException("transaction action " + type + " registered twice");
-        }
+        KINDS.put(type, new Registered(type, data, kind));
     }
 }
