@@ -79,6 +79,15 @@ public final class Daemon {
         return new MirrorStarter(this).start(o, events);
     }
 
+    /**
+     * {@code blockdev-backup}: checks the arguments with QEMU's words and starts a backup job (its
+     * copy-before-write layer is in place when this returns). Control thread only.
+     */
+    public dev.vmm.core.job.BackupJob blockdevBackup(Options o, dev.vmm.core.job.JobEvents events) throws OptionException, DaemonException {
+        BackupStarter s = new BackupStarter(this);
+        return s.start(s.prepare(o, events));
+    }
+
     /** Recent handoffs and their pauses (any thread). */
     public dev.vmm.core.stats.HandoffLog handoffs() { return handoffs; }
 
@@ -371,8 +380,10 @@ public final class Daemon {
         }
         if (writable) {
             for (BlockNode p : node.parents()) {
-                if (!p.readOnly()) {
-                    String role = p.children().stream().filter(c -> c.node() == node).findFirst().map(BlockNode.Child::role).orElse("file");
+                String role = p.children().stream().filter(c -> c.node() == node).findFirst().map(BlockNode.Child::role).orElse("file");
+                // a backing parent shares write when its own users do (bdrv_default_perms_for_cow), as
+                // every export does: a fleecing overlay over a live disk (docs/backup.md)
+                if (!p.readOnly() && !role.equals(BlockNode.BACKING)) {
                     throw new DaemonException(o.optionName() + ": Permission conflict on node '" + nodeName + "': permissions 'write' are both"
                             + " required by export '" + id + "' (uses node '" + nodeName + "' as 'root' child) and unshared by node '" + p.name()
                             + "' (uses node '" + nodeName + "' as '" + role + "' child).");

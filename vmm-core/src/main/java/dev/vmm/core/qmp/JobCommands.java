@@ -38,15 +38,25 @@ public final class JobCommands {
     // ---- declarations for query-qmp-schema (QEMU 7.2's qapi/job.json and block-core.json names) ----
     static final QmpType JOB_STATUS = QmpType.enumOf("JobStatus", "undefined", "created", "running", "paused", "ready", "standby",
             "waiting", "pending", "aborting", "concluded", "null");
-    static final QmpType JOB_TYPE = QmpType.enumOf("JobType", "mirror");
+    static final QmpType JOB_TYPE = QmpType.enumOf("JobType", "mirror", "backup");
     static final QmpType ON_ERROR = QmpType.enumOf("BlockdevOnError", "report", "ignore", "enospc", "stop");
+    /** QEMU's MirrorSyncMode, shared by blockdev-mirror (which refuses incremental and bitmap) and blockdev-backup. */
+    static final QmpType SYNC_MODE = QmpType.enumOf("MirrorSyncMode", "top", "full", "none", "incremental", "bitmap");
     static final QmpType BLOCKDEV_MIRROR_ARGS = QmpType.object("q_obj_blockdev-mirror-arg").optional("job-id", QmpType.STR)
             .required("device", QmpType.STR).required("target", QmpType.STR).optional("replaces", QmpType.STR)
-            .required("sync", QmpType.enumOf("MirrorSyncMode", "top", "full", "none"))
+            .required("sync", SYNC_MODE)
             .optional("speed", QmpType.INT).optional("granularity", QmpType.INT).optional("buf-size", QmpType.INT)
             .optional("on-source-error", ON_ERROR).optional("on-target-error", ON_ERROR).optional("filter-node-name", QmpType.STR)
             .optional("copy-mode", QmpType.enumOf("MirrorCopyMode", "background", "write-blocking"))
             .optional("auto-finalize", QmpType.BOOL).optional("auto-dismiss", QmpType.BOOL).build();
+    static final QmpType BLOCKDEV_BACKUP_ARGS = QmpType.object("BlockdevBackup").optional("job-id", QmpType.STR)
+            .required("device", QmpType.STR).required("target", QmpType.STR)
+            .required("sync", SYNC_MODE)
+            .optional("speed", QmpType.INT).optional("bitmap", QmpType.STR)
+            .optional("bitmap-mode", QmpType.enumOf("BitmapSyncMode", "on-success", "never", "always"))
+            .optional("compress", QmpType.BOOL).optional("on-source-error", ON_ERROR).optional("on-target-error", ON_ERROR)
+            .optional("auto-finalize", QmpType.BOOL).optional("auto-dismiss", QmpType.BOOL).optional("filter-node-name", QmpType.STR)
+            .build();
     static final QmpType JOB_INFO = QmpType.object("JobInfo").required("id", QmpType.STR).required("type", JOB_TYPE)
             .required("status", JOB_STATUS).required("current-progress", QmpType.INT).required("total-progress", QmpType.INT)
             .optional("error", QmpType.STR).build();
@@ -83,6 +93,12 @@ public final class JobCommands {
             daemon.blockdevMirror(c.options(), server::emit);
             return Map.of();
         }));
+        t.register("blockdev-backup", BLOCKDEV_BACKUP_ARGS, QmpType.EMPTY, QmpCommand.blocking(c -> {
+            QmpServer server = c.server();
+            daemon.blockdevBackup(c.options(), server::emit);
+            return Map.of();
+        }));
+        TransactionAction.register("blockdev-backup", BLOCKDEV_BACKUP_ARGS, dev.vmm.core.daemon.BackupStarter::transactionAction);
         t.register("query-jobs", QmpType.EMPTY, QmpType.arrayOf(JOB_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
@@ -92,7 +108,10 @@ public final class JobCommands {
         t.register("query-block-jobs", QmpType.EMPTY, QmpType.arrayOf(BLOCK_JOB_INFO), QmpCommand.sync(c -> {
             c.options().checkAllConsumed();
             List<Object> out = new ArrayList<>();
-            for (Job j : daemon.jobs().all()) if (j instanceof MirrorJob m) out.add(m.blockJobInfo());
+            for (Job j : daemon.jobs().all()) {
+                if (j instanceof MirrorJob m) out.add(m.blockJobInfo());
+                else if (j instanceof dev.vmm.core.job.BackupJob b) out.add(b.blockJobInfo());
+            }
             return out;
         }));
         job(t, daemon, "job-pause", o -> j -> j.pause());
@@ -113,7 +132,10 @@ public final class JobCommands {
         blockJob(t, daemon, "block-job-set-speed", "device", o -> {
             long speed = o.number("speed", -1, 0, Long.MAX_VALUE);
             if (speed < 0) throw QmpException.generic("Parameter 'speed' is missing");
-            return j -> ((MirrorJob) j).setSpeed(speed);
+            return j -> {
+                if (j instanceof dev.vmm.core.job.BackupJob b) b.setSpeed(speed);
+                else ((MirrorJob) j).setSpeed(speed);
+            };
         });
     }
 
@@ -146,7 +168,7 @@ public final class JobCommands {
             Action a = verb.parse(o);
             o.checkAllConsumed();
             Job j = daemon.jobs().find(id);
-            if (!(j instanceof MirrorJob)) {
+            if (!(j instanceof MirrorJob) && !(j instanceof dev.vmm.core.job.BackupJob)) {
                 throw new QmpException(QmpErrorClass.DeviceNotActive, "Block job '" + id + "' not found");
             }
             try {

@@ -1,0 +1,268 @@
+package dev.vmm.cli.it;
+
+import static dev.vmm.cli.it.Images.MiB;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import dev.vmm.cli.it.MirrorTest.Monitor;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import org.junit.jupiter.api.Timeout;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * Backup jobs and fleecing end to end, against vmm and qemu-storage-daemon with the same QMP.
+ * The source (pattern A) is served over NBD to a writer (python3-libnbd: random writes, zero
+ * writes and trims, each applied to a reference file); a {@code blockdev-backup} starts before
+ * the writer, with a low speed so that the writer overwrites regions the job has not copied yet.
+ * The target (or, for fleecing, the export of a qcow2 overlay over the source read with nbdcopy)
+ * must equal A, the source must equal the reference (A+B), and the job's events are QEMU's.
+ */
+@Timeout(300)
+class BackupTest extends PeerTestBase {
+    static final long SIZE = 16 * MiB;
+
+    /** The writer: python3-libnbd, sequential random requests mirrored into {@code reference}. */
+    final class Writer {
+        final Process p;
+        final Path stop;
+        final Path err;
+
+        Writer(String uri, Path reference, long seed) throws IOException {
+            Path script = tmp.resolve("nbd_writer.py");
+            if (!Files.exists(script)) {
+                try (InputStream in = BackupTest.class.getResourceAsStream("/mirror/nbd_writer.py")) {
+                    Files.copy(in, script);
+                }
+            }
+            stop = tmp.resolve("stop-" + seed);
+            err = tmp.resolve("writer-" + seed + ".err");
+            p = background(new ProcessBuilder(Peers.python(), script.toString(), uri, reference.toString(), stop.toString(),
+                    String.valueOf(seed), "128").redirectError(err.toFile()).start());
+        }
+
+        long stop() throws Exception {
+            Files.createFile(stop);
+            String out = new String(p.getInputStream().readAllBytes()).strip();
+            int rc = p.waitFor();
+            if (rc != 0) fail("writer failed (" + rc + "): " + Files.readString(err));
+            long n = Long.parseLong(out);
+            assertTrue(n > 0, "the writer wrote nothing");
+            return n;
+        }
+    }
+
+    /** Pattern A in the source, the point-in-time copy (A) and the writer's reference (A, then A+B). */
+    private record Setup(VmmProcess server, Monitor mon, Path sockets, String uri, Path source, Path pointInTime, Path reference) {}
+
+    private Setup setup(Server server, List<String> more, String... extra) throws Exception {
+        Path dir = socketDir();
+        Path src = tmp.resolve("src.img");
+        Images.sparse(src, SIZE);
+        for (long off = 0; off < SIZE; off += 2 * MiB) Images.fill(src, off + 4321, (int) MiB, off + 1);
+        Path a = tmp.resolve("a.img");
+        Path ref = tmp.resolve("ref.img");
+        Files.copy(src, a, StandardCopyOption.REPLACE_EXISTING);
+        Files.copy(src, ref, StandardCopyOption.REPLACE_EXISTING);
+        Path mon = dir.resolve("m.sock");
+        Path nbd = dir.resolve("n.sock");
+        List<String> args = new ArrayList<>(List.of(extra));
+        args.addAll(List.of(
+                "--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
+                "--blockdev", "driver=file,node-name=src,filename=" + src,
+                "--nbd-server", Net.unixServer(nbd),
+                "--export", "type=nbd,id=e0,node-name=src,name=src,writable=on"));
+        args.addAll(more);
+        VmmProcess p = serve(server, args);
+        Monitor m = closeLater(new Monitor(mon));
+        return new Setup(p, m, dir, Net.unixUri(nbd, "src"), src, a, ref);
+    }
+
+    /**
+     * The monitor's story without the paused/running pairs that qemu-storage-daemon reports when
+     * a drained section pauses a job (an NBD client connecting); vmm's moves do not pause jobs.
+     */
+    private static List<String> story(Monitor m) {
+        List<String> out = new ArrayList<>(m.story());
+        for (int i = 1; i + 1 < out.size(); ) {
+            if (out.get(i).equals("paused") && out.get(i + 1).equals("running")) {
+                out.remove(i);
+                out.remove(i);
+            } else {
+                i++;
+            }
+        }
+        return out;
+    }
+
+    private static void compare(String fmt, Path image, Path reference) {
+        Run.cmd(Peers.require("qemu-img"), "compare", "-U", "-f", fmt, "-F", "raw", image.toString(), reference.toString()).expect(0);
+    }
+
+    /** sync=full: the target is the source at the job's start although the writer overwrote it meanwhile. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void fullBackupUnderWritesIsThePointInTime(Server server) throws Exception {
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Setup s = setup(server, List.of("--blockdev", "driver=file,node-name=tgt,filename=" + tgt));
+        s.mon().ok("blockdev-backup", "job-id", "b0", "device", "src", "target", "tgt", "sync", "full", "speed", 4 * MiB);
+        Writer w = new Writer(s.uri(), s.reference(), 1);
+        Map<String, Object> done = s.mon().waitEvent("BLOCK_JOB_COMPLETED", 120_000);
+        w.stop();
+        Map<?, ?> data = (Map<?, ?>) done.get("data");
+        assertEquals("backup", data.get("type"));
+        assertEquals("b0", data.get("device"));
+        assertEquals(null, data.get("error"), data.toString());
+        assertEquals(((Number) data.get("len")).longValue(), ((Number) data.get("offset")).longValue(), data.toString());
+        assertEquals(List.of("created", "running", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"), story(s.mon()));
+        compare("raw", tgt, s.pointInTime());
+        compare("raw", s.source(), s.reference());
+        // the writer did change the source while the job ran
+        assertEquals(1, Run.cmd(Peers.require("qemu-img"), "compare", "-U", "-f", "raw", "-F", "raw", s.source().toString(),
+                s.pointInTime().toString()).expectAny().exit());
+    }
+
+    /**
+     * sync=none into a qcow2 overlay whose backing is the source, exported read-only: the fleecing
+     * export shows the source at the job's start while the writer writes; cancel ends it.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void fleecingExportShowsThePointInTime(Server server) throws Exception {
+        Path fl = tmp.resolve("fleece.qcow2");
+        Run.cmd(Peers.require("qemu-img"), "create", "-q", "-f", "qcow2", fl.toString(), String.valueOf(SIZE)).expect(0);
+        Setup s = setup(server, List.of(
+                "--blockdev", "driver=qcow2,node-name=fl,backing=src,file.driver=file,file.filename=" + fl,
+                "--export", "type=nbd,id=e1,node-name=fl,name=fl"));
+        s.mon().ok("blockdev-backup", "job-id", "f0", "device", "src", "target", "fl", "sync", "none");
+        Writer w = new Writer(s.uri(), s.reference(), 2);
+        Thread.sleep(1500);
+        Path out = tmp.resolve("fleeced.img");
+        Run.cmd(Peers.require("nbdcopy"), Net.unixUri(s.sockets().resolve("n.sock"), "fl"), out.toString()).expect(0);
+        w.stop();
+        compare("raw", out, s.pointInTime());
+        compare("raw", s.source(), s.reference());
+        List<?> jobs = (List<?>) s.mon().ok("query-block-jobs");
+        Map<?, ?> info = (Map<?, ?>) jobs.get(0);
+        assertEquals("backup", info.get("type"));
+        assertEquals("running", info.get("status"));
+        assertEquals(false, info.get("ready"));
+        s.mon().ok("block-job-cancel", "device", "f0");
+        s.mon().waitEvent("BLOCK_JOB_CANCELLED", 30_000);
+        assertEquals(List.of("created", "running", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"), story(s.mon()));
+        assertEquals(List.of(), s.mon().ok("query-jobs"));
+    }
+
+    /** A cancelled sync=full job ends with BLOCK_JOB_CANCELLED and the source keeps serving. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void cancelOfAFullBackup(Server server) throws Exception {
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Setup s = setup(server, List.of("--blockdev", "driver=file,node-name=tgt,filename=" + tgt));
+        // no writer yet: its copies before write would finish the job at once
+        s.mon().ok("blockdev-backup", "job-id", "c0", "device", "src", "target", "tgt", "sync", "full", "speed", MiB);
+        Thread.sleep(700);
+        s.mon().ok("block-job-cancel", "device", "c0");
+        Map<String, Object> ev = s.mon().waitEvent("BLOCK_JOB_CANCELLED", 30_000);
+        Writer w = new Writer(s.uri(), s.reference(), 3);
+        Thread.sleep(300);
+        w.stop();
+        Map<?, ?> data = (Map<?, ?>) ev.get("data");
+        assertTrue(((Number) data.get("offset")).longValue() < SIZE, data.toString());
+        assertEquals(List.of("created", "running", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"), story(s.mon()));
+        compare("raw", s.source(), s.reference());
+    }
+
+    /** A target that fails writes (nbdkit's error filter) with on-target-error=report: the job fails, the source is intact. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void targetErrorWithReportFailsTheJob(Server server) throws Exception {
+        Path dir = socketDir();
+        Path bad = dir.resolve("bad.sock");
+        background(new ProcessBuilder(Peers.require("nbdkit"), "--foreground", "--exit-with-parent", "-U", bad.toString(),
+                "--filter=error", "memory", String.valueOf(SIZE), "error-pwrite=EIO", "error-pwrite-rate=100%",
+                "error-zero=EIO", "error-zero-rate=100%").redirectErrorStream(true).redirectOutput(tmp.resolve("nbdkit.log").toFile()).start());
+        for (int i = 0; i < 100 && !Files.exists(bad); i++) Thread.sleep(50);
+        Setup s = setup(server, List.of("--blockdev", "driver=nbd,node-name=tgt,server.type=unix,server.path=" + bad));
+        s.mon().ok("blockdev-backup", "job-id", "e0", "device", "src", "target", "tgt", "sync", "full", "on-target-error", "report");
+        Map<String, Object> done = s.mon().waitEvent("BLOCK_JOB_COMPLETED", 30_000);
+        Map<?, ?> data = (Map<?, ?>) done.get("data");
+        assertEquals("Input/output error", data.get("error"), data.toString());
+        List<String> story = story(s.mon());
+        assertTrue(story.contains("BLOCK_JOB_ERROR"), story.toString());
+        assertEquals(List.of("aborting", "BLOCK_JOB_COMPLETED", "concluded", "null"), story.subList(story.size() - 4, story.size()));
+        Writer w = new Writer(s.uri(), s.reference(), 4);
+        Thread.sleep(300);
+        w.stop();
+        compare("raw", s.source(), s.reference());
+    }
+
+    /**
+     * sync=bitmap (bitmap-mode=never) from a persistent bitmap made with qemu-img and qemu-io: only
+     * the clusters the bitmap marks are copied.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void bitmapBackupCopiesTheDirtyClustersOnly(Server server) throws Exception {
+        String qemuImg = Peers.require("qemu-img");
+        Path src = tmp.resolve("src.qcow2");
+        Run.cmd(qemuImg, "create", "-q", "-f", "qcow2", src.toString(), String.valueOf(SIZE)).expect(0);
+        Run.cmd(Peers.require("qemu-io"), "-f", "qcow2", "-c", "write -P 0xa 0 " + SIZE, src.toString()).expect(0);
+        Run.cmd(qemuImg, "bitmap", "--add", "--enable", src.toString(), "b0").expect(0);
+        Run.cmd(Peers.require("qemu-io"), "-f", "qcow2", "-c", "write -P 0xb 1M 64k", "-c", "write -P 0xc 5000k 200k",
+                src.toString()).expect(0);
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Path dir = socketDir();
+        Path mon = dir.resolve("m.sock");
+        serve(server, List.of("--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
+                "--blockdev", "driver=qcow2,node-name=src,read-only=on,file.driver=file,file.filename=" + src,
+                "--blockdev", "driver=file,node-name=tgt,filename=" + tgt));
+        Monitor m = closeLater(new Monitor(mon));
+        assertTrue(m.error("blockdev-backup", "job-id", "x", "device", "src", "target", "tgt", "sync", "incremental", "bitmap", "b0")
+                .contains("readonly"));
+        m.ok("blockdev-backup", "job-id", "i0", "device", "src", "target", "tgt", "sync", "bitmap", "bitmap", "b0", "bitmap-mode", "never");
+        Map<?, ?> data = (Map<?, ?>) m.waitEvent("BLOCK_JOB_COMPLETED", 30_000).get("data");
+        assertEquals(null, data.get("error"), data.toString());
+        // expected: the dirty 64 KiB clusters of the source, zeros elsewhere
+        Path raw = tmp.resolve("src.raw");
+        Run.cmd(qemuImg, "convert", "-U", "-f", "qcow2", "-O", "raw", src.toString(), raw.toString()).expect(0);
+        Path want = Images.sparse(tmp.resolve("want.img"), SIZE);
+        long c = 64 * 1024;
+        for (long[] r : new long[][] {{MiB, c}, {5000 * 1024 / c * c, (5000 * 1024 + 200 * 1024 + c - 1) / c * c - 5000 * 1024 / c * c}}) {
+            Images.write(want, r[0], Images.read(raw, r[0], (int) r[1]));
+        }
+        compare("raw", tgt, want);
+    }
+
+    /** vmm only (QSD does not move a node an export uses): moves of the source during a backup under writes. */
+    @org.junit.jupiter.api.Test
+    void movesOfTheSourceDuringABackupUnderWrites() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(Server.primary() == Server.VMM, "vmm moves nodes with their users");
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Setup s = setup(Server.VMM, List.of("--blockdev", "driver=file,node-name=tgt,filename=" + tgt),
+                "--object", "iothread,id=iot1", "--object", "iothread,id=iot2");
+        Monitor m = s.mon();
+        m.ok("blockdev-backup", "job-id", "mv", "device", "src", "target", "tgt", "sync", "full", "speed", 4 * MiB);
+        Writer w = new Writer(s.uri(), s.reference(), 5);
+        for (String to : List.of("iot1", "iot2", "main", "iot1")) {
+            m.ok("x-blockdev-set-iothread", "node-name", "src", "iothread", to);
+            Thread.sleep(50);
+        }
+        m.waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        w.stop();
+        List<String> names = m.events.stream().map(e -> (String) e.get("event")).toList();
+        assertTrue(names.indexOf("VMM_NODE_MOVED") < names.indexOf("BLOCK_JOB_COMPLETED"), names.toString());
+        long moves = m.events.stream().filter(e -> e.get("event").equals("VMM_NODE_MOVED")).count();
+        assertEquals(4, moves, m.events.toString());
+        compare("raw", tgt, s.pointInTime());
+        compare("raw", s.source(), s.reference());
+    }
+}

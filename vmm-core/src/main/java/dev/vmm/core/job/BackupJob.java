@@ -1,0 +1,860 @@
+package dev.vmm.core.job;
+
+import dev.vmm.core.bitmap.DirtyBitmap;
+import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockException;
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.BlockStatus;
+import dev.vmm.core.block.ForwardingBlockDriver;
+import dev.vmm.core.block.IoCompletion;
+import dev.vmm.core.block.NodeIo;
+import dev.vmm.core.block.NodeUser;
+import dev.vmm.core.linux.Errno;
+import dev.vmm.core.linux.LibC;
+import dev.vmm.core.memory.RawMemory;
+import dev.vmm.iothread.IOThread;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * QEMU's backup block job ({@code blockdev-backup}, block/backup.c with block/copy-before-write.c):
+ * the target receives the source as it was at the instant the job started, while the source's
+ * users keep writing.
+ *
+ * <p>How (docs/jobs.md): a {@link CopyBeforeWrite} layer is put in front of the source's driver in
+ * its {@link NodeIo}. A {@link DirtyMap} of clusters still to copy is filled at the start (all of
+ * them; for {@code incremental}/{@code bitmap} those of the sync bitmap). A write, zero write or
+ * discard that touches a cluster still to copy waits until that cluster's old data was read from
+ * the source and written to the target; the background loop copies the remaining clusters (none
+ * for {@code sync=none}: fleecing, the job runs until cancelled) and the job completes when no
+ * cluster is left and the target's flush succeeded.
+ *
+ * <p>The start is one instant: new requests are held, requests in flight below the layer are
+ * waited for, the copy map (and the bitmap's successor) is made, then the held requests go on.
+ * The job is a {@link NodeUser} of the source (a move drains its copies and resumes it on the new
+ * home) and source and target are tied ({@link BlockNode#jobLink}) so they move together.
+ *
+ * <p>Bitmaps (QEMU's bitmap-mode): during the job the sync bitmap is busy and does not record; a
+ * successor added to the node records the writes made since the start. At the end:
+ * {@code on-success} after success, the bitmap becomes the successor; {@code always}, the clusters
+ * copied are cleared from it and the successor is merged in; otherwise (failure, cancel,
+ * {@code never}) the successor is merged back, so no write is ever lost.
+ *
+ * <p>Thread contract: the verbs come through {@link Job} (any thread) and are handed to the home
+ * thread with {@link #post}; the layer, the copy loop and the map run on the source's home IOThread only.
+ */
+public final class BackupJob extends Job {
+    private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(BackupJob.class);
+
+    /** QEMU's {@code MirrorSyncMode} for backup. */
+    public enum Sync { FULL, TOP, NONE, INCREMENTAL, BITMAP }
+
+    /** QEMU's {@code BitmapSyncMode}. */
+    public enum BitmapMode { ON_SUCCESS, NEVER, ALWAYS }
+
+    /**
+     * The settings of one job, checked by the caller.
+     *
+     * @param clusterSize the copy unit (QEMU's backup cluster size: the target's cluster size, at least 64 KiB)
+     * @param bitmap      the sync bitmap, or null
+     */
+    public record Settings(Sync sync, DirtyBitmap bitmap, BitmapMode bitmapMode, int clusterSize,
+                           MirrorJob.OnError onSourceError, MirrorJob.OnError onTargetError, long speed) {}
+
+    /** Largest background copy request (QEMU's block-copy issues up to 1 MiB per request by default too). */
+    static final int MAX_COPY = 1 << 20;
+    /** Background copies in flight at once. */
+    static final int MAX_COPIES = 4;
+
+    private final BlockNode source;
+    private final BlockNode target;
+    private final Settings settings;
+    private volatile long speed;
+
+    // ---- home-thread state ----
+    private volatile IOThread home;
+    private final ArrayDeque<Runnable> deferred = new ArrayDeque<>();
+    /** Clusters whose point-in-time data is not on the target yet. */
+    private DirtyMap map;
+    private CopyBeforeWrite layer;
+    private BlockDriver below;
+    private NodeIo targetIo;
+    /** Records the writes made during the job in place of the busy sync bitmap. */
+    private DirtyBitmap successor;
+    private boolean bitmapWasRecording;
+    private enum Phase { STARTING, COPYING, FLUSHING, STOPPING, ENDED }
+    private Phase phase = Phase.STARTING;
+    private boolean quiesced;
+    private boolean paused;
+    private volatile String ioStatus = "ok";
+    private String failure;
+    private long cursor;
+    private int copies;
+    private final ArrayDeque<Long> freeBuffers = new ArrayDeque<>();
+    private final List<Long> allocations = new ArrayList<>();
+    private int unit;
+    private int alignment;
+    private final BlockStatus status = new BlockStatus();
+    private long nextAllowed;
+    private boolean timerArmed;
+    private volatile long offset;
+    private volatile long len;
+    private volatile boolean busy;
+    private final CompletableFuture<Void> started = new CompletableFuture<>();
+
+    public BackupJob(String id, BlockNode source, BlockNode target, Settings settings, boolean autoFinalize, boolean autoDismiss,
+            JobEvents events, JobRegistry registry) {
+        super(id, "backup", autoFinalize, autoDismiss, events, registry);
+        this.source = source;
+        this.target = target;
+        this.settings = settings;
+        this.speed = settings.speed();
+        this.home = source.home();
+    }
+
+    public BlockNode source() { return source; }
+
+    public BlockNode target() { return target; }
+
+    public Settings settings() { return settings; }
+
+    /** Completes once the layer is in place and the start instant passed (or the start failed). */
+    public CompletableFuture<Void> started() { return started; }
+
+    // ---- QMP views (any thread) ----
+
+    /** {@code query-block-jobs}' BlockJobInfo (QEMU 7.2 fields). */
+    public synchronized Map<String, Object> blockJobInfo() {
+        Map<String, Object> m = new LinkedHashMap<>();
+        JobStatus s = status();
+        m.put("type", type());
+        m.put("device", id());
+        m.put("len", len);
+        m.put("offset", offset);
+        m.put("busy", busy && s == JobStatus.RUNNING);
+        m.put("paused", userPaused() || s == JobStatus.PAUSED);
+        m.put("speed", speed);
+        m.put("io-status", ioStatus);
+        m.put("ready", false);
+        m.put("status", s.wire());
+        m.put("auto-finalize", autoFinalize());
+        m.put("auto-dismiss", autoDismiss());
+        if (error() != null) m.put("error", error());
+        return m;
+    }
+
+    public long offset() { return offset; }
+
+    public long len() { return len; }
+
+    public void setSpeed(long bytesPerSecond) throws JobException {
+        checkVerb(JobStatus.Verb.SET_SPEED);
+        speed = bytesPerSecond;
+        post(() -> {
+            nextAllowed = System.nanoTime();
+            pump();
+        });
+    }
+
+    private Map<String, Object> progressEvent() {
+        Map<String, Object> d = new LinkedHashMap<>();
+        d.put("type", type());
+        d.put("device", id());
+        d.put("len", len);
+        d.put("offset", offset);
+        d.put("speed", speed);
+        return d;
+    }
+
+    @Override
+    protected void finalEvent(String error, boolean aborted) {
+        if (aborted && error == null) {
+            events().emit(MirrorJob.BLOCK_JOB_CANCELLED, progressEvent());
+        } else {
+            Map<String, Object> d = progressEvent();
+            if (error != null) d.put("error", error);
+            events().emit(MirrorJob.BLOCK_JOB_COMPLETED, d);
+        }
+    }
+
+    @Override
+    protected boolean ioPaused() { return !ioStatus.equals("ok"); }
+
+    // ---- verbs, handed to the home thread ----
+
+    private void post(Runnable r) {
+        IOThread h = home;
+        if (h == null) {
+            synchronized (deferred) {
+                if (home == null) {
+                    deferred.add(r);
+                    return;
+                }
+            }
+            post(r);
+            return;
+        }
+        h.execute(() -> {
+            if (home != h) post(r);
+            else r.run();
+        });
+    }
+
+    @Override
+    protected void run() {
+        post(this::startOnHome);
+    }
+
+    @Override
+    protected void onPause() {
+        post(() -> paused = true);
+    }
+
+    @Override
+    protected void onResume() {
+        ioStatus = "ok";
+        post(() -> {
+            paused = false;
+            pump();
+        });
+    }
+
+    /** A backup has no ready state: every cancel aborts (BLOCK_JOB_CANCELLED), as QEMU's. */
+    @Override
+    protected void onCancel(boolean force) {
+        post(() -> {
+            paused = false;
+            stop(null);
+        });
+    }
+
+    @Override
+    protected void onComplete() throws JobException {
+        throw new JobException("The active block job '" + id() + "' cannot be completed"); // QEMU's wording (job has no .complete)
+    }
+
+    // ---- NodeUser: a move of the source's graph ----
+
+    private final NodeUser user = new NodeUser() {
+        @Override
+        public String describe() { return "backup job " + id(); }
+
+        @Override
+        public void quiesce() { quiesced = true; }
+
+        @Override
+        public CompletableFuture<Void> detach() {
+            synchronized (deferred) {
+                home = null;
+            }
+            return CompletableFuture.completedFuture(null);
+        }
+
+        @Override
+        public CompletableFuture<Void> attach(IOThread newHome) {
+            List<Runnable> later;
+            synchronized (deferred) {
+                home = newHome;
+                later = new ArrayList<>(deferred);
+                deferred.clear();
+            }
+            for (Runnable r : later) post(r);
+            return CompletableFuture.completedFuture(null);
+        }
+
+        @Override
+        public void resume() {
+            quiesced = false;
+            // copies on behalf of waiting guest writes were not started while quiesced
+            if (layer != null) layer.retryWaiters();
+            pump();
+        }
+    };
+
+    // ---- the start (home thread) ----
+
+    private void startOnHome() {
+        try {
+            NodeIo io = source.io();
+            below = io.current();
+            targetIo = target.io();
+            unit = Math.max(settings.clusterSize(), MAX_COPY);
+            alignment = Math.max(4096, Math.max(below.memoryAlignment(), targetIo.memoryAlignment()));
+            layer = new CopyBeforeWrite(below);
+            // Writes in flight below the layer were not seen by it: hold new requests until they
+            // are done; the copy map is made at that instant.
+            layer.holding = true;
+            io.set(layer);
+            source.addUser(user);
+            below.whenIdle(this::startInstant);
+        } catch (RuntimeException e) {
+            started.completeExceptionally(e);
+            LOG.warn("backup job {} could not start", id(), e);
+            phase = Phase.STOPPING;
+            failure = "the job could not start: " + e.getMessage();
+            if (layer != null && source.io().current() == layer) {
+                source.io().set(below);
+                layer.passthrough = true;
+                layer.release(source.io());
+            }
+            end();
+        }
+    }
+
+    /** Nothing is in flight below the layer and new requests are held: the point in time. */
+    private void startInstant() {
+        started.complete(null);
+        if (phase != Phase.STARTING) {
+            if (phase == Phase.STOPPING) check();
+            return;
+        }
+        map = new DirtyMap(source.size(), settings.clusterSize());
+        DirtyBitmap bm = settings.bitmap();
+        if (settings.sync() == Sync.INCREMENTAL || settings.sync() == Sync.BITMAP) {
+            for (long off = bm.nextDirty(0, bm.size()); off >= 0; ) {
+                long clean = bm.nextClean(off, bm.size());
+                long stop = clean < 0 ? bm.size() : clean;
+                map.markRange(off, stop - off);
+                off = clean < 0 ? -1 : bm.nextDirty(stop, bm.size());
+            }
+        } else {
+            map.markAll();
+        }
+        if (bm != null) {
+            // QEMU's bdrv_dirty_bitmap_create_successor: the bitmap is frozen, a successor records
+            bitmapWasRecording = bm.recording();
+            bm.setBusy(true);
+            bm.setRecording(false);
+            successor = new DirtyBitmap("", bm.size(), bm.granularity());
+            source.addDirtyBitmap(successor);
+        }
+        len = settings.sync() == Sync.NONE ? 0 : map.dirtyBytes();
+        updateProgress();
+        phase = Phase.COPYING;
+        layer.release(layer);
+        pump();
+    }
+
+    // ---- the background copy (home thread) ----
+
+    private boolean mayCopy() {
+        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
+    }
+
+    private void pump() {
+        if (phase == Phase.ENDED || map == null) return;
+        if (settings.sync() != Sync.NONE) {
+            while (mayCopy() && copies < MAX_COPIES && rateAllows()) {
+                long c = map.nextCopyable(cursor);
+                if (c < 0 && cursor > 0) {
+                    cursor = 0;
+                    c = map.nextCopyable(0);
+                }
+                if (c < 0) break;
+                startCopy(c, (int) Math.max(1, unit / map.granularity()), null);
+            }
+        }
+        busy = copies > 0;
+        updateProgress();
+        check();
+    }
+
+    private boolean rateAllows() {
+        long s = speed;
+        if (s <= 0) return true;
+        long now = System.nanoTime();
+        if (nextAllowed - now <= MirrorJob.SLICE_NS) return true;
+        if (!timerArmed) {
+            timerArmed = true;
+            IOThread h = home;
+            if (h != null) {
+                h.loop().schedule(() -> post(() -> {
+                    timerArmed = false;
+                    pump();
+                }), nextAllowed - now - MirrorJob.SLICE_NS, TimeUnit.NANOSECONDS);
+            } else {
+                timerArmed = false;
+            }
+        }
+        return false;
+    }
+
+    private void charge(long bytes) {
+        long s = speed;
+        if (s <= 0) return;
+        long now = System.nanoTime();
+        nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
+    }
+
+    private enum Kind { DATA, ZERO, SKIP }
+
+    /**
+     * Copies up to {@code maxChunks} dirty, idle clusters from {@code c}: read from below the
+     * layer, write to the target. {@code forGuest} is the guest request waiting for it (a copy
+     * before write: not rate limited, its failure fails that request), or null.
+     */
+    private void startCopy(long c, int maxChunks, CopyBeforeWrite.Waiter forGuest) {
+        long off = map.offsetOf(c);
+        long n = 1;
+        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
+        long length = Math.min(n * map.granularity(), source.size() - off);
+        Kind kind = Kind.DATA;
+        try {
+            below.status(off, length, status);
+            if (status.length >= Math.min(map.granularity(), length)) {
+                if (status.length < length) {
+                    n = Math.max(1, status.length / map.granularity());
+                    length = Math.min(n * map.granularity(), source.size() - off);
+                }
+                if (settings.sync() == Sync.TOP && status.depth != 1) kind = Kind.SKIP;
+                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
+            } else {
+                n = 1;
+                length = Math.min(map.granularity(), source.size() - off);
+            }
+        } catch (BlockException e) {
+            kind = Kind.DATA;
+        }
+        for (long i = 0; i < n; i++) map.setBusy(c + i, true);
+        if (forGuest == null) {
+            cursor = c + n;
+            charge(length);
+        }
+        copies++;
+        final long first = c;
+        final long count = n;
+        final long bytes = length;
+        switch (kind) {
+            case SKIP -> home.loop().execute(() -> copyDone(first, count, bytes, 0L, 0, false, forGuest));
+            case ZERO -> {
+                try {
+                    // no unmap: a fleecing target's hole would show its backing (the live source)
+                    targetIo.writeZeroes(off, bytes, false, false, false, e -> copyDone(first, count, bytes, 0L, e, true, forGuest));
+                } catch (BlockException e) {
+                    home.loop().execute(() -> copyDone(first, count, bytes, 0L, e.errno(), true, forGuest));
+                }
+            }
+            case DATA -> {
+                long buf = buffer();
+                try {
+                    below.read(off, buf, (int) bytes, e -> {
+                        if (e != 0) {
+                            copyDone(first, count, bytes, buf, e, false, forGuest);
+                            return;
+                        }
+                        try {
+                            targetIo.write(off, buf, (int) bytes, false, e2 -> copyDone(first, count, bytes, buf, e2, true, forGuest));
+                        } catch (BlockException ex) {
+                            copyDone(first, count, bytes, buf, ex.errno(), true, forGuest);
+                        }
+                    });
+                } catch (BlockException e) {
+                    home.loop().execute(() -> copyDone(first, count, bytes, buf, e.errno(), false, forGuest));
+                }
+            }
+        }
+    }
+
+    private long buffer() {
+        Long b = freeBuffers.poll();
+        if (b != null) return b;
+        long base = RawMemory.allocate(unit + alignment);
+        allocations.add(base);
+        return (base + alignment - 1) & -(long) alignment;
+    }
+
+    private void copyDone(long first, long count, long bytes, long buf, int errno, boolean onTarget, CopyBeforeWrite.Waiter forGuest) {
+        copies--;
+        if (buf != 0) freeBuffers.add(buf);
+        for (long i = 0; i < count; i++) map.setBusy(first + i, false);
+        if (errno == 0) {
+            for (long i = 0; i < count; i++) map.clear(first + i);
+            offset += bytes;
+        } else if (forGuest != null) {
+            // QEMU's on-cbw-error=break-guest-write: the guest write fails, the old data stays
+            layer.failOverlapping(map.offsetOf(first), bytes, errno);
+        } else {
+            ioError(errno, onTarget);
+        }
+        layer.retryWaiters();
+        layer.runIdleWaiters();
+        pump();
+    }
+
+    private void updateProgress() {
+        progressCurrent = offset;
+        progressTotal = Math.max(len, offset);
+    }
+
+    /** QEMU's backup error action: the policy of the side that failed. */
+    private void ioError(int errno, boolean onTarget) {
+        MirrorJob.OnError policy = onTarget ? settings.onTargetError() : settings.onSourceError();
+        String action;
+        if (policy == MirrorJob.OnError.STOP || (policy == MirrorJob.OnError.ENOSPC && errno == Errno.ENOSPC)) action = "stop";
+        else if (policy == MirrorJob.OnError.IGNORE) action = "ignore";
+        else action = "report";
+        Map<String, Object> d = new LinkedHashMap<>();
+        d.put("device", id());
+        d.put("operation", onTarget ? "write" : "read");
+        d.put("action", action);
+        events().emit(MirrorJob.BLOCK_JOB_ERROR, d);
+        switch (action) {
+            case "stop" -> {
+                if (ioStatus.equals("ok")) {
+                    ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
+                    ioPause();
+                }
+            }
+            case "report" -> {
+                if (phase != Phase.STOPPING && phase != Phase.ENDED) stop(LibC.strerror(errno));
+            }
+            default -> { } // ignore: the cluster stays to copy and is retried
+        }
+    }
+
+    /** All copied: flush the target, then succeed. */
+    private void check() {
+        if (phase == Phase.STOPPING) {
+            if (copies == 0) end();
+            return;
+        }
+        if (phase != Phase.COPYING || settings.sync() == Sync.NONE) return;
+        if (map.dirtyCount() != 0 || copies != 0) return;
+        phase = Phase.FLUSHING;
+        try {
+            targetIo.flush(this::flushed);
+        } catch (BlockException e) {
+            home.loop().execute(() -> flushed(e.errno()));
+        }
+    }
+
+    private void flushed(int errno) {
+        if (phase != Phase.FLUSHING) return; // cancelled meanwhile
+        if (errno != 0) {
+            phase = Phase.COPYING;
+            stop(LibC.strerror(errno));
+            return;
+        }
+        phase = Phase.STOPPING;
+        removeLayer();
+        end();
+    }
+
+    /** Cancel or a reported error: no new copies; ends once the copies in flight are done. */
+    private void stop(String error) {
+        if (phase == Phase.ENDED || phase == Phase.STOPPING) return;
+        if (failure == null) failure = error;
+        Phase was = phase;
+        phase = Phase.STOPPING;
+        removeLayer();
+        if (was == Phase.STARTING) return; // the start instant sees STOPPING
+        check();
+    }
+
+    private void removeLayer() {
+        if (layer != null && !layer.passthrough) {
+            if (source.io().current() == layer) source.io().set(below);
+            source.io().retire(layer);
+            layer.passthrough = true;
+            layer.release(source.io());
+            layer.retryWaiters(); // waiting guest writes go on without a copy
+        }
+    }
+
+    private void end() {
+        phase = Phase.ENDED;
+        busy = false;
+        source.removeUser(user);
+        BlockNode.jobUnlink(source, target);
+        for (long a : allocations) RawMemory.free(a);
+        allocations.clear();
+        freeBuffers.clear();
+        boolean aborted = failure == null && (forceCancelled() || cancelRequested());
+        finishBitmap(failure == null && !aborted);
+        updateProgress();
+        finished(failure, aborted);
+    }
+
+    /** QEMU's backup_cleanup_sync_bitmap (abdicate or reclaim), on the home thread. */
+    private void finishBitmap(boolean success) {
+        DirtyBitmap bm = settings.bitmap();
+        if (bm == null || successor == null) return;
+        source.dirtyBitmaps().remove(successor); // H1's BlockNode API may offer a remove; the list is the node's own
+        if (success && settings.bitmapMode() == BitmapMode.ON_SUCCESS) {
+            bm.clear();
+        } else if (settings.bitmapMode() == BitmapMode.ALWAYS && map != null) {
+            // QEMU: the bitmap keeps only what was not copied (then the successor's writes)
+            bm.clear();
+            for (long c = 0; c < map.chunks(); c++) if (map.isDirty(c)) bm.set(map.offsetOf(c), map.lengthOf(c));
+        }
+        bm.merge(successor);
+        bm.setBusy(false);
+        bm.setRecording(bitmapWasRecording);
+        successor = null;
+    }
+
+    /**
+     * The layer in front of the source's driver: a write, zero write or discard waits until every
+     * cluster it touches that is still to copy has been copied to the target; reads and flushes
+     * pass. Holds every request while the job starts. Counts the requests it accepted and the
+     * job's copies, so the node's drain waits for them. Home thread only.
+     */
+    final class CopyBeforeWrite extends ForwardingBlockDriver {
+        private int pending;
+        private int held;
+        boolean holding;
+        boolean passthrough;
+        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+        /** Guest writes waiting for their clusters' copies, in arrival order. */
+        private final List<Waiter> waiters = new ArrayList<>();
+        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
+        private BlockDriver releaseTo;
+
+        CopyBeforeWrite(BlockDriver below) { super(below); }
+
+        /** One write-like request waiting for copies. */
+        final class Waiter {
+            final long offset;
+            final long length;
+            final Submit submit;
+            final IoCompletion done;
+
+            Waiter(long offset, long length, Submit submit, IoCompletion done) {
+                this.offset = offset;
+                this.length = length;
+                this.submit = submit;
+                this.done = done;
+            }
+        }
+
+        interface Submit {
+            void to(BlockDriver driver, IoCompletion done) throws BlockException;
+        }
+
+        private interface Later {
+            void submit(BlockDriver to) throws BlockException;
+        }
+
+        void release(BlockDriver to) {
+            holding = false;
+            List<Runnable> q = new ArrayList<>(heldQueue);
+            heldQueue.clear();
+            releaseTo = to;
+            for (Runnable r : q) {
+                held--;
+                pending--;
+                r.run();
+            }
+            releaseTo = null;
+            runIdleWaiters();
+        }
+
+        private boolean hold(Later later, IoCompletion done) {
+            if (!holding) return false;
+            pending++;
+            held++;
+            heldQueue.add(() -> {
+                try {
+                    later.submit(releaseTo);
+                } catch (BlockException e) {
+                    done.ioDone(e.errno());
+                }
+            });
+            return true;
+        }
+
+        private IoCompletion counted(IoCompletion done) {
+            pending++;
+            return e -> {
+                pending--;
+                try {
+                    done.ioDone(e);
+                } finally {
+                    runIdleWaiters();
+                }
+            };
+        }
+
+        /** A write-like request: submitted once none of its clusters is still to copy. */
+        private void guarded(long o, long l, IoCompletion c, Submit s) throws BlockException {
+            if (passthrough || l <= 0) {
+                s.to(d, counted(c));
+                return;
+            }
+            pending++;
+            IoCompletion finish = e -> {
+                pending--;
+                try {
+                    c.ioDone(e);
+                } finally {
+                    runIdleWaiters();
+                }
+            };
+            Waiter w = new Waiter(o, l, s, finish);
+            // a request over an earlier waiting one waits behind it: writes land in arrival order
+            boolean mayRun = waiters.isEmpty() || !overlapsAny(w);
+            if (mayRun && tryRun(w)) return;
+            waiters.add(w);
+        }
+
+        private boolean overlapsAny(Waiter w) {
+            for (Waiter x : waiters) {
+                if (x.offset < w.offset + w.length && w.offset < x.offset + x.length) return true;
+            }
+            return false;
+        }
+
+        private boolean overlapsEarlier(Waiter w) {
+            for (Waiter x : waiters) {
+                if (x == w) return false;
+                if (x.offset < w.offset + w.length && w.offset < x.offset + x.length) return true;
+            }
+            return false;
+        }
+
+        /** Submits {@code w} when its clusters are copied; else starts the copies it needs. */
+        private boolean tryRun(Waiter w) {
+            if (!passthrough) {
+                long firstC = map.chunkOf(w.offset);
+                long lastC = map.chunkOf(Math.min(source.size(), w.offset + w.length) - 1);
+                boolean wait = false;
+                for (long ch = firstC; ch <= lastC; ch++) {
+                    if (map.isBusy(ch)) {
+                        wait = true;
+                    } else if (map.isDirty(ch)) {
+                        wait = true;
+                        // also while quiesced: a move's drain waits for this request
+                        if (phase == Phase.COPYING || phase == Phase.FLUSHING) startCopy(ch, 1, w);
+                    }
+                }
+                if (wait) return false;
+            }
+            try {
+                w.submit.to(d, w.done);
+            } catch (BlockException e) {
+                w.done.ioDone(e.errno());
+            }
+            return true;
+        }
+
+        /** Submits the waiting requests whose clusters are copied now (or all, once passthrough). */
+        void retryWaiters() {
+            List<Waiter> snapshot = new ArrayList<>(waiters);
+            for (Waiter w : snapshot) {
+                if (!waiters.contains(w)) continue;
+                if (!passthrough && overlapsEarlier(w)) continue;
+                if (tryRun(w)) waiters.remove(w);
+            }
+        }
+
+        /** A copy before write failed: the waiting requests over it fail, the old data stays. */
+        void failOverlapping(long o, long l, int errno) {
+            for (Iterator<Waiter> it = waiters.iterator(); it.hasNext(); ) {
+                Waiter w = it.next();
+                if (w.offset < o + l && o < w.offset + w.length) {
+                    it.remove();
+                    w.done.ioDone(errno);
+                }
+            }
+        }
+
+        void runIdleWaiters() {
+            if (pending == 0 && copies == 0) {
+                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
+            }
+        }
+
+        @Override
+        public int inFlight() { return pending + copies + d.inFlight(); }
+
+        @Override
+        public void whenIdle(Runnable idle) {
+            if (pending > 0 || copies > 0) {
+                idleWaiters.add(() -> whenIdle(idle));
+                return;
+            }
+            d.whenIdle(() -> {
+                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
+                else idle.run();
+            });
+        }
+
+        // The synchronous calls (control plane, tests) pass: they run only where no job is (a
+        // synchronous write here would bypass the copy, so it is refused while the job copies).
+        @Override
+        public void write(long o, long a, int l, boolean fua) throws BlockException {
+            refuseSync();
+            d.write(o, a, l, fua);
+        }
+
+        @Override
+        public void writev(long o, long iov, int n, long t, boolean fua) throws BlockException {
+            refuseSync();
+            d.writev(o, iov, n, t, fua);
+        }
+
+        @Override
+        public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua) throws BlockException {
+            refuseSync();
+            d.writeZeroes(o, l, u, f, fua);
+        }
+
+        @Override
+        public void discard(long o, long l) throws BlockException {
+            refuseSync();
+            d.discard(o, l);
+        }
+
+        private void refuseSync() throws BlockException {
+            if (!passthrough) throw new BlockException(Errno.EBUSY, "node '" + source.name() + "' is in use by backup job '" + id() + "'");
+        }
+
+        @Override
+        public void read(long o, long a, int l, IoCompletion c) throws BlockException {
+            if (hold(to -> to.read(o, a, l, c), c)) return;
+            d.read(o, a, l, counted(c));
+        }
+
+        @Override
+        public void readv(long o, long iov, int n, long t, IoCompletion c) throws BlockException {
+            if (hold(to -> to.readv(o, iov, n, t, c), c)) return;
+            d.readv(o, iov, n, t, counted(c));
+        }
+
+        @Override
+        public void flush(IoCompletion c) throws BlockException {
+            if (hold(to -> to.flush(c), c)) return;
+            d.flush(counted(c));
+        }
+
+        @Override
+        public void discard(long o, long l, IoCompletion c) throws BlockException {
+            if (hold(to -> to.discard(o, l, c), c)) return;
+            guarded(o, l, c, (to, done) -> to.discard(o, l, done));
+        }
+
+        @Override
+        public void writeZeroes(long o, long l, boolean u, boolean f, boolean fua, IoCompletion c) throws BlockException {
+            if (hold(to -> to.writeZeroes(o, l, u, f, fua, c), c)) return;
+            guarded(o, l, c, (to, done) -> to.writeZeroes(o, l, u, f, fua, done));
+        }
+
+        @Override
+        public void write(long o, long a, int l, boolean fua, IoCompletion c) throws BlockException {
+            if (hold(to -> to.write(o, a, l, fua, c), c)) return;
+            guarded(o, l, c, (to, done) -> to.write(o, a, l, fua, done));
+        }
+
+        @Override
+        public void writev(long o, long iov, int n, long t, boolean fua, IoCompletion c) throws BlockException {
+            if (hold(to -> to.writev(o, iov, n, t, fua, c), c)) return;
+            guarded(o, t, c, (to, done) -> to.writev(o, iov, n, t, fua, done));
+        }
+    }
+}
