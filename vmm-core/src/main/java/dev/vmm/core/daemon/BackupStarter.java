@@ -86,13 +86,14 @@ public final class BackupStarter {
         }
         if (bitmap != null && bitmapMode != BackupJob.BitmapMode.NEVER) checkBitmap(bitmap, source, true);
         if (compress) {
-            // QEMU compresses into qcow2 targets; vmm's qcow2 driver writes no compressed clusters
-            throw new DaemonException("Compression is not supported for this drive " + target.name());
+            // QEMU compresses into qcow2 targets; vmm's qcow2 driver writes no compressed clusters.
+            // QEMU names the target's BlockBackend, which a node has not: the name is empty.
+            throw new DaemonException("Compression is not supported for this drive ");
         }
         if (filterNodeName != null) {
             throw new DaemonException("'filter-node-name' is not supported: the backup's copy-before-write layer is not a graph node here");
         }
-        if (target.readOnly()) throw new DaemonException("Block node is read-only");
+        if (target.readOnly()) throw new DaemonException("Could not create node: Block node is read-only");
         if (source.size() != target.size()) throw new DaemonException("Source and target image have different sizes");
         checkNoJob(source);
         checkNoJob(target);
