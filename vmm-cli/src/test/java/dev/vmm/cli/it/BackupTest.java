@@ -64,6 +64,11 @@ class BackupTest extends PeerTestBase {
     private record Setup(VmmProcess server, Monitor mon, Path sockets, String uri, Path source, Path pointInTime, Path reference) {}
 
     private Setup setup(Server server, List<String> more, String... extra) throws Exception {
+        return setup(server, "src", more, extra);
+    }
+
+    /** As above, the writer's export {@code src} serving node {@code exported}, added after {@code more}. */
+    private Setup setup(Server server, String exported, List<String> more, String... extra) throws Exception {
         Path dir = socketDir();
         Path src = tmp.resolve("src.img");
         Images.sparse(src, SIZE);
@@ -78,9 +83,9 @@ class BackupTest extends PeerTestBase {
         args.addAll(List.of(
                 "--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
                 "--blockdev", "driver=file,node-name=src,filename=" + src,
-                "--nbd-server", Net.unixServer(nbd),
-                "--export", "type=nbd,id=e0,node-name=src,name=src,writable=on"));
+                "--nbd-server", Net.unixServer(nbd)));
         args.addAll(more);
+        args.addAll(List.of("--export", "type=nbd,id=e0,node-name=" + exported + ",name=src,writable=on"));
         VmmProcess p = serve(server, args);
         Monitor m = closeLater(new Monitor(mon));
         return new Setup(p, m, dir, Net.unixUri(nbd, "src"), src, a, ref);
@@ -159,6 +164,65 @@ class BackupTest extends PeerTestBase {
         s.mon().waitEvent("BLOCK_JOB_CANCELLED", 30_000);
         assertEquals(List.of("created", "running", "aborting", "BLOCK_JOB_CANCELLED", "concluded", "null"), story(s.mon()));
         assertEquals(List.of(), s.mon().ok("query-jobs"));
+    }
+
+    /**
+     * QEMU 7.2's job-less fleecing: a copy-before-write node over the source with a raw target,
+     * a snapshot-access node over it exported read-only. The writer writes through an export of
+     * the copy-before-write node (in QEMU only writes through the filter are copied); the
+     * snapshot export reads the source at the filter's creation; blockdev-del takes it all down.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void copyBeforeWriteAndSnapshotAccessShowThePointInTime(Server server) throws Exception {
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Setup s = setup(server, "cbw", List.of(
+                "--blockdev", "driver=file,node-name=tgt,filename=" + tgt,
+                "--blockdev", "driver=copy-before-write,node-name=cbw,file=src,target=tgt",
+                "--blockdev", "driver=snapshot-access,node-name=acc,file=cbw",
+                "--export", "type=nbd,id=e1,node-name=acc,name=acc"));
+        Writer w = new Writer(s.uri(), s.reference(), 6);
+        Thread.sleep(1500);
+        Path out = tmp.resolve("snap.img");
+        Run.cmd(Peers.require("nbdcopy"), Net.unixUri(s.sockets().resolve("n.sock"), "acc"), out.toString()).expect(0);
+        w.stop();
+        compare("raw", out, s.pointInTime());
+        compare("raw", s.source(), s.reference());
+        s.mon().ok("block-export-del", "id", "e1");
+        s.mon().waitEvent("BLOCK_EXPORT_DELETED", 10_000);
+        s.mon().ok("blockdev-del", "node-name", "acc");
+        s.mon().ok("block-export-del", "id", "e0");
+        for (int i = 0; i < 100; i++) {
+            if (s.mon().events.stream().filter(e -> e.get("event").equals("BLOCK_EXPORT_DELETED")).count() == 2) break;
+            Thread.sleep(50);
+        }
+        s.mon().ok("blockdev-del", "node-name", "cbw");
+        s.mon().ok("blockdev-del", "node-name", "tgt");
+    }
+
+    /**
+     * vmm's choice (docs/backup.md): a copy-before-write node's copy step is in front of every
+     * user of its file node, so writes through the source's own export are copied too.
+     */
+    @org.junit.jupiter.api.Test
+    void copyBeforeWriteCoversEveryUserOfItsFile() throws Exception {
+        org.junit.jupiter.api.Assumptions.assumeTrue(Server.primary() == Server.VMM, "QEMU copies only writes through the filter");
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Setup s = setup(Server.VMM, List.of(
+                "--blockdev", "driver=file,node-name=tgt,filename=" + tgt,
+                "--blockdev", "driver=copy-before-write,node-name=cbw,file=src,target=tgt",
+                "--blockdev", "driver=snapshot-access,node-name=acc,file=cbw",
+                "--export", "type=nbd,id=e1,node-name=acc,name=acc"),
+                "--object", "iothread,id=iot1");
+        Writer w = new Writer(s.uri(), s.reference(), 7);
+        Thread.sleep(800);
+        s.mon().ok("x-blockdev-set-iothread", "node-name", "src", "iothread", "iot1"); // the whole fleecing graph moves
+        Thread.sleep(500);
+        Path out = tmp.resolve("snap.img");
+        Run.cmd(Peers.require("nbdcopy"), Net.unixUri(s.sockets().resolve("n.sock"), "acc"), out.toString()).expect(0);
+        w.stop();
+        compare("raw", out, s.pointInTime());
+        compare("raw", s.source(), s.reference());
     }
 
     /** A cancelled sync=full job ends with BLOCK_JOB_CANCELLED and the source keeps serving. */

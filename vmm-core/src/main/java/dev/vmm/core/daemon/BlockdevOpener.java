@@ -109,7 +109,7 @@ final class BlockdevOpener {
                     "inline node definitions nest deeper than " + MAX_INLINE_DEPTH + " levels");
         }
         java.util.Map<String, ProtocolDriverFactory> protocols = protocolDrivers();
-        List<String> known = new ArrayList<>(List.of("file", "raw", "qcow2"));
+        List<String> known = new ArrayList<>(List.of("file", "raw", "qcow2", "copy-before-write", "snapshot-access"));
         known.addAll(protocols.keySet());
         String driver = o.choice("driver", null, known.toArray(new String[0]));
         if (driver == null) {
@@ -137,6 +137,8 @@ final class BlockdevOpener {
             case "file" -> file(o, name, readOnly, autoRo, unmap, dz);
             case "raw" -> raw(o, name, readOnly, forceShare, autoRo, unmap, dz);
             case "qcow2" -> qcow2(o, name, readOnly, forceShare, autoRo, unmap, dz);
+            case "copy-before-write" -> copyBeforeWrite(o, name);
+            case "snapshot-access" -> snapshotAccess(o, name);
             default -> protocol(protocols.get(driver), o, name, readOnly, unmap, dz);
         };
         n.setForceShare(forceShare);
@@ -283,6 +285,61 @@ final class BlockdevOpener {
             }
             checkWritableChild(file, name, readOnly, "write, resize");
             return openQcow2(name, file, b, backingGiven, q, unmap, dz, forceShare, new ArrayList<>());
+        });
+    }
+
+    /**
+     * {@code copy-before-write} (QEMU 7.2's options; {@code bitmap} is refused): a node over
+     * {@code file} whose copy step is put in front of every user of {@code file}, see
+     * {@link dev.vmm.core.job.CopyBeforeWriteDriver} and docs/backup.md.
+     */
+    private BlockNode copyBeforeWrite(Options o, String given) throws OptionException, DaemonException {
+        String name = given == null ? daemon.implicitName() : given;
+        if (!o.has("file") || o.hasGroup("file")) throw new DaemonException("copy-before-write: 'file' must name an existing node");
+        BlockNode.Child file = fileChild(o, false, false, false);
+        String targetRef = o.optional("target", null);
+        if (o.hasGroup("target") || targetRef == null) throw new DaemonException("copy-before-write: 'target' must name an existing node");
+        BlockNode target = daemon.findNode(targetRef);
+        if (target == null) throw new DaemonException("Cannot find device='" + targetRef + "' nor node-name='" + targetRef + "'");
+        boolean breakSnapshot = o.choice("on-cbw-error", "break-guest-write", "break-guest-write", "break-snapshot").equals("break-snapshot");
+        o.number("cbw-timeout", 0, 0, Integer.MAX_VALUE); // accepted; a copy is not timed out here
+        if (o.has("bitmap") || o.hasGroup("bitmap")) throw new DaemonException("copy-before-write: 'bitmap' is not supported");
+        o.checkAllConsumed();
+        checkNotOwned(target, "node '" + name + "'");
+        if (target == file.node()) throw new DaemonException("copy-before-write: 'file' and 'target' must be different nodes");
+        if (target.readOnly()) throw new DaemonException("Could not create node: Block node is read-only");
+        if (target.size() != file.node().size()) throw new DaemonException("copy-before-write: 'target' must have the size of 'file'");
+        if (target.home() != file.node().home()) sameHome(target, file.node().home());
+        return withGates(List.of(file.node(), target), () -> {
+            if (target.home() != file.node().home()) throw new DaemonException("node '" + target.name() + "' moved meanwhile; try again");
+            int cluster = Math.max(64 << 10, target.imageInfo().clusterSize());
+            BlockDriver d;
+            try {
+                d = dev.vmm.core.job.CopyBeforeWriteDriver.open(file.node(), target, cluster, breakSnapshot, Daemon.MOVE_TIMEOUT_SECONDS);
+            } catch (Exception e) {
+                throw new DaemonException("copy-before-write: could not start: " + e.getMessage(), e);
+            }
+            List<BlockNode.Child> children = List.of(file, new BlockNode.Child("target", target, false));
+            return enter(new BlockNode(name, "copy-before-write", d, file.node().home(), children), d);
+        });
+    }
+
+    /** {@code snapshot-access} over a {@code copy-before-write} node: the point-in-time view, read-only. */
+    private BlockNode snapshotAccess(Options o, String given) throws OptionException, DaemonException {
+        String name = given == null ? daemon.implicitName() : given;
+        BlockNode.Child file = fileChild(o, true, false, false);
+        o.checkAllConsumed();
+        if (!(file.node().driver() instanceof dev.vmm.core.job.CopyBeforeWriteDriver cbw)) {
+            throw new DaemonException("snapshot-access: 'file' must be a copy-before-write node");
+        }
+        return withGates(List.of(file.node()), () -> {
+            BlockDriver d;
+            try {
+                d = new dev.vmm.core.job.SnapshotAccessDriver(cbw);
+            } catch (BlockException e) {
+                throw new DaemonException(e.getMessage(), e);
+            }
+            return enter(new BlockNode(name, "snapshot-access", d, file.node().home(), List.of(file)), d);
         });
     }
 

@@ -383,7 +383,7 @@ public final class Daemon {
                 String role = p.children().stream().filter(c -> c.node() == node).findFirst().map(BlockNode.Child::role).orElse("file");
                 // a backing parent shares write when its own users do (bdrv_default_perms_for_cow), as
                 // every export does: a fleecing overlay over a live disk (docs/backup.md)
-                if (!p.readOnly() && !role.equals(BlockNode.BACKING)) {
+                if (!p.readOnly() && !role.equals(BlockNode.BACKING) && !p.driverName().equals("copy-before-write")) {
                     throw new DaemonException(o.optionName() + ": Permission conflict on node '" + nodeName + "': permissions 'write' are both"
                             + " required by export '" + id + "' (uses node '" + nodeName + "' as 'root' child) and unshared by node '" + p.name()
                             + "' (uses node '" + nodeName + "' as '" + role + "' child).");

@@ -107,6 +107,30 @@ public final class BackupJob extends Job {
     private volatile long len;
     private volatile boolean busy;
     private final CompletableFuture<Void> started = new CompletableFuture<>();
+    /** A copy-before-write node's {@code on-cbw-error=break-snapshot}: a failed copy breaks the snapshot, not the guest's write. */
+    private boolean breakSnapshot;
+    /** The snapshot can no longer be read (a copy failed with break-snapshot, or the layer is gone). */
+    private boolean snapshotBroken;
+    /** Snapshot reads waiting for busy clusters. */
+    private final List<SnapshotRead> snapshotReads = new ArrayList<>();
+
+    /**
+     * The job behind a {@code copy-before-write} node (QEMU's filter without a job): a
+     * {@code sync=none} backup that is not registered and sends no events; home thread state as
+     * any backup. The caller starts it and waits for {@link #started()}.
+     */
+    static BackupJob forFilter(BlockNode source, BlockNode target, int clusterSize, boolean breakSnapshot) {
+        Settings s = new Settings(Sync.NONE, null, null, clusterSize, MirrorJob.OnError.REPORT, MirrorJob.OnError.REPORT, 0);
+        BackupJob j = new BackupJob("cbw", source, target, s, true, true, (e, d) -> { }, new JobRegistry());
+        j.breakSnapshot = breakSnapshot;
+        return j;
+    }
+
+    /** Home thread: the filter node goes (blockdev-del): the layer is removed at once. */
+    void stopFilter() {
+        snapshotBroken = true;
+        stop(null);
+    }
 
     public BackupJob(String id, BlockNode source, BlockNode target, Settings settings, boolean autoFinalize, boolean autoDismiss,
             JobEvents events, JobRegistry registry) {
@@ -476,6 +500,10 @@ public final class BackupJob extends Job {
         if (errno == 0) {
             for (long i = 0; i < count; i++) map.clear(first + i);
             offset += bytes;
+        } else if (forGuest != null && breakSnapshot) {
+            // QEMU's on-cbw-error=break-snapshot: the guest's write goes on, snapshot reads fail from now on
+            snapshotBroken = true;
+            stop(null);
         } else if (forGuest != null) {
             // QEMU's on-cbw-error=break-guest-write: the guest write fails, the old data stays
             layer.failOverlapping(map.offsetOf(first), bytes, errno);
@@ -484,7 +512,101 @@ public final class BackupJob extends Job {
         }
         layer.retryWaiters();
         layer.runIdleWaiters();
+        retrySnapshotReads();
         pump();
+    }
+
+    // ---- snapshot-access reads (home thread) ----
+
+    /** One read of the point-in-time view, waiting for busy clusters or in flight. */
+    private final class SnapshotRead {
+        final long offset;
+        final long address;
+        final int length;
+        final IoCompletion done;
+        int parts;
+        int error;
+
+        SnapshotRead(long offset, long address, int length, IoCompletion done) {
+            this.offset = offset;
+            this.address = address;
+            this.length = length;
+            this.done = done;
+        }
+    }
+
+    /**
+     * Reads the source as it was at the start (QEMU's snapshot-access over copy-before-write):
+     * clusters already copied come from the target, the others from the source, which no write
+     * may change meanwhile (the clusters are busy for the read, so a write's copy waits).
+     */
+    void snapshotRead(long o, long a, int l, IoCompletion c) throws BlockException {
+        if (snapshotBroken || map == null || phase != Phase.COPYING) {
+            throw new BlockException(Errno.EACCES, "the copy-before-write snapshot is broken or gone");
+        }
+        if (o < 0 || l < 0 || o + l > source.size()) throw new BlockException(Errno.EINVAL, "read beyond the end of the snapshot");
+        SnapshotRead r = new SnapshotRead(o, a, l, c);
+        if (l == 0) {
+            home.loop().execute(() -> c.ioDone(0));
+            return;
+        }
+        if (!trySnapshotRead(r)) snapshotReads.add(r);
+    }
+
+    private void retrySnapshotReads() {
+        if (snapshotReads.isEmpty()) return;
+        List<SnapshotRead> todo = new ArrayList<>(snapshotReads);
+        snapshotReads.clear();
+        for (SnapshotRead r : todo) {
+            if (snapshotBroken || phase != Phase.COPYING) {
+                r.done.ioDone(Errno.EACCES);
+            } else if (!trySnapshotRead(r)) {
+                snapshotReads.add(r);
+            }
+        }
+    }
+
+    private boolean trySnapshotRead(SnapshotRead r) {
+        long first = map.chunkOf(r.offset);
+        long last = map.chunkOf(r.offset + r.length - 1);
+        for (long ch = first; ch <= last; ch++) if (map.isBusy(ch)) return false;
+        List<long[]> runs = new ArrayList<>(); // {from chunk, to chunk, dirty}
+        for (long ch = first; ch <= last; ) {
+            boolean dirty = map.isDirty(ch);
+            long e = ch + 1;
+            while (e <= last && map.isDirty(e) == dirty) e++;
+            runs.add(new long[] {ch, e, dirty ? 1 : 0});
+            ch = e;
+        }
+        r.parts = runs.size();
+        for (long[] run : runs) {
+            if (run[2] == 1) for (long ch = run[0]; ch < run[1]; ch++) map.setBusy(ch, true);
+        }
+        for (long[] run : runs) {
+            long from = Math.max(r.offset, map.offsetOf(run[0]));
+            long to = Math.min(r.offset + r.length, map.offsetOf(run[1]));
+            BlockDriver where = run[2] == 1 ? below : targetIo;
+            IoCompletion part = e -> snapshotPartDone(r, run, e);
+            try {
+                where.read(from, r.address + (from - r.offset), (int) (to - from), part);
+            } catch (BlockException ex) {
+                home.loop().execute(() -> part.ioDone(ex.errno()));
+            }
+        }
+        return true;
+    }
+
+    private void snapshotPartDone(SnapshotRead r, long[] run, int errno) {
+        if (run[2] == 1) for (long ch = run[0]; ch < run[1]; ch++) map.setBusy(ch, false);
+        if (errno != 0 && r.error == 0) r.error = errno;
+        if (--r.parts == 0) {
+            try {
+                r.done.ioDone(snapshotBroken ? Errno.EACCES : r.error);
+            } finally {
+                if (layer != null) layer.retryWaiters();
+                retrySnapshotReads();
+            }
+        }
     }
 
     private void updateProgress() {
