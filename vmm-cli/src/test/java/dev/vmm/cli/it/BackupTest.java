@@ -306,6 +306,37 @@ class BackupTest extends PeerTestBase {
         compare("raw", tgt, want);
     }
 
+    /** sync=top: only what the source's top layer allocates reaches the target. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void topBackupCopiesTheTopLayerOnly(Server server) throws Exception {
+        String qemuImg = Peers.require("qemu-img");
+        Path base = Images.sparse(tmp.resolve("base.img"), SIZE);
+        for (long off = 0; off < SIZE; off += 2 * MiB) Images.fill(base, off, (int) MiB, off + 9);
+        Path top = tmp.resolve("top.qcow2");
+        Run.cmd(qemuImg, "create", "-q", "-f", "qcow2", "-b", base.toString(), "-F", "raw", top.toString()).expect(0);
+        Run.cmd(Peers.require("qemu-io"), "-f", "qcow2", "-c", "write -P 0x5 1M 128k", "-c", "write -P 0x6 6M 64k", "-c",
+                "write -z 8M 64k", top.toString()).expect(0);
+        Path tgt = Images.sparse(tmp.resolve("tgt.img"), SIZE);
+        Path dir = socketDir();
+        Path mon = dir.resolve("m.sock");
+        serve(server, List.of("--chardev", "socket,id=m0,path=" + mon + ",server=on,wait=off", "--monitor", "chardev=m0",
+                "--blockdev", "driver=qcow2,node-name=src,file.driver=file,file.filename=" + top,
+                "--blockdev", "driver=file,node-name=tgt,filename=" + tgt));
+        Monitor m = closeLater(new Monitor(mon));
+        m.ok("blockdev-backup", "job-id", "t0", "device", "src", "target", "tgt", "sync", "top");
+        Map<?, ?> data = (Map<?, ?>) m.waitEvent("BLOCK_JOB_COMPLETED", 30_000).get("data");
+        assertEquals(null, data.get("error"), data.toString());
+        Path want = Images.sparse(tmp.resolve("want.img"), SIZE);
+        byte[] five = new byte[128 * 1024];
+        java.util.Arrays.fill(five, (byte) 5);
+        Images.write(want, MiB, five);
+        byte[] six = new byte[64 * 1024];
+        java.util.Arrays.fill(six, (byte) 6);
+        Images.write(want, 6 * MiB, six);
+        compare("raw", tgt, want);
+    }
+
     /** vmm only (QSD does not move a node an export uses): moves of the source during a backup under writes. */
     @org.junit.jupiter.api.Test
     void movesOfTheSourceDuringABackupUnderWrites() throws Exception {
