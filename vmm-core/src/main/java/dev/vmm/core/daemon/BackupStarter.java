@@ -109,8 +109,9 @@ public final class BackupStarter {
         if (b.busy()) throw new DaemonException("Bitmap '" + b.name() + "' is currently in use by another operation and cannot be used");
         if (write && source.readOnly()) throw new DaemonException("Bitmap '" + b.name() + "' is readonly and cannot be modified");
         if (b.inconsistent()) {
-            throw new DaemonException("Bitmap '" + b.name() + "' is inconsistent and cannot be used\n"
-                    + "Try block-dirty-bitmap-remove to delete this bitmap from disk");
+            // QEMU's desc; its hint (not part of the QMP desc) goes with the error for the CLI
+            throw new DaemonException("Bitmap '" + b.name() + "' is inconsistent and cannot be used",
+                    "Try block-dirty-bitmap-remove to delete this bitmap from disk", null);
         }
     }
 
