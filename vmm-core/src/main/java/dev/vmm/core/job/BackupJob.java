@@ -803,10 +803,23 @@ public final class BackupJob extends Job {
             };
         }
 
+        /** Submits {@code s} below, counted; a request the driver refuses at once is not left counted. */
+        private void submitCounted(Submit s, IoCompletion c) throws BlockException {
+            IoCompletion done = counted(c);
+            try {
+                s.to(d, done);
+            } catch (BlockException | RuntimeException e) {
+                pending--;
+                runIdleWaiters();
+                throw e;
+            }
+        }
+
         /** A write-like request: submitted once none of its clusters is still to copy. */
         private void guarded(long o, long l, IoCompletion c, Submit s) throws BlockException {
-            if (passthrough || l <= 0) {
-                s.to(d, counted(c));
+            if (passthrough || l <= 0 || o < 0 || o + l > source.size() || o + l < 0) {
+                // out of range (a hostile offset past 2^63 is negative here): the driver refuses it
+                submitCounted(s, c);
                 return;
             }
             pending++;
@@ -940,19 +953,19 @@ public final class BackupJob extends Job {
         @Override
         public void read(long o, long a, int l, IoCompletion c) throws BlockException {
             if (hold(to -> to.read(o, a, l, c), c)) return;
-            d.read(o, a, l, counted(c));
+            submitCounted((to, done) -> to.read(o, a, l, done), c);
         }
 
         @Override
         public void readv(long o, long iov, int n, long t, IoCompletion c) throws BlockException {
             if (hold(to -> to.readv(o, iov, n, t, c), c)) return;
-            d.readv(o, iov, n, t, counted(c));
+            submitCounted((to, done) -> to.readv(o, iov, n, t, done), c);
         }
 
         @Override
         public void flush(IoCompletion c) throws BlockException {
             if (hold(to -> to.flush(c), c)) return;
-            d.flush(counted(c));
+            submitCounted((to, done) -> to.flush(done), c);
         }
 
         @Override
