@@ -40,8 +40,8 @@ import java.util.concurrent.TimeUnit;
  * The job is a {@link NodeUser} of the source (a move drains its copies and resumes it on the new
  * home) and source and target are tied ({@link BlockNode#jobLink}) so they move together.
  *
- * <p>Bitmaps (QEMU's bitmap-mode): during the job the sync bitmap is busy and does not record; a
- * successor added to the node records the writes made since the start. At the end:
+ * <p>Bitmaps (QEMU's bitmap-mode): during the job the sync bitmap is busy; an anonymous successor
+ * added to the node records the writes made since the start. At the end:
  * {@code on-success} after success, the bitmap becomes the successor; {@code always}, the clusters
  * copied are cleared from it and the successor is merged in; otherwise (failure, cancel,
  * {@code never}) the successor is merged back, so no write is ever lost.
@@ -87,7 +87,6 @@ public final class BackupJob extends Job {
     private NodeIo targetIo;
     /** Records the writes made during the job in place of the busy sync bitmap. */
     private DirtyBitmap successor;
-    private boolean bitmapWasRecording;
     private enum Phase { STARTING, COPYING, FLUSHING, STOPPING, ENDED }
     private Phase phase = Phase.STARTING;
     private boolean quiesced;
@@ -351,10 +350,11 @@ public final class BackupJob extends Job {
             map.markAll();
         }
         if (bm != null) {
-            // QEMU's bdrv_dirty_bitmap_create_successor: the bitmap is frozen, a successor records
-            bitmapWasRecording = bm.recording();
+            // QEMU's bdrv_dirty_bitmap_create_successor: the bitmap is frozen (busy) and a successor
+            // records. The bitmap's own recording flag stays (QEMU's query shows it recording then):
+            // whatever it records meanwhile is also in the successor, and the end keeps it or not
+            // exactly as the successor's.
             bm.setBusy(true);
-            bm.setRecording(false);
             successor = new DirtyBitmap("", bm.size(), bm.granularity());
             source.addDirtyBitmap(successor);
         }
@@ -717,7 +717,6 @@ public final class BackupJob extends Job {
         }
         bm.merge(successor);
         bm.setBusy(false);
-        bm.setRecording(bitmapWasRecording);
         successor = null;
     }
 

@@ -323,7 +323,7 @@ public final class CoreCommands {
         List<Object> out = new ArrayList<>();
         for (DirtyBitmap b : n.dirtyBitmaps()) {
             Map<String, Object> d = new LinkedHashMap<>();
-            d.put("name", b.name());
+            if (!b.name().isEmpty()) d.put("name", b.name()); // an anonymous one (a backup's successor) has none, as in QEMU
             d.put("recording", b.recording());
             d.put("persistent", b.persistent());
             d.put("busy", b.busy());
