@@ -821,6 +821,11 @@ public final class BackupJob extends Job {
                 submitCounted(s, c);
                 return;
             }
+            if (waiters.isEmpty() && allCopied(o, l)) {
+                // the common case once a cluster was overwritten: no waiter, no allocation
+                submitCounted(s, c);
+                return;
+            }
             pending++;
             IoCompletion finish = e -> {
                 pending--;
@@ -835,6 +840,15 @@ public final class BackupJob extends Job {
             boolean mayRun = waiters.isEmpty() || !overlapsAny(w);
             if (mayRun && tryRun(w)) return;
             waiters.add(w);
+        }
+
+        /** No cluster of the range is still to copy or busy (a copy or a snapshot read on it). */
+        private boolean allCopied(long o, long l) {
+            long last = map.chunkOf(o + l - 1);
+            for (long ch = map.chunkOf(o); ch <= last; ch++) {
+                if (map.isDirty(ch) || map.isBusy(ch)) return false;
+            }
+            return true;
         }
 
         private boolean overlapsAny(Waiter w) {
