@@ -18,6 +18,7 @@ import dev.vmm.iothread.IOThread;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
+import java.util.List;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Random;
@@ -156,6 +157,98 @@ class CopyBeforeWriteNodeTest {
         read(acc, 0, 4096, e);
         assertEquals(Errno.EACCES, e[0]);
         assertArrayEquals(b, Arrays.copyOfRange(Files.readAllBytes(dir.resolve("disk.img")), 0, 4096));
+    }
+
+    /**
+     * Many writes in flight at once (never two over the same bytes, so the result is known),
+     * zero writes and discards among them, while snapshot reads run: every snapshot read returns
+     * the initial bytes, the disk ends as the reference, the snapshot as a whole is the initial image.
+     */
+    @Test
+    void concurrentWritesAndSnapshotReads() throws Exception {
+        add("driver", "copy-before-write", "node-name", "cbw", "file", "disk", "target", "tgt");
+        BlockNode acc = add("driver", "snapshot-access", "node-name", "acc", "file", "cbw");
+        byte[] reference = initial.clone();
+        Random rnd = new Random(11);
+        List<long[]> inFlight = new java.util.ArrayList<>();
+        CompletableFuture<Void> done = new CompletableFuture<>();
+        int total = 3000;
+        int[] started = {0};
+        int[] finished = {0};
+        int[] errors = {0};
+        int[] badReads = {0};
+        int[] reads = {0};
+        Memory wbuf = NativeBuffers.aligned(32L * 65536, 4096);
+        Memory rbuf = NativeBuffers.aligned(4L * 131072, 4096);
+        Runnable[] pump = new Runnable[1];
+        pump[0] = () -> {
+            while (started[0] < total && inFlight.size() < 32) {
+                int len = (1 + rnd.nextInt(16)) * 4096;
+                long off = (long) rnd.nextInt((SIZE - len) / 512 + 1) * 512;
+                boolean clash = false;
+                for (long[] r : inFlight) clash |= r[0] < off + len && off < r[0] + r[1];
+                if (clash) continue;
+                int slot = -1;
+                for (int i = 0; i < 32 && slot < 0; i++) {
+                    final int k = i;
+                    if (inFlight.stream().noneMatch(r -> r[2] == k)) slot = i;
+                }
+                long[] r = {off, len, slot};
+                inFlight.add(r);
+                started[0]++;
+                int kind = rnd.nextInt(10);
+                byte[] data = new byte[len];
+                if (kind < 8) rnd.nextBytes(data);
+                wbuf.write((long) slot * 65536, data, 0, len);
+                dev.vmm.core.block.IoCompletion c = e -> {
+                    inFlight.remove(r);
+                    if (e != 0) errors[0]++;
+                    else System.arraycopy(data, 0, reference, (int) off, len);
+                    if (++finished[0] == total) done.complete(null);
+                    else pump[0].run();
+                };
+                try {
+                    if (kind < 8) disk.io().write(off, NativeBuffers.address(wbuf) + (long) slot * 65536, len, false, c);
+                    else disk.io().writeZeroes(off, len, kind == 9, false, false, c);
+                } catch (dev.vmm.core.block.BlockException e) {
+                    c.ioDone(e.errno());
+                }
+            }
+        };
+        // snapshot readers: 4 at a time, each checks what it read
+        Runnable[] reader = new Runnable[1];
+        int[] readerSlot = {0};
+        reader[0] = () -> {
+            if (done.isDone()) return;
+            int slot = readerSlot[0]++ % 4;
+            int len = (1 + rnd.nextInt(32)) * 4096;
+            long off = (long) rnd.nextInt((SIZE - len) / 4096 + 1) * 4096;
+            long addr = NativeBuffers.address(rbuf) + (long) slot * 131072;
+            try {
+                acc.io().read(off, addr, len, e -> {
+                    byte[] got = rbuf.getByteArray((long) slot * 131072, len);
+                    if (e != 0 || !Arrays.equals(got, Arrays.copyOfRange(initial, (int) off, (int) off + len))) badReads[0]++;
+                    reads[0]++;
+                    reader[0].run();
+                });
+            } catch (dev.vmm.core.block.BlockException e) {
+                badReads[0]++;
+            }
+        };
+        main.execute(() -> {
+            pump[0].run();
+            for (int i = 0; i < 4; i++) reader[0].run();
+        });
+        done.get(60, TimeUnit.SECONDS);
+        main.call(() -> null); // the last reads' completions ran
+        Thread.sleep(100);
+        assertEquals(0, main.call(() -> errors[0]), "write errors");
+        assertEquals(0, main.call(() -> badReads[0]), "snapshot reads that did not return the initial bytes, of " + reads[0]);
+        assertTrue(main.call(() -> reads[0]) > 10, "the readers ran");
+        int[] e = new int[1];
+        assertArrayEquals(initial, read(acc, 0, SIZE, e));
+        assertEquals(0, e[0]);
+        assertArrayEquals(reference, read(disk, 0, SIZE, e));
     }
 
     @Test
