@@ -145,6 +145,7 @@ public final class BackupStarter {
             } catch (JobException e) {
                 throw new DaemonException(e.getMessage());
             }
+            if (bm != null) bm.setBusy(true); // here, under the gates: a second job cannot take it meanwhile; the job frees it at its end
             BlockNode.jobLink(source, target);
             job.start();
             try {

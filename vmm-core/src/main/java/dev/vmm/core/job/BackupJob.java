@@ -332,8 +332,8 @@ public final class BackupJob extends Job {
 
     /** Nothing is in flight below the layer and new requests are held: the point in time. */
     private void startInstant() {
-        started.complete(null);
         if (phase != Phase.STARTING) {
+            started.complete(null);
             if (phase == Phase.STOPPING) check();
             return;
         }
@@ -354,14 +354,14 @@ public final class BackupJob extends Job {
             // records. The bitmap's own recording flag stays (QEMU's query shows it recording then):
             // whatever it records meanwhile is also in the successor, and the end keeps it or not
             // exactly as the successor's.
-            bm.setBusy(true);
-            successor = new DirtyBitmap("", bm.size(), bm.granularity());
+            successor = new DirtyBitmap("", bm.size(), bm.granularity()); // the starter made bm busy
             source.addDirtyBitmap(successor);
         }
         len = settings.sync() == Sync.NONE ? 0 : map.dirtyBytes();
         updateProgress();
         phase = Phase.COPYING;
         layer.release(layer);
+        started.complete(null); // after the instant: the starter's gates cover all of it
         pump();
     }
 
@@ -706,7 +706,11 @@ public final class BackupJob extends Job {
     /** QEMU's backup_cleanup_sync_bitmap (abdicate or reclaim), on the home thread. */
     private void finishBitmap(boolean success) {
         DirtyBitmap bm = settings.bitmap();
-        if (bm == null || successor == null) return;
+        if (bm == null) return;
+        if (successor == null) { // ended before its start instant
+            bm.setBusy(false);
+            return;
+        }
         source.dirtyBitmaps().remove(successor); // H1's BlockNode API may offer a remove; the list is the node's own
         if (success && settings.bitmapMode() == BitmapMode.ON_SUCCESS) {
             bm.clear();
