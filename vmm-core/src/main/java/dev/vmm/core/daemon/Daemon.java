@@ -760,7 +760,11 @@ public final class Daemon {
                         throw new DaemonException("Node " + name + " is in use: the users of '" + l.name() + "' use it since a mirror's pivot");
                     }
                     if (n.io().current() != l.io()) {
-                        throw new DaemonException("Node '" + name + "' is busy: block device is in use by block job: mirror");
+                        String type = "mirror";
+                        for (dev.vmm.core.job.Job j : jobs.all()) {
+                            if (j instanceof dev.vmm.core.job.BackupJob b && (b.source() == n || b.target() == n)) type = "backup";
+                        }
+                        throw new DaemonException("Node '" + name + "' is busy: block device is in use by block job: " + type);
                     }
                 }
                 List<BlockNode> parents = n.parents();

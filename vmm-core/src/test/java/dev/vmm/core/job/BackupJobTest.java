@@ -240,8 +240,16 @@ class BackupJobTest {
         } catch (dev.vmm.core.daemon.DaemonException e) {
             assertEquals("Node 'src' is busy: block device is in use by block job: backup", e.getMessage());
         }
+        try {
+            daemon.blockdevDel("tgt");
+            fail("the target of a running backup was deleted");
+        } catch (dev.vmm.core.daemon.DaemonException e) {
+            assertEquals("Node 'tgt' is busy: block device is in use by block job: backup", e.getMessage());
+        }
         daemon.jobs().get("s0").cancel(false);
         waitFor("BLOCK_JOB_CANCELLED");
+        for (int i = 0; i < 100 && !source.jobLinks().isEmpty(); i++) Thread.sleep(20);
+        daemon.blockdevDel("tgt"); // free again
     }
 
     @Test
