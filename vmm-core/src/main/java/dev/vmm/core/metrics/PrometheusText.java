@@ -125,8 +125,10 @@ public final class PrometheusText {
         }
         family("vmm_job_offset_bytes", "gauge", "Bytes the job has copied (query-block-jobs' offset).");
         for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.MirrorJob m) sample("job", j.id(), m.offset());
+        for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.BackupJob b) sample("job", j.id(), b.offset());
         family("vmm_job_len_bytes", "gauge", "Bytes the job has to copy in all, so far (query-block-jobs' len; grows with writes).");
         for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.MirrorJob m) sample("job", j.id(), m.len());
+        for (dev.vmm.core.job.Job j : jobs) if (j instanceof dev.vmm.core.job.BackupJob b) sample("job", j.id(), b.len());
     }
 
     private interface NodeValue { long of(BlockStats s); }
