@@ -253,6 +253,34 @@ class BackupJobTest {
     }
 
     @Test
+    void aTargetOnAnotherIOThreadMovesToTheSourceAndPauseStopsTheCopies() throws Exception {
+        IOThread iot1 = daemon.addIOThread("iot1");
+        src = new byte[SIZE];
+        new Random(4).nextBytes(src);
+        Files.write(dir.resolve("src.img"), src);
+        Files.write(dir.resolve("tgt.img"), new byte[SIZE]);
+        source = new BlockNode("src", RawFileDriver.open(dir.resolve("src.img"), false, false), main);
+        daemon.addNode(source);
+        BlockNode tgt = new BlockNode("tgt", RawFileDriver.open(dir.resolve("tgt.img"), false, false), iot1);
+        daemon.addNode(tgt);
+        BackupJob job = backup("job-id", "p0", "device", "src", "target", "tgt", "sync", "full", "speed", 1 << 20);
+        assertSame(main, tgt.home(), "the target moved to the source's IOThread");
+        job.pause();
+        Thread.sleep(300); // copies in flight end
+        long at = job.offset();
+        Thread.sleep(700);
+        assertEquals(at, job.offset(), "no copy while paused");
+        assertEquals(true, job.blockJobInfo().get("paused"));
+        job.setSpeed(0);
+        job.resume();
+        waitFor("BLOCK_JOB_COMPLETED");
+        assertEquals(List.of("created", "running", "paused", "running", "waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"),
+                events);
+        assertArrayEquals(src, Files.readAllBytes(dir.resolve("tgt.img")));
+        assertTrue(source.jobLinks().isEmpty());
+    }
+
+    @Test
     void transactionKindPreparesAbortsAndCommits() throws Exception {
         nodes(Long.MAX_VALUE);
         QmpCommands commands = new QmpCommands();
