@@ -294,6 +294,7 @@ final class BlockdevOpener {
      * {@link dev.vmm.core.job.CopyBeforeWriteDriver} and docs/backup.md.
      */
     private BlockNode copyBeforeWrite(Options o, String given) throws OptionException, DaemonException {
+        // (the bitmap, if any, is read on the file's home thread at the node's start instant)
         String name = given == null ? daemon.implicitName() : given;
         if (!o.has("file") || o.hasGroup("file")) throw new DaemonException("copy-before-write: 'file' must name an existing node");
         BlockNode.Child file = fileChild(o, false, false, false);
@@ -303,19 +304,33 @@ final class BlockdevOpener {
         if (target == null) throw new DaemonException("Cannot find device='" + targetRef + "' nor node-name='" + targetRef + "'");
         boolean breakSnapshot = o.choice("on-cbw-error", "break-guest-write", "break-guest-write", "break-snapshot").equals("break-snapshot");
         o.number("cbw-timeout", 0, 0, Integer.MAX_VALUE); // accepted; a copy is not timed out here
-        if (o.has("bitmap") || o.hasGroup("bitmap")) throw new DaemonException("copy-before-write: 'bitmap' is not supported");
+        dev.vmm.core.bitmap.DirtyBitmap bitmap = null;
+        if (o.has("bitmap")) throw new DaemonException("copy-before-write: 'bitmap' must be an object with 'node' and 'name'");
+        if (o.hasGroup("bitmap")) { // QEMU's BlockDirtyBitmap {node, name}
+            Options b = o.sub("bitmap");
+            String bNode = b.required("node");
+            String bName = b.required("name");
+            BlockNode bn = daemon.findNode(bNode);
+            if (bn == null) throw new DaemonException("Cannot find device='" + bNode + "' nor node-name='" + bNode + "'");
+            for (dev.vmm.core.bitmap.DirtyBitmap x : bn.dirtyBitmaps()) if (x.name().equals(bName)) bitmap = x;
+            if (bitmap == null) throw new DaemonException("Dirty bitmap '" + bName + "' not found"); // QEMU's block_dirty_bitmap_lookup
+            if (bitmap.inconsistent()) throw new DaemonException("Bitmap '" + bName + "' is inconsistent and cannot be used");
+            if (bitmap.size() != file.node().size()) throw new DaemonException("copy-before-write: the bitmap does not cover 'file'");
+        }
         o.checkAllConsumed();
         checkNotOwned(target, "node '" + name + "'");
         if (target == file.node()) throw new DaemonException("copy-before-write: 'file' and 'target' must be different nodes");
         if (target.readOnly()) throw new DaemonException("Could not create node: Block node is read-only");
         if (target.size() != file.node().size()) throw new DaemonException("copy-before-write: 'target' must have the size of 'file'");
         if (target.home() != file.node().home()) sameHome(target, file.node().home());
+        dev.vmm.core.bitmap.DirtyBitmap bm = bitmap;
         return withGates(List.of(file.node(), target), () -> {
             if (target.home() != file.node().home()) throw new DaemonException("node '" + target.name() + "' moved meanwhile; try again");
             int cluster = Math.max(64 << 10, target.imageInfo().clusterSize());
             BlockDriver d;
             try {
-                d = dev.vmm.core.job.CopyBeforeWriteDriver.open(file.node(), target, cluster, breakSnapshot, Daemon.MOVE_TIMEOUT_SECONDS);
+                d = dev.vmm.core.job.CopyBeforeWriteDriver.open(file.node(), target, cluster, breakSnapshot, bm,
+                        Daemon.MOVE_TIMEOUT_SECONDS);
             } catch (Exception e) {
                 throw new DaemonException("copy-before-write: could not start: " + e.getMessage(), e);
             }

@@ -118,12 +118,18 @@ public final class BackupJob extends Job {
      * {@code sync=none} backup that is not registered and sends no events; home thread state as
      * any backup. The caller starts it and waits for {@link #started()}.
      */
-    static BackupJob forFilter(BlockNode source, BlockNode target, int clusterSize, boolean breakSnapshot) {
+    static BackupJob forFilter(BlockNode source, BlockNode target, int clusterSize, boolean breakSnapshot, DirtyBitmap bitmap) {
         Settings s = new Settings(Sync.NONE, null, null, clusterSize, MirrorJob.OnError.REPORT, MirrorJob.OnError.REPORT, 0);
         BackupJob j = new BackupJob("cbw", source, target, s, true, true, (e, d) -> { }, new JobRegistry());
         j.breakSnapshot = breakSnapshot;
+        j.filterBitmap = bitmap;
         return j;
     }
+
+    /** A copy-before-write node's {@code bitmap}: only its clusters are copied, and only they can be read from the snapshot. */
+    private DirtyBitmap filterBitmap;
+    /** The clusters the snapshot may be read from (QEMU's access bitmap), or null for all. */
+    private DirtyMap access;
 
     /** Home thread: the filter node goes (blockdev-del): the layer is removed at once. */
     void stopFilter() {
@@ -340,12 +346,11 @@ public final class BackupJob extends Job {
         map = new DirtyMap(source.size(), settings.clusterSize());
         DirtyBitmap bm = settings.bitmap();
         if (settings.sync() == Sync.INCREMENTAL || settings.sync() == Sync.BITMAP) {
-            for (long off = bm.nextDirty(0, bm.size()); off >= 0; ) {
-                long clean = bm.nextClean(off, bm.size());
-                long stop = clean < 0 ? bm.size() : clean;
-                map.markRange(off, stop - off);
-                off = clean < 0 ? -1 : bm.nextDirty(stop, bm.size());
-            }
+            markFrom(bm, map);
+        } else if (filterBitmap != null) {
+            markFrom(filterBitmap, map);
+            access = new DirtyMap(source.size(), settings.clusterSize());
+            markFrom(filterBitmap, access);
         } else {
             map.markAll();
         }
@@ -363,6 +368,16 @@ public final class BackupJob extends Job {
         layer.release(layer);
         started.complete(null); // after the instant: the starter's gates cover all of it
         pump();
+    }
+
+    /** Marks in {@code m} the clusters that {@code bm}'s dirty ranges touch. */
+    private static void markFrom(DirtyBitmap bm, DirtyMap m) {
+        for (long off = bm.nextDirty(0, bm.size()); off >= 0; ) {
+            long clean = bm.nextClean(off, bm.size());
+            long stop = clean < 0 ? bm.size() : clean;
+            m.markRange(off, stop - off);
+            off = clean < 0 ? -1 : bm.nextDirty(stop, bm.size());
+        }
     }
 
     // ---- the background copy (home thread) ----
@@ -545,6 +560,14 @@ public final class BackupJob extends Job {
             throw new BlockException(Errno.EACCES, "the copy-before-write snapshot is broken or gone");
         }
         if (o < 0 || l < 0 || o + l > source.size()) throw new BlockException(Errno.EINVAL, "read beyond the end of the snapshot");
+        if (access != null) {
+            long last = map.chunkOf(o + l - 1);
+            for (long ch = map.chunkOf(o); l > 0 && ch <= last; ch++) {
+                if (!access.isDirty(ch)) {
+                    throw new BlockException(Errno.EACCES, "the snapshot has no data outside the copy-before-write bitmap");
+                }
+            }
+        }
         SnapshotRead r = new SnapshotRead(o, a, l, c);
         if (l == 0) {
             home.loop().execute(() -> c.ioDone(0));

@@ -8,7 +8,7 @@ import java.util.concurrent.TimeUnit;
 
 /**
  * The driver of a {@code copy-before-write} node (QEMU 7.2's block/copy-before-write.c, options
- * {@code file}, {@code target}, {@code on-cbw-error}, {@code cbw-timeout}). In vmm the copy step
+ * {@code file}, {@code target}, {@code bitmap}, {@code on-cbw-error}, {@code cbw-timeout}). In vmm the copy step
  * goes where every user of {@code file} meets it, the file node's {@code NodeIo}: creating the
  * node starts a {@link BackupJob#forFilter filter job} whose layer copies a cluster's old data to
  * {@code target} before any user's write changes it for the first time; a QEMU user gets the
@@ -38,8 +38,8 @@ public final class CopyBeforeWriteDriver extends ForwardingBlockDriver {
      * @param clusterSize the copy unit: the target's cluster size, at least 64 KiB (QEMU's block-copy)
      */
     public static CopyBeforeWriteDriver open(BlockNode file, BlockNode target, int clusterSize, boolean breakSnapshot,
-            long timeoutSeconds) throws Exception {
-        BackupJob job = BackupJob.forFilter(file, target, clusterSize, breakSnapshot);
+            dev.vmm.core.bitmap.DirtyBitmap bitmap, long timeoutSeconds) throws Exception {
+        BackupJob job = BackupJob.forFilter(file, target, clusterSize, breakSnapshot, bitmap);
         job.start();
         job.started().get(timeoutSeconds, TimeUnit.SECONDS);
         return new CopyBeforeWriteDriver(file, job);

@@ -131,6 +131,30 @@ class CopyBeforeWriteNodeTest {
         assertArrayEquals(new byte[65536], Arrays.copyOfRange(Files.readAllBytes(dir.resolve("tgt.img")), 262144, 327680));
     }
 
+    /** {@code bitmap}: only its clusters are copied, and the snapshot can only be read there (QEMU's access bitmap). */
+    @Test
+    void aBitmapLimitsTheCopiesAndTheSnapshot() throws Exception {
+        dev.vmm.core.bitmap.DirtyBitmap b = new dev.vmm.core.bitmap.DirtyBitmap("b", SIZE, 65536);
+        main.call(() -> {
+            b.set(0, 4096);
+            return null;
+        });
+        disk.addDirtyBitmap(b);
+        add("driver", "copy-before-write", "node-name", "cbw", "file", "disk", "target", "tgt", "bitmap", Map.of("node", "disk", "name", "b"));
+        BlockNode acc = add("driver", "snapshot-access", "node-name", "acc", "file", "cbw");
+        byte[] x = new byte[4096];
+        Arrays.fill(x, (byte) 7);
+        assertEquals(0, write(disk, 0, x));
+        assertEquals(0, write(disk, 70_000, x)); // outside the bitmap: no copy
+        int[] e = new int[1];
+        assertArrayEquals(Arrays.copyOfRange(initial, 0, 65536), read(acc, 0, 65536, e));
+        assertEquals(0, e[0]);
+        read(acc, 65536, 4096, e);
+        assertEquals(Errno.EACCES, e[0]);
+        byte[] t = Files.readAllBytes(dir.resolve("tgt.img"));
+        assertArrayEquals(new byte[65536], Arrays.copyOfRange(t, 65536, 131072), "a cluster outside the bitmap was copied");
+    }
+
     @Test
     void breakGuestWriteFailsTheWriteAndKeepsTheSnapshot() throws Exception {
         add("driver", "copy-before-write", "node-name", "cbw", "file", "disk", "target", "tgt");
@@ -259,7 +283,7 @@ class CopyBeforeWriteNodeTest {
                 "disk", "target", "small");
         expect("copy-before-write: 'file' and 'target' must be different nodes", "driver", "copy-before-write", "node-name", "c",
                 "file", "disk", "target", "disk");
-        expect("copy-before-write: 'bitmap' is not supported", "driver", "copy-before-write", "node-name", "c", "file", "disk",
+        expect("Dirty bitmap 'b' not found", "driver", "copy-before-write", "node-name", "c", "file", "disk",
                 "target", "tgt", "bitmap", Map.of("node", "disk", "name", "b"));
         expect("snapshot-access: 'file' must be a copy-before-write node", "driver", "snapshot-access", "node-name", "a", "file",
                 "disk");
