@@ -134,6 +134,16 @@ public final class BlockNode {
      */
     public void addDirtyBitmap(dev.vmm.core.bitmap.DirtyBitmap b) { dirtyBitmaps.add(0, Objects.requireNonNull(b)); }
 
+    /** Runs on the home thread after the final flush, before the driver closes (see {@link #setBeforeClose}). */
+    private volatile Runnable beforeClose;
+
+    /**
+     * The daemon, at creation: {@code hook} runs in {@link #flushAndClose} on the home thread,
+     * after the final flush, with nothing in flight, right before the driver closes (qcow2
+     * stores its persistent bitmaps there). It must not throw.
+     */
+    public void setBeforeClose(Runnable hook) { this.beforeClose = hook; }
+
     private volatile boolean forceShare;
 
     /**
@@ -274,6 +284,8 @@ public final class BlockNode {
                 driver.flush(errno -> {
                     // The flush itself was in flight: wait for anything else it started, then close.
                     driver.whenIdle(() -> {
+                        Runnable hook = beforeClose;
+                        if (hook != null) hook.run();
                         driver.close();
                         if (errno == 0) {
                             f.complete(null);
