@@ -2143,7 +2143,15 @@ public final class Qcow2Driver implements BlockDriver, BitmapStore {
             }
             return;
         }
-        if (store.isEmpty()) return;
+        if (store.isEmpty()) {
+            // Frees of removed bitmaps applied by the final writeback still sit in the cache.
+            try {
+                if (anyDirty() && flushErrno == 0 && !corrupt) flush();
+            } catch (BlockException e) {
+                LOG.error("qcow2: final metadata flush of node '{}' failed: {}", nodeName, e.getMessage());
+            }
+            return;
+        }
         try {
             if (version < 3) throw new BlockException(ENOTSUP, "Cannot store dirty bitmaps in qcow2 v2 files");
             if (corrupt) throw new BlockException(EIO, "the image is marked corrupt");
@@ -2283,9 +2291,11 @@ public final class Qcow2Driver implements BlockDriver, BitmapStore {
         return first;
     }
 
-    /** Writes {@code data} at {@code off}, zero-padded to whole I/O units (within the clusters that hold it). */
+    /** Writes {@code data} at {@code off} (not flushed), zero-padded to whole I/O units, within the clusters that hold it. */
     private void writeBytesSync(long off, byte[] data) throws BlockException {
         int len = (int) ((data.length + ioUnit - 1L) / ioUnit * ioUnit);
+        // QEMU may end the file right after a directory: the padded write grows it, inside the cluster
+        if (off + len > file.size()) file.grow(off + len);
         long base = NativeAlloc.allocate(len, ALIGN);
         try {
             long a = NativeAlloc.aligned(base, ALIGN);

@@ -1,0 +1,354 @@
+package dev.vmm.core.block.qcow2;
+
+import static dev.vmm.core.block.qcow2.Qcow2Harness.ok;
+import static dev.vmm.core.block.qcow2.Qcow2Harness.qemuImg;
+import static dev.vmm.core.block.qcow2.Qcow2Harness.run;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.vmm.core.bitmap.DirtyBitmap;
+import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockException;
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.ForwardingBlockDriver;
+import dev.vmm.core.block.RawFileDriver;
+import dev.vmm.core.linux.Errno;
+import dev.vmm.core.testing.QsdPeer;
+import dev.vmm.core.testing.Tools;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import java.util.TreeMap;
+import java.util.concurrent.CopyOnWriteArrayList;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The write side of persistent bitmaps (QEMU's block/qcow2-bitmap.c) checked with real peers:
+ * bitmaps vmm stores are listed by {@code qemu-img info} with QEMU's flags and granularity, the
+ * image passes {@code qemu-img check} without leaks, and qemu-storage-daemon 7.2 exports the very
+ * bits vmm held ({@code qemu:dirty-bitmap:NAME}); bitmaps QEMU made survive a writable open and
+ * close unchanged; a writable open marks them in_use (what a crash leaves); removal frees their
+ * clusters; an ignored extension (autoclear clear) is dropped and rewritten fresh; a full disk at
+ * close loses the bitmaps with an error line and leaves the image consistent.
+ */
+class Qcow2BitmapStoreTest {
+    @TempDir
+    Path dir;
+    Qcow2Harness h;
+
+    @BeforeEach
+    void start() { h = new Qcow2Harness("qcow2-bitmap-store"); }
+
+    @AfterEach
+    void stop() throws Exception { h.close(); }
+
+    Path image(String name, int clusterSize, long size) throws Exception {
+        Path p = dir.resolve(name);
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", "cluster_size=" + clusterSize, p.toString(), Long.toString(size));
+        return p;
+    }
+
+    /** "name granularity flags,..." per bitmap, in the image's order, as qemu-img info reports them. */
+    static String info(Path img) throws Exception {
+        String py = "import json,sys\n"
+                + "d=json.load(sys.stdin)['format-specific']['data']\n"
+                + "print('|'.join('%s %d %s' % (b['name'], b['granularity'], ','.join(b['flags'])) for b in d.get('bitmaps', [])))\n";
+        String json = ok(qemuImg(), "info", "-U", "--output=json", img.toString());
+        Process p = new ProcessBuilder(Tools.require("python3", "python3"), "-c", py).redirectErrorStream(true).start();
+        p.getOutputStream().write(json.getBytes());
+        p.getOutputStream().close();
+        String out = new String(p.getInputStream().readAllBytes()).trim();
+        assertEquals(0, p.waitFor(), out);
+        return out;
+    }
+
+    /** qemu-img check must find nothing: no corruption, no leak. */
+    static void checkClean(Path img) throws Exception {
+        String[] out = new String[1];
+        int rc = run(out, qemuImg(), "check", img.toString());
+        assertEquals(0, rc, "qemu-img check " + img + ":\n" + out[0]);
+    }
+
+    /** Random sets, as guest writes would: sparse single chunks and longer runs. */
+    static void scribble(DirtyBitmap b, long seed, int n) {
+        Random r = new Random(seed);
+        for (int i = 0; i < n; i++) {
+            long len = r.nextBoolean() ? 1 + r.nextInt(4096) : 1 + r.nextInt(8 << 20);
+            long off = (long) (r.nextDouble() * (b.size() - 1));
+            b.set(off, Math.min(len, b.size() - off));
+        }
+    }
+
+    void assertSameAsQsd(Path img, Map<String, DirtyBitmap> ours) throws Exception {
+        List<String> args = new ArrayList<>(List.of("--blockdev", "file,node-name=f,filename=" + img + ",read-only=on",
+                "--blockdev", "qcow2,node-name=q,file=f,read-only=on"));
+        StringBuilder export = new StringBuilder("nbd,id=e,node-name=q,name=q");
+        int i = 0;
+        for (String name : ours.keySet()) export.append(",bitmaps.").append(i++).append('=').append(name);
+        args.addAll(List.of("--export", export.toString()));
+        try (QsdPeer qsd = new QsdPeer(dir, args.toArray(String[]::new))) {
+            for (Map.Entry<String, DirtyBitmap> e : ours.entrySet()) {
+                List<long[]> theirs = QsdPeer.nbdMapSet(qsd.nbdUri("q"), "qemu:dirty-bitmap:" + e.getKey());
+                assertEquals(QsdPeer.show(Qcow2BitmapsTest.extents(e.getValue())), QsdPeer.show(theirs), "bitmap " + e.getKey() + " of " + img);
+            }
+        }
+    }
+
+    /** The node's list (newest first, as BlockNode keeps it), bound to {@code d}. */
+    List<DirtyBitmap> bind(Qcow2Driver d) {
+        List<DirtyBitmap> node = new CopyOnWriteArrayList<>();
+        for (DirtyBitmap b : d.bitmaps()) node.add(0, b);
+        d.bindNode("disk0", () -> node);
+        return node;
+    }
+
+    /** What BlockNode.flushAndClose does: flush, the close hook, close. */
+    void storeAndClose(Qcow2Driver d) throws Exception {
+        assertEquals(0, h.flush(d));
+        h.on(() -> {
+            d.storeBitmaps();
+            return null;
+        });
+        h.closeAll(false);
+    }
+
+    @Test
+    void storedBitmapsAreReadByQemuImgAndQsdWithTheSameBits() throws Exception {
+        for (int cs : new int[] {512, 4096, 65536}) {
+            Path img = image("store-" + cs + ".qcow2", cs, 192L << 20);
+            Qcow2Driver d = h.open(img, false);
+            List<DirtyBitmap> node = bind(d);
+            Map<String, DirtyBitmap> ours = new TreeMap<>();
+            long[] grans = {512, 65536, 1L << 20};
+            for (int i = 0; i < grans.length; i++) {
+                DirtyBitmap b = new DirtyBitmap("b" + i, d.size(), grans[i]);
+                b.setPersistent(true);
+                if (i == 2) b.setRecording(false);
+                scribble(b, cs * 31L + i, 40);
+                node.add(0, b);
+                ours.put(b.name(), b);
+            }
+            DirtyBitmap empty = new DirtyBitmap("empty", d.size(), 65536);
+            empty.setPersistent(true);
+            node.add(0, empty);
+            ours.put("empty", empty);
+            DirtyBitmap mem = new DirtyBitmap("memory-only", d.size(), 65536);
+            mem.set(0, 4096);
+            node.add(0, mem);
+            storeAndClose(d);
+            // QEMU's order: new bitmaps appended in the node's order (newest first)
+            assertEquals("empty 65536 auto|b2 1048576 |b1 65536 auto|b0 512 auto", info(img), "cluster size " + cs);
+            checkClean(img);
+            assertSameAsQsd(img, ours);
+            // and vmm reads back what it stored
+            Map<String, DirtyBitmap> back = Qcow2BitmapsTest.byName(h.open(img, true));
+            assertEquals(ours.keySet(), back.keySet());
+            for (String n : ours.keySet()) {
+                assertEquals(QsdPeer.show(Qcow2BitmapsTest.extents(ours.get(n))), QsdPeer.show(Qcow2BitmapsTest.extents(back.get(n))), n);
+                assertEquals(ours.get(n).recording(), back.get(n).recording(), n);
+            }
+            h.closeAll(false);
+        }
+    }
+
+    @Test
+    void qemuBitmapsSurviveAWritableOpenAndClose() throws Exception {
+        Path img = image("qemu.qcow2", 65536, 64L << 20);
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "a");
+        ok(qemuImg(), "bitmap", "--add", "-g", "4096", img.toString(), "b");
+        Qcow2BitmapsTest.qemuIoWrites(img, 64L << 20, 30, 7);
+        ok(qemuImg(), "bitmap", "--disable", img.toString(), "b");
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "c"); // empty
+        String before = info(img);
+        assertEquals("a 65536 auto|b 4096 |c 65536 auto", before);
+        Map<String, String> bits = new TreeMap<>();
+        for (DirtyBitmap b : h.open(img, true).bitmaps()) bits.put(b.name(), QsdPeer.show(Qcow2BitmapsTest.extents(b)));
+        h.closeAll(false);
+        assertFalse(bits.get("a").equals("[]"), "qemu-io writes marked a");
+
+        Qcow2Driver d = h.open(img, false);
+        for (DirtyBitmap b : d.bitmaps()) assertFalse(b.inconsistent(), b.name() + " usable on a writable open");
+        bind(d);
+        // while open: every bitmap in_use in the image, the extension still valid
+        assertEquals("a 65536 in-use,auto|b 4096 in-use|c 65536 in-use,auto", info(img));
+        storeAndClose(d);
+        assertEquals(before, info(img));
+        checkClean(img);
+        Map<String, DirtyBitmap> after = Qcow2BitmapsTest.byName(h.open(img, true));
+        for (String n : bits.keySet()) assertEquals(bits.get(n), QsdPeer.show(Qcow2BitmapsTest.extents(after.get(n))), n);
+        h.closeAll(false);
+        assertSameAsQsd(img, after);
+    }
+
+    @Test
+    void aCrashLeavesThemInUseAndTheNextOpenInconsistent() throws Exception {
+        Path img = image("crash.qcow2", 65536, 16L << 20);
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "kept");
+        Qcow2Driver d = h.open(img, false);
+        bind(d).get(0).set(0, 1 << 20);
+        h.closeAll(false); // the process dies: no flush, no store
+        assertEquals("kept 65536 in-use,auto", info(img));
+        DirtyBitmap b = h.open(img, true).bitmaps().get(0);
+        assertTrue(b.inconsistent());
+        h.closeAll(false);
+        // a writable open keeps the inconsistent bitmap as it is, and stores the others
+        d = h.open(img, false);
+        List<DirtyBitmap> node = bind(d);
+        assertTrue(node.get(0).inconsistent());
+        DirtyBitmap fresh = new DirtyBitmap("fresh", d.size(), 65536);
+        fresh.setPersistent(true);
+        fresh.set(4 << 20, 100);
+        node.add(0, fresh);
+        storeAndClose(d);
+        assertEquals("kept 65536 in-use,auto|fresh 65536 auto", info(img));
+        String[] out = new String[1];
+        run(out, qemuImg(), "check", img.toString());
+        assertFalse(out[0].contains("ERROR"), out[0]);
+    }
+
+    @Test
+    void removingStoredBitmapsFreesTheirClusters() throws Exception {
+        Path img = image("remove.qcow2", 4096, 32L << 20);
+        for (String n : new String[] {"one", "two", "three"}) ok(qemuImg(), "bitmap", "--add", "-g", "512", img.toString(), n);
+        Qcow2BitmapsTest.qemuIoWrites(img, 32L << 20, 40, 3);
+        Qcow2Driver d = h.open(img, false);
+        List<DirtyBitmap> node = bind(d);
+        assertEquals(0, h.await(done -> d.removeStored("two", done)));
+        node.removeIf(b -> b.name().equals("two"));
+        assertEquals(0, h.await(done -> d.removeStored("not-stored", done)), "absence is not an error, as QEMU");
+        assertEquals("one 512 in-use,auto|three 512 in-use,auto", info(img));
+        storeAndClose(d);
+        assertEquals("one 512 auto|three 512 auto", info(img));
+        checkClean(img);
+
+        Qcow2Driver d2 = h.open(img, false);
+        List<DirtyBitmap> node2 = bind(d2);
+        for (String n : new String[] {"one", "three"}) assertEquals(0, h.await(done -> d2.removeStored(n, done)));
+        node2.clear();
+        assertEquals("", info(img));
+        storeAndClose(d2);
+        assertEquals("", info(img));
+        assertEquals(0, Qcow2HostileTest.get64(img, 88) & 1, "no bitmaps: autoclear bit 0 clear, as QEMU");
+        checkClean(img);
+    }
+
+    @Test
+    void anIgnoredExtensionIsDroppedAndRewrittenFresh() throws Exception {
+        Path img = image("ignored.qcow2", 65536, 16L << 20);
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "old");
+        Qcow2BitmapsTest.put(img, 88, Qcow2HostileTest.get64(img, 88) & ~1L, 8); // a program unaware of bitmaps wrote it
+        Qcow2Driver d = h.open(img, false);
+        assertTrue(d.bitmaps().isEmpty());
+        List<DirtyBitmap> node = bind(d);
+        assertEquals("", info(img), "the invalid extension is dropped at the writable open");
+        DirtyBitmap b = new DirtyBitmap("new", d.size(), 65536);
+        b.setPersistent(true);
+        b.set(1 << 20, 1 << 20);
+        node.add(0, b);
+        storeAndClose(d);
+        assertEquals("new 65536 auto", info(img));
+        String[] out = new String[1];
+        int rc = run(out, qemuImg(), "check", img.toString());
+        assertEquals(3, rc, "leaked clusters of the lost bitmap only, as QEMU: " + out[0]);
+        assertFalse(out[0].contains("ERROR"), out[0]);
+        assertSameAsQsd(img, Map.of("new", b));
+    }
+
+    /** A file child whose synchronous writes fail with ENOSPC once {@code full}. */
+    static final class FullDisk extends ForwardingBlockDriver {
+        volatile boolean full;
+
+        FullDisk(BlockDriver d) { super(d); }
+
+        @Override
+        public void write(long o, long a, int l, boolean fua) throws BlockException {
+            if (full) throw new BlockException(Errno.ENOSPC, "No space left on device");
+            super.write(o, a, l, fua);
+        }
+
+        @Override
+        public void close() { d.close(); }
+    }
+
+    @Test
+    void aFullDiskAtCloseLosesTheBitmapsAndKeepsTheImageConsistent() throws Exception {
+        Path img = image("full.qcow2", 65536, 16L << 20);
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "kept");
+        FullDisk[] fd = new FullDisk[1];
+        Qcow2Driver d = h.on(() -> {
+            fd[0] = new FullDisk(RawFileDriver.open(img, false, false));
+            fd[0].attach(h.iot);
+            Qcow2Driver q = Qcow2Driver.open(fd[0], Qcow2Driver.readHeader(fd[0]), null, Qcow2Options.defaults(false));
+            q.attach(h.iot);
+            return q;
+        });
+        List<DirtyBitmap> node = bind(d);
+        DirtyBitmap b = new DirtyBitmap("big", d.size(), 512);
+        b.setPersistent(true);
+        scribble(b, 5, 50);
+        node.add(0, b);
+        assertEquals(0, h.flush(d));
+        fd[0].full = true;
+        h.on(() -> {
+            d.storeBitmaps(); // logs "Lost persistent bitmaps during inactivation of node 'disk0': ..."
+            d.close();
+            fd[0].close();
+            return null;
+        });
+        assertEquals("kept 65536 in-use,auto", info(img));
+        String[] out = new String[1];
+        run(out, qemuImg(), "check", img.toString());
+        assertFalse(out[0].contains("ERROR"), out[0]);
+        assertTrue(h.open(img, true).bitmaps().get(0).inconsistent());
+    }
+
+    @Test
+    void theCloseHookOfTheNodeStoresThem() throws Exception {
+        Path img = image("node.qcow2", 65536, 16L << 20);
+        Qcow2Driver d = h.open(img, false);
+        BlockNode n = new BlockNode("disk0", "qcow2", d, h.iot, List.of());
+        d.bindNode(n.name(), n::dirtyBitmaps);
+        n.setBeforeClose(d::storeBitmaps);
+        DirtyBitmap b = new DirtyBitmap("nightly", d.size(), 65536);
+        b.setPersistent(true);
+        b.set(3 << 20, 5000);
+        n.addDirtyBitmap(b);
+        n.flushAndClose(10_000);
+        h.closeAll(false);
+        assertEquals("nightly 65536 auto", info(img));
+        checkClean(img);
+        assertSameAsQsd(img, Map.of("nightly", b));
+    }
+
+    @Test
+    void checkCanStoreAsQemu() throws Exception {
+        Path v3 = image("v3.qcow2", 65536, 1L << 20);
+        Qcow2Driver d = h.open(v3, false);
+        List<DirtyBitmap> node = bind(d);
+        assertNull(d.checkCanStore("ok", 65536));
+        assertNull(d.checkCanStore("max-granularity", 1L << 31));
+        // QSD 7.2: block-dirty-bitmap-add ... persistent=true on the same kind of node
+        assertEquals("Can't make bitmap '" + "x".repeat(1024) + "' persistent in 'disk0': Name length exceeds maximum (1023 characters)",
+                d.checkCanStore("x".repeat(1024), 65536));
+        assertEquals("Can't make bitmap 'g' persistent in 'disk0': Granularity is under minimum (512 bytes)", d.checkCanStore("g", 256));
+        for (int i = 0; i < 3; i++) {
+            DirtyBitmap b = new DirtyBitmap("p" + i, d.size(), 65536);
+            b.setPersistent(true);
+            node.add(b);
+        }
+        assertNull(d.checkCanStore("p3", 65536));
+        h.closeAll(false);
+        Path v2 = dir.resolve("v2.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2.toString(), "1M");
+        Qcow2Driver d2 = h.open(v2, false);
+        d2.bindNode("v2", List::of);
+        assertEquals("Can't make bitmap 'b' persistent in 'v2': Cannot store dirty bitmaps in qcow2 v2 files", d2.checkCanStore("b", 65536));
+    }
+}
