@@ -92,4 +92,38 @@ class PersistentBitmapsCloseTest {
         QsdPeer.addExtent(want, 0, 65536);
         assertQsdSees(p, "at-shutdown", QsdPeer.show(want));
     }
+
+    /** A daemon holding the image writable dies by SIGKILL: the bitmaps stay in_use, the next open says inconsistent. */
+    @Test
+    void killMinus9LeavesThemInUseAndTheNextOpenInconsistent() throws Exception {
+        String img = Tools.require("qemu-img", "qemu-utils");
+        Path p = dir.resolve("k.qcow2");
+        run(img, "create", "-q", "-f", "qcow2", p.toString(), "16M");
+        run(img, "bitmap", "--add", p.toString(), "nightly");
+        List<String> cmd = new java.util.ArrayList<>();
+        cmd.add(ProcessHandle.current().info().command().orElseThrow());
+        cmd.addAll(java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments().stream()
+                .filter(a -> a.startsWith("--add-")).toList());
+        cmd.addAll(List.of("-cp", System.getProperty("java.class.path"), HoldImageMain.class.getName(),
+                "driver=qcow2,node-name=disk0,file.driver=file,file.filename=" + p));
+        Process child = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+        try {
+            java.io.BufferedReader r = new java.io.BufferedReader(new java.io.InputStreamReader(child.getInputStream()));
+            StringBuilder seen = new StringBuilder();
+            for (String line; (line = r.readLine()) != null && !line.equals("ready"); ) seen.append(line).append('\n');
+            assertTrue(child.isAlive(), "child daemon died:\n" + seen);
+            assertTrue(run(img, "info", "-U", p.toString()).contains("in-use"));
+            run("kill", "-9", Long.toString(child.pid()));
+            child.waitFor();
+        } finally {
+            child.destroyForcibly();
+        }
+        String after = run(img, "info", p.toString());
+        assertTrue(after.contains("in-use"), after);
+        run(img, "check", p.toString());
+        BlockNode n = daemon.blockdevAdd(KeyValueParser.parse("--blockdev",
+                "driver=qcow2,node-name=again,read-only=on,file.driver=file,file.filename=" + p, null));
+        assertEquals(1, n.dirtyBitmaps().size());
+        assertTrue(n.dirtyBitmaps().get(0).inconsistent());
+    }
 }
