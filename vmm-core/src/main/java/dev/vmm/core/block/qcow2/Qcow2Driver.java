@@ -2246,20 +2246,58 @@ public final class Qcow2Driver implements BlockDriver, BitmapStore {
     private void freeBitmapClusters(Qcow2Bitmaps.Entry e) throws BlockException {
         long bytes = e.tableSize() * 8;
         long clusters = (bytes + csMask) >>> clusterBits;
-        if (e.tableOffset() <= 0 || (e.tableOffset() & csMask) != 0 || e.tableOffset() + (clusters << clusterBits) > file.size()) {
-            LOG.warn("qcow2: the table of bitmap '{}' is outside the image: its clusters are left allocated", e.name());
+        long fileSize = file.size();
+        String bad = null;
+        if (e.tableOffset() <= 0 || (e.tableOffset() & csMask) != 0 || e.tableSize() > Qcow2Bitmaps.BME_MAX_TABLE_SIZE
+                || e.tableOffset() + (clusters << clusterBits) > fileSize) {
+            bad = "its table is outside the image";
+        } else {
+            bad = metadataAt(e.tableOffset(), bytes);
+        }
+        ArrayList<Long> free = new ArrayList<>();
+        LongSet seen = new LongSet();
+        if (bad == null) {
+            // An in_use bitmap's table was never checked at open: check it as load does before
+            // freeing anything it names (a hostile table must not free metadata).
+            java.nio.ByteBuffer t = java.nio.ByteBuffer.wrap(readBytes(file, e.tableOffset(), (int) bytes));
+            for (long k = 0; k < e.tableSize() && bad == null; k++) {
+                long entry = t.getLong((int) (k * 8));
+                long off = entry & Qcow2Bitmaps.BME_TABLE_ENTRY_OFFSET_MASK;
+                if (off == 0) continue;
+                if ((entry & Qcow2Bitmaps.BME_TABLE_ENTRY_RESERVED_MASK) != 0 || (off & csMask) != 0 || off + clusterSize > fileSize) {
+                    bad = "table entry " + k + " is invalid";
+                } else if ((bad = metadataAt(off, clusterSize)) == null && off >= e.tableOffset()
+                        && off < e.tableOffset() + (clusters << clusterBits)) {
+                    bad = "table entry " + k + " points into the table";
+                } else if (bad == null && seen.contains(off >>> clusterBits)) {
+                    bad = "table entry " + k + " repeats a data cluster";
+                }
+                if (bad == null) {
+                    free.add(off);
+                    seen.add(off >>> clusterBits);
+                }
+            }
+        }
+        if (bad != null) {
+            LOG.warn("qcow2: the clusters of bitmap '{}' are left allocated ({}): 'qemu-img check -r leaks' reclaims them", e.name(), bad);
             return;
         }
-        java.nio.ByteBuffer t = java.nio.ByteBuffer.wrap(readBytes(file, e.tableOffset(), (int) bytes));
-        long fileSize = file.size();
-        for (long k = 0; k < e.tableSize(); k++) {
-            long entry = t.getLong((int) (k * 8));
-            long off = entry & Qcow2Bitmaps.BME_TABLE_ENTRY_OFFSET_MASK;
-            if (off == 0) continue;
-            if ((entry & Qcow2Bitmaps.BME_TABLE_ENTRY_RESERVED_MASK) != 0 || (off & csMask) != 0 || off + clusterSize > fileSize) continue;
-            pendingFree(off);
-        }
+        for (long off : free) pendingFree(off);
         for (long c = 0; c < clusters; c++) pendingFree(e.tableOffset() + (c << clusterBits));
+    }
+
+    /** The metadata (fixed structures, active L2 tables, refcount blocks) in {@code [off, off+len)}'s clusters, or null. */
+    private String metadataAt(long off, long len) {
+        String what = rangeAt(off, len);
+        for (long c = clusterOf(off), end = clusterOf(off + len - 1); what == null && c <= end; c++) {
+            if (l2Set.contains(c)) what = "an L2 table";
+            else if (rbSet.contains(c)) what = "a refcount block";
+        }
+        if (what == null && bmDirSize > 0 && clusterOf(off) <= clusterOf(bmDirOffset + bmDirSize - 1)
+                && clusterOf(bmDirOffset) <= clusterOf(off + len - 1)) {
+            what = "the bitmap directory";
+        }
+        return what;
     }
 
     /**

@@ -350,9 +350,12 @@ final class Qcow2Format {
             int type = b.getInt((int) off);
             long len = Integer.toUnsignedLong(b.getInt((int) off + 4));
             if (type == QCOW2_EXT_MAGIC_END) break;
+            if (len > extEnd - off - 8) throw invalid("header extension 0x" + Integer.toHexString(type) + ": ext_len " + len + " too large");
             long padded = (len + 7) & ~7L;
-            if (padded > extEnd - off - 8) throw invalid("header extension 0x" + Integer.toHexString(type) + ": ext_len " + len + " too large");
-            if (type != QCOW2_EXT_MAGIC_BITMAPS) exts.write(cl, (int) off, (int) (8 + padded));
+            if (type != QCOW2_EXT_MAGIC_BITMAPS) {
+                exts.write(cl, (int) off, (int) (8 + len));
+                exts.writeBytes(new byte[(int) (padded - len)]);
+            }
             off += 8 + padded;
         }
         exts.writeBytes(new byte[8]); // end of extensions

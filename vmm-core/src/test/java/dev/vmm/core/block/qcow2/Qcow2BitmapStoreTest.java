@@ -351,4 +351,64 @@ class Qcow2BitmapStoreTest {
         d2.bindNode("v2", List::of);
         assertEquals("Can't make bitmap 'b' persistent in 'v2': Cannot store dirty bitmaps in qcow2 v2 files", d2.checkCanStore("b", 65536));
     }
+
+    /** The header is rebuilt with the extension: the backing file name moves and stays right. */
+    @Test
+    void storingKeepsTheBackingFileAndOtherExtensions() throws Exception {
+        Path base = image("base.qcow2", 65536, 8L << 20);
+        Path top = dir.resolve("top.qcow2");
+        ok(qemuImg(), "create", "-q", "-f", "qcow2", "-b", base.toString(), "-F", "qcow2", top.toString());
+        Qcow2Driver d = h.open(top, false);
+        List<DirtyBitmap> node = bind(d);
+        DirtyBitmap b = new DirtyBitmap("inc", d.size(), 65536);
+        b.setPersistent(true);
+        b.set(0, 1);
+        node.add(0, b);
+        storeAndClose(d);
+        String text = ok(qemuImg(), "info", top.toString());
+        assertTrue(text.contains("backing file: " + base) && text.contains("backing file format: qcow2"), text);
+        assertEquals("inc 65536 auto", info(top));
+        checkClean(top);
+        assertSameAsQsd(top, Map.of("inc", b));
+    }
+
+    /** After a crash the inconsistent bitmap is removed (the usual recovery): its clusters are freed too. */
+    @Test
+    void removingAnInconsistentBitmapFreesItsClusters() throws Exception {
+        Path img = image("recover.qcow2", 4096, 16L << 20);
+        ok(qemuImg(), "bitmap", "--add", "-g", "512", img.toString(), "lost");
+        Qcow2BitmapsTest.qemuIoWrites(img, 16L << 20, 30, 11);
+        h.open(img, false);
+        h.closeAll(false); // crash
+        Qcow2Driver d = h.open(img, false);
+        List<DirtyBitmap> node = bind(d);
+        assertTrue(node.get(0).inconsistent());
+        assertEquals(0, h.await(done -> d.removeStored("lost", done)));
+        node.clear();
+        storeAndClose(d);
+        assertEquals("", info(img));
+        checkClean(img);
+    }
+
+    /** A hostile in_use bitmap whose table names the L1 table: removal frees nothing it names (leaks, no corruption). */
+    @Test
+    void removingAHostileInUseBitmapFreesNoMetadata() throws Exception {
+        Path img = image("hostile.qcow2", 65536, 16L << 20);
+        ok(qemuImg(), "bitmap", "--add", img.toString(), "evil");
+        ok(Qcow2Harness.qemuIo(), "-f", "qcow2", "-c", "write -q 0 64k", img.toString());
+        Qcow2BitmapsTest.Layout l = Qcow2BitmapsTest.layout(img);
+        // in_use (not loaded, not checked at open), table entry 0 -> the L1 table's cluster
+        Qcow2BitmapsTest.put(img, l.dirOffset() + 12, Qcow2Bitmaps.BME_FLAG_IN_USE | Qcow2Bitmaps.BME_FLAG_AUTO, 4);
+        Qcow2BitmapsTest.put(img, Qcow2HostileTest.get64(img, l.dirOffset()), Qcow2HostileTest.get64(img, 40), 8);
+        Qcow2Driver d = h.open(img, false);
+        List<DirtyBitmap> node = bind(d);
+        assertEquals(0, h.await(done -> d.removeStored("evil", done)));
+        node.clear();
+        storeAndClose(d);
+        assertFalse(d.corrupt());
+        String[] out = new String[1];
+        int rc = run(out, qemuImg(), "check", img.toString());
+        assertEquals(3, rc, "the table and its data leak, nothing is freed: " + out[0]);
+        assertFalse(out[0].contains("ERROR"), out[0]);
+    }
 }
