@@ -53,7 +53,13 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Thread contract: NOT thread-safe. Every method MUST be called on the node's home IOThread
  * (the static {@link #probe}, {@link #readHeader} and {@link #open} too: they read through the
- * child); {@link #size()} and {@link #readOnly()} are immutable and may be read anywhere.
+ * child); {@link #size()} and {@link #readOnly()} are immutable and may be read anywhere;
+ * {@link #checkCanStore} may be called from any thread, {@link #bindNode} by the daemon before
+ * the node serves.
+ *
+ * <p>Persistent bitmaps (write side, docs/qcow2.md "Bitmaps"): a writable open marks them in_use,
+ * {@link #storeBitmaps} (the node's close hook) stores the node's persistent bitmaps,
+ * {@link #removeStored} drops one from the image.
  */
 public final class Qcow2Driver implements BlockDriver, BitmapStore {
     private static final Logger LOG = LoggerFactory.getLogger(Qcow2Driver.class);
