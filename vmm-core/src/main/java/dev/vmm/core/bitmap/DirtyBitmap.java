@@ -40,6 +40,7 @@ public final class DirtyBitmap {
     private volatile boolean persistent;
     private volatile boolean busy;
     private volatile boolean inconsistent;
+    private volatile boolean readOnly;
 
     /**
      * An empty (all clean), recording, non-persistent bitmap.
@@ -103,7 +104,57 @@ public final class DirtyBitmap {
         if (on) recording = false;
     }
 
+    /**
+     * Loaded from an image opened read-only: its bits cannot change (QEMU's {@code readonly}:
+     * "Bitmap 'x' is readonly and cannot be modified" for clear, merge into it and remove).
+     */
+    public boolean readOnly() { return readOnly; }
+
+    public void setReadOnly(boolean on) { readOnly = on; }
+
     // ================================================================ bits
+
+    /**
+     * The write path's mark: as {@link #set} but clipped to the disk instead of checked (the
+     * driver below has checked the range already; a request past the end marks nothing more).
+     */
+    public void mark(long offset, long length) {
+        if (offset < 0 || offset >= size || length <= 0) return;
+        long end = length > size - offset ? size : offset + length;
+        setBits(offset >>> granularityBits, ((end - 1) >>> granularityBits) + 1);
+    }
+
+    /** A copy of the bits and geometry (flags not copied), for undoing a clear or a merge. */
+    public DirtyBitmap copy(String copyName) {
+        DirtyBitmap c = new DirtyBitmap(copyName, size, granularity);
+        System.arraycopy(bits, 0, c.bits, 0, bits.length);
+        c.dirtyBits = dirtyBits;
+        return c;
+    }
+
+    /** Sets the bits back to those of {@code backup}, a {@link #copy} of this bitmap. */
+    public void restore(DirtyBitmap backup) {
+        if (backup.size != size || backup.granularity != granularity) throw new IllegalArgumentException("not a copy of " + name);
+        System.arraycopy(backup.bits, 0, bits, 0, bits.length);
+        dirtyBits = backup.dirtyBits;
+    }
+
+    /**
+     * QEMU's {@code x-debug-block-dirty-bitmap-sha256} (hbitmap_sha256): SHA-256 of the last
+     * level of the HBitmap, its array of 64-bit words in host (little-endian) order, at least one
+     * word; as lowercase hex. Equal hashes mean bit-for-bit equal bitmaps of the same geometry.
+     */
+    public String sha256() {
+        int words = Math.max(1, bits.length);
+        java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(words * 8).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (long w : bits) buf.putLong(w);
+        try {
+            byte[] h = java.security.MessageDigest.getInstance("SHA-256").digest(buf.array());
+            return java.util.HexFormat.of().formatHex(h);
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is part of every Java platform", e);
+        }
+    }
 
     /** True when the chunk holding byte {@code offset} is dirty. */
     public boolean get(long offset) {

@@ -366,7 +366,6 @@ public final class Qcow2Driver implements BlockDriver {
             // Writes do not mark bitmaps yet and the image's copy is dropped below (autoclear
             // cleared): shown as QEMU shows a bitmap that may miss changes, never silently stale.
             // When the write path marks them (issue 13), drop this and keep them in_use instead.
-            for (DirtyBitmap b : bitmaps) b.setInconsistent(true);
             LOG.warn("qcow2: persistent bitmaps are not kept up to date yet: on a writable open they are inconsistent"
                     + " and the image's bitmaps extension is dropped (autoclear bit cleared)");
         }
