@@ -158,6 +158,12 @@ public final class BlockNode {
         return had;
     }
 
+    /**
+     * Daemon, at creation: {@code discard=ignore}, so discards change nothing and mark no dirty
+     * bitmap (QEMU's bdrv_co_pdiscard returns before marking without BDRV_O_UNMAP).
+     */
+    public void setDiscardIgnored(boolean ignored) { io.discardIgnored(ignored); }
+
     /** The bitmap named {@code name}, or null (any thread). */
     public dev.vmm.core.bitmap.DirtyBitmap dirtyBitmap(String name) {
         for (dev.vmm.core.bitmap.DirtyBitmap b : dirtyBitmaps) if (b.name().equals(name)) return b;

@@ -42,6 +42,8 @@ public final class NodeIo extends ForwardingBlockDriver {
     private DirtyBitmap[] marks;
     /** What {@link #bitmaps} gave last (kept for {@link #set}). */
     private DirtyBitmap[] bitmaps;
+    /** {@code discard=ignore}: a discard changes nothing, so it marks nothing (QEMU returns before marking). */
+    private boolean discardIgnored;
     /** Open {@link #hold}s. */
     private int holds;
     /** Requests that arrived while held, in arrival order. */
@@ -81,6 +83,9 @@ public final class NodeIo extends ForwardingBlockDriver {
         bitmaps = all.isEmpty() ? null : all.toArray(new DirtyBitmap[0]);
         updateMarks();
     }
+
+    /** Before the node has users: discards are ignored ({@code discard=ignore}) and do not mark. */
+    void discardIgnored(boolean on) { discardIgnored = on; }
 
     private void updateMarks() {
         // requests forwarded to another node's io change that node, which marks its own bitmaps
@@ -167,7 +172,7 @@ public final class NodeIo extends ForwardingBlockDriver {
         try {
             current.discard(o, l);
         } finally {
-            mark(o, l);
+            if (!discardIgnored) mark(o, l);
         }
     }
 
@@ -217,7 +222,7 @@ public final class NodeIo extends ForwardingBlockDriver {
     public void discard(long o, long l, IoCompletion c) throws BlockException {
         if (keep(() -> discard(o, l, c), c)) return;
         current.discard(o, l, c);
-        if (marks != null) mark(o, l);
+        if (marks != null && !discardIgnored) mark(o, l);
     }
 
     @Override
