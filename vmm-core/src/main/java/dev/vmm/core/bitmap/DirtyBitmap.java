@@ -28,11 +28,11 @@ public final class DirtyBitmap {
     public static final int MAX_NAME_SIZE = 1023;
 
     private final String name;
-    private final long size;
+    private volatile long size; // grows with the node (resize), home thread
     private final long granularity;
     private final int granularityBits;
-    private final long nbits;
-    private final long[] bits;
+    private long nbits;
+    private long[] bits;
 
     // ---- written on the home thread, read by QMP ----
     private volatile long dirtyBits;
@@ -124,6 +124,30 @@ public final class DirtyBitmap {
         setBits(offset >>> granularityBits, ((end - 1) >>> granularityBits) + 1);
     }
 
+    /**
+     * The node grew (a qcow2 image's file node as clusters are allocated) or shrank: QEMU's
+     * bdrv_dirty_bitmap_truncate. Bits of the kept range stay, a new range is clean.
+     *
+     * @throws IllegalArgumentException for a size whose bitmap would not fit one Java array
+     */
+    public void resize(long newSize) {
+        if (newSize < 0) throw new IllegalArgumentException("negative size " + newSize);
+        long newBits = (newSize + granularity - 1) >>> granularityBits;
+        long words = (newBits + 63) >>> 6;
+        if (words > Integer.MAX_VALUE - 8) throw new IllegalArgumentException("bitmap too large: " + newBits + " chunks");
+        long[] nb = java.util.Arrays.copyOf(bits, (int) words);
+        if (newBits < nbits) {
+            // drop the bits past the new end (the last word's tail and any word beyond)
+            if ((newBits & 63) != 0) nb[(int) (newBits >>> 6)] &= (1L << (newBits & 63)) - 1;
+            long n = 0;
+            for (long w : nb) n += Long.bitCount(w);
+            dirtyBits = n;
+        }
+        bits = nb;
+        nbits = newBits;
+        size = newSize;
+    }
+
     /** A copy of the bits and geometry (flags not copied), for undoing a clear or a merge. */
     public DirtyBitmap copy(String copyName) {
         DirtyBitmap c = new DirtyBitmap(copyName, size, granularity);
@@ -134,7 +158,8 @@ public final class DirtyBitmap {
 
     /** Sets the bits back to those of {@code backup}, a {@link #copy} of this bitmap. */
     public void restore(DirtyBitmap backup) {
-        if (backup.size != size || backup.granularity != granularity) throw new IllegalArgumentException("not a copy of " + name);
+        if (backup.granularity != granularity) throw new IllegalArgumentException("not a copy of " + name);
+        if (backup.size != size) resize(backup.size);
         System.arraycopy(backup.bits, 0, bits, 0, bits.length);
         dirtyBits = backup.dirtyBits;
     }

@@ -140,6 +140,16 @@ public final class NodeIo extends ForwardingBlockDriver {
         return true;
     }
 
+    /** Grows the node's driver; its bitmaps grow with it (QEMU's bdrv_dirty_bitmap_truncate). */
+    @Override
+    public void grow(long n) throws BlockException {
+        d.grow(n);
+        DirtyBitmap[] all = bitmaps;
+        if (all == null) return;
+        long size = d.size();
+        for (DirtyBitmap b : all) if (b.size() < size) b.resize(size);
+    }
+
     @Override public long size() { return current.size(); }
     @Override public boolean readOnly() { return current.readOnly(); }
     @Override public void read(long o, long a, int l) throws BlockException { current.read(o, a, l); }

@@ -165,7 +165,7 @@ public final class BitmapCommands {
         DirtyBitmap b = onHome(n, () -> {
             if (persistent) {
                 BitmapStore store = n.bitmapStore();
-                String refused = store == null ? "Can't store persistent bitmaps to " + n.name() + ": " + LibC.describe(dev.vmm.core.linux.Errno.ENOTSUP)
+                String refused = store == null ? "Can't store persistent bitmaps to " + n.name() + ": Operation not supported"
                         : store.checkCanStore(name, g);
                 if (refused != null) throw QmpException.generic(refused);
             }
