@@ -79,6 +79,16 @@ public final class TransactionCommand {
         }));
     }
 
+    /** Set on the control thread while a transaction with completion-mode=grouped prepares and commits. */
+    private static final ThreadLocal<Boolean> GROUPED = ThreadLocal.withInitial(() -> false);
+
+    /**
+     * For a kind's {@link TransactionAction.Kind#prepare} (control thread): whether the running
+     * transaction has {@code completion-mode=grouped} (QEMU's jobs of such a transaction
+     * succeed or fail together).
+     */
+    public static boolean grouped() { return GROUPED.get(); }
+
     /** One action of a transaction, before it is prepared. */
     record Step(String type, TransactionAction.Kind kind, Options data) {}
 
@@ -105,6 +115,15 @@ public final class TransactionCommand {
     }
 
     private static void runDrained(Daemon daemon, QmpServer server, List<Step> steps, boolean grouped) throws Exception {
+        GROUPED.set(grouped);
+        try {
+            prepareAndCommit(daemon, server, steps, grouped);
+        } finally {
+            GROUPED.remove();
+        }
+    }
+
+    private static void prepareAndCommit(Daemon daemon, QmpServer server, List<Step> steps, boolean grouped) throws Exception {
         List<TransactionAction> prepared = new ArrayList<>();
         try {
             for (Step s : steps) {
