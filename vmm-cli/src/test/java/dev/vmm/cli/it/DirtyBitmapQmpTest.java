@@ -357,4 +357,42 @@ class DirtyBitmapQmpTest extends PeerTestBase {
         long moves = v.mon().events.stream().filter(e -> e.get("event").equals("VMM_NODE_MOVED")).count();
         assertEquals(5, moves, v.mon().events.toString());
     }
+
+    /**
+     * vmm only (the same drained sections as a move): bitmap commands and transactions on a node
+     * under an NBD writer while a mirror job's filter sits in front of it. Nothing hangs, the
+     * bitmap saw every write, and after a cancel in the ready state the target equals the source.
+     */
+    @Test
+    void bitmapCommandsDuringAMirrorUnderWrites() throws Exception {
+        Path tgt = tmp.resolve("tgt.img");
+        Run.cmd(Peers.require("qemu-img"), "create", "-q", "-f", "raw", tgt.toString(), String.valueOf(SIZE)).expect(0);
+        Side v = start(Server.VMM, "--blockdev", "driver=file,node-name=tgt,filename=" + tgt);
+        v.mon().ok("block-dirty-bitmap-add", "node", "r", "name", "m", "granularity", 4096);
+        Path log = v.dir().resolve("mirror.log");
+        Path stop = v.dir().resolve("stop-mirror");
+        Process w = background(new ProcessBuilder(python("bitmap_writer.py", v.uri("r"), log.toString(), stop.toString(), "9", "0"))
+                .redirectError(v.dir().resolve("writer-mirror.err").toFile()).start());
+        Thread.sleep(300);
+        v.mon().ok("blockdev-mirror", "job-id", "j", "device", "r", "target", "tgt", "sync", "full");
+        for (int i = 0; i < 10; i++) {
+            String x = "x" + i;
+            v.mon().ok("transaction", "actions", List.of(args("type", "block-dirty-bitmap-add", "data", args("node", "r", "name", x)),
+                    args("type", "block-dirty-bitmap-merge", "data", args("node", "r", "target", x, "bitmaps", List.of("m")))));
+            v.mon().ok("block-dirty-bitmap-clear", "node", "r", "name", x);
+            v.mon().ok("block-dirty-bitmap-disable", "node", "r", "name", x);
+            v.mon().ok("block-dirty-bitmap-remove", "node", "r", "name", x);
+            Thread.sleep(30);
+        }
+        v.mon().waitEvent("BLOCK_JOB_READY", 60_000);
+        Files.createFile(stop);
+        String out = new String(w.getInputStream().readAllBytes()).strip();
+        if (w.waitFor() != 0) fail("writer failed: " + Files.readString(v.dir().resolve("writer-mirror.err")));
+        v.mon().ok("block-job-cancel", "device", "j");
+        v.mon().waitEvent("BLOCK_JOB_COMPLETED", 60_000);
+        List<long[]> ranges = ranges(log);
+        assertEquals(out, String.valueOf(ranges.size()));
+        assertEquals(reference(4096, ranges), sha(v, "r", "m"));
+        Run.cmd(Peers.require("qemu-img"), "compare", "-U", "-f", "raw", "-F", "raw", v.dir().resolve("r.raw").toString(), tgt.toString()).expect(0);
+    }
 }
