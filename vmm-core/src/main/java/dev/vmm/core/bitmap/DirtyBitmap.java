@@ -271,7 +271,19 @@ public final class DirtyBitmap {
             bits[w] |= mask;
             b += n;
         }
-        if (added != 0) dirtyBits += added;
+        // release store: a QMP reader sees a whole value, and the write path (marking every write
+        // of the node) pays no full fence per bitmap as a volatile store would
+        if (added != 0) DIRTY_BITS.setRelease(this, dirtyBits + added);
+    }
+
+    private static final java.lang.invoke.VarHandle DIRTY_BITS;
+
+    static {
+        try {
+            DIRTY_BITS = java.lang.invoke.MethodHandles.lookup().findVarHandle(DirtyBitmap.class, "dirtyBits", long.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
     }
 
     private void resetBits(long from, long to) {
