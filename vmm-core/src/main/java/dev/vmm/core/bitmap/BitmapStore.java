@@ -1,14 +1,21 @@
 package dev.vmm.core.bitmap;
 
 /**
- * What a format driver that stores persistent dirty bitmaps (qcow2) offers the bitmap commands:
- * QEMU's {@code bdrv_co_can_store_new_dirty_bitmap} and {@code bdrv_co_remove_persistent_dirty_bitmap}.
- * Storing itself happens when the node closes.
+ * A format driver that can keep persistent dirty bitmaps in its image (qcow2's bitmaps
+ * extension). {@code block-dirty-bitmap-add persistent=true} asks it first; a node whose driver
+ * chain has no {@code BitmapStore} refuses as QEMU does for a format without
+ * {@code bdrv_co_can_store_new_dirty_bitmap} ("Can't store persistent bitmaps to NODE: Operation
+ * not supported"). The bits themselves are written when the node closes.
+ *
+ * <p>Thread contract: {@link #checkCanStore} any thread; {@link #removeStored} the node's home IOThread.
  */
 public interface BitmapStore {
-    /** null when a persistent bitmap `name` of `granularity` can be stored, else QEMU's error message. */
+    /** null when a persistent bitmap {@code name} of {@code granularity} can be stored, else QEMU's error message. */
     String checkCanStore(String name, long granularity);
 
-    /** Removes the stored bitmap from the image now (block-dirty-bitmap-remove of a persistent bitmap); done.ioDone(0 or errno). Home thread. */
+    /**
+     * Removes the stored bitmap from the image now (block-dirty-bitmap-remove of a persistent
+     * bitmap); {@code done.ioDone(0 or errno)}. Home thread.
+     */
     void removeStored(String name, dev.vmm.core.block.IoCompletion done);
 }

@@ -140,6 +140,7 @@ final class BlockdevOpener {
             default -> protocol(protocols.get(driver), o, name, readOnly, unmap, dz);
         };
         n.setForceShare(forceShare);
+        n.setDiscardIgnored(!unmap); // issue 13: such discards mark no dirty bitmap, as QEMU's
         return n;
     }
 
