@@ -1,0 +1,144 @@
+package dev.vmm.nbd.server;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.vmm.core.daemon.Daemon;
+import dev.vmm.core.json.Json;
+import dev.vmm.core.options.KeyValueParser;
+import dev.vmm.core.qmp.CoreCommands;
+import dev.vmm.core.qmp.QmpCommands;
+import dev.vmm.core.qmp.QmpServer;
+import dev.vmm.core.testing.Tools;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The QMP side of exported bitmaps, the same commands sent to vmm's monitor and to
+ * qemu-storage-daemon 7.2's: {@code block-export-add} with {@code bitmaps} (a list; a string is
+ * QEMU's type error), {@code nbd-server-add} with {@code bitmap} and {@code nbd-server-remove}
+ * (before and after {@code nbd-server-start}); every answer (return or error text) must be equal,
+ * and a bitmap is busy exactly while an export holds it.
+ */
+class NbdBitmapQmpTest {
+    @TempDir Path dir;
+    Daemon daemon;
+    Path vmmQmp;
+
+    /** One connection, commands from argv (name, JSON arguments, ...), one answer per line: the return value or "error: DESC". */
+    static final String CLIENT = String.join("\n",
+            "import json,socket,sys",
+            "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile('rw')",
+            "def cmd(c,a):",
+            "    f.write(json.dumps({'execute':c,'arguments':a})+'\\n'); f.flush()",
+            "    while True:",
+            "        r=json.loads(f.readline())",
+            "        if 'event' not in r: return r",
+            "json.loads(f.readline()); cmd('qmp_capabilities',{})",
+            "for i in range(2,len(sys.argv),2):",
+            "    r=cmd(sys.argv[i], json.loads(sys.argv[i+1]))",
+            "    print(json.dumps(r['return'], sort_keys=True) if 'return' in r else 'error: ' + r['error']['desc'])",
+            "");
+
+    @BeforeEach
+    void start() throws Exception {
+        daemon = Daemon.start();
+        QmpCommands commands = new QmpCommands();
+        CoreCommands.register(commands, daemon, (node, target) -> CompletableFuture.completedFuture(0L), () -> { });
+        NbdQmpCommands.register(commands, daemon);
+        QmpServer server = new QmpServer(daemon.mainLoop(), commands, QmpServer.Version.DEFAULT);
+        daemon.putComponent(QmpServer.class, server);
+        vmmQmp = dir.resolve("vmm-qmp.sock");
+        server.listen(vmmQmp);
+    }
+
+    @AfterEach
+    void stop() {
+        daemon.shutdown(false);
+    }
+
+    List<String> qmp(Path socket, String... nameArgs) throws Exception {
+        Path script = dir.resolve("client.py");
+        if (!Files.exists(script)) Files.writeString(script, CLIENT);
+        List<String> cmd = new ArrayList<>(List.of(Tools.require("python3", "python3"), script.toString(), socket.toString()));
+        cmd.addAll(List.of(nameArgs));
+        return NbdDirtyBitmapPeersTest.run(cmd.toArray(String[]::new)).lines().toList();
+    }
+
+    @Test
+    @SuppressWarnings("unchecked")
+    void sameAnswersAsQsd() throws Exception {
+        String img = Tools.require("qemu-img", "qemu-utils");
+        Path p = dir.resolve("a.qcow2");
+        NbdDirtyBitmapPeersTest.run(img, "create", "-q", "-f", "qcow2", p.toString(), "16M");
+        NbdDirtyBitmapPeersTest.run(img, "bitmap", "--add", "-g", "4096", p.toString(), "on");
+        NbdDirtyBitmapPeersTest.run(img, "bitmap", "--add", "--disable", p.toString(), "off");
+        NbdDirtyBitmapPeersTest.write(p, "1M 4k");
+        String vmmNbd = dir.resolve("vmm-nbd.sock").toString();
+        String qsdNbd = dir.resolve("qsd-nbd2.sock").toString();
+        String[] steps = {
+            "nbd-server-add", "{\"device\":\"q\",\"bitmap\":\"off\"}",
+            "nbd-server-remove", "{\"name\":\"q\"}",
+            "nbd-server-start", "{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"NBD\"}}}",
+            "nbd-server-add", "{\"device\":\"nope\"}",
+            "nbd-server-add", "{\"device\":\"q\",\"bitmap\":\"nope\"}",
+            "nbd-server-add", "{\"device\":\"q\",\"bitmap\":\"off\",\"writable\":true}",
+            "nbd-server-add", "{\"device\":\"q\",\"name\":\"q2\",\"bitmap\":\"off\"}",
+            "nbd-server-add", "{\"device\":\"q\"}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e1\",\"node-name\":\"q\",\"name\":\"e1\",\"bitmaps\":\"on\"}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e1\",\"node-name\":\"q\",\"name\":\"e1\",\"bitmaps\":[\"on\",\"off\"]}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e2\",\"node-name\":\"q\",\"name\":\"e2\",\"bitmaps\":[\"on\"]}",
+            "nbd-server-remove", "{\"name\":\"zz\"}",
+            "nbd-server-remove", "{\"name\":\"q\",\"mode\":\"hard\"}",
+            "block-export-del", "{\"id\":\"e1\"}",
+            "nbd-server-add", "{\"device\":\"q\",\"name\":\"q2\",\"bitmap\":\"off\"}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e3\",\"node-name\":\"q\",\"name\":\"e3\",\"bitmaps\":[\"on\"]}",
+            "query-block-exports", "{}",
+        };
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
+        List<String> ours = qmp(vmmQmp, with(steps, vmmNbd));
+        List<String> theirs;
+        Path qsdQmp = dir.resolve("qsd-qmp.sock");
+        Process qsd = new ProcessBuilder(Tools.require("qemu-storage-daemon", "qemu-system-common"),
+                "--chardev", "socket,id=m,path=" + qsdQmp + ",server=on,wait=off", "--monitor", "m",
+                "--blockdev", "file,node-name=f,filename=" + p + ",read-only=on", "--blockdev", "qcow2,node-name=q,file=f,read-only=on")
+                .redirectErrorStream(true).redirectOutput(dir.resolve("qsd.log").toFile()).start();
+        try {
+            for (int i = 0; i < 400 && !Files.exists(qsdQmp); i++) Thread.sleep(25);
+            theirs = qmp(qsdQmp, with(steps, qsdNbd));
+            qmp(qsdQmp, "quit", "{}");
+        } finally {
+            if (!qsd.waitFor(20, java.util.concurrent.TimeUnit.SECONDS)) qsd.destroyForcibly();
+        }
+        assertEquals(steps.length / 2, ours.size(), String.join("\n", ours));
+        for (int i = 0; i < theirs.size() - 1; i++) assertEquals(theirs.get(i), ours.get(i), "answer to " + steps[2 * i] + " " + steps[2 * i + 1]);
+        assertTrue(ours.get(5).equals("{}"), "a read-only node is exported read-only by nbd-server-add: " + ours.get(5));
+        assertTrue(ours.get(6).startsWith("error: Bitmap 'off' is currently in use"), ours.get(6));
+        // query-block-exports: the same exports (QEMU lists them newest first)
+        List<Object> a = (List<Object>) Json.parse(ours.get(ours.size() - 1));
+        List<Object> b = (List<Object>) Json.parse(theirs.get(theirs.size() - 1));
+        assertEquals(ids(b), ids(a));
+        assertTrue(daemon.node("q").dirtyBitmaps().stream().allMatch(x -> x.busy()), "both bitmaps exported");
+    }
+
+    @SuppressWarnings("unchecked")
+    static java.util.Set<Object> ids(List<Object> exports) {
+        java.util.Set<Object> out = new java.util.TreeSet<>();
+        for (Object e : exports) out.add(((Map<String, Object>) e).get("id"));
+        return out;
+    }
+
+    static String[] with(String[] steps, String nbdPath) {
+        String[] out = steps.clone();
+        for (int i = 0; i < out.length; i++) out[i] = out[i].replace("NBD", nbdPath);
+        return out;
+    }
+}
