@@ -177,8 +177,12 @@ class NbdDirtyBitmapTest extends NbdServerFixture {
             // beyond the end, and length 0
             assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_BLOCK_STATUS, BIG - 10, 11, null).error());
             assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_BLOCK_STATUS, 0, 0, null).error());
-            // a READ longer than the maximum payload: refused, not allocated
+            // a READ longer than the maximum payload: refused, not allocated; u64 lengths over 2^63 too
             assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_READ, 0, 1L << 33, null).error());
+            assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_READ, 0, Long.MIN_VALUE, null).error());
+            assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_BLOCK_STATUS, 0, -1L, null).error());
+            assertEquals(NbdError.NBD_EINVAL, c.request(0, dev.vmm.nbd.protocol.NbdCmd.NBD_CMD_CACHE, 4096, -4096L, null).error());
+            assertEquals(NbdError.NBD_EINVAL, c.request(0, NBD_CMD_BLOCK_STATUS, -4096L, 4096, null).error());
             // framing is intact: the next request is answered
             assertEquals(List.of(65536L, 1L), wide(c.request(NBD_CMD_FLAG_REQ_ONE, NBD_CMD_BLOCK_STATUS, 6 * G + 65536, 65536, null).chunks().get(0), A));
             // a compact header after extended headers were negotiated breaks framing: the server closes
@@ -190,6 +194,19 @@ class NbdDirtyBitmapTest extends NbdServerFixture {
             c.out().writeInt(4096);
             c.out().writeInt(0); // pad to 32 bytes, as an extended header would be
             c.out().flush();
+            assertTrue(c.closedByServer());
+        }
+    }
+
+    @Test
+    void aPayloadLongerThanItsLengthSaysBreaksFramingAndCloses() throws Exception {
+        try (NbdTestClient c = client()) {
+            c.extendedHeaders();
+            c.go("disk0");
+            // 16 bytes announced, 56 sent: the surplus is read as the next 32-byte header, whose magic is wrong
+            c.writeRequest(NBD_CMD_FLAG_PAYLOAD_LEN, dev.vmm.nbd.protocol.NbdCmd.NBD_CMD_WRITE, 7, 4096, 16, new byte[56]);
+            c.flushOutput();
+            // the write may be answered before the close or not (it was in flight when the bad header came)
             assertTrue(c.closedByServer());
         }
     }
