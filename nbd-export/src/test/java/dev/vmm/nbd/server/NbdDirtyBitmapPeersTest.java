@@ -241,6 +241,55 @@ class NbdDirtyBitmapPeersTest {
         assertTrue(o.vmm().get(0).contains("dirty"), o.vmm().get(0));
     }
 
+    /** Asks the same block_status questions 40 times; every round must answer as the first. */
+    static final String LIBNBD_LOOP = String.join("\n",
+            "import nbd, sys",
+            "h = nbd.NBD()",
+            "for c in sys.argv[2:]: h.add_meta_context(c)",
+            "h.connect_uri(sys.argv[1])",
+            "size = h.get_size()",
+            "first = None",
+            "for rnd in range(40):",
+            "    out = []",
+            "    def cb(ctx, off, entries, err):",
+            "        out.append('%s %d %s' % (ctx, off, list(entries)))",
+            "        return 0",
+            "    for off, ln in [(0, size), (4095, 2), (33 << 20, 1 << 20)]:",
+            "        for flags in [0, nbd.CMD_FLAG_REQ_ONE]:",
+            "            h.block_status(ln, off, cb, flags)",
+            "    if first is None: first = out",
+            "    assert out == first, 'round %d differs' % rnd",
+            "print('\\n'.join(first))",
+            "");
+
+    @Test
+    void blockStatusFollowsTheNodeAcrossIOThreadMoves() throws Exception {
+        daemon.addIOThread("iot0");
+        daemon.addIOThread("iot1");
+        Path p = image();
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
+        daemon.exportAdd(KeyValueParser.parse("--export", "type=nbd,id=e,node-name=q,name=x,iothread=iot0" + exportBitmaps(), "type"));
+        python(uri(vmmSock, "x"), "qemu:dirty-bitmap:g4k"); // python3-libnbd is there
+        Process client = new ProcessBuilder("/usr/bin/python3", "-c", LIBNBD_LOOP, uri(vmmSock, "x"), "qemu:dirty-bitmap:g4k", "qemu:dirty-bitmap:off")
+                .redirectErrorStream(true).start();
+        int moves = 0;
+        while (client.isAlive() && moves < 400) {
+            daemon.moveNode("q", moves % 2 == 0 ? "iot1" : "iot0").get(10, TimeUnit.SECONDS);
+            moves++;
+        }
+        String out = new String(client.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertTrue(client.waitFor(60, TimeUnit.SECONDS));
+        assertEquals(0, client.exitValue(), out);
+        assertTrue(moves >= 2, "moves while the client asked: " + moves);
+        // and the answers were right: those of a client on a node that stays put
+        Process still = new ProcessBuilder("/usr/bin/python3", "-c", LIBNBD_LOOP.replace("range(40)", "range(1)"), uri(vmmSock, "x"),
+                "qemu:dirty-bitmap:g4k", "qemu:dirty-bitmap:off").redirectErrorStream(true).start();
+        String once = new String(still.getInputStream().readAllBytes(), StandardCharsets.UTF_8);
+        assertEquals(0, still.waitFor());
+        assertEquals(once, out);
+        assertTrue(out.contains("qemu:dirty-bitmap:off 0 ["), out);
+    }
+
     // ---- errors, in QSD's words ----
 
     /** QSD's error for {@code --export ...,EXTRA} on a fresh copy of {@code image} opened writable unless {@code ro}. */
