@@ -23,12 +23,12 @@ import java.util.Set;
  *   <li>a name may repeat (QEMU accepts it; the context then names the first).
  * </ul>
  *
- * Once the export starts its bitmaps are {@linkplain #markBusy busy} until it is removed, so
+ * Once the export starts its bitmaps are {@linkplain #claim busy} until it is removed, so
  * {@code block-dirty-bitmap-remove}, {@code -clear}, {@code -disable} and {@code -merge} into them
  * are refused meanwhile.
  *
- * <p>Thread contract: control plane (the thread that adds or removes the export); reads only the
- * bitmaps' volatile flags.
+ * <p>Thread contract: control plane (the threads that add or remove exports); reads and writes
+ * only the bitmaps' volatile flags.
  */
 public final class ExportBitmaps {
     private ExportBitmaps() {}
@@ -73,9 +73,21 @@ public final class ExportBitmaps {
         return out;
     }
 
-    /** Marks the bitmaps busy ({@code on}) or releases them; a repeated bitmap is one flag. */
-    public static void markBusy(List<DirtyBitmap> bitmaps, boolean on) {
-        for (DirtyBitmap b : bitmaps) b.setBusy(on);
+    /**
+     * Marks the bitmaps busy for an export that starts, unless one became busy since
+     * {@link #resolve} (two exports added at once from two monitors): check and mark are one step
+     * among exports. A repeated bitmap is one flag.
+     */
+    public static synchronized void claim(List<DirtyBitmap> bitmaps) throws Refused {
+        for (DirtyBitmap b : bitmaps) {
+            if (b.busy()) throw new Refused("Bitmap '" + b.name() + "' is currently in use by another operation and cannot be used");
+        }
+        for (DirtyBitmap b : bitmaps) b.setBusy(true);
+    }
+
+    /** Releases what {@link #claim} marked (the export is removed). */
+    public static synchronized void release(List<DirtyBitmap> bitmaps) {
+        for (DirtyBitmap b : bitmaps) b.setBusy(false);
     }
 
     private static DirtyBitmap find(BlockNode n, String name) {

@@ -92,13 +92,11 @@ public final class NbdExportDriver implements ExportDriver {
 
             @Override
             public void start() throws OptionException {
-                // Checked again: another export may have taken a bitmap since create.
                 try {
-                    ExportBitmaps.resolve(node, bitmapNames, export.writable());
-                } catch (ExportBitmaps.Refused e) {
+                    ExportBitmaps.claim(export.bitmaps());
+                } catch (ExportBitmaps.Refused e) { // another export took one since create
                     throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "bitmaps", e.getMessage());
                 }
-                ExportBitmaps.markBusy(export.bitmaps(), true);
                 server.addExport(export);
                 open = true;
             }
@@ -108,7 +106,7 @@ public final class NbdExportDriver implements ExportDriver {
                 if (open) {
                     open = false;
                     server.removeExport(export.name());
-                    ExportBitmaps.markBusy(export.bitmaps(), false); // as QEMU at export removal
+                    ExportBitmaps.release(export.bitmaps()); // as QEMU at export removal
                 }
             }
         };

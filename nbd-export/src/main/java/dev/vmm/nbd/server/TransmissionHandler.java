@@ -159,8 +159,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private String invalid;
     private final BlockStatus status = new BlockStatus();
     private final long[] extentLength = new long[MAX_EXTENTS];
-    private final ExtentSink sink = new ExtentSink();
     private final int[] extentFlags = new int[MAX_EXTENTS];
+    /** Descriptors of the qemu:dirty-bitmap: chunk being built. */
+    private final ExtentSink sink = new ExtentSink();
 
     TransmissionHandler(NbdExport export, Negotiated negotiated, IOThread home, ByteBuf leftover) {
         this.export = export;
@@ -952,7 +953,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         exportStats.write(bytes);
     }
 
-    // ---- BLOCK_STATUS (base:allocation) ----
+    // ---- BLOCK_STATUS (base:allocation, qemu:allocation-depth, qemu:dirty-bitmap:) ----
 
     /**
      * One chunk per negotiated context in QEMU's order (base:allocation, qemu:allocation-depth,
