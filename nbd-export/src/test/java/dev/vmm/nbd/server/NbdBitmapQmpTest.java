@@ -102,6 +102,7 @@ class NbdBitmapQmpTest {
             "nbd-server-add", "{\"device\":\"q\",\"name\":\"q2\",\"bitmap\":\"off\"}",
             "block-export-add", "{\"type\":\"nbd\",\"id\":\"e3\",\"node-name\":\"q\",\"name\":\"e3\",\"bitmaps\":[\"on\"]}",
             "query-block-exports", "{}",
+            "query-named-block-nodes", "{\"flat\":true}",
         };
         daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
         List<String> ours = qmp(vmmQmp, with(steps, vmmNbd));
@@ -119,14 +120,27 @@ class NbdBitmapQmpTest {
             if (!qsd.waitFor(20, java.util.concurrent.TimeUnit.SECONDS)) qsd.destroyForcibly();
         }
         assertEquals(steps.length / 2, ours.size(), String.join("\n", ours));
-        for (int i = 0; i < theirs.size() - 1; i++) assertEquals(theirs.get(i), ours.get(i), "answer to " + steps[2 * i] + " " + steps[2 * i + 1]);
+        for (int i = 0; i < theirs.size() - 2; i++) assertEquals(theirs.get(i), ours.get(i), "answer to " + steps[2 * i] + " " + steps[2 * i + 1]);
         assertTrue(ours.get(5).equals("{}"), "a read-only node is exported read-only by nbd-server-add: " + ours.get(5));
         assertTrue(ours.get(6).startsWith("error: Bitmap 'off' is currently in use"), ours.get(6));
         // query-block-exports: the same exports (QEMU lists them newest first)
-        List<Object> a = (List<Object>) Json.parse(ours.get(ours.size() - 1));
-        List<Object> b = (List<Object>) Json.parse(theirs.get(theirs.size() - 1));
+        List<Object> a = (List<Object>) Json.parse(ours.get(ours.size() - 2));
+        List<Object> b = (List<Object>) Json.parse(theirs.get(theirs.size() - 2));
         assertEquals(ids(b), ids(a));
+        // the exported bitmaps show "busy": true, field for field as QEMU shows them
+        assertEquals(Json.write(bitmapsOf(theirs.get(theirs.size() - 1))), Json.write(bitmapsOf(ours.get(ours.size() - 1))));
+        assertTrue(Json.write(bitmapsOf(ours.get(ours.size() - 1))).contains("\"busy\":true"));
         assertTrue(daemon.node("q").dirtyBitmaps().stream().allMatch(x -> x.busy()), "both bitmaps exported");
+    }
+
+    /** The dirty-bitmaps member of node "q" in a query-named-block-nodes answer. */
+    @SuppressWarnings("unchecked")
+    static Object bitmapsOf(String answer) throws Exception {
+        for (Object n : (List<Object>) Json.parse(answer)) {
+            Map<String, Object> m = (Map<String, Object>) n;
+            if ("q".equals(m.get("node-name"))) return m.get("dirty-bitmaps");
+        }
+        throw new AssertionError("no node q in " + answer);
     }
 
     @SuppressWarnings("unchecked")
