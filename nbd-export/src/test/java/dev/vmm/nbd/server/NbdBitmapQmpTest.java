@@ -103,6 +103,8 @@ class NbdBitmapQmpTest {
             "block-export-add", "{\"type\":\"nbd\",\"id\":\"e3\",\"node-name\":\"q\",\"name\":\"e3\",\"bitmaps\":[\"on\"]}",
             "query-block-exports", "{}",
             "query-named-block-nodes", "{\"flat\":true}",
+            "nbd-server-stop", "{}",
+            "query-named-block-nodes", "{\"flat\":true}",
         };
         daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
         List<String> ours = qmp(vmmQmp, with(steps, vmmNbd));
@@ -120,17 +122,24 @@ class NbdBitmapQmpTest {
             if (!qsd.waitFor(20, java.util.concurrent.TimeUnit.SECONDS)) qsd.destroyForcibly();
         }
         assertEquals(steps.length / 2, ours.size(), String.join("\n", ours));
-        for (int i = 0; i < theirs.size() - 2; i++) assertEquals(theirs.get(i), ours.get(i), "answer to " + steps[2 * i] + " " + steps[2 * i + 1]);
+        int n = steps.length / 2;
+        int exportsAt = n - 4; // query-block-exports: compared as sets below
+        for (int i = n - 3; i < n; i += 2) { // query-named-block-nodes: their dirty-bitmaps, field for field
+            assertEquals(Json.write(bitmapsOf(theirs.get(i))), Json.write(bitmapsOf(ours.get(i))), "dirty-bitmaps, answer " + i);
+        }
+        for (int i = 0; i < n - 4; i++) assertEquals(theirs.get(i), ours.get(i), "answer to " + steps[2 * i] + " " + steps[2 * i + 1]);
+        assertEquals(theirs.get(n - 2), ours.get(n - 2), "answer to nbd-server-stop");
         assertTrue(ours.get(5).equals("{}"), "a read-only node is exported read-only by nbd-server-add: " + ours.get(5));
         assertTrue(ours.get(6).startsWith("error: Bitmap 'off' is currently in use"), ours.get(6));
         // query-block-exports: the same exports (QEMU lists them newest first)
-        List<Object> a = (List<Object>) Json.parse(ours.get(ours.size() - 2));
-        List<Object> b = (List<Object>) Json.parse(theirs.get(theirs.size() - 2));
+        List<Object> a = (List<Object>) Json.parse(ours.get(exportsAt));
+        List<Object> b = (List<Object>) Json.parse(theirs.get(exportsAt));
         assertEquals(ids(b), ids(a));
-        // the exported bitmaps show "busy": true, field for field as QEMU shows them
-        assertEquals(Json.write(bitmapsOf(theirs.get(theirs.size() - 1))), Json.write(bitmapsOf(ours.get(ours.size() - 1))));
-        assertTrue(Json.write(bitmapsOf(ours.get(ours.size() - 1))).contains("\"busy\":true"));
-        assertTrue(daemon.node("q").dirtyBitmaps().stream().allMatch(x -> x.busy()), "both bitmaps exported");
+        // the exported bitmaps show "busy": true; nbd-server-stop removes the exports and frees them
+        assertTrue(Json.write(bitmapsOf(ours.get(n - 3))).contains("\"busy\":true"), ours.get(n - 3));
+        assertTrue(Json.write(bitmapsOf(ours.get(n - 1))).contains("\"busy\":false"), ours.get(n - 1));
+        assertTrue(!Json.write(bitmapsOf(ours.get(n - 1))).contains("\"busy\":true"), ours.get(n - 1));
+        assertTrue(daemon.node("q").dirtyBitmaps().stream().noneMatch(x -> x.busy()), "released by nbd-server-stop");
     }
 
     /** The dirty-bitmaps member of node "q" in a query-named-block-nodes answer. */
