@@ -62,7 +62,7 @@ public final class ExportBitmaps {
                 bm = find(n, name);
                 owner = n;
             }
-            if (bm == null) throw new Refused("Bitmap '" + name + "' is not found");
+            if (bm == null) throw new Refused("Bitmap '" + shown(name) + "' is not found");
             if (bm.busy()) throw new Refused("Bitmap '" + name + "' is currently in use by another operation and cannot be used");
             if (bm.inconsistent()) throw new Refused("Bitmap '" + name + "' is inconsistent and cannot be used");
             if (!writable && !owner.readOnly() && bm.recording()) {
@@ -88,6 +88,15 @@ public final class ExportBitmaps {
     /** Releases what {@link #claim} marked (the export is removed). */
     public static synchronized void release(List<DirtyBitmap> bitmaps) {
         for (DirtyBitmap b : bitmaps) b.setBusy(false);
+    }
+
+    /**
+     * {@code name} as errors show it: whole, as QEMU, up to the longest name a bitmap can have
+     * (1023 bytes); a longer one cannot exist and is cut, so that the error stays one readable line.
+     */
+    static String shown(String name) {
+        if (name.length() <= DirtyBitmap.MAX_NAME_SIZE) return name;
+        return name.substring(0, 80) + "... (" + name.length() + " characters)";
     }
 
     private static DirtyBitmap find(BlockNode n, String name) {

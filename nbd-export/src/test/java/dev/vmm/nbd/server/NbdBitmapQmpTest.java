@@ -142,6 +142,41 @@ class NbdBitmapQmpTest {
         assertTrue(daemon.node("q").dirtyBitmaps().stream().noneMatch(x -> x.busy()), "released by nbd-server-stop");
     }
 
+    @Test
+    void badValuesAreClearErrors() throws Exception {
+        Path p = dir.resolve("b.qcow2");
+        NbdDirtyBitmapPeersTest.run(Tools.require("qemu-img", "qemu-utils"), "create", "-q", "-f", "qcow2", p.toString(), "1M");
+        NbdDirtyBitmapPeersTest.run(Tools.require("qemu-img", "qemu-utils"), "bitmap", "--add", "--disable", p.toString(), "off");
+        daemon.blockdevAdd(KeyValueParser.parse("--blockdev", "driver=qcow2,node-name=q,read-only=on,file.driver=file,file.filename=" + p, null));
+        String longName = "x".repeat(5000);
+        String[] steps = {
+            "nbd-server-start", "{\"addr\":{\"type\":\"unix\",\"data\":{\"path\":\"" + dir.resolve("bad-nbd.sock") + "\"}}}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[1]}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[[\"off\"]]}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":{\"0\":\"off\"}}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[\"\"]}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[\"" + longName + "\"]}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[\"\\u0000\"]}",
+            "nbd-server-add", "{\"device\":\"q\",\"bitmap\":[\"off\"]}",
+            "nbd-server-add", "{\"device\":\"q\",\"bitmap\":\"" + longName + "\"}",
+            "nbd-server-add", "{\"device\":\"\",\"bitmap\":\"off\"}",
+            "nbd-server-add", "{\"bitmap\":\"off\"}",
+            "nbd-server-add", "{\"device\":\"q\",\"writable\":\"maybe\"}",
+            "nbd-server-remove", "{\"name\":\"q\",\"mode\":\"soft\"}",
+            "nbd-server-remove", "{}",
+            "block-export-add", "{\"type\":\"nbd\",\"id\":\"e\",\"node-name\":\"q\",\"bitmaps\":[\"off\"]}",
+        };
+        List<String> out = qmp(vmmQmp, steps);
+        assertEquals(steps.length / 2, out.size(), String.join("\n", out));
+        assertEquals("{}", out.get(0));
+        for (int i = 1; i < out.size() - 1; i++) {
+            assertTrue(out.get(i).startsWith("error: "), steps[2 * i] + " " + steps[2 * i + 1] + " -> " + out.get(i));
+            assertTrue(out.get(i).length() < 600, "one clear line: " + out.get(i));
+        }
+        assertEquals("{}", out.get(out.size() - 1), "the monitor and the bitmap are still usable");
+        assertTrue(daemon.node("q").dirtyBitmaps().get(0).busy());
+    }
+
     /** The dirty-bitmaps member of node "q" in a query-named-block-nodes answer. */
     @SuppressWarnings("unchecked")
     static Object bitmapsOf(String answer) throws Exception {
