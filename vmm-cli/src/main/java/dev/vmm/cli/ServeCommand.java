@@ -338,6 +338,9 @@ public final class ServeCommand implements Callable<Integer> {
         CoreCommands.register(commands, daemon, daemon::moveNode, quit);
         NbdQmpCommands.register(commands, daemon);
         dev.vmm.core.qmp.JobCommands.register(commands, daemon);
+        dev.vmm.core.qmp.BitmapCommands.register(commands, daemon);
+        // last: its schema lists the transaction action kinds every module registered above
+        dev.vmm.core.qmp.TransactionCommand.register(commands, daemon);
         return commands;
     }
 

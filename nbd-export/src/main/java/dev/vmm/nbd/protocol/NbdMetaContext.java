@@ -26,10 +26,19 @@ public final class NbdMetaContext {
      */
     public static final String QEMU_ALLOCATION_DEPTH = "qemu:allocation-depth";
 
+    /**
+     * Prefix of QEMU's dirty-bitmap contexts, {@code qemu:dirty-bitmap:NAME}, one per bitmap an
+     * export publishes ({@code bitmaps=[...]}); as a LIST query it lists them all.
+     */
+    public static final String QEMU_DIRTY_BITMAP = "qemu:dirty-bitmap:";
+
     /** bit 0: extent is a hole (unallocated); clear = allocated or unknown. */
     public static final int NBD_STATE_HOLE = 1 << 0;
     /** bit 1: extent reads as zeroes; clear = contents unknown. */
     public static final int NBD_STATE_ZERO = 1 << 1;
+
+    /** qemu:dirty-bitmap: bit 0, the extent is dirty in the bitmap (QEMU's NBD_STATE_DIRTY); clear = clean. */
+    public static final int NBD_STATE_DIRTY = 1 << 0;
 
     private static final String[] NAMES = {"NBD_STATE_HOLE", "NBD_STATE_ZERO"};
 

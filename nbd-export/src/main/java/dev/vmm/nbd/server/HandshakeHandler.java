@@ -49,6 +49,8 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
     static final int BASE_ALLOCATION_ID = 1;
     /** Context id we give qemu:allocation-depth. */
     static final int ALLOCATION_DEPTH_ID = 2;
+    /** Context id of the export's first qemu:dirty-bitmap: context; bitmap i has FIRST_BITMAP_ID + i. */
+    static final int FIRST_BITMAP_ID = 3;
 
     private enum State { CLIENT_FLAGS, OPTION_HEADER, OPTION_DATA, SKIP_OPTION, DONE }
 
@@ -313,10 +315,7 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             // proto.md: there is no way to report an error for NBD_OPT_EXPORT_NAME; the server closes.
             throw new ProtocolViolation("NBD_OPT_EXPORT_NAME for unknown export");
         }
-        if ((negotiated.baseAllocation || negotiated.allocationDepth) && server.lookup(negotiated.metaContextExport) != export) {
-            negotiated.baseAllocation = false; // selected for another export: does not carry over
-            negotiated.allocationDepth = false;
-        }
+        if (negotiated.metaContextFor != export) negotiated.clearMetaContexts(); // selected for another export: does not carry over
         ByteBuf b = ctx.alloc().buffer(10 + 124);
         b.writeLong(export.node().size());
         b.writeShort(export.transmissionFlags(negotiated.structuredReplies));
@@ -397,20 +396,17 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             replyAck(ctx, opt);
             return;
         }
-        if ((negotiated.baseAllocation || negotiated.allocationDepth) && server.lookup(negotiated.metaContextExport) != export) {
-            // Contexts were selected for another export: they do not carry over.
-            negotiated.baseAllocation = false;
-            negotiated.allocationDepth = false;
-        }
+        // Contexts selected for another export (or for an export of this name since replaced) do not carry over.
+        if (negotiated.metaContextFor != export) negotiated.clearMetaContexts();
         enterTransmission(ctx, export, ackBuffer(ctx, opt));
     }
 
     private void metaContext(ChannelHandlerContext ctx, int opt, ByteBuf data) {
         if (opt == NBD_OPT_SET_META_CONTEXT) {
             // proto.md: SET replaces the previous selection, even when it fails.
-            negotiated.baseAllocation = false;
-            negotiated.allocationDepth = false;
+            negotiated.clearMetaContexts();
             negotiated.metaContextExport = null;
+            negotiated.metaContextFor = null;
         }
         if (!negotiated.structuredReplies) {
             replyError(ctx, opt, NBD_REP_ERR_INVALID, "negotiate structured replies first");
@@ -435,9 +431,13 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
                 return;
             }
             long qlen = data.readUnsignedInt();
-            if (qlen > data.readableBytes() || qlen > MAX_STRING) {
+            if (qlen > data.readableBytes()) {
                 replyError(ctx, opt, NBD_REP_ERR_INVALID, "bad query length");
                 return;
+            }
+            if (qlen > MAX_STRING) { // longer than any context name: matches nothing (QEMU skips it too)
+                data.skipBytes((int) qlen);
+                continue;
             }
             queries.add(data.readCharSequence((int) qlen, StandardCharsets.UTF_8).toString());
         }
@@ -450,25 +450,66 @@ final class HandshakeHandler extends ChannelInboundHandlerAdapter {
             replyError(ctx, opt, NBD_REP_ERR_UNKNOWN, "no such export");
             return;
         }
-        boolean offersDepth = export.allocationDepth(); // QEMU's export option allocation-depth=on
-        boolean base;
-        boolean depth;
-        if (opt == NBD_OPT_LIST_META_CONTEXT) {
-            // proto.md: no query lists every context; a namespace followed by ':' lists its contexts
-            base = queries.isEmpty() || queries.stream().anyMatch(q -> q.equals(NbdMetaContext.BASE_NAMESPACE) || q.equals(NbdMetaContext.BASE_ALLOCATION));
-            depth = offersDepth && (queries.isEmpty() || queries.stream().anyMatch(
-                    q -> q.equals(NbdMetaContext.QEMU_NAMESPACE) || q.equals(NbdMetaContext.QEMU_ALLOCATION_DEPTH)));
-        } else {
-            base = queries.contains(NbdMetaContext.BASE_ALLOCATION);
-            depth = offersDepth && queries.contains(NbdMetaContext.QEMU_ALLOCATION_DEPTH);
-            negotiated.baseAllocation = base;
-            negotiated.allocationDepth = depth;
+        Selection sel = select(export, opt == NBD_OPT_LIST_META_CONTEXT, queries);
+        if (opt == NBD_OPT_SET_META_CONTEXT) {
+            negotiated.baseAllocation = sel.base();
+            negotiated.allocationDepth = sel.depth();
+            negotiated.bitmaps = sel.bitmaps();
             negotiated.metaContextExport = name;
+            negotiated.metaContextFor = export;
         }
         // proto.md: ids in a LIST reply SHOULD be 0; SET gives the id used in transmission.
-        if (base) metaContextReply(ctx, opt, NbdMetaContext.BASE_ALLOCATION, BASE_ALLOCATION_ID);
-        if (depth) metaContextReply(ctx, opt, NbdMetaContext.QEMU_ALLOCATION_DEPTH, ALLOCATION_DEPTH_ID);
+        // Order as QEMU's: base:allocation, qemu:allocation-depth, then the bitmaps in export order.
+        if (sel.base()) metaContextReply(ctx, opt, NbdMetaContext.BASE_ALLOCATION, BASE_ALLOCATION_ID);
+        if (sel.depth()) metaContextReply(ctx, opt, NbdMetaContext.QEMU_ALLOCATION_DEPTH, ALLOCATION_DEPTH_ID);
+        for (int i = 0; i < sel.bitmaps().length; i++) {
+            if (sel.bitmaps()[i]) metaContextReply(ctx, opt, export.bitmapContext(i), FIRST_BITMAP_ID + i);
+        }
         replyAck(ctx, opt);
+    }
+
+    /** The contexts a LIST or SET option's queries match on {@code export}. */
+    record Selection(boolean base, boolean depth, boolean[] bitmaps) {}
+
+    /**
+     * QEMU 7.2's query matching ({@code nbd_negotiate_meta_queries}): no query (LIST only) matches
+     * every context; a namespace alone ({@code base:}, {@code qemu:}, {@code qemu:dirty-bitmap:})
+     * matches all of its contexts for LIST and nothing for SET (proto.md: SET "MUST ignore" it);
+     * otherwise a query matches the context of exactly its name. Unknown namespaces and leaves
+     * match nothing. Contexts the export does not offer are never matched.
+     */
+    static Selection select(NbdExport export, boolean list, List<String> queries) {
+        int nb = export.bitmaps().size();
+        boolean[] bitmaps = new boolean[nb];
+        if (list && queries.isEmpty()) {
+            java.util.Arrays.fill(bitmaps, true);
+            return new Selection(true, export.allocationDepth(), bitmaps);
+        }
+        boolean base = false;
+        boolean depth = false;
+        for (String q : queries) {
+            if (q.equals(NbdMetaContext.BASE_ALLOCATION) || (list && q.equals(NbdMetaContext.BASE_NAMESPACE))) {
+                base = true;
+            } else if (q.equals(NbdMetaContext.QEMU_ALLOCATION_DEPTH)) {
+                depth |= export.allocationDepth();
+            } else if (list && q.equals(NbdMetaContext.QEMU_NAMESPACE)) {
+                depth |= export.allocationDepth();
+                java.util.Arrays.fill(bitmaps, true);
+            } else if (q.startsWith(NbdMetaContext.QEMU_DIRTY_BITMAP)) {
+                if (q.length() == NbdMetaContext.QEMU_DIRTY_BITMAP.length()) {
+                    if (list) java.util.Arrays.fill(bitmaps, true);
+                    continue;
+                }
+                String bm = q.substring(NbdMetaContext.QEMU_DIRTY_BITMAP.length());
+                for (int i = 0; i < nb; i++) {
+                    if (export.bitmaps().get(i).name().equals(bm)) {
+                        bitmaps[i] = true; // the first of a repeated name, as QEMU
+                        break;
+                    }
+                }
+            }
+        }
+        return new Selection(base, depth, bitmaps);
     }
 
     private static void metaContextReply(ChannelHandlerContext ctx, int opt, String context, int id) {

@@ -1,8 +1,11 @@
 package dev.vmm.nbd.server;
 
+import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockNode;
+import dev.vmm.nbd.protocol.NbdMetaContext;
 import dev.vmm.nbd.protocol.NbdTransmissionFlags;
 import io.netty.channel.Channel;
+import java.util.List;
 import java.util.Objects;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
@@ -27,6 +30,8 @@ public final class NbdExport {
     private final boolean writable;
     /** QEMU's {@code allocation-depth=on}: the export offers {@code qemu:allocation-depth}. */
     private final boolean allocationDepth;
+    /** The dirty bitmaps published as {@code qemu:dirty-bitmap:NAME}, in the order given; context i+FIRST_BITMAP_ID. */
+    private final List<DirtyBitmap> bitmaps;
     private final Set<Channel> clients = ConcurrentHashMap.newKeySet();
     private final dev.vmm.core.stats.ExportStats stats = new dev.vmm.core.stats.ExportStats();
 
@@ -35,7 +40,18 @@ public final class NbdExport {
     }
 
     public NbdExport(String id, String name, String description, BlockNode node, boolean writable, boolean allocationDepth) {
+        this(id, name, description, node, writable, allocationDepth, List.of());
+    }
+
+    /**
+     * An export publishing {@code bitmaps} (found and checked by {@link ExportBitmaps#resolve});
+     * their bits are read on the node's home thread, which is theirs too (they belong to the node
+     * or to a node below it, and a graph has one home).
+     */
+    public NbdExport(String id, String name, String description, BlockNode node, boolean writable, boolean allocationDepth,
+            List<DirtyBitmap> bitmaps) {
         this.allocationDepth = allocationDepth;
+        this.bitmaps = List.copyOf(bitmaps);
         this.id = Objects.requireNonNull(id, "id");
         this.name = Objects.requireNonNull(name, "name");
         this.description = description;
@@ -54,6 +70,10 @@ public final class NbdExport {
     public boolean writable() { return writable; }
     /** Whether clients may select {@code qemu:allocation-depth}. */
     public boolean allocationDepth() { return allocationDepth; }
+    /** The published dirty bitmaps, in the order of {@code bitmaps=[...]}. */
+    public List<DirtyBitmap> bitmaps() { return bitmaps; }
+    /** The context name of bitmap {@code i}: {@code qemu:dirty-bitmap:NAME}. */
+    public String bitmapContext(int i) { return NbdMetaContext.QEMU_DIRTY_BITMAP + bitmaps.get(i).name(); }
     public Set<Channel> clients() { return clients; }
     /** Requests, bytes, errors and in-flight count of this export's clients. */
     public dev.vmm.core.stats.ExportStats stats() { return stats; }

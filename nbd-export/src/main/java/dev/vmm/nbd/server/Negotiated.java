@@ -15,17 +15,35 @@ final class Negotiated {
     boolean baseAllocation;
     /** qemu:allocation-depth selected by NBD_OPT_SET_META_CONTEXT, for {@link #metaContextExport}. */
     boolean allocationDepth;
+    /** qemu:dirty-bitmap:NAME of the export's bitmap i selected; null when none is. */
+    boolean[] bitmaps;
     /** The export name the meta contexts were selected for. */
     String metaContextExport;
+    /** The export the meta contexts were selected for ({@link #bitmaps} index its bitmaps); null when none. */
+    NbdExport metaContextFor;
     /** NBD_OPT_STARTTLS succeeded: the channel has an SslHandler, its socket carries ciphertext. */
     boolean tls;
+
+    /** Whether any metadata context is selected. */
+    boolean anyMetaContext() {
+        if (baseAllocation || allocationDepth) return true;
+        if (bitmaps != null) for (boolean b : bitmaps) if (b) return true;
+        return false;
+    }
+
+    /** Forgets the selected metadata contexts (a new SET, or contexts chosen for another export). */
+    void clearMetaContexts() {
+        baseAllocation = false;
+        allocationDepth = false;
+        bitmaps = null;
+    }
 
     /** proto.md "TLS support": after STARTTLS the server "MUST NOT preserve any negotiation state". */
     void forgetAfterStartTls() {
         structuredReplies = false;
         extendedHeaders = false;
-        baseAllocation = false;
-        allocationDepth = false;
+        clearMetaContexts();
         metaContextExport = null;
+        metaContextFor = null;
     }
 }

@@ -4,6 +4,7 @@ import static dev.vmm.nbd.protocol.NbdCmd.*;
 import static dev.vmm.nbd.protocol.NbdCmdFlags.*;
 import static dev.vmm.nbd.protocol.NbdReplyType.*;
 
+import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockStats;
@@ -15,6 +16,7 @@ import dev.vmm.iothread.IOThread;
 import dev.vmm.nbd.protocol.NbdCmd;
 import dev.vmm.nbd.protocol.NbdError;
 import dev.vmm.nbd.protocol.NbdMagic;
+import dev.vmm.nbd.protocol.NbdMetaContext;
 import dev.vmm.nbd.protocol.NbdReplyFlags;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.Unpooled;
@@ -111,6 +113,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final boolean baseAllocation;
     /** qemu:allocation-depth was negotiated: BLOCK_STATUS answers it too, in a second chunk. */
     private final boolean allocationDepth;
+    /** The export's bitmaps whose qemu:dirty-bitmap: context was negotiated (null entries: not selected); null: none. */
+    private final DirtyBitmap[] bitmaps;
+    /** Chunks one BLOCK_STATUS reply has: one per negotiated context. */
+    private final int contexts;
     /** The socket carries TLS records: no sendfile. */
     private final boolean tls;
     private final int requestSize;
@@ -154,6 +160,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
     private final BlockStatus status = new BlockStatus();
     private final long[] extentLength = new long[MAX_EXTENTS];
     private final int[] extentFlags = new int[MAX_EXTENTS];
+    /** Descriptors of the qemu:dirty-bitmap: chunk being built. */
+    private final ExtentSink sink = new ExtentSink();
 
     TransmissionHandler(NbdExport export, Negotiated negotiated, IOThread home, ByteBuf leftover) {
         this.export = export;
@@ -168,6 +176,19 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         this.extended = negotiated.extendedHeaders;
         this.baseAllocation = negotiated.baseAllocation;
         this.allocationDepth = negotiated.allocationDepth;
+        DirtyBitmap[] selected = null;
+        int n = (baseAllocation ? 1 : 0) + (allocationDepth ? 1 : 0);
+        if (negotiated.bitmaps != null) {
+            selected = new DirtyBitmap[negotiated.bitmaps.length];
+            for (int i = 0; i < selected.length; i++) {
+                if (negotiated.bitmaps[i]) {
+                    selected[i] = export.bitmaps().get(i);
+                    n++;
+                }
+            }
+        }
+        this.bitmaps = selected;
+        this.contexts = n;
         this.tls = negotiated.tls;
         this.requestSize = extended ? 32 : 28;
         this.replies = new ReplyEncoder(negotiated.structuredReplies, extended);
@@ -535,7 +556,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
             }
             case NBD_CMD_BLOCK_STATUS -> {
                 if (badFlags(flags, NBD_CMD_FLAG_REQ_ONE | fua, type)) return NbdError.NBD_EINVAL;
-                if (!baseAllocation && !allocationDepth) {
+                if (contexts == 0) {
                     invalid = "no metadata context was negotiated";
                     return NbdError.NBD_EINVAL;
                 }
@@ -932,15 +953,117 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         exportStats.write(bytes);
     }
 
-    // ---- BLOCK_STATUS (base:allocation) ----
+    // ---- BLOCK_STATUS (base:allocation, qemu:allocation-depth, qemu:dirty-bitmap:) ----
 
     /**
-     * One chunk per negotiated context, base:allocation first, the last one flagged DONE (as
-     * QEMU's server). qemu:allocation-depth extents carry {@code BlockStatus.depth} as their value.
+     * One chunk per negotiated context in QEMU's order (base:allocation, qemu:allocation-depth,
+     * then the dirty bitmaps in the export's order), the last one flagged DONE.
+     * qemu:allocation-depth extents carry {@code BlockStatus.depth} as their value.
      */
     private void blockStatus(long cookie, long offset, long length, boolean reqOne) throws BlockException {
-        if (baseAllocation) blockStatusChunk(cookie, offset, length, reqOne, false, !allocationDepth);
-        if (allocationDepth) blockStatusChunk(cookie, offset, length, reqOne, true, true);
+        int left = contexts;
+        if (baseAllocation) blockStatusChunk(cookie, offset, length, reqOne, false, --left == 0);
+        if (allocationDepth) blockStatusChunk(cookie, offset, length, reqOne, true, --left == 0);
+        if (bitmaps != null) {
+            for (int i = 0; i < bitmaps.length; i++) {
+                if (bitmaps[i] != null) bitmapChunk(cookie, offset, length, reqOne, bitmaps[i], HandshakeHandler.FIRST_BITMAP_ID + i, --left == 0);
+            }
+        }
+    }
+
+    /**
+     * Most descriptors in one qemu:dirty-bitmap: chunk: QEMU's NBD_MAX_BLOCK_STATUS_EXTENTS
+     * (1 MiB / 8), so that a client that does not merge (libnbd's block_status) sees the same
+     * extents from us as from QEMU on a fragmented bitmap. proto.md: SHOULD NOT exceed 2^20.
+     */
+    static final int MAX_BITMAP_EXTENTS = (1 << 20) / 8;
+    /** QEMU 7.2 caps one dirty run at INT32_MAX bytes before merging (bitmap_to_extents); compact descriptors only. */
+    private static final long MAX_DIRTY_RUN = Integer.MAX_VALUE;
+    /** Compact descriptors hold 32-bit lengths: QEMU merges equal neighbours while the sum fits. */
+    private static final long MAX_COMPACT_LENGTH = 0xFFFF_FFFFL;
+
+    /**
+     * One qemu:dirty-bitmap: chunk for {@code [offset, offset+length)}: alternating clean (0) and
+     * dirty ({@link NbdMetaContext#NBD_STATE_DIRTY}) extents from the bitmap's bits, merged where
+     * equal, clipped to the request (so at the bitmap's granularity except at the request's ends,
+     * and the export's end). QEMU 7.2's {@code bitmap_to_extents} and {@code nbd_extent_array_add},
+     * rule for rule, so clients see the same extents: a dirty run is taken at most INT32_MAX bytes
+     * at a time and merged with the next while the sum fits 32 bits; with REQ_ONE the first extent
+     * alone. With extended headers lengths are 64-bit and not capped. Beyond the bitmap's own size
+     * (a bitmap of a smaller backing node) the range reads clean. Home thread: the bits are read here.
+     */
+    private void bitmapChunk(long cookie, long offset, long length, boolean reqOne, DirtyBitmap bm, int id, boolean last) {
+        int hs = replies.chunkHeaderSize;
+        int flags = last ? NbdReplyFlags.NBD_REPLY_FLAG_DONE : 0;
+        int type = extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT : NBD_REPLY_TYPE_BLOCK_STATUS;
+        ByteBuf b = ctx.alloc().directBuffer(hs + 8 + 16 * 16);
+        int start = b.writerIndex();
+        b.writerIndex(start + hs); // the header goes in last, once the payload length is known
+        b.writeInt(id);
+        if (extended) b.writeInt(0); // descriptor count, set below
+        ExtentSink sink = this.sink.reset(b, reqOne ? 1 : MAX_BITMAP_EXTENTS, extended);
+        long end = offset + length;
+        long at = offset;
+        boolean full = false;
+        long areaEnd = Math.min(end, bm.size());
+        while (at < areaEnd) {
+            long dirty = bm.nextDirty(at, areaEnd);
+            if (dirty < 0) break;
+            long clean = bm.nextClean(dirty, areaEnd);
+            long count = (clean < 0 ? areaEnd : clean) - dirty;
+            if (!extended) count = Math.min(count, MAX_DIRTY_RUN);
+            if (!sink.add(dirty - at, 0) || !sink.add(count, NbdMetaContext.NBD_STATE_DIRTY)) {
+                full = true;
+                break;
+            }
+            at = dirty + count;
+        }
+        if (!full) sink.add(end - at, 0);
+        int payload = b.writerIndex() - start - hs;
+        if (extended) b.setInt(start + hs + 4, sink.count);
+        int w = b.writerIndex();
+        b.writerIndex(start);
+        replies.chunkHeader(b, flags, type, cookie, offset, payload);
+        b.writerIndex(w);
+        sink.reset(null, 0, false);
+        emit(b);
+    }
+
+    /** Descriptors appended to a status chunk, merging an extent into the previous one when their flags are equal. */
+    private static final class ExtentSink {
+        private ByteBuf b;
+        private int max;
+        private boolean wide;
+        int count;
+        private long lastLength;
+        private int lastFlags;
+        private int lastAt;
+
+        /** Starts a chunk's descriptors in {@code b} (null: done with it); reused per connection, no allocation per request. */
+        ExtentSink reset(ByteBuf b, int max, boolean wide) {
+            this.b = b;
+            this.max = max;
+            this.wide = wide;
+            count = 0;
+            return this;
+        }
+
+        /** False when the chunk is full (QEMU's "can_add" is then over); a zero length adds nothing. */
+        boolean add(long length, int flags) {
+            if (length == 0) return true;
+            if (count > 0 && flags == lastFlags && (wide || lastLength + length <= MAX_COMPACT_LENGTH)) {
+                lastLength += length;
+                if (wide) b.setLong(lastAt, lastLength); else b.setInt(lastAt, (int) lastLength);
+                return true;
+            }
+            if (count >= max) return false;
+            lastAt = b.writerIndex();
+            if (wide) b.writeLong(length).writeLong(flags); else b.writeInt((int) length).writeInt(flags);
+            lastLength = length;
+            lastFlags = flags;
+            count++;
+            return true;
+        }
     }
 
     private void blockStatusChunk(long cookie, long offset, long length, boolean reqOne, boolean depth, boolean last)
@@ -968,7 +1091,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
      * Fills {@link #extentLength}/{@link #extentFlags} with at most {@code max} runs covering a
      * prefix of [offset, offset+length), merging neighbours whose values {@code same} says are
      * alike; the value is the status flags, or with {@code depth} the allocation depth.
-     * Extent lengths stay below 2^32 so that they fit 32-bit descriptors. Returns the count (>= 1).
+     * Without extended headers extent lengths stay below 2^32 so that they fit 32-bit descriptors.
+     * Returns the count (>= 1).
      */
     private interface SameRun { boolean same(int valueA, int valueB); }
 
@@ -976,7 +1100,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter implements 
         int n = 0;
         long at = offset;
         long end = offset + length;
-        final long maxRun = 0xFFFF_F000L; // 32-bit descriptor limit, kept 4 KiB aligned
+        final long maxRun = extended ? Long.MAX_VALUE : 0xFFFF_F000L; // compact: 32-bit descriptors, kept 4 KiB aligned
         while (at < end) {
             driver.status(at, end - at, status);
             long len = Math.min(status.length, end - at);

@@ -28,11 +28,11 @@ public final class DirtyBitmap {
     public static final int MAX_NAME_SIZE = 1023;
 
     private final String name;
-    private final long size;
+    private volatile long size; // grows with the node (resize), home thread
     private final long granularity;
     private final int granularityBits;
-    private final long nbits;
-    private final long[] bits;
+    private long nbits;
+    private long[] bits;
 
     // ---- written on the home thread, read by QMP ----
     private volatile long dirtyBits;
@@ -40,6 +40,7 @@ public final class DirtyBitmap {
     private volatile boolean persistent;
     private volatile boolean busy;
     private volatile boolean inconsistent;
+    private volatile boolean readOnly;
 
     /**
      * An empty (all clean), recording, non-persistent bitmap.
@@ -103,7 +104,82 @@ public final class DirtyBitmap {
         if (on) recording = false;
     }
 
+    /**
+     * Loaded from an image opened read-only: its bits cannot change (QEMU's {@code readonly}:
+     * "Bitmap 'x' is readonly and cannot be modified" for clear, merge into it and remove).
+     */
+    public boolean readOnly() { return readOnly; }
+
+    public void setReadOnly(boolean on) { readOnly = on; }
+
     // ================================================================ bits
+
+    /**
+     * The write path's mark: as {@link #set} but clipped to the disk instead of checked (the
+     * driver below has checked the range already; a request past the end marks nothing more).
+     */
+    public void mark(long offset, long length) {
+        if (offset < 0 || offset >= size || length <= 0) return;
+        long end = length > size - offset ? size : offset + length;
+        setBits(offset >>> granularityBits, ((end - 1) >>> granularityBits) + 1);
+    }
+
+    /**
+     * The node grew (a qcow2 image's file node as clusters are allocated) or shrank: QEMU's
+     * bdrv_dirty_bitmap_truncate. Bits of the kept range stay, a new range is clean.
+     *
+     * @throws IllegalArgumentException for a size whose bitmap would not fit one Java array
+     */
+    public void resize(long newSize) {
+        if (newSize < 0) throw new IllegalArgumentException("negative size " + newSize);
+        long newBits = (newSize + granularity - 1) >>> granularityBits;
+        long words = (newBits + 63) >>> 6;
+        if (words > Integer.MAX_VALUE - 8) throw new IllegalArgumentException("bitmap too large: " + newBits + " chunks");
+        long[] nb = java.util.Arrays.copyOf(bits, (int) words);
+        if (newBits < nbits) {
+            // drop the bits past the new end (the last word's tail and any word beyond)
+            if ((newBits & 63) != 0) nb[(int) (newBits >>> 6)] &= (1L << (newBits & 63)) - 1;
+            long n = 0;
+            for (long w : nb) n += Long.bitCount(w);
+            dirtyBits = n;
+        }
+        bits = nb;
+        nbits = newBits;
+        size = newSize;
+    }
+
+    /** A copy of the bits and geometry (flags not copied), for undoing a clear or a merge. */
+    public DirtyBitmap copy(String copyName) {
+        DirtyBitmap c = new DirtyBitmap(copyName, size, granularity);
+        System.arraycopy(bits, 0, c.bits, 0, bits.length);
+        c.dirtyBits = dirtyBits;
+        return c;
+    }
+
+    /** Sets the bits back to those of {@code backup}, a {@link #copy} of this bitmap. */
+    public void restore(DirtyBitmap backup) {
+        if (backup.granularity != granularity) throw new IllegalArgumentException("not a copy of " + name);
+        if (backup.size != size) resize(backup.size);
+        System.arraycopy(backup.bits, 0, bits, 0, bits.length);
+        dirtyBits = backup.dirtyBits;
+    }
+
+    /**
+     * QEMU's {@code x-debug-block-dirty-bitmap-sha256} (hbitmap_sha256): SHA-256 of the last
+     * level of the HBitmap, its array of 64-bit words in host (little-endian) order, at least one
+     * word; as lowercase hex. Equal hashes mean bit-for-bit equal bitmaps of the same geometry.
+     */
+    public String sha256() {
+        int words = Math.max(1, bits.length);
+        java.nio.ByteBuffer buf = java.nio.ByteBuffer.allocate(words * 8).order(java.nio.ByteOrder.LITTLE_ENDIAN);
+        for (long w : bits) buf.putLong(w);
+        try {
+            byte[] h = java.security.MessageDigest.getInstance("SHA-256").digest(buf.array());
+            return java.util.HexFormat.of().formatHex(h);
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is part of every Java platform", e);
+        }
+    }
 
     /** True when the chunk holding byte {@code offset} is dirty. */
     public boolean get(long offset) {
@@ -195,7 +271,19 @@ public final class DirtyBitmap {
             bits[w] |= mask;
             b += n;
         }
-        if (added != 0) dirtyBits += added;
+        // release store: a QMP reader sees a whole value, and the write path (marking every write
+        // of the node) pays no full fence per bitmap as a volatile store would
+        if (added != 0) DIRTY_BITS.setRelease(this, dirtyBits + added);
+    }
+
+    private static final java.lang.invoke.VarHandle DIRTY_BITS;
+
+    static {
+        try {
+            DIRTY_BITS = java.lang.invoke.MethodHandles.lookup().findVarHandle(DirtyBitmap.class, "dirtyBits", long.class);
+        } catch (ReflectiveOperationException e) {
+            throw new ExceptionInInitializerError(e);
+        }
     }
 
     private void resetBits(long from, long to) {

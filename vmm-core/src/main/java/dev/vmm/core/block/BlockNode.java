@@ -129,10 +129,69 @@ public final class BlockNode {
     public List<dev.vmm.core.bitmap.DirtyBitmap> dirtyBitmaps() { return dirtyBitmaps; }
 
     /**
-     * Adds a bitmap (the daemon, at creation: the persistent bitmaps of a qcow2 image). Marking
-     * them on writes is not wired yet.
+     * Adds a bitmap loaded with the image (the daemon, at creation, before the node has users:
+     * the persistent bitmaps of a qcow2 image). On a read-only node they are
+     * {@link dev.vmm.core.bitmap.DirtyBitmap#setReadOnly read-only}, as QEMU's. Writes through
+     * {@link #io()} mark it from now on.
      */
-    public void addDirtyBitmap(dev.vmm.core.bitmap.DirtyBitmap b) { dirtyBitmaps.add(0, Objects.requireNonNull(b)); }
+    public void addDirtyBitmap(dev.vmm.core.bitmap.DirtyBitmap b) {
+        if (readOnly() && b.persistent()) b.setReadOnly(true);
+        addBitmap(b);
+    }
+
+    /**
+     * Home thread (or before the node has users), inside a {@link NodeIo#hold} when writes may be
+     * in flight: adds {@code b} as the newest bitmap; writes through {@link #io()} mark it.
+     *
+     * @throws IllegalArgumentException when the node has a bitmap of that name already
+     */
+    public void addBitmap(dev.vmm.core.bitmap.DirtyBitmap b) {
+        if (dirtyBitmap(b.name()) != null) throw new IllegalArgumentException("Bitmap already exists: " + b.name());
+        dirtyBitmaps.add(0, Objects.requireNonNull(b));
+        io.bitmaps(dirtyBitmaps);
+    }
+
+    /** Home thread: takes {@code b} away (no longer marked, no longer listed); false when it was not here. */
+    public boolean removeBitmap(dev.vmm.core.bitmap.DirtyBitmap b) {
+        boolean had = dirtyBitmaps.remove(b);
+        io.bitmaps(dirtyBitmaps);
+        return had;
+    }
+
+    /**
+     * Daemon, at creation: {@code discard=ignore}, so discards change nothing and mark no dirty
+     * bitmap (QEMU's bdrv_co_pdiscard returns before marking without BDRV_O_UNMAP).
+     */
+    public void setDiscardIgnored(boolean ignored) { io.discardIgnored(ignored); }
+
+    /** The bitmap named {@code name}, or null (any thread). */
+    public dev.vmm.core.bitmap.DirtyBitmap dirtyBitmap(String name) {
+        for (dev.vmm.core.bitmap.DirtyBitmap b : dirtyBitmaps) if (b.name().equals(name)) return b;
+        return null;
+    }
+
+    /**
+     * The driver of this node that stores persistent bitmaps in its image (found through the
+     * forwarding layers over the format driver), or null: the format cannot (any thread).
+     */
+    public dev.vmm.core.bitmap.BitmapStore bitmapStore() {
+        BlockDriver d = driver;
+        while (true) {
+            if (d instanceof dev.vmm.core.bitmap.BitmapStore s) return s;
+            if (!(d instanceof ForwardingBlockDriver f)) return null;
+            d = f.forwardsTo();
+        }
+    }
+
+    /** Runs on the home thread after the final flush, before the driver closes (see {@link #setBeforeClose}). */
+    private volatile Runnable beforeClose;
+
+    /**
+     * The daemon, at creation: {@code hook} runs in {@link #flushAndClose} on the home thread,
+     * after the final flush, with nothing in flight, right before the driver closes (qcow2
+     * stores its persistent bitmaps there). It must not throw.
+     */
+    public void setBeforeClose(Runnable hook) { this.beforeClose = hook; }
 
     private volatile boolean forceShare;
 
@@ -274,6 +333,8 @@ public final class BlockNode {
                 driver.flush(errno -> {
                     // The flush itself was in flight: wait for anything else it started, then close.
                     driver.whenIdle(() -> {
+                        Runnable hook = beforeClose;
+                        if (hook != null) hook.run();
                         driver.close();
                         if (errno == 0) {
                             f.complete(null);

@@ -59,7 +59,7 @@ public final class BackupStarter {
         // blockdev.c do_backup_common
         DirtyBitmap bitmap = null;
         if (bitmapName != null) {
-            for (DirtyBitmap b : source.dirtyBitmaps()) if (b.name().equals(bitmapName)) bitmap = b;
+            bitmap = source.dirtyBitmap(bitmapName);
             if (bitmap == null) throw new DaemonException("Bitmap '" + bitmapName + "' could not be found");
             if (bitmapMode == null) {
                 if (sync == BackupJob.Sync.INCREMENTAL) bitmapMode = BackupJob.BitmapMode.ON_SUCCESS;
@@ -107,7 +107,7 @@ public final class BackupStarter {
     /** QEMU's bdrv_dirty_bitmap_check (BDRV_BITMAP_ALLOW_RO, or BDRV_BITMAP_DEFAULT when {@code write}). */
     private static void checkBitmap(DirtyBitmap b, BlockNode source, boolean write) throws DaemonException {
         if (b.busy()) throw new DaemonException("Bitmap '" + b.name() + "' is currently in use by another operation and cannot be used");
-        if (write && source.readOnly()) throw new DaemonException("Bitmap '" + b.name() + "' is readonly and cannot be modified");
+        if (write && (b.readOnly() || source.readOnly())) throw new DaemonException("Bitmap '" + b.name() + "' is readonly and cannot be modified");
         if (b.inconsistent()) {
             // QEMU's desc; its hint (not part of the QMP desc) goes with the error for the CLI
             throw new DaemonException("Bitmap '" + b.name() + "' is inconsistent and cannot be used",
@@ -133,38 +133,53 @@ public final class BackupStarter {
             }
         }
         daemon.withGates(List.of(source, target), () -> {
-            if (target.home() != source.home()) throw new DaemonException("block node '" + source.name() + "' moved meanwhile; try again");
-            checkNoJob(source);
-            checkNoJob(target);
-            DirtyBitmap bm = job.settings().bitmap();
-            if (bm != null && bm.busy()) {
-                throw new DaemonException("Bitmap '" + bm.name() + "' is currently in use by another operation and cannot be used");
-            }
-            try {
-                daemon.jobs().add(job);
-            } catch (JobException e) {
-                throw new DaemonException(e.getMessage());
-            }
-            if (bm != null) bm.setBusy(true); // here, under the gates: a second job cannot take it meanwhile; the job frees it at its end
-            BlockNode.jobLink(source, target);
-            job.start();
-            try {
-                job.started().get(Daemon.MOVE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
-            } catch (ExecutionException | TimeoutException e) {
-                try {
-                    job.cancel(true);
-                } catch (JobException ignored) {
-                    // already ending
-                }
-                throw new DaemonException("backup job '" + job.id() + "' did not start: " + e);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new DaemonException("interrupted");
-            }
+            startGated(p);
             return null;
         });
         Daemon.LOG.info("backup job {} started: {} -> {}, sync={}, cluster size {}", job.id(), source.name(), target.name(),
                 Options.spelling(job.settings().sync()), job.settings().clusterSize());
+        return job;
+    }
+
+    /**
+     * The start, for a caller that holds the move gates of both graphs (the {@code transaction}
+     * command): checks again, registers and ties, starts the job and waits for its instant.
+     */
+    BackupJob startGated(Prepared p) throws DaemonException {
+        BlockNode source = p.source();
+        BlockNode target = p.target();
+        BackupJob job = p.job();
+        if (target.home() != source.home()) {
+            throw new DaemonException("block node '" + target.name() + "' lives on IOThread '" + target.home().id() + "', not '"
+                    + source.home().id() + "' with '" + source.name() + "'; move it there first (x-blockdev-set-iothread)");
+        }
+        checkNoJob(source);
+        checkNoJob(target);
+        DirtyBitmap bm = job.settings().bitmap();
+        if (bm != null && bm.busy()) {
+            throw new DaemonException("Bitmap '" + bm.name() + "' is currently in use by another operation and cannot be used");
+        }
+        try {
+            daemon.jobs().add(job);
+        } catch (JobException e) {
+            throw new DaemonException(e.getMessage());
+        }
+        if (bm != null) bm.setBusy(true); // under the gates: a second job cannot take it meanwhile; the job frees it at its end
+        BlockNode.jobLink(source, target);
+        job.start();
+        try {
+            job.started().get(Daemon.MOVE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
+        } catch (ExecutionException | TimeoutException e) {
+            try {
+                job.cancel(true);
+            } catch (JobException ignored) {
+                // already ending
+            }
+            throw new DaemonException("backup job '" + job.id() + "' did not start: " + e);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new DaemonException("interrupted");
+        }
         return job;
     }
 
@@ -201,7 +216,7 @@ public final class BackupStarter {
         return new dev.vmm.core.qmp.TransactionAction() {
             @Override
             public void commit() throws Exception {
-                s.start(p);
+                s.startGated(p); // the transaction holds the gates of both graphs (not reentrant) and the nodes
             }
 
             @Override

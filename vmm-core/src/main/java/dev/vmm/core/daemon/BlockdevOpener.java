@@ -142,6 +142,7 @@ final class BlockdevOpener {
             default -> protocol(protocols.get(driver), o, name, readOnly, unmap, dz);
         };
         n.setForceShare(forceShare);
+        n.setDiscardIgnored(!unmap); // issue 13: such discards mark no dirty bitmap, as QEMU's
         return n;
     }
 
@@ -407,6 +408,7 @@ final class BlockdevOpener {
         IOThread home = file.node().home();
         BlockDriver bd = backing == null ? null : backing.node().io();
         BlockDriver d = onHome(file.node(), () -> Daemon.qcow2Format.open(fd, h, bd, q), "");
+        BlockDriver d0 = d;
         List<DirtyBitmap> persistent = d instanceof Qcow2Driver qd ? qd.bitmaps() : List.of();
         if (!unmap) d = new NoDiscardDriver(d);
         if (dz != DetectZeroes.OFF) d = new DetectZeroesDriver(d, dz);
@@ -414,6 +416,10 @@ final class BlockdevOpener {
         BlockNode n = new BlockNode(name == null ? daemon.implicitName() : name, "qcow2", d, home, children);
         n.setImageInfo(new BlockNode.ImageInfo(h.clusterSize(), h.backingFile(), full, h.backingFormat()));
         for (DirtyBitmap b : persistent) n.addDirtyBitmap(b);
+        if (d0 instanceof Qcow2Driver qd) {
+            qd.bindNode(n.name(), n::dirtyBitmaps);
+            n.setBeforeClose(qd::storeBitmaps);
+        }
         return enter(n, d);
     }
 

@@ -508,7 +508,7 @@ public final class Daemon {
     }
 
     /** Control-plane work done while holding the move gates of a graph. */
-    interface Gated<T> {
+    public interface Gated<T> {
         T run() throws DaemonException;
     }
 
@@ -520,7 +520,7 @@ public final class Daemon {
      * meanwhile; new users wait. On the main loop (which takes gates, so cannot wait for them)
      * it refuses when one of them is held instead.
      */
-    <T> T withGates(java.util.Collection<BlockNode> seeds, Gated<T> work) throws DaemonException {
+    public <T> T withGates(java.util.Collection<BlockNode> seeds, Gated<T> work) throws DaemonException {
         if (main.inThread()) {
             // Gates change only on the main loop, which this command holds: free gates stay free.
             for (BlockNode c : seeds) {

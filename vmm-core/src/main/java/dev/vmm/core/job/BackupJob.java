@@ -311,29 +311,49 @@ public final class BackupJob extends Job {
     private void startOnHome() {
         try {
             NodeIo io = source.io();
+            // The point in time: the node's io keeps new requests (before they are marked in any
+            // bitmap) until every request accepted before has completed; then the layer goes in,
+            // the copy map and the bitmap's successor are made, and the kept requests go on,
+            // through the layer, marked into the successor.
+            io.hold(() -> {
+                try {
+                    installLayer(io);
+                    startInstant();
+                } finally {
+                    io.release();
+                }
+            });
+        } catch (RuntimeException e) {
+            failStart(e);
+        }
+    }
+
+    private void installLayer(NodeIo io) {
+        if (phase != Phase.STARTING) return; // cancelled meanwhile
+        try {
             below = io.current();
             targetIo = target.io();
             unit = Math.max(settings.clusterSize(), MAX_COPY);
             alignment = Math.max(4096, Math.max(below.memoryAlignment(), targetIo.memoryAlignment()));
             layer = new CopyBeforeWrite(below);
-            // Writes in flight below the layer were not seen by it: hold new requests until they
-            // are done; the copy map is made at that instant.
-            layer.holding = true;
             io.set(layer);
             source.addUser(user);
-            below.whenIdle(this::startInstant);
         } catch (RuntimeException e) {
-            started.completeExceptionally(e);
-            LOG.warn("backup job {} could not start", id(), e);
-            phase = Phase.STOPPING;
-            failure = "the job could not start: " + e.getMessage();
-            if (layer != null && source.io().current() == layer) {
-                source.io().set(below);
-                layer.passthrough = true;
-                layer.release(source.io());
-            }
-            end();
+            failStart(e);
         }
+    }
+
+    private void failStart(RuntimeException e) {
+        started.completeExceptionally(e);
+        LOG.warn("backup job {} could not start", id(), e);
+        phase = Phase.STOPPING;
+        failure = "the job could not start: " + e.getMessage();
+        if (layer != null && source.io().current() == layer) {
+            source.io().set(below);
+            layer.passthrough = true;
+            layer.release(source.io());
+        }
+        end();
     }
 
     /** Nothing is in flight below the layer and new requests are held: the point in time. */
@@ -360,12 +380,11 @@ public final class BackupJob extends Job {
             // whatever it records meanwhile is also in the successor, and the end keeps it or not
             // exactly as the successor's.
             successor = new DirtyBitmap("", bm.size(), bm.granularity()); // the starter made bm busy
-            source.addDirtyBitmap(successor);
+            source.addBitmap(successor); // inside the io's hold: marked from the first kept request on
         }
         len = settings.sync() == Sync.NONE ? 0 : map.dirtyBytes();
         updateProgress();
         phase = Phase.COPYING;
-        layer.release(layer);
         started.complete(null); // after the instant: the starter's gates cover all of it
         pump();
     }
@@ -734,7 +753,7 @@ public final class BackupJob extends Job {
             bm.setBusy(false);
             return;
         }
-        source.dirtyBitmaps().remove(successor); // H1's BlockNode API may offer a remove; the list is the node's own
+        source.removeBitmap(successor);
         if (success && settings.bitmapMode() == BitmapMode.ON_SUCCESS) {
             bm.clear();
         } else if (settings.bitmapMode() == BitmapMode.ALWAYS && map != null) {

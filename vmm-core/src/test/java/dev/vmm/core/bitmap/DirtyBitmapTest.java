@@ -151,4 +151,64 @@ class DirtyBitmapTest {
         assertFalse(b.recording());
         assertTrue(b.persistent() && b.busy() && b.inconsistent());
     }
+
+    /** The hash qemu-storage-daemon 7.2 gives an empty 64 MiB bitmap of 64 KiB chunks (16 zero words). */
+    @Test
+    void sha256OfAnEmptyBitmapIsQsds() {
+        assertEquals("38723a2e5e8a17aa7950dc008209944e898f69a7bd10a23c839d341e935fd5ca", new DirtyBitmap("a", 64 << 20, 65536).sha256());
+        // one chunk of 2 GiB still hashes one word, as QEMU's HBitmap has at least one
+        assertEquals(new DirtyBitmap("b", 1, 512).sha256(), new DirtyBitmap("c", 64 << 20, 1L << 31).sha256());
+        DirtyBitmap d = new DirtyBitmap("d", 64 << 20, 65536);
+        d.set(0, 1);
+        assertFalse(d.sha256().equals(new DirtyBitmap("e", 64 << 20, 65536).sha256()));
+    }
+
+    @Test
+    void markClipsWhereSetChecks() {
+        DirtyBitmap b = new DirtyBitmap("m", 10_000, 512);
+        b.mark(9_900, 5_000); // past the end: clipped
+        b.mark(20_000, 1);    // wholly past: nothing
+        b.mark(0, 0);
+        assertEquals(512, b.count());
+        assertThrows(IndexOutOfBoundsException.class, () -> b.set(9_900, 5_000));
+    }
+
+    @Test
+    void resizeKeepsBitsAndCleansTheNewRange() {
+        DirtyBitmap b = new DirtyBitmap("r", 100_000, 512);
+        b.set(0, 512);
+        b.set(99_000, 1000);
+        long before = b.count();
+        b.resize(1 << 20);
+        assertEquals(1 << 20, b.size());
+        assertEquals(before, b.count());
+        assertTrue(b.get(99_999));
+        assertEquals(100_000, b.nextDirty(100_000, 1 << 20)); // the old last chunk, partial, was dirty
+        assertEquals(-1, b.nextDirty(100_352, 1 << 20));
+        b.set(500_000, 1);
+        b.resize(50_000); // shrinks: the bits past the end go, and the count with them
+        assertEquals(512, b.count());
+        assertEquals(-1, b.nextDirty(512, 50_000));
+        DirtyBitmap odd = new DirtyBitmap("o", 64 * 512 * 3, 512);
+        odd.set(0, odd.size());
+        odd.resize(64 * 512 + 512 * 5); // a cut inside a word
+        assertEquals(69L * 512, odd.count());
+    }
+
+    @Test
+    void copyAndRestoreUndoAClearAndAMerge() {
+        DirtyBitmap b = new DirtyBitmap("u", 1 << 20, 4096);
+        b.set(8192, 100);
+        DirtyBitmap backup = b.copy("u");
+        b.clear();
+        DirtyBitmap other = new DirtyBitmap("o", 1 << 20, 512);
+        other.set(700_000, 1);
+        b.merge(other);
+        assertEquals(4096, b.count());
+        b.restore(backup);
+        assertEquals(backup.sha256(), b.sha256());
+        assertEquals(4096, b.count());
+        assertTrue(b.get(8192));
+        assertThrows(IllegalArgumentException.class, () -> b.restore(other));
+    }
 }

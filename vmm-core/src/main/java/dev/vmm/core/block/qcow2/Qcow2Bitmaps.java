@@ -18,7 +18,8 @@ import java.util.Set;
 /**
  * Reads the persistent dirty bitmaps of a qcow2 image (QEMU's docs/interop/qcow2.txt, "Bitmaps
  * extension", and block/qcow2-bitmap.c): the bitmap directory, each bitmap's table and its data
- * clusters, into {@link DirtyBitmap}s. Read side only: nothing is written.
+ * clusters, into {@link DirtyBitmap}s; and the pure parts of the write side (directory encoding,
+ * in_use marking, serializing a bitmap's bits), which {@link Qcow2Driver} uses to store them.
  *
  * <p>Bitmap directory entry (big-endian, 8-byte aligned):
  * <pre>
@@ -71,6 +72,11 @@ final class Qcow2Bitmaps {
      * extension, or one QEMU ignores): none.
      */
     static List<DirtyBitmap> load(BlockDriver file, Qcow2Format.Image h, Overlap overlap) throws BlockException {
+        return load(file, h, overlap, new ArrayList<>());
+    }
+
+    /** As {@link #load(BlockDriver, Qcow2Format.Image, Overlap)}; adds the directory's entries to {@code entries}. */
+    static List<DirtyBitmap> load(BlockDriver file, Qcow2Format.Image h, Overlap overlap, List<Entry> entries) throws BlockException {
         List<DirtyBitmap> out = new ArrayList<>();
         if (h.nbBitmaps == 0) return out;
         long fileSize = file.size();
@@ -79,7 +85,7 @@ final class Qcow2Bitmaps {
         checkInFile("bitmap directory", h.bitmapDirectoryOffset, h.bitmapDirectorySize, fileSize);
         String o = overlap.at(h.bitmapDirectoryOffset, h.bitmapDirectorySize);
         if (o != null) throw invalid("bitmap directory overlaps " + o);
-        List<Entry> entries = parseDirectory(Qcow2Format.readBytes(file, h.bitmapDirectoryOffset, (int) h.bitmapDirectorySize), h);
+        entries.addAll(parseDirectory(Qcow2Format.readBytes(file, h.bitmapDirectoryOffset, (int) h.bitmapDirectorySize), h));
         long[] dir = {h.bitmapDirectoryOffset, h.bitmapDirectoryOffset + h.bitmapDirectorySize};
         long buf = NativeAlloc.allocate(cs, 4096);
         try {
@@ -197,6 +203,74 @@ final class Qcow2Bitmaps {
             for (int k = 0; k < cs; k++) data[k] = (byte) RawMemory.getByte(buf + k);
             b.deserialize(first, data, 0, (int) cs);
         }
+    }
+
+    // ================================================================ write side
+
+    /** Size of a directory entry with a name of {@code nameBytes} bytes and no extra data (QEMU's calc_dir_entry_size). */
+    static long entrySize(int nameBytes) {
+        return (DIR_ENTRY_FIXED + nameBytes + 7) & ~7L;
+    }
+
+    /** Size of the directory holding {@code entries}. */
+    static long directorySize(List<Entry> entries) {
+        long n = 0;
+        for (Entry e : entries) n += entrySize(e.name().getBytes(StandardCharsets.UTF_8).length);
+        return n;
+    }
+
+    /** The directory of {@code entries}, in their order (QEMU's bitmap_list_store layout, zero padding). */
+    static byte[] encodeDirectory(List<Entry> entries) {
+        ByteBuffer b = ByteBuffer.allocate((int) directorySize(entries));
+        for (Entry e : entries) {
+            byte[] name = e.name().getBytes(StandardCharsets.UTF_8);
+            int pos = b.position();
+            b.putLong(e.tableOffset()).putInt((int) e.tableSize()).putInt(e.flags());
+            b.put((byte) BT_DIRTY_TRACKING_BITMAP).put((byte) e.granularityBits()).putShort((short) name.length).putInt(0);
+            b.put(name);
+            b.position(pos + (int) entrySize(name.length));
+        }
+        return b.array();
+    }
+
+    /**
+     * Serializes the chunks {@code [firstBit, firstBit + out.length * 8)} of {@code b} into
+     * {@code out} in QEMU's order (bit {@code j} of byte {@code k} is chunk {@code firstBit + 8k + j});
+     * bits past the disk stay 0. True when any bit is set.
+     */
+    static boolean serialize(DirtyBitmap b, long firstBit, byte[] out) {
+        java.util.Arrays.fill(out, (byte) 0);
+        int g = Long.numberOfTrailingZeros(b.granularity());
+        long size = b.size();
+        if (firstBit >= b.bitCount()) return false;
+        long from = firstBit << g;
+        long lastBit = Math.min(b.bitCount(), firstBit + (long) out.length * 8);
+        long to = Math.min(size, lastBit << g);
+        boolean any = false;
+        for (long off = b.nextDirty(from, to); off >= 0; ) {
+            long clean = b.nextClean(off, to);
+            long end = clean < 0 ? to : clean;
+            long bit0 = (off >>> g) - firstBit;
+            long bit1 = ((end - 1) >>> g) + 1 - firstBit;
+            for (long i = bit0; i < bit1; ) {
+                if ((i & 7) == 0 && bit1 - i >= 8) {
+                    out[(int) (i >>> 3)] = (byte) 0xFF;
+                    i += 8;
+                } else {
+                    out[(int) (i >>> 3)] |= (byte) (1 << (i & 7));
+                    i++;
+                }
+            }
+            any = true;
+            off = clean < 0 ? -1 : b.nextDirty(end, to);
+        }
+        return any;
+    }
+
+    /** The number of table entries (data clusters) a bitmap of {@code bitCount} chunks needs. */
+    static long tableSize(long bitCount, long clusterSize) {
+        long bitsPerCluster = clusterSize * 8;
+        return (bitCount + bitsPerCluster - 1) / bitsPerCluster;
     }
 
     /** {@code ceil(size / 2^gbits)} without overflow. */

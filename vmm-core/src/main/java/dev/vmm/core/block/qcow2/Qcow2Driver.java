@@ -11,6 +11,7 @@ import static dev.vmm.core.linux.Errno.EROFS;
 import com.sun.jna.Pointer;
 import dev.vmm.core.block.qcow2.Qcow2Format.Image;
 import dev.vmm.core.block.qcow2.Qcow2Format.Snapshot;
+import dev.vmm.core.bitmap.BitmapStore;
 import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
@@ -22,6 +23,7 @@ import java.nio.ByteBuffer;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.function.Supplier;
 import java.util.zip.DataFormatException;
 import java.util.zip.Inflater;
 import org.slf4j.Logger;
@@ -51,9 +53,15 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Thread contract: NOT thread-safe. Every method MUST be called on the node's home IOThread
  * (the static {@link #probe}, {@link #readHeader} and {@link #open} too: they read through the
- * child); {@link #size()} and {@link #readOnly()} are immutable and may be read anywhere.
+ * child); {@link #size()} and {@link #readOnly()} are immutable and may be read anywhere;
+ * {@link #checkCanStore} may be called from any thread, {@link #bindNode} by the daemon before
+ * the node serves.
+ *
+ * <p>Persistent bitmaps (write side, docs/qcow2.md "Bitmaps"): a writable open marks them in_use,
+ * {@link #storeBitmaps} (the node's close hook) stores the node's persistent bitmaps,
+ * {@link #removeStored} drops one from the image.
  */
-public final class Qcow2Driver implements BlockDriver {
+public final class Qcow2Driver implements BlockDriver, BitmapStore {
     private static final Logger LOG = LoggerFactory.getLogger(Qcow2Driver.class);
 
     /** The qcow2 magic {@code QFI\xfb}, big-endian at offset 0. */
@@ -117,6 +125,7 @@ public final class Qcow2Driver implements BlockDriver {
     private final long l1Offset;
     /** Granularity of L1/reftable/header writes (a sector or the file's block, at most a cluster). */
     private final int ioUnit;
+    private final int headerLength;
 
     // ================================================================ home thread only
     private IOThread home;
@@ -151,6 +160,18 @@ public final class Qcow2Driver implements BlockDriver {
     private int reftableRange;
     /** Persistent bitmaps loaded at open (directory order); immutable list. */
     private List<DirtyBitmap> bitmaps = List.of();
+    /**
+     * The image's bitmap directory as it is on disk (writable opens of v3 images; every entry
+     * in_use while the node is open), with the extension's offset and size (0 when none).
+     */
+    private List<Qcow2Bitmaps.Entry> bmDir = List.of();
+    private long bmDirOffset;
+    private long bmDirSize;
+
+    // ---- set once by the daemon before the node serves (volatile: written on the main loop) ----
+    /** The node's bitmaps (BlockNode.dirtyBitmaps): the persistent ones are stored at close. */
+    private volatile Supplier<List<DirtyBitmap>> nodeBitmaps;
+    private volatile String nodeName = "";
     private long freeClusterIndex;
     private final Inflater inflater = new Inflater(true);
     private long dcKey = -1;
@@ -280,6 +301,7 @@ public final class Qcow2Driver implements BlockDriver {
         this.l1Size = h.l1Size;
         this.l1Offset = h.l1Offset;
         this.ioUnit = Math.min(clusterSize, Math.max(512, file.preferredBlockSize()));
+        this.headerLength = h.headerLength;
         this.hdrLen = h.headerCluster.length;
         this.hdr = alloc(clusterSize);
         for (int i = 0; i < hdrLen; i++) RawMemory.putByte(hdr + i, h.headerCluster[i]);
@@ -354,6 +376,7 @@ public final class Qcow2Driver implements BlockDriver {
         if (h.hasBitmaps && h.nbBitmaps == 0) {
             LOG.warn("qcow2: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent");
         }
+        List<Qcow2Bitmaps.Entry> entries = new ArrayList<>();
         bitmaps = List.copyOf(Qcow2Bitmaps.load(file, h, (off, len) -> {
             String what = rangeAt(off, len);
             for (long c = clusterOf(off), end = clusterOf(off + len - 1); what == null && c <= end; c++) {
@@ -361,21 +384,8 @@ public final class Qcow2Driver implements BlockDriver {
                 else if (rbSet.contains(c)) what = "a refcount block";
             }
             return what;
-        }));
-        if (!readOnly && !bitmaps.isEmpty()) {
-            // Writes do not mark bitmaps yet and the image's copy is dropped below (autoclear
-            // cleared): shown as QEMU shows a bitmap that may miss changes, never silently stale.
-            // When the write path marks them (issue 13), drop this and keep them in_use instead.
-            for (DirtyBitmap b : bitmaps) b.setInconsistent(true);
-            LOG.warn("qcow2: persistent bitmaps are not kept up to date yet: on a writable open they are inconsistent"
-                    + " and the image's bitmaps extension is dropped (autoclear bit cleared)");
-        }
-        if (!readOnly && h.autoclear != 0 && h.version == 3) {
-            // QEMU clears autoclear bits it does not maintain: the bitmaps (kept intact) may now be
-            // inconsistent, which QEMU then knows.
-            putBe64(hdr + HDR_AUTOCLEAR_FEATURES, 0);
-            writeHeaderSync();
-        }
+        }, entries));
+        if (!readOnly && h.version == 3) openBitmapsForWrite(h, entries);
     }
 
     /**
@@ -1802,6 +1812,11 @@ public final class Qcow2Driver implements BlockDriver {
      * its own cluster); the reftable grows when full.
      */
     private long allocCluster(Waiter w) throws BlockException {
+        return allocCluster(w, false);
+    }
+
+    /** As {@link #allocCluster(Waiter)}; {@code sync}: refcount blocks are read synchronously (idle node only). */
+    private long allocCluster(Waiter w, boolean sync) throws BlockException {
         long maxClusters = MAX_HOST_OFFSET >>> clusterBits;
         for (;;) {
             long c = freeClusterIndex;
@@ -1822,7 +1837,7 @@ public final class Qcow2Driver implements BlockDriver {
                 freeClusterIndex = c + 1;
                 continue;
             }
-            Table t = rbCache.get(rbOff, w, false);
+            Table t = sync ? rbCache.getSync(rbOff) : rbCache.get(rbOff, w, false);
             if (t == null) return -1;
             int i = (int) (c & (rbEntries - 1));
             while (i < rbEntries && getRc(t.addr, i) != 0) i++;
@@ -1925,6 +1940,428 @@ public final class Qcow2Driver implements BlockDriver {
     private void pendingFree(long off) {
         if (pendingFreeCount == pendingFrees.length) pendingFrees = java.util.Arrays.copyOf(pendingFrees, pendingFreeCount * 2);
         pendingFrees[pendingFreeCount++] = off;
+    }
+
+    // ================================================================ persistent bitmaps: write side
+    // QEMU's block/qcow2-bitmap.c. While a writable node is open every bitmap of the image's
+    // directory is in_use (set at open, before any guest write): a crash leaves them in_use and the
+    // next open reports them inconsistent. At close the persistent, consistent bitmaps of the node
+    // are written to new clusters (data, tables, directory), the refcounts flushed, and only then
+    // does the header point at the new directory; the old clusters are freed after that, so a
+    // crash at any point leaves at most leaked clusters.
+
+    /**
+     * Binds the driver to its node (the daemon, once, before the node serves): {@code bitmaps}
+     * lists the node's bitmaps, whose persistent ones {@link #storeBitmaps} writes at close;
+     * {@code name} words QEMU's messages.
+     */
+    public void bindNode(String name, Supplier<List<DirtyBitmap>> bitmaps) {
+        this.nodeName = java.util.Objects.requireNonNull(name);
+        this.nodeBitmaps = java.util.Objects.requireNonNull(bitmaps);
+    }
+
+    /**
+     * QEMU's qcow2_load_dirty_bitmaps for a writable open: unknown autoclear bits are cleared, an
+     * ignored (invalid) bitmaps extension is dropped, and every bitmap not yet in_use is marked
+     * in_use in place (update_ext_header_and_dir_in_place: autoclear bit cleared while the
+     * directory changes, so a torn update loses the bitmaps rather than corrupting them).
+     */
+    private void openBitmapsForWrite(Image h, List<Qcow2Bitmaps.Entry> entries) throws BlockException {
+        long autoclear = h.autoclear & QCOW2_AUTOCLEAR_MASK;
+        if (h.nbBitmaps == 0) {
+            autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+            if (h.hasBitmaps || autoclear != h.autoclear) {
+                putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear);
+                writeHeaderWhole(0, 0, 0);
+                file.flush();
+            }
+            return;
+        }
+        bmDirOffset = h.bitmapDirectoryOffset;
+        bmDirSize = h.bitmapDirectorySize;
+        ArrayList<Qcow2Bitmaps.Entry> dir = new ArrayList<>(entries);
+        boolean update = false;
+        for (int i = 0; i < dir.size(); i++) {
+            Qcow2Bitmaps.Entry e = dir.get(i);
+            if ((e.flags() & Qcow2Bitmaps.BME_FLAG_IN_USE) == 0) {
+                dir.set(i, new Qcow2Bitmaps.Entry(e.name(), e.tableOffset(), e.tableSize(), e.flags() | Qcow2Bitmaps.BME_FLAG_IN_USE, e.granularityBits()));
+                update = true;
+            }
+        }
+        bmDir = List.copyOf(dir);
+        if (!update) {
+            if (autoclear != h.autoclear) {
+                putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear);
+                writeHeaderWhole(dir.size(), bmDirSize, bmDirOffset);
+                file.flush();
+            }
+            return;
+        }
+        putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear & ~QCOW2_AUTOCLEAR_BITMAPS);
+        writeHeaderWhole(dir.size(), bmDirSize, bmDirOffset);
+        file.flush();
+        byte[] d = Qcow2Bitmaps.encodeDirectory(dir);
+        writeBytesSync(bmDirOffset, d);
+        file.flush();
+        bmDirSize = d.length;
+        putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear | QCOW2_AUTOCLEAR_BITMAPS);
+        writeHeaderWhole(dir.size(), bmDirSize, bmDirOffset);
+        file.flush();
+    }
+
+    /**
+     * QEMU's qcow2_co_can_store_new_dirty_bitmap with its wording: v2 images, granularity,
+     * the bitmap's size, the name's length, the number of persistent bitmaps and the directory
+     * size (those of the node plus the new one). Read-only nodes accept, as QEMU (the bitmap is
+     * then lost at close, with an error line). Any thread (reads immutable fields and the node's
+     * concurrent list).
+     */
+    @Override
+    public String checkCanStore(String name, long granularity) {
+        String err = canStore(name, granularity);
+        return err == null ? null : "Can't make bitmap '" + name + "' persistent in '" + nodeName + "': " + err;
+    }
+
+    private String canStore(String name, long granularity) {
+        if (version < 3) return "Cannot store dirty bitmaps in qcow2 v2 files";
+        int gbits = Long.numberOfTrailingZeros(granularity);
+        if (gbits > Qcow2Bitmaps.BME_MAX_GRANULARITY_BITS) {
+            return "Granularity exceeds maximum (" + (1L << Qcow2Bitmaps.BME_MAX_GRANULARITY_BITS) + " bytes)";
+        }
+        if (gbits < Qcow2Bitmaps.BME_MIN_GRANULARITY_BITS) {
+            return "Granularity is under minimum (" + (1L << Qcow2Bitmaps.BME_MIN_GRANULARITY_BITS) + " bytes)";
+        }
+        long chunks = (size >>> gbits) + ((size & (granularity - 1)) != 0 ? 1 : 0);
+        long bytes = (chunks + 7) / 8;
+        if (bytes > Qcow2Bitmaps.BME_MAX_PHYS_SIZE || bytes > Qcow2Bitmaps.BME_MAX_TABLE_SIZE * clusterSize) {
+            return "Too much space will be occupied by the bitmap. Use larger granularity";
+        }
+        byte[] n = name.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        if (n.length > Qcow2Bitmaps.BME_MAX_NAME_SIZE) {
+            return "Name length exceeds maximum (" + Qcow2Bitmaps.BME_MAX_NAME_SIZE + " characters)";
+        }
+        long count = 1;
+        long dirSize = Qcow2Bitmaps.entrySize(n.length);
+        Supplier<List<DirtyBitmap>> nb = nodeBitmaps;
+        for (DirtyBitmap b : nb != null ? nb.get() : bitmaps) {
+            if (!b.persistent()) continue;
+            count++;
+            dirSize += Qcow2Bitmaps.entrySize(b.name().getBytes(java.nio.charset.StandardCharsets.UTF_8).length);
+        }
+        if (count > QCOW2_MAX_BITMAPS) return "Maximum number of persistent bitmaps is already reached";
+        if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) return "Not enough space in the bitmap directory";
+        return null;
+    }
+
+    /**
+     * QEMU's qcow2_co_remove_persistent_dirty_bitmap: drops {@code name} from the image's
+     * directory now (absent: nothing to do, not an error), rewritten in place with the autoclear
+     * bit cleared meanwhile; its table and data clusters, and directory clusters no longer
+     * needed, are freed by the next metadata writeback. Waits for a running writeback first (it
+     * may write the header). {@code done} runs later on the home thread. Home thread.
+     */
+    @Override
+    public void removeStored(String name, IoCompletion done) {
+        assert home == null || home.inThread() : "qcow2 bitmap removal off its home IOThread";
+        int i = indexOf(bmDir, name);
+        if (i < 0 || closed) {
+            later(done, 0);
+            return;
+        }
+        if (wbActive) {
+            wbWaiters.add(new Waiter() {
+                @Override public void resume() { removeStored(name, done); }
+
+                @Override public void fail(int errno) { later(done, errno); }
+            });
+            return;
+        }
+        int err = 0;
+        try {
+            removeNow(i);
+        } catch (BlockException e) {
+            LOG.error("qcow2: removing persistent bitmap '{}' of node '{}' failed: {}", name, nodeName, e.getMessage());
+            err = e.errno();
+        } catch (RuntimeException e) {
+            err = unexpected("removing bitmap '" + name + "'", e).errno();
+        }
+        later(done, err);
+    }
+
+    private void later(IoCompletion done, int errno) {
+        if (home != null) home.execute(() -> done.ioDone(errno)); else done.ioDone(errno);
+    }
+
+    private static int indexOf(List<Qcow2Bitmaps.Entry> dir, String name) {
+        for (int i = 0; i < dir.size(); i++) if (dir.get(i).name().equals(name)) return i;
+        return -1;
+    }
+
+    private void removeNow(int i) throws BlockException {
+        Qcow2Bitmaps.Entry gone = bmDir.get(i);
+        ArrayList<Qcow2Bitmaps.Entry> dir = new ArrayList<>(bmDir);
+        dir.remove(i);
+        long autoclear = be64(hdr + HDR_AUTOCLEAR_FEATURES);
+        putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear & ~QCOW2_AUTOCLEAR_BITMAPS);
+        writeHeaderWhole(bmDir.size(), bmDirSize, bmDirOffset);
+        file.flush();
+        long oldClusters = (bmDirSize + csMask) >>> clusterBits;
+        long newClusters = 0;
+        if (dir.isEmpty()) {
+            writeHeaderWhole(0, 0, 0);
+        } else {
+            byte[] d = Qcow2Bitmaps.encodeDirectory(dir);
+            writeBytesSync(bmDirOffset, d);
+            file.flush();
+            newClusters = (d.length + csMask) >>> clusterBits;
+            putBe64(hdr + HDR_AUTOCLEAR_FEATURES, autoclear | QCOW2_AUTOCLEAR_BITMAPS);
+            writeHeaderWhole(dir.size(), d.length, bmDirOffset);
+            bmDirSize = d.length;
+        }
+        file.flush();
+        for (long c = newClusters; c < oldClusters; c++) pendingFree(bmDirOffset + (c << clusterBits));
+        if (dir.isEmpty()) {
+            bmDirOffset = 0;
+            bmDirSize = 0;
+        }
+        bmDir = List.copyOf(dir);
+        freeBitmapClusters(gone);
+    }
+
+    /**
+     * Close hook (BlockNode.flushAndClose, after the final flush succeeded, nothing in flight):
+     * QEMU's qcow2_store_persistent_dirty_bitmaps. Synchronous I/O through the file child; a
+     * failure (ENOSPC, EIO) is logged with QEMU's words and leaves the image consistent (the
+     * bitmaps stay in_use: the next open reports them inconsistent). Home thread.
+     */
+    public void storeBitmaps() {
+        if (closed) return;
+        Supplier<List<DirtyBitmap>> nb = nodeBitmaps;
+        List<DirtyBitmap> store = new ArrayList<>();
+        for (DirtyBitmap b : nb != null ? nb.get() : bitmaps) if (b.persistent() && !b.inconsistent()) store.add(b);
+        if (readOnly) {
+            // Bitmaps loaded from a read-only image are QEMU's read-only bitmaps: unchanged.
+            for (DirtyBitmap b : store) {
+                if (!bitmaps.contains(b)) {
+                    LOG.error("qcow2: Lost persistent bitmaps during inactivation of node '{}': No write access", nodeName);
+                    break;
+                }
+            }
+            return;
+        }
+        if (store.isEmpty()) {
+            // Frees of removed bitmaps applied by the final writeback still sit in the cache.
+            try {
+                if (anyDirty() && flushErrno == 0 && !corrupt) flush();
+            } catch (BlockException e) {
+                LOG.error("qcow2: final metadata flush of node '{}' failed: {}", nodeName, e.getMessage());
+            }
+            return;
+        }
+        try {
+            if (version < 3) throw new BlockException(ENOTSUP, "Cannot store dirty bitmaps in qcow2 v2 files");
+            if (corrupt) throw new BlockException(EIO, "the image is marked corrupt");
+            if (flushErrno != 0) throw new BlockException(flushErrno, "an earlier flush failed");
+            storeNow(store);
+        } catch (BlockException e) {
+            LOG.error("qcow2: Lost persistent bitmaps during inactivation of node '{}': {}", nodeName, e.getMessage());
+        } catch (RuntimeException e) {
+            unexpected("storing bitmaps of node '" + nodeName + "'", e);
+        }
+    }
+
+    private void storeNow(List<DirtyBitmap> store) throws BlockException {
+        ArrayList<Qcow2Bitmaps.Entry> dir = new ArrayList<>(bmDir);
+        ArrayList<Qcow2Bitmaps.Entry> drop = new ArrayList<>();
+        ArrayList<DirtyBitmap> byEntry = new ArrayList<>();
+        for (int i = 0; i < dir.size(); i++) byEntry.add(null);
+        // Entries keep their place in the directory, new bitmaps go last (QEMU's order).
+        for (DirtyBitmap b : store) {
+            int gbits = Long.numberOfTrailingZeros(b.granularity());
+            if (gbits < Qcow2Bitmaps.BME_MIN_GRANULARITY_BITS || gbits > Qcow2Bitmaps.BME_MAX_GRANULARITY_BITS
+                    || b.size() != size || Qcow2Bitmaps.tableSize(b.bitCount(), clusterSize) > Qcow2Bitmaps.BME_MAX_TABLE_SIZE) {
+                throw new BlockException(EINVAL, "Bitmap '" + b.name() + "' doesn't satisfy the constraints");
+            }
+            Qcow2Bitmaps.Entry e = new Qcow2Bitmaps.Entry(b.name(), 0, 0, b.recording() ? Qcow2Bitmaps.BME_FLAG_AUTO : 0, gbits);
+            int i = indexOf(dir, b.name());
+            if (i < 0) {
+                dir.add(e);
+                byEntry.add(b);
+            } else {
+                if ((dir.get(i).flags() & Qcow2Bitmaps.BME_FLAG_IN_USE) == 0) {
+                    throw new BlockException(EINVAL, "Bitmap '" + b.name() + "' already exists in the image");
+                }
+                drop.add(dir.get(i));
+                dir.set(i, e);
+                byEntry.set(i, b);
+            }
+        }
+        if (dir.size() > QCOW2_MAX_BITMAPS) throw new BlockException(EINVAL, "Too many persistent bitmaps");
+        if (Qcow2Bitmaps.directorySize(dir) > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
+            throw new BlockException(EINVAL, "Bitmap directory is too large");
+        }
+        long buf = NativeAlloc.allocate(clusterSize, ALIGN);
+        try {
+            long a = NativeAlloc.aligned(buf, ALIGN);
+            byte[] data = new byte[clusterSize];
+            long bitsPerCluster = (long) clusterSize * 8;
+            for (int i = 0; i < dir.size(); i++) {
+                DirtyBitmap b = byEntry.get(i);
+                if (b == null) continue; // an inconsistent bitmap: kept as it is
+                long n = Qcow2Bitmaps.tableSize(b.bitCount(), clusterSize);
+                java.nio.ByteBuffer table = java.nio.ByteBuffer.allocate((int) (((n * 8) + csMask) & ~csMask));
+                for (long k = 0; k < n; k++) {
+                    if (!Qcow2Bitmaps.serialize(b, k * bitsPerCluster, data)) continue; // all zeros: entry 0
+                    long off = allocCluster(null, true);
+                    checkDataWrite(off, clusterSize);
+                    for (int j = 0; j < clusterSize; j++) RawMemory.putByte(a + j, data[j]);
+                    file.write(off, a, clusterSize, false);
+                    table.putLong((int) (k * 8), off);
+                }
+                long tOff = allocRunSync(table.capacity() >>> clusterBits);
+                writeBytesSync(tOff, table.array());
+                Qcow2Bitmaps.Entry e = dir.get(i);
+                dir.set(i, new Qcow2Bitmaps.Entry(e.name(), tOff, n, e.flags(), e.granularityBits()));
+            }
+        } finally {
+            RawMemory.free(buf);
+        }
+        byte[] d = Qcow2Bitmaps.encodeDirectory(dir);
+        long dOff = allocRunSync((d.length + csMask) >>> clusterBits);
+        writeBytesSync(dOff, d);
+        flush(); // the new clusters' refcounts (and the data) on disk before the header names them
+        putBe64(hdr + HDR_AUTOCLEAR_FEATURES, be64(hdr + HDR_AUTOCLEAR_FEATURES) | QCOW2_AUTOCLEAR_BITMAPS);
+        writeHeaderWhole(dir.size(), d.length, dOff);
+        file.flush();
+        long oldOff = bmDirOffset;
+        long oldClusters = (bmDirSize + csMask) >>> clusterBits;
+        bmDir = List.copyOf(dir);
+        bmDirOffset = dOff;
+        bmDirSize = d.length;
+        for (long c = 0; c < oldClusters; c++) pendingFree(oldOff + (c << clusterBits));
+        for (Qcow2Bitmaps.Entry e : drop) freeBitmapClusters(e);
+        flush();
+        LOG.info("qcow2: stored {} persistent bitmap(s) of node '{}'", store.size(), nodeName);
+    }
+
+    /**
+     * Queues the frees of a bitmap's data clusters and table (QEMU's free_bitmap_clusters); the
+     * table is read synchronously. Entries that are not a plain cluster offset inside the file
+     * are left alone (leaked rather than freeing what may be something else).
+     */
+    private void freeBitmapClusters(Qcow2Bitmaps.Entry e) throws BlockException {
+        long bytes = e.tableSize() * 8;
+        long clusters = (bytes + csMask) >>> clusterBits;
+        long fileSize = file.size();
+        String bad = null;
+        if (e.tableOffset() <= 0 || (e.tableOffset() & csMask) != 0 || e.tableSize() > Qcow2Bitmaps.BME_MAX_TABLE_SIZE
+                || e.tableOffset() + (clusters << clusterBits) > fileSize) {
+            bad = "its table is outside the image";
+        } else {
+            bad = metadataAt(e.tableOffset(), bytes);
+        }
+        ArrayList<Long> free = new ArrayList<>();
+        LongSet seen = new LongSet();
+        if (bad == null) {
+            // An in_use bitmap's table was never checked at open: check it as load does before
+            // freeing anything it names (a hostile table must not free metadata).
+            java.nio.ByteBuffer t = java.nio.ByteBuffer.wrap(readBytes(file, e.tableOffset(), (int) bytes));
+            for (long k = 0; k < e.tableSize() && bad == null; k++) {
+                long entry = t.getLong((int) (k * 8));
+                long off = entry & Qcow2Bitmaps.BME_TABLE_ENTRY_OFFSET_MASK;
+                if (off == 0) continue;
+                if ((entry & Qcow2Bitmaps.BME_TABLE_ENTRY_RESERVED_MASK) != 0 || (off & csMask) != 0 || off + clusterSize > fileSize) {
+                    bad = "table entry " + k + " is invalid";
+                } else if ((bad = metadataAt(off, clusterSize)) == null && off >= e.tableOffset()
+                        && off < e.tableOffset() + (clusters << clusterBits)) {
+                    bad = "table entry " + k + " points into the table";
+                } else if (bad == null && seen.contains(off >>> clusterBits)) {
+                    bad = "table entry " + k + " repeats a data cluster";
+                }
+                if (bad == null) {
+                    free.add(off);
+                    seen.add(off >>> clusterBits);
+                }
+            }
+        }
+        if (bad != null) {
+            LOG.warn("qcow2: the clusters of bitmap '{}' are left allocated ({}): 'qemu-img check -r leaks' reclaims them", e.name(), bad);
+            return;
+        }
+        for (long off : free) pendingFree(off);
+        for (long c = 0; c < clusters; c++) pendingFree(e.tableOffset() + (c << clusterBits));
+    }
+
+    /** The metadata (fixed structures, active L2 tables, refcount blocks) in {@code [off, off+len)}'s clusters, or null. */
+    private String metadataAt(long off, long len) {
+        String what = rangeAt(off, len);
+        for (long c = clusterOf(off), end = clusterOf(off + len - 1); what == null && c <= end; c++) {
+            if (l2Set.contains(c)) what = "an L2 table";
+            else if (rbSet.contains(c)) what = "a refcount block";
+        }
+        if (what == null && bmDirSize > 0 && clusterOf(off) <= clusterOf(bmDirOffset + bmDirSize - 1)
+                && clusterOf(bmDirOffset) <= clusterOf(off + len - 1)) {
+            what = "the bitmap directory";
+        }
+        return what;
+    }
+
+    /**
+     * {@code n} contiguous free clusters (QEMU's qcow2_alloc_clusters): clusters taken while a
+     * run was interrupted are given back (their refcount was only raised in the cache).
+     * Synchronous: idle node only.
+     */
+    private long allocRunSync(long n) throws BlockException {
+        ArrayList<Long> spare = new ArrayList<>();
+        long first = -1;
+        long count = 0;
+        while (count < n) {
+            long off = allocCluster(null, true);
+            if (count > 0 && off != first + (count << clusterBits)) {
+                for (long i = 0; i < count; i++) spare.add(first + (i << clusterBits));
+                count = 0;
+            }
+            if (count == 0) first = off;
+            count++;
+        }
+        for (long off : spare) {
+            long c = off >>> clusterBits;
+            Table t = rbCache.getSync(rbOffset(c >>> rbBits));
+            setRc(t.addr, (int) (c & (rbEntries - 1)), 0);
+            rbCache.markDirty(t);
+            freeClusterIndex = Math.min(freeClusterIndex, c);
+        }
+        for (long c = 0; c < n; c++) checkMetaAlloc(clusterOf(first) + c, "bitmap structure");
+        return first;
+    }
+
+    /** Writes {@code data} at {@code off} (not flushed), zero-padded to whole I/O units, within the clusters that hold it. */
+    private void writeBytesSync(long off, byte[] data) throws BlockException {
+        int len = (int) ((data.length + ioUnit - 1L) / ioUnit * ioUnit);
+        // QEMU may end the file right after a directory: the padded write grows it, inside the cluster
+        if (off + len > file.size()) file.grow(off + len);
+        long base = NativeAlloc.allocate(len, ALIGN);
+        try {
+            long a = NativeAlloc.aligned(base, ALIGN);
+            RawMemory.fill(a, len, 0);
+            for (int i = 0; i < data.length; i++) RawMemory.putByte(a + i, data[i]);
+            file.write(off, a, len, false);
+        } finally {
+            RawMemory.free(base);
+        }
+    }
+
+    /**
+     * Rebuilds the header cluster with a bitmaps extension of {@code nb} bitmaps ({@code 0}:
+     * none) and writes it (not flushed). The autoclear field is whatever {@code hdr} holds.
+     */
+    private void writeHeaderWhole(long nb, long dirSize, long dirOffset) throws BlockException {
+        byte[] cl = new byte[clusterSize];
+        for (int i = 0; i < clusterSize; i++) cl[i] = (byte) RawMemory.getByte(hdr + i);
+        int used = Qcow2Format.rebuildHeader(cl, headerLength, nb, dirSize, dirOffset);
+        for (int i = 0; i < clusterSize; i++) RawMemory.putByte(hdr + i, cl[i]);
+        int len = (int) Math.min(clusterSize, (used + ioUnit - 1L) / ioUnit * ioUnit);
+        file.write(0, hdr, len, false);
     }
 
     // ================================================================ corruption

@@ -57,6 +57,8 @@ final class Qcow2Format {
     static final long QCOW2_COMPAT_LAZY_REFCOUNTS = 1L;
     static final long QCOW2_AUTOCLEAR_BITMAPS = 1L;
     static final long QCOW2_AUTOCLEAR_DATA_FILE_RAW = 1L << 1;
+    /** The autoclear bits QEMU knows; a writable open clears the others. */
+    static final long QCOW2_AUTOCLEAR_MASK = QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW;
 
     static final int QCOW2_COMPRESSION_TYPE_ZLIB = 0;
     static final int QCOW2_COMPRESSION_TYPE_ZSTD = 1;
@@ -324,6 +326,51 @@ final class Qcow2Format {
         h.nbBitmaps = nb;
         h.bitmapDirectorySize = dirSize;
         h.bitmapDirectoryOffset = dirOffset;
+    }
+
+    /**
+     * Rewrites the header cluster {@code cl} (a v3 header of {@code headerLength} bytes, checked
+     * by {@link #parse}) with a bitmaps extension of {@code nb} bitmaps whose directory is
+     * {@code dirSize} bytes at {@code dirOffset} ({@code nb == 0}: no bitmaps extension), keeping
+     * every other extension and the backing file name, whose offset moves (QEMU's
+     * qcow2_update_header rewrites the whole cluster the same way). Returns the bytes used.
+     */
+    static int rebuildHeader(byte[] cl, int headerLength, long nb, long dirSize, long dirOffset) throws BlockException {
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(cl);
+        long backingOffset = b.getLong(HDR_BACKING_FILE_OFFSET);
+        int backingSize = backingOffset != 0 ? b.getInt(HDR_BACKING_FILE_SIZE) : 0;
+        long extEnd = backingOffset != 0 ? Math.min(backingOffset, cl.length) : cl.length;
+        java.io.ByteArrayOutputStream exts = new java.io.ByteArrayOutputStream();
+        if (nb > 0) {
+            java.nio.ByteBuffer e = java.nio.ByteBuffer.allocate(8 + BITMAPS_EXT_LENGTH);
+            e.putInt(QCOW2_EXT_MAGIC_BITMAPS).putInt(BITMAPS_EXT_LENGTH).putInt((int) nb).putInt(0).putLong(dirSize).putLong(dirOffset);
+            exts.writeBytes(e.array());
+        }
+        for (long off = headerLength; off + 8 <= extEnd; ) {
+            int type = b.getInt((int) off);
+            long len = Integer.toUnsignedLong(b.getInt((int) off + 4));
+            if (type == QCOW2_EXT_MAGIC_END) break;
+            if (len > extEnd - off - 8) throw invalid("header extension 0x" + Integer.toHexString(type) + ": ext_len " + len + " too large");
+            long padded = (len + 7) & ~7L;
+            if (type != QCOW2_EXT_MAGIC_BITMAPS) {
+                exts.write(cl, (int) off, (int) (8 + len));
+                exts.writeBytes(new byte[(int) (padded - len)]);
+            }
+            off += 8 + padded;
+        }
+        exts.writeBytes(new byte[8]); // end of extensions
+        byte[] backing = backingOffset != 0 ? java.util.Arrays.copyOfRange(cl, (int) backingOffset, (int) backingOffset + backingSize) : new byte[0];
+        int used = headerLength + exts.size() + backing.length;
+        if (used > cl.length) throw new BlockException(dev.vmm.core.linux.Errno.ENOSPC, "qcow2: the header extensions do not fit in the header cluster");
+        byte[] n = new byte[cl.length];
+        System.arraycopy(cl, 0, n, 0, headerLength);
+        System.arraycopy(exts.toByteArray(), 0, n, headerLength, exts.size());
+        if (backingOffset != 0) {
+            System.arraycopy(backing, 0, n, headerLength + exts.size(), backing.length);
+            java.nio.ByteBuffer.wrap(n).putLong(HDR_BACKING_FILE_OFFSET, headerLength + exts.size());
+        }
+        System.arraycopy(n, 0, cl, 0, cl.length);
+        return used;
     }
 
     /** Offsets aligned, inside the file, no overflow. */

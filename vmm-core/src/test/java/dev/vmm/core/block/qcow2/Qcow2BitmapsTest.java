@@ -297,16 +297,18 @@ class Qcow2BitmapsTest {
         h.closeAll(false);
     }
 
-    /** Writes do not mark bitmaps yet: a writable open loads them as inconsistent, never silently stale. */
+    /** A writable open loads them usable and marks them in_use in the image (QEMU's qcow2_load_dirty_bitmaps). */
     @Test
-    void writableOpenLoadsThemInconsistentUntilWritesMarkThem() throws Exception {
+    void writableOpenLoadsThemUsableAndMarksThemInUse() throws Exception {
         Path p = oneBitmap();
         DirtyBitmap b = h.open(p, false).bitmaps().get(0);
-        assertTrue(b.inconsistent());
-        assertFalse(b.recording());
-        assertEquals(65536, b.count()); // the bits as stored, not usable
-        h.closeAll(true);
-        assertEquals(0, Qcow2HostileTest.get64(p, 88) & 1, "autoclear bit cleared: QEMU ignores the stale bitmaps");
+        assertFalse(b.inconsistent());
+        assertTrue(b.recording());
+        assertEquals(65536, b.count());
+        assertEquals(1, Qcow2HostileTest.get64(p, 88) & 1, "autoclear bit kept: the extension stays valid");
+        assertEquals(Qcow2Bitmaps.BME_FLAG_IN_USE | Qcow2Bitmaps.BME_FLAG_AUTO, (int) (Qcow2HostileTest.get64(p, layout(p).dirOffset() + 8) & 0xffffffffL));
+        h.closeAll(true); // no close hook here: they stay in_use, as after a crash
+        assertTrue(h.open(p, true).bitmaps().get(0).inconsistent());
     }
 
     @Test
