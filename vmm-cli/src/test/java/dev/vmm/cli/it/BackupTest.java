@@ -225,6 +225,55 @@ class BackupTest extends PeerTestBase {
         compare("raw", s.source(), s.reference());
     }
 
+    /**
+     * The issue's flow: a transaction adds bitmap b0 and starts a full backup at one instant; the
+     * writer writes during it; then an incremental backup (sync=incremental, bitmap b0) into a
+     * qcow2 overlay whose backing file is the full backup, with the writer writing again: the
+     * overlay read through its backing equals the source at the incremental's start, and b0 holds
+     * only the writes made since (bitmap-mode on-success).
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void fullThenIncrementalUnderWrites(Server server) throws Exception {
+        String qemuImg = Peers.require("qemu-img");
+        Path full = Images.sparse(tmp.resolve("full.img"), SIZE);
+        Setup s = setup(server, List.of("--blockdev", "driver=file,node-name=full,filename=" + full));
+        Monitor m = s.mon();
+        m.ok("transaction", "actions", List.of(
+                Map.of("type", "block-dirty-bitmap-add", "data", Map.of("node", "src", "name", "b0")),
+                Map.of("type", "blockdev-backup", "data", Map.of("job-id", "f0", "device", "src", "target", "full", "sync", "full",
+                        "speed", 4 * MiB))));
+        Writer w1 = new Writer(s.uri(), s.reference(), 8);
+        m.waitEvent("BLOCK_JOB_COMPLETED", 120_000);
+        w1.stop();
+        compare("raw", full, s.pointInTime());
+        m.ok("blockdev-del", "node-name", "full");
+        Path r1 = tmp.resolve("r1.img");
+        Files.copy(s.source(), r1, StandardCopyOption.REPLACE_EXISTING);
+        Path inc = tmp.resolve("inc.qcow2");
+        Run.cmd(qemuImg, "create", "-q", "-f", "qcow2", "-b", full.toString(), "-F", "raw", inc.toString()).expect(0);
+        m.ok("blockdev-add", "driver", "qcow2", "node-name", "inc", "file", Map.of("driver", "file", "filename", inc.toString()));
+        m.events.clear();
+        m.ok("blockdev-backup", "job-id", "i0", "device", "src", "target", "inc", "sync", "incremental", "bitmap", "b0",
+                "speed", 2 * MiB);
+        Writer w2 = new Writer(s.uri(), s.reference(), 9);
+        Map<?, ?> done = (Map<?, ?>) m.waitEvent("BLOCK_JOB_COMPLETED", 120_000).get("data");
+        w2.stop();
+        assertEquals(null, done.get("error"), done.toString());
+        Map<?, ?> b0 = null;
+        for (Object n : (List<?>) m.ok("query-named-block-nodes")) {
+            Map<?, ?> node = (Map<?, ?>) n;
+            if (!node.get("node-name").equals("src")) continue;
+            for (Object b : (List<?>) node.get("dirty-bitmaps")) if ("b0".equals(((Map<?, ?>) b).get("name"))) b0 = (Map<?, ?>) b;
+        }
+        assertTrue(b0 != null, "b0 is listed");
+        assertEquals(false, b0.get("busy"), b0.toString());
+        assertTrue(((Number) b0.get("count")).longValue() > 0, "b0 holds the writes made during the incremental backup: " + b0);
+        m.ok("blockdev-del", "node-name", "inc");
+        Run.cmd(qemuImg, "compare", "-U", "-f", "qcow2", "-F", "raw", inc.toString(), r1.toString()).expect(0);
+        compare("raw", s.source(), s.reference());
+    }
+
     /** A cancelled sync=full job ends with BLOCK_JOB_CANCELLED and the source keeps serving. */
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.vmm.cli.it.Server#selected")
