@@ -274,6 +274,54 @@ class BackupTest extends PeerTestBase {
         compare("raw", s.source(), s.reference());
     }
 
+    /**
+     * The backup tools' flow (Proxmox, virtnbdbackup): bitmap b0 recorded the writes since the last
+     * backup (pattern A); one transaction starts fleecing and swaps b0 for a fresh b1; the fleecing
+     * export publishes qemu:dirty-bitmap:b0 while the writer keeps writing. A then the extents b0
+     * reports, read from the fleecing export, give the source at the fleecing instant.
+     */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("dev.vmm.cli.it.Server#selected")
+    void fleecingExportWithADirtyBitmapGivesAnIncrementalBackup(Server server) throws Exception {
+        Path fl = tmp.resolve("fleece.qcow2");
+        Run.cmd(Peers.require("qemu-img"), "create", "-q", "-f", "qcow2", fl.toString(), String.valueOf(SIZE)).expect(0);
+        Setup s = setup(server, List.of("--blockdev", "driver=qcow2,node-name=fl,backing=src,file.driver=file,file.filename=" + fl));
+        Monitor m = s.mon();
+        m.ok("block-dirty-bitmap-add", "node", "src", "name", "b0", "granularity", 65536);
+        Writer w0 = new Writer(s.uri(), s.reference(), 10);
+        Thread.sleep(200);
+        w0.stop();
+        Path r = tmp.resolve("r.img");
+        Files.copy(s.source(), r, StandardCopyOption.REPLACE_EXISTING);
+        m.ok("transaction", "actions", List.of(
+                Map.of("type", "blockdev-backup", "data", Map.of("job-id", "f0", "device", "src", "target", "fl", "sync", "none")),
+                Map.of("type", "block-dirty-bitmap-disable", "data", Map.of("node", "src", "name", "b0")),
+                Map.of("type", "block-dirty-bitmap-add", "data", Map.of("node", "src", "name", "b1"))));
+        m.ok("block-export-add", "type", "nbd", "id", "e1", "node-name", "fl", "name", "fl", "bitmaps", List.of("b0"));
+        Writer w1 = new Writer(s.uri(), s.reference(), 11);
+        Thread.sleep(500);
+        String flUri = Net.unixUri(s.sockets().resolve("n.sock"), "fl");
+        List<long[]> dirty = dev.vmm.core.testing.QsdPeer.nbdMapSet(flUri, "qemu:dirty-bitmap:b0");
+        Path fleeced = tmp.resolve("fleeced.img");
+        Run.cmd(Peers.require("nbdcopy"), flUri, fleeced.toString()).expect(0);
+        w1.stop();
+        assertTrue(!dirty.isEmpty(), "b0 reports the writes made before the fleecing");
+        Path restored = tmp.resolve("restored.img");
+        Files.copy(s.pointInTime(), restored, StandardCopyOption.REPLACE_EXISTING);
+        long bytes = 0;
+        for (long[] e : dirty) {
+            Images.write(restored, e[0], Images.read(fleeced, e[0], (int) e[1]));
+            bytes += e[1];
+        }
+        assertTrue(bytes < SIZE, "b0 does not report the whole disk: " + dev.vmm.core.testing.QsdPeer.show(dirty));
+        compare("raw", fleeced, r);
+        compare("raw", restored, r);
+        compare("raw", s.source(), s.reference());
+        m.ok("block-export-del", "id", "e1");
+        m.ok("block-job-cancel", "device", "f0");
+        m.waitEvent("BLOCK_JOB_CANCELLED", 30_000);
+    }
+
     /** A cancelled sync=full job ends with BLOCK_JOB_CANCELLED and the source keeps serving. */
     @ParameterizedTest(name = "{0}")
     @MethodSource("dev.vmm.cli.it.Server#selected")
