@@ -76,7 +76,7 @@ start_view() { # ACTIONS BITMAPS: the point-in-time view, exported read-only
     local size=$1 actions=$2 bitmaps=$3
     if [[ -z $NBD_SOCK ]]; then
         NBD_SOCK=$DIR/nbd.sock; OWN_NBD=1
-        qmp nbd-server-start addr.type=unix addr.path="$NBD_SOCK" >/dev/null
+        qmp nbd-server-start addr.type=unix addr.data.path="$NBD_SOCK" >/dev/null
     fi
     SCRATCH=$DIR/scratch.qcow2
     rm -f "$SCRATCH"
