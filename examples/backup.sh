@@ -67,7 +67,7 @@ node_field() { # FIELD (jq path below the node) of $NODE
     qmp query-named-block-nodes flat=true | jq -r --arg n "$NODE" ".return[] | select(.\"node-name\" == \$n) | $1"
 }
 
-SCRATCH="" FLEECE=fleece-$$ EXPORT=backup STARTED=0 OWN_NBD=0
+SCRATCH="" FLEECE=fleece-$$ EXPORT=backup STARTED=0 STARTING=0 OWN_NBD=0
 ROLLBACK="" CLEANUP=""   # shell code run on exit: ROLLBACK undoes a failed backup, CLEANUP ends the demo
 trap 'rc=$?; [[ -z $ROLLBACK ]] || eval "$ROLLBACK"; [[ -z $CLEANUP ]] || eval "$CLEANUP"; exit $rc' EXIT
 URI() { echo "nbd+unix:///$EXPORT?socket=$NBD_SOCK"; }
@@ -82,15 +82,26 @@ start_view() { # ACTIONS BITMAPS: the point-in-time view, exported read-only
     rm -f "$SCRATCH"
     qemu-img create -q -f qcow2 "$SCRATCH" "$size"
     say "point-in-time view of $NODE: $EX/backup-start.qmp"
+    STARTING=1
     NODE=$NODE SCRATCH=$SCRATCH FLEECE=$FLEECE EXPORT=$EXPORT ACTIONS=$actions BITMAPS=$bitmaps \
         qmp_script "$EX/backup-start.qmp"
-    STARTED=1
+    STARTED=1 STARTING=0
 }
 stop_view() {
-    [[ $STARTED == 1 ]] || return 0
-    STARTED=0
-    say "tear down: $EX/backup-stop.qmp"
-    FLEECE=$FLEECE qmp_script "$EX/backup-stop.qmp" || say "tear down failed (see $DIR/qmp.log)"
+    if [[ $STARTED == 1 ]]; then
+        STARTED=0
+        say "tear down: $EX/backup-stop.qmp"
+        FLEECE=$FLEECE qmp_script "$EX/backup-stop.qmp" || say "tear down failed (see $DIR/qmp.log)"
+    elif [[ $STARTING == 1 ]]; then
+        # backup-start.qmp stopped half way: undo what it did, whatever that was
+        STARTING=0
+        say "undoing a half-started view"
+        qmp block-export-del id="$FLEECE" >/dev/null 2>&1 || true
+        qmp block-job-cancel device="$FLEECE" >/dev/null 2>&1 && sleep 1
+        qmp blockdev-del node-name="$FLEECE" >/dev/null 2>&1 || true
+    else
+        return 0
+    fi
     rm -f "$SCRATCH"
     if [[ $OWN_NBD == 1 ]]; then qmp nbd-server-stop >/dev/null || true; OWN_NBD=0; NBD_SOCK=""; fi
 }
