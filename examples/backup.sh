@@ -3,13 +3,14 @@
 # 7.2's commands (the same on vmm and qemu-storage-daemon) and standard tools: `vmm qmp --script`
 # (examples/backup-start.qmp, backup-stop.qmp), nbdinfo, nbdcopy, nbdsh, qemu-nbd, qemu-img.
 #
-#   examples/backup.sh demo [--daemon vmm|qsd] [--size MIB] [--keep]
+#   examples/backup.sh demo [--daemon vmm|qsd] [--size MIB] [--keep] [--transient] [--no-transaction]
 #       starts a daemon serving a qcow2 disk that a writer keeps writing to (over NBD), takes a
 #       full backup, an incremental one (and a reference copy of the same instant), restores
 #       the chain and checks restored == reference byte for byte
 #   examples/backup.sh full --qmp SOCK --dir DIR [--node disk0] [--nbd-socket SOCK]
+#                      [--transient] [--no-transaction]
 #   examples/backup.sh incremental --qmp SOCK --dir DIR [--node disk0] [--nbd-socket SOCK]
-#                      [--reference FILE]
+#                      [--reference FILE] [--transient] [--no-transaction]
 #   examples/backup.sh restore --dir DIR --output FILE [--format raw|qcow2]
 #
 # full: a bitmap b0 (persistent on qcow2) is added in the same transaction that starts the
@@ -17,8 +18,12 @@
 # is added and the previous bitmap disabled in that transaction; the view is exported with the
 # previous bitmap, and only the extents it reports dirty (nbdinfo --map=qemu:dirty-bitmap:...)
 # are copied into DIR/inc<N>.qcow2 (backing: the previous image); then the previous bitmap is
-# removed. --reference copies the whole view too (for checking). --nbd-socket: the daemon's NBD
-# server (unix); without it the script starts one on DIR/nbd.sock and stops it afterwards.
+# removed. The bitmaps are persistent on a qcow2 disk (stored in the image, they survive a
+# restart), in memory only on other formats or with --transient. --no-transaction: the bitmap
+# actions and blockdev-backup as separate commands, in an order that is still correct (each
+# bitmap reports a superset), for a daemon whose transaction lacks an action. --reference
+# copies the whole view too (for checking). --nbd-socket: the daemon's NBD server (unix); without it the script
+# starts one on DIR/nbd.sock and stops it afterwards.
 # Needs: qemu-utils, libnbd-bin, python3-libnbd, jq; qemu-system-common for qsd. See docs/backup.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,15 +32,17 @@ read -ra VMM <<<"${VMM_CMD:-$ROOT/vmm}"
 
 say() { echo "[backup] $*"; }
 die() { echo "backup.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d'  | sed 's/^# \{0,1\}//'; }
 
 CMD=${1:-}; [[ $# -gt 0 ]] && shift
-DAEMON=vmm SIZE_MIB=256 KEEP=0 QMP="" DIR="" NODE=disk0 NBD_SOCK="" REFERENCE="" OUTPUT="" FORMAT=raw
+DAEMON=vmm SIZE_MIB=256 KEEP=0 TRANSIENT=0 NO_TRANSACTION=0 QMP="" DIR="" NODE=disk0 NBD_SOCK="" REFERENCE="" OUTPUT="" FORMAT=raw
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --daemon) DAEMON=${2:?}; shift 2 ;;
         --size) SIZE_MIB=${2:?}; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --transient) TRANSIENT=1; shift ;;
+        --no-transaction) NO_TRANSACTION=1; shift ;;
         --qmp) QMP=${2:?}; shift 2 ;;
         --dir) DIR=${2:?}; shift 2 ;;
         --node) NODE=${2:?}; shift 2 ;;
@@ -72,8 +79,8 @@ ROLLBACK="" CLEANUP=""   # shell code run on exit: ROLLBACK undoes a failed back
 trap 'rc=$?; [[ -z $ROLLBACK ]] || eval "$ROLLBACK"; [[ -z $CLEANUP ]] || eval "$CLEANUP"; exit $rc' EXIT
 URI() { echo "nbd+unix:///$EXPORT?socket=$NBD_SOCK"; }
 
-start_view() { # ACTIONS BITMAPS: the point-in-time view, exported read-only
-    local size=$1 actions=$2 bitmaps=$3
+start_view() { # SIZE NEW-BITMAP PERSISTENT OLD-BITMAP|"": the point-in-time view, exported read-only
+    local size=$1 new=$2 persistent=$3 old=$4 actions bitmaps='[]'
     if [[ -z $NBD_SOCK ]]; then
         NBD_SOCK=$DIR/nbd.sock; OWN_NBD=1
         qmp nbd-server-start addr.type=unix addr.data.path="$NBD_SOCK" >/dev/null
@@ -81,10 +88,29 @@ start_view() { # ACTIONS BITMAPS: the point-in-time view, exported read-only
     SCRATCH=$DIR/scratch.qcow2
     rm -f "$SCRATCH"
     qemu-img create -q -f qcow2 "$SCRATCH" "$size"
-    say "point-in-time view of $NODE: $EX/backup-start.qmp"
+    actions="{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"$NODE\",\"name\":\"$new\",\"persistent\":$persistent}},"
+    if [[ -n $old ]]; then
+        actions+="{\"type\":\"block-dirty-bitmap-disable\",\"data\":{\"node\":\"$NODE\",\"name\":\"$old\"}},"
+        bitmaps="[\"$old\"]"
+    fi
+    local script=$EX/backup-start.qmp
+    if [[ $NO_TRANSACTION == 1 ]]; then
+        # The same steps one by one, in an order that stays correct without atomicity: the new
+        # bitmap starts before the view's instant and the old one stops after it, so each
+        # reports a superset of what changed (some extents are copied twice, none is missed).
+        script=$DIR/backup-start-steps.qmp
+        {
+            echo "blockdev-add driver=qcow2 node-name=$FLEECE file.driver=file file.filename=$SCRATCH backing=$NODE discard=unmap"
+            echo "block-dirty-bitmap-add node=$NODE name=$new persistent=$persistent"
+            echo "blockdev-backup job-id=$FLEECE device=$NODE target=$FLEECE sync=none"
+            [[ -z $old ]] || echo "block-dirty-bitmap-disable node=$NODE name=$old"
+            echo "block-export-add type=nbd id=$FLEECE node-name=$FLEECE name=$EXPORT writable=false bitmaps=$bitmaps"
+        } >"$script"
+    fi
+    say "point-in-time view of $NODE: $script"
     STARTING=1
     NODE=$NODE SCRATCH=$SCRATCH FLEECE=$FLEECE EXPORT=$EXPORT ACTIONS=$actions BITMAPS=$bitmaps \
-        qmp_script "$EX/backup-start.qmp"
+        qmp_script "$script"
     STARTED=1 STARTING=0
 }
 stop_view() {
@@ -138,9 +164,9 @@ full() {
     local size drv persistent=false
     size=$(node_field '.image."virtual-size"'); drv=$(node_field '.drv')
     [[ -n $size ]] || die "no node '$NODE'"
-    [[ $drv == qcow2 ]] && persistent=true
+    [[ $drv == qcow2 && $TRANSIENT == 0 ]] && persistent=true
     ROLLBACK='stop_view; qmp block-dirty-bitmap-remove node="$NODE" name=b0 >/dev/null 2>&1 || true'
-    start_view "$size" "{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"$NODE\",\"name\":\"b0\",\"persistent\":$persistent}}," '[]'
+    start_view "$size" b0 "$persistent" ""
     qemu-img create -q -f qcow2 "$DIR/full.qcow2" "$size"
     say "nbdcopy $(URI) -> $DIR/full.qcow2"
     nbdcopy "$(URI)" -- [ qemu-nbd -f qcow2 "$DIR/full.qcow2" ]
@@ -157,13 +183,13 @@ incremental() {
     local size drv persistent=false old new n top image map
     old=$(cat "$DIR/bitmap"); n=$(wc -l <"$DIR/chain"); new=b$n; top=$(tail -n 1 "$DIR/chain"); image=inc$n.qcow2; map=$DIR/inc$n.map.json
     size=$(node_field '.image."virtual-size"'); drv=$(node_field '.drv')
-    [[ $drv == qcow2 ]] && persistent=true
+    [[ $drv == qcow2 && $TRANSIENT == 0 ]] && persistent=true
     # On failure, the next incremental must still see every change since the last good backup:
     # the writes since this transaction are in the new bitmap; merge them back into the old one.
     ROLLBACK="stop_view; qmp block-dirty-bitmap-enable node=$NODE name=$old >/dev/null 2>&1 || true; \
         qmp block-dirty-bitmap-merge node=$NODE target=$old bitmaps='[\"$new\"]' >/dev/null 2>&1 || true; \
         qmp block-dirty-bitmap-remove node=$NODE name=$new >/dev/null 2>&1 || true; rm -f $DIR/$image"
-    start_view "$size" "{\"type\":\"block-dirty-bitmap-add\",\"data\":{\"node\":\"$NODE\",\"name\":\"$new\",\"persistent\":$persistent}},{\"type\":\"block-dirty-bitmap-disable\",\"data\":{\"node\":\"$NODE\",\"name\":\"$old\"}}," "[\"$old\"]"
+    start_view "$size" "$new" "$persistent" "$old"
     say "nbdinfo --map=qemu:dirty-bitmap:$old $(URI)"
     nbdinfo --map="qemu:dirty-bitmap:$old" --json "$(URI)" >"$map"
     qemu-img create -q -f qcow2 -b "$top" -F qcow2 "$DIR/$image" "$size"
