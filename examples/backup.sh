@@ -24,7 +24,7 @@
 # bitmap reports a superset), for a daemon whose transaction lacks an action. --reference
 # copies the whole view too (for checking). --nbd-socket: the daemon's NBD server (unix); without it the script
 # starts one on DIR/nbd.sock and stops it afterwards.
-# Needs: qemu-utils, libnbd-bin, python3-libnbd, jq; qemu-system-common for qsd. See docs/backup.md.
+# Needs: qemu-utils, libnbd-bin, python3-libnbd; qemu-system-common for qsd. See docs/backup.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 EX=$ROOT/examples
@@ -54,7 +54,7 @@ while [[ $# -gt 0 ]]; do
         *) die "unknown option $1" ;;
     esac
 done
-for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdsh jq; do command -v $t >/dev/null || die "$t not found (apt-get install qemu-utils libnbd-bin python3-libnbd jq)"; done
+for t in qemu-img qemu-nbd nbdinfo nbdcopy nbdsh python3; do command -v $t >/dev/null || die "$t not found (apt-get install qemu-utils libnbd-bin python3-libnbd)"; done
 
 # nbdsh runs "python3": the one first on PATH may lack libnbd's module (a pyenv, a venv).
 NBDSH=(nbdsh)
@@ -70,9 +70,18 @@ qmp_script() {
     printf '%s\n' "$out" | grep -v '^{"\(timestamp\|event\)"' | grep -v '^{"summary"' | sed 's/^/  /' || true
     return $rc
 }
-node_field() { # FIELD (jq path below the node) of $NODE
-    qmp query-named-block-nodes flat=true | jq -r --arg n "$NODE" ".return[] | select(.\"node-name\" == \$n) | $1"
+node_field() { # KEY [KEY...]: a field of $NODE in query-named-block-nodes ("" if none)
+    qmp query-named-block-nodes flat=true | python3 -c '
+import json, sys
+for n in json.load(sys.stdin)["return"]:
+    if n["node-name"] == sys.argv[1]:
+        v = n
+        for k in sys.argv[2:]:
+            v = v[k]
+        print(v)' "$NODE" "$@" 2>/dev/null || true
 }
+check_monitor() { qmp query-version >/dev/null || die "no QMP monitor answers at $QMP"; }
+actual_size() { qemu-img info --output=json "$1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["actual-size"])'; }
 
 SCRATCH="" FLEECE=fleece-$$ EXPORT=backup STARTED=0 STARTING=0 OWN_NBD=0
 ROLLBACK="" CLEANUP=""   # shell code run on exit: ROLLBACK undoes a failed backup, CLEANUP ends the demo
@@ -162,7 +171,8 @@ full() {
     mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
     [[ ! -e $DIR/chain ]] || die "$DIR already holds a backup chain; use a new --dir"
     local size drv persistent=false
-    size=$(node_field '.image."virtual-size"'); drv=$(node_field '.drv')
+    check_monitor
+    size=$(node_field image virtual-size); drv=$(node_field drv)
     [[ -n $size ]] || die "no node '$NODE'"
     [[ $drv == qcow2 && $TRANSIENT == 0 ]] && persistent=true
     ROLLBACK='stop_view; qmp block-dirty-bitmap-remove node="$NODE" name=b0 >/dev/null 2>&1 || true'
@@ -173,7 +183,7 @@ full() {
     stop_view
     ROLLBACK=""
     echo full.qcow2 >"$DIR/chain"; echo b0 >"$DIR/bitmap"
-    say "full backup: $DIR/full.qcow2 ($(qemu-img info --output=json "$DIR/full.qcow2" | jq '."actual-size"') bytes on disk); bitmap b0 on $NODE tracks what changes from now on"
+    say "full backup: $DIR/full.qcow2 ($(actual_size "$DIR/full.qcow2") bytes on disk); bitmap b0 on $NODE tracks what changes from now on"
 }
 
 incremental() {
@@ -181,8 +191,9 @@ incremental() {
     DIR=$(cd "$DIR" && pwd)
     [[ -s $DIR/chain && -s $DIR/bitmap ]] || die "$DIR holds no full backup"
     local size drv persistent=false old new n top image map
+    check_monitor
     old=$(cat "$DIR/bitmap"); n=$(wc -l <"$DIR/chain"); new=b$n; top=$(tail -n 1 "$DIR/chain"); image=inc$n.qcow2; map=$DIR/inc$n.map.json
-    size=$(node_field '.image."virtual-size"'); drv=$(node_field '.drv')
+    size=$(node_field image virtual-size); drv=$(node_field drv)
     [[ $drv == qcow2 && $TRANSIENT == 0 ]] && persistent=true
     # On failure, the next incremental must still see every change since the last good backup:
     # the writes since this transaction are in the new bitmap; merge them back into the old one.
@@ -203,7 +214,7 @@ incremental() {
     ROLLBACK=""
     qmp block-dirty-bitmap-remove node="$NODE" name="$old" >/dev/null
     echo "$image" >>"$DIR/chain"; echo "$new" >"$DIR/bitmap"
-    say "incremental backup: $DIR/$image ($(qemu-img info --output=json "$DIR/$image" | jq '."actual-size"') bytes on disk); $old removed, $new tracks what changes from now on"
+    say "incremental backup: $DIR/$image ($(actual_size "$DIR/$image") bytes on disk); $old removed, $new tracks what changes from now on"
 }
 
 restore() {

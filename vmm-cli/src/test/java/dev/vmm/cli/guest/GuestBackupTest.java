@@ -103,7 +103,6 @@ class GuestBackupTest {
         Peers.require("nbdinfo");
         Peers.require("nbdcopy");
         Peers.require("nbdsh");
-        Peers.require("jq");
         Peers.python(); // a python3 with libnbd's module (the script finds it the same way)
         GuestKernel kernel = TestGuests.kernel();
         sock = Net.shortSocketDir();
