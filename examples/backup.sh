@@ -22,8 +22,8 @@
 # restart), in memory only on other formats or with --transient. --no-transaction: the bitmap
 # actions and blockdev-backup as separate commands, in an order that is still correct (each
 # bitmap reports a superset), for a daemon whose transaction lacks an action. --reference
-# copies the whole view too (for checking). --nbd-socket: the daemon's NBD server (unix); without it the script
-# starts one on DIR/nbd.sock and stops it afterwards.
+# copies the whole view too (for checking). --nbd-socket: the daemon's NBD server (unix);
+# without it the script starts one on DIR/nbd.sock and stops it afterwards.
 # Needs: qemu-utils, libnbd-bin, python3-libnbd; qemu-system-common for qsd. See docs/backup.md.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
