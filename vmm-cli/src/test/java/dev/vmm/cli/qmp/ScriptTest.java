@@ -98,6 +98,13 @@ class ScriptTest {
         for (String f : List.of("rotate-three-iothreads.qmp", "spread-disks.qmp", "drain-iothread.qmp", "migrate-disk.qmp")) {
             Script.parse(f, Files.readString(root.resolve(f)), env);
         }
+        // examples/backup.sh's two scripts, with the values it passes
+        java.util.Map<String, String> backup = java.util.Map.of("NODE", "disk0", "SCRATCH", "/tmp/s.qcow2", "FLEECE", "fleece-1",
+                "EXPORT", "backup", "BITMAPS", "[\"b0\"]",
+                "ACTIONS", "{\"type\":\"block-dirty-bitmap-disable\",\"data\":{\"node\":\"disk0\",\"name\":\"b0\"}},");
+        for (String f : List.of("backup-start.qmp", "backup-stop.qmp")) {
+            Script.parse(f, Files.readString(root.resolve(f)), backup);
+        }
     }
 
     @Test
