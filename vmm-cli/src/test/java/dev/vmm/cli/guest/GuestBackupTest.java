@@ -23,7 +23,6 @@ import java.util.concurrent.CompletableFuture;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
@@ -44,12 +43,10 @@ import org.junit.jupiter.params.provider.ValueSource;
  * none newer); the live disk moved on afterwards; the incremental image holds clusters only
  * inside the extents the bitmap reported, and those are fewer bytes than the disk.
  *
- * <p>Runs against qemu-storage-daemon 7.2 (the reference) and vmm. The vmm case needs the
- * issue 13 pieces (bitmaps, blockdev-backup, NBD {@code bitmaps=}); until they are merged it is
- * skipped unless {@code -Dvmm.test.backup=true}. {@code -Dvmm.test.backup.args="--transient
- * --no-transaction"} passes options to the script's full and incremental steps against vmm
- * (see examples/backup.sh) while a piece is missing: persistent bitmaps, or blockdev-backup in a
- * transaction.
+ * <p>Runs against qemu-storage-daemon 7.2 (the reference) and vmm, the same script and
+ * options (persistent bitmaps in a transaction with blockdev-backup). {@code
+ * -Dvmm.test.backup.args="--transient --no-transaction"} passes extra options to the script's
+ * full and incremental steps against vmm (see examples/backup.sh), to narrow down a failure.
  */
 class GuestBackupTest {
     static final long DISK_SIZE = 64 * Images.MiB;
@@ -95,8 +92,6 @@ class GuestBackupTest {
     @ValueSource(strings = {"qsd", "vmm"})
     void fullAndIncrementalBackupOfALiveGuestRestoreToThePointInTime(String server) throws Exception {
         boolean qsd = server.equals("qsd");
-        Assumptions.assumeTrue(qsd || Boolean.getBoolean("vmm.test.backup"),
-                "vmm's backup pieces (issue 13) are not merged yet: run with -Dvmm.test.backup=true");
         Peers.require("qemu-storage-daemon");
         Peers.require("qemu-img");
         Peers.require("qemu-nbd");
