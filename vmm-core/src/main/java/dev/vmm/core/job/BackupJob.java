@@ -11,16 +11,11 @@ import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.linux.LibC;
-import dev.vmm.core.memory.RawMemory;
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Iterator;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.TimeUnit;
 
 /**
  * QEMU's backup block job ({@code blockdev-backup}, block/backup.c with block/copy-before-write.c):
@@ -49,7 +44,7 @@ import java.util.concurrent.TimeUnit;
  * <p>Thread contract: the verbs come through {@link Job} (any thread) and are handed to the home
  * thread with {@link #post}; the layer, the copy loop and the map run on the source's home IOThread only.
  */
-public final class BackupJob extends Job {
+public final class BackupJob extends BlockJob {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(BackupJob.class);
 
     /** QEMU's {@code MirrorSyncMode} for backup. */
@@ -72,40 +67,14 @@ public final class BackupJob extends Job {
     /** Background copies in flight at once. */
     static final int MAX_COPIES = 4;
 
-    private final BlockNode source;
-    private final BlockNode target;
     private final Settings settings;
-    private volatile long speed;
 
-    // ---- home-thread state ----
-    private volatile IOThread home;
-    private final ArrayDeque<Runnable> deferred = new ArrayDeque<>();
-    /** Clusters whose point-in-time data is not on the target yet. */
-    private DirtyMap map;
+    // ---- home-thread state (map: the clusters whose point-in-time data is not on the target yet) ----
     private CopyBeforeWrite layer;
-    private BlockDriver below;
-    private NodeIo targetIo;
     /** Records the writes made during the job in place of the busy sync bitmap. */
     private DirtyBitmap successor;
     private enum Phase { STARTING, COPYING, FLUSHING, STOPPING, ENDED }
     private Phase phase = Phase.STARTING;
-    private boolean quiesced;
-    private boolean paused;
-    private volatile String ioStatus = "ok";
-    private String failure;
-    private long cursor;
-    private int copies;
-    private final ArrayDeque<Long> freeBuffers = new ArrayDeque<>();
-    private final List<Long> allocations = new ArrayList<>();
-    private int unit;
-    private int alignment;
-    private final BlockStatus status = new BlockStatus();
-    private long nextAllowed;
-    private boolean timerArmed;
-    private volatile long offset;
-    private volatile long len;
-    private volatile boolean busy;
-    private final CompletableFuture<Void> started = new CompletableFuture<>();
     /** A copy-before-write node's {@code on-cbw-error=break-snapshot}: a failed copy breaks the snapshot, not the guest's write. */
     private boolean breakSnapshot;
     /** The snapshot can no longer be read (a copy failed with break-snapshot, or the layer is gone). */
@@ -139,106 +108,13 @@ public final class BackupJob extends Job {
 
     public BackupJob(String id, BlockNode source, BlockNode target, Settings settings, boolean autoFinalize, boolean autoDismiss,
             JobEvents events, JobRegistry registry) {
-        super(id, "backup", autoFinalize, autoDismiss, events, registry);
-        this.source = source;
-        this.target = target;
+        super(id, "backup", source, target, settings.speed(), autoFinalize, autoDismiss, events, registry);
         this.settings = settings;
-        this.speed = settings.speed();
-        this.home = source.home();
     }
-
-    public BlockNode source() { return source; }
-
-    public BlockNode target() { return target; }
 
     public Settings settings() { return settings; }
 
-    /** Completes once the layer is in place and the start instant passed (or the start failed). */
-    public CompletableFuture<Void> started() { return started; }
-
-    // ---- QMP views (any thread) ----
-
-    /** {@code query-block-jobs}' BlockJobInfo (QEMU 7.2 fields). */
-    public synchronized Map<String, Object> blockJobInfo() {
-        Map<String, Object> m = new LinkedHashMap<>();
-        JobStatus s = status();
-        m.put("type", type());
-        m.put("device", id());
-        m.put("len", len);
-        m.put("offset", offset);
-        m.put("busy", busy && s == JobStatus.RUNNING);
-        m.put("paused", userPaused() || s == JobStatus.PAUSED);
-        m.put("speed", speed);
-        m.put("io-status", ioStatus);
-        m.put("ready", false);
-        m.put("status", s.wire());
-        m.put("auto-finalize", autoFinalize());
-        m.put("auto-dismiss", autoDismiss());
-        if (error() != null) m.put("error", error());
-        return m;
-    }
-
-    public long offset() { return offset; }
-
-    public long len() { return len; }
-
-    public void setSpeed(long bytesPerSecond) throws JobException {
-        checkVerb(JobStatus.Verb.SET_SPEED);
-        speed = bytesPerSecond;
-        post(() -> {
-            nextAllowed = System.nanoTime();
-            pump();
-        });
-    }
-
-    private Map<String, Object> progressEvent() {
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("type", type());
-        d.put("device", id());
-        d.put("len", len);
-        d.put("offset", offset);
-        d.put("speed", speed);
-        return d;
-    }
-
-    @Override
-    protected void finalEvent(String error, boolean aborted) {
-        if (aborted && error == null) {
-            events().emit(MirrorJob.BLOCK_JOB_CANCELLED, progressEvent());
-        } else {
-            Map<String, Object> d = progressEvent();
-            if (error != null) d.put("error", error);
-            events().emit(MirrorJob.BLOCK_JOB_COMPLETED, d);
-        }
-    }
-
-    @Override
-    protected boolean ioPaused() { return !ioStatus.equals("ok"); }
-
     // ---- verbs, handed to the home thread ----
-
-    private void post(Runnable r) {
-        IOThread h = home;
-        if (h == null) {
-            synchronized (deferred) {
-                if (home == null) {
-                    deferred.add(r);
-                    return;
-                }
-            }
-            post(r);
-            return;
-        }
-        h.execute(() -> {
-            if (home != h) post(r);
-            else r.run();
-        });
-    }
-
-    @Override
-    protected void run() {
-        post(this::startOnHome);
-    }
 
     @Override
     protected void onPause() {
@@ -270,32 +146,9 @@ public final class BackupJob extends Job {
 
     // ---- NodeUser: a move of the source's graph ----
 
-    private final NodeUser user = new NodeUser() {
-        @Override
-        public String describe() { return "backup job " + id(); }
-
+    private final NodeUser user = new MoveUser() {
         @Override
         public void quiesce() { quiesced = true; }
-
-        @Override
-        public CompletableFuture<Void> detach() {
-            synchronized (deferred) {
-                home = null;
-            }
-            return CompletableFuture.completedFuture(null);
-        }
-
-        @Override
-        public CompletableFuture<Void> attach(IOThread newHome) {
-            List<Runnable> later;
-            synchronized (deferred) {
-                home = newHome;
-                later = new ArrayList<>(deferred);
-                deferred.clear();
-            }
-            for (Runnable r : later) post(r);
-            return CompletableFuture.completedFuture(null);
-        }
 
         @Override
         public void resume() {
@@ -308,7 +161,8 @@ public final class BackupJob extends Job {
 
     // ---- the start (home thread) ----
 
-    private void startOnHome() {
+    @Override
+    void startOnHome() {
         try {
             NodeIo io = source.io();
             // The point in time: the node's io keeps new requests (before they are marked in any
@@ -405,7 +259,8 @@ public final class BackupJob extends Job {
         return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
     }
 
-    private void pump() {
+    @Override
+    void pump() {
         if (phase == Phase.ENDED || map == null) return;
         if (settings.sync() != Sync.NONE) {
             while (mayCopy() && copies < MAX_COPIES && rateAllows()) {
@@ -421,33 +276,6 @@ public final class BackupJob extends Job {
         busy = copies > 0;
         updateProgress();
         check();
-    }
-
-    private boolean rateAllows() {
-        long s = speed;
-        if (s <= 0) return true;
-        long now = System.nanoTime();
-        if (nextAllowed - now <= MirrorJob.SLICE_NS) return true;
-        if (!timerArmed) {
-            timerArmed = true;
-            IOThread h = home;
-            if (h != null) {
-                h.loop().schedule(() -> post(() -> {
-                    timerArmed = false;
-                    pump();
-                }), nextAllowed - now - MirrorJob.SLICE_NS, TimeUnit.NANOSECONDS);
-            } else {
-                timerArmed = false;
-            }
-        }
-        return false;
-    }
-
-    private void charge(long bytes) {
-        long s = speed;
-        if (s <= 0) return;
-        long now = System.nanoTime();
-        nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
     }
 
     private enum Kind { DATA, ZERO, SKIP }
@@ -517,14 +345,6 @@ public final class BackupJob extends Job {
                 }
             }
         }
-    }
-
-    private long buffer() {
-        Long b = freeBuffers.poll();
-        if (b != null) return b;
-        long base = RawMemory.allocate(unit + alignment);
-        allocations.add(base);
-        return (base + alignment - 1) & -(long) alignment;
     }
 
     private void copyDone(long first, long count, long bytes, long buf, int errno, boolean onTarget, CopyBeforeWrite.Waiter forGuest) {
@@ -659,22 +479,8 @@ public final class BackupJob extends Job {
     /** QEMU's backup error action: the policy of the side that failed. */
     private void ioError(int errno, boolean onTarget) {
         MirrorJob.OnError policy = onTarget ? settings.onTargetError() : settings.onSourceError();
-        String action;
-        if (policy == MirrorJob.OnError.STOP || (policy == MirrorJob.OnError.ENOSPC && errno == Errno.ENOSPC)) action = "stop";
-        else if (policy == MirrorJob.OnError.IGNORE) action = "ignore";
-        else action = "report";
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("device", id());
-        d.put("operation", onTarget ? "write" : "read");
-        d.put("action", action);
-        events().emit(MirrorJob.BLOCK_JOB_ERROR, d);
-        switch (action) {
-            case "stop" -> {
-                if (ioStatus.equals("ok")) {
-                    ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
-                    ioPause();
-                }
-            }
+        switch (errorAction(policy, errno, onTarget)) {
+            case "stop" -> stopOnError(errno);
             case "report" -> {
                 if (phase != Phase.STOPPING && phase != Phase.ENDED) stop(LibC.strerror(errno));
             }
@@ -736,9 +542,7 @@ public final class BackupJob extends Job {
         busy = false;
         source.removeUser(user);
         BlockNode.jobUnlink(source, target);
-        for (long a : allocations) RawMemory.free(a);
-        allocations.clear();
-        freeBuffers.clear();
+        freeBuffers();
         boolean aborted = failure == null && (forceCancelled() || cancelRequested());
         finishBitmap(failure == null && !aborted);
         updateProgress();

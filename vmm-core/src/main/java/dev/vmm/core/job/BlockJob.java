@@ -1,0 +1,279 @@
+package dev.vmm.core.job;
+
+import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockNode;
+import dev.vmm.core.block.BlockStatus;
+import dev.vmm.core.block.NodeIo;
+import dev.vmm.core.block.NodeUser;
+import dev.vmm.core.linux.Errno;
+import dev.vmm.core.memory.RawMemory;
+import dev.vmm.iothread.IOThread;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * What {@link MirrorJob} and {@link BackupJob} share as block jobs that copy a source node to a
+ * target node on the source's home IOThread: the QMP views and events (BlockJobInfo,
+ * BLOCK_JOB_COMPLETED/CANCELLED/ERROR), the hand-over of work to the home thread across moves,
+ * the {@code speed} limit, the copy buffers and the error action.
+ *
+ * <p>Thread contract: {@link #blockJobInfo}, {@link #setSpeed} and the {@link Job} verbs from any
+ * thread (the verbs hand their work to the home thread with {@link #post}); everything else, and
+ * the copy state below, on the source node's home IOThread only.
+ */
+abstract class BlockJob extends Job {
+    /** The rate limit's slice: a copy may start up to 100 ms before its bytes are due. */
+    static final long SLICE_NS = 100_000_000L;
+
+    final BlockNode source;
+    final BlockNode target;
+    volatile long speed;
+
+    // ---- home-thread state ----
+    volatile IOThread home;
+    /** Tasks posted while the job was between two homes (a move's detach and attach). */
+    final ArrayDeque<Runnable> deferred = new ArrayDeque<>();
+    DirtyMap map;
+    /** What the source's io forwarded to before the job's layer (its own driver, usually). */
+    BlockDriver below;
+    NodeIo targetIo;
+    boolean quiesced;
+    boolean paused;
+    /** QEMU's io-status: ok, failed, nospace. */
+    volatile String ioStatus = "ok";
+    String failure;
+    long cursor;
+    int copies;
+    final ArrayDeque<Long> freeBuffers = new ArrayDeque<>();
+    final List<Long> allocations = new ArrayList<>();
+    int unit;
+    int alignment;
+    final BlockStatus status = new BlockStatus();
+    /** Rate limiting: when the bytes started so far are due at {@code speed}. */
+    long nextAllowed;
+    boolean timerArmed;
+    volatile long offset;
+    volatile long len;
+    volatile boolean busy;
+    final CompletableFuture<Void> started = new CompletableFuture<>();
+
+    BlockJob(String id, String type, BlockNode source, BlockNode target, long speed, boolean autoFinalize, boolean autoDismiss,
+            JobEvents events, JobRegistry registry) {
+        super(id, type, autoFinalize, autoDismiss, events, registry);
+        this.source = source;
+        this.target = target;
+        this.speed = speed;
+        this.home = source.home();
+    }
+
+    public BlockNode source() { return source; }
+
+    public BlockNode target() { return target; }
+
+    /**
+     * Completes once the job's layer is in place and its start passed (a mirror's first pass
+     * started, a backup's point in time was taken), or the start failed.
+     */
+    public CompletableFuture<Void> started() { return started; }
+
+    // ---- QMP views (any thread) ----
+
+    /** {@code query-block-jobs}' BlockJobInfo (QEMU 7.2 fields); a backup is never ready or on standby. */
+    public synchronized Map<String, Object> blockJobInfo() {
+        Map<String, Object> m = new LinkedHashMap<>();
+        JobStatus s = status();
+        m.put("type", type());
+        m.put("device", id());
+        m.put("len", len);
+        m.put("offset", offset);
+        m.put("busy", busy && (s == JobStatus.RUNNING || s == JobStatus.READY));
+        m.put("paused", userPaused() || s == JobStatus.PAUSED || s == JobStatus.STANDBY);
+        m.put("speed", speed);
+        m.put("io-status", ioStatus);
+        m.put("ready", s == JobStatus.READY || s == JobStatus.STANDBY);
+        m.put("status", s.wire());
+        m.put("auto-finalize", autoFinalize());
+        m.put("auto-dismiss", autoDismiss());
+        if (error() != null) m.put("error", error());
+        return m;
+    }
+
+    public long offset() { return offset; }
+
+    public long len() { return len; }
+
+    public void setSpeed(long bytesPerSecond) throws JobException {
+        checkVerb(JobStatus.Verb.SET_SPEED);
+        speed = bytesPerSecond;
+        post(() -> {
+            nextAllowed = System.nanoTime();
+            pump();
+        });
+    }
+
+    Map<String, Object> progressEvent() {
+        Map<String, Object> d = new LinkedHashMap<>();
+        d.put("type", type());
+        d.put("device", id());
+        d.put("len", len);
+        d.put("offset", offset);
+        d.put("speed", speed);
+        return d;
+    }
+
+    @Override
+    protected void finalEvent(String error, boolean aborted) {
+        if (aborted && error == null) {
+            events().emit(MirrorJob.BLOCK_JOB_CANCELLED, progressEvent());
+        } else {
+            Map<String, Object> d = progressEvent();
+            if (error != null) d.put("error", error);
+            events().emit(MirrorJob.BLOCK_JOB_COMPLETED, d);
+        }
+    }
+
+    @Override
+    protected boolean ioPaused() { return !ioStatus.equals("ok"); }
+
+    // ---- verbs, handed to the home thread ----
+
+    /** Runs {@code r} on the job's current home (later, if it is between two homes). */
+    void post(Runnable r) {
+        IOThread h = home;
+        if (h == null) {
+            synchronized (deferred) {
+                if (home == null) {
+                    deferred.add(r);
+                    return;
+                }
+            }
+            post(r);
+            return;
+        }
+        h.execute(() -> {
+            if (home != h) post(r);
+            else r.run();
+        });
+    }
+
+    @Override
+    protected void run() {
+        post(this::startOnHome);
+    }
+
+    /** Home thread: puts the job's layer in place and starts copying. */
+    abstract void startOnHome();
+
+    /** Home thread: starts copies while the job may, then checks for its end. */
+    abstract void pump();
+
+    // ---- NodeUser: a move of the source's graph ----
+
+    /**
+     * The job as a user of its source node: the home is null between a move's detach and attach,
+     * and the work posted meanwhile runs on the new home. The subclass says what quiesce and resume do.
+     */
+    abstract class MoveUser implements NodeUser {
+        @Override
+        public String describe() { return type() + " job " + id(); }
+
+        @Override
+        public CompletableFuture<Void> detach() {
+            synchronized (deferred) {
+                home = null;
+            }
+            return CompletableFuture.completedFuture(null);
+        }
+
+        @Override
+        public CompletableFuture<Void> attach(IOThread newHome) {
+            List<Runnable> later;
+            synchronized (deferred) {
+                home = newHome;
+                later = new ArrayList<>(deferred);
+                deferred.clear();
+            }
+            for (Runnable r : later) post(r);
+            return CompletableFuture.completedFuture(null);
+        }
+    }
+
+    // ---- the copies (home thread) ----
+
+    /**
+     * {@code speed}: a copy may start when the bytes started so far, at {@code speed} bytes per
+     * second, are due by now plus one 100 ms slice; otherwise a timer pumps again when they are.
+     */
+    boolean rateAllows() {
+        long s = speed;
+        if (s <= 0) return true;
+        long now = System.nanoTime();
+        if (nextAllowed - now <= SLICE_NS) return true;
+        if (!timerArmed) {
+            timerArmed = true;
+            IOThread h = home;
+            if (h != null) {
+                h.loop().schedule(() -> post(() -> {
+                    timerArmed = false;
+                    pump();
+                }), nextAllowed - now - SLICE_NS, TimeUnit.NANOSECONDS);
+            } else {
+                timerArmed = false;
+            }
+        }
+        return false;
+    }
+
+    void charge(long bytes) {
+        long s = speed;
+        if (s <= 0) return;
+        long now = System.nanoTime();
+        nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
+    }
+
+    /** A copy buffer of {@code unit} bytes at {@code alignment}: a free one, else a new one. */
+    long buffer() {
+        Long b = freeBuffers.poll();
+        if (b != null) return b;
+        long base = RawMemory.allocate(unit + alignment);
+        allocations.add(base);
+        return (base + alignment - 1) & -(long) alignment;
+    }
+
+    /** At the end: the copy buffers go back. */
+    void freeBuffers() {
+        for (long a : allocations) RawMemory.free(a);
+        allocations.clear();
+        freeBuffers.clear();
+    }
+
+    /**
+     * QEMU's block_job_error_action: what {@code policy} (the failed side's on-*-error) does with
+     * {@code errno} ("stop", "ignore" or "report"), announced with BLOCK_JOB_ERROR.
+     */
+    String errorAction(MirrorJob.OnError policy, int errno, boolean onTarget) {
+        String action;
+        if (policy == MirrorJob.OnError.STOP || (policy == MirrorJob.OnError.ENOSPC && errno == Errno.ENOSPC)) action = "stop";
+        else if (policy == MirrorJob.OnError.IGNORE) action = "ignore";
+        else action = "report";
+        Map<String, Object> d = new LinkedHashMap<>();
+        d.put("device", id());
+        d.put("operation", onTarget ? "write" : "read");
+        d.put("action", action);
+        events().emit(MirrorJob.BLOCK_JOB_ERROR, d);
+        return action;
+    }
+
+    /** The "stop" action: the job pauses itself with io-status failed or nospace until resumed. */
+    void stopOnError(int errno) {
+        if (ioStatus.equals("ok")) {
+            ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
+            ioPause();
+        }
+    }
+}
