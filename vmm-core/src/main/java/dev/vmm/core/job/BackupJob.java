@@ -5,14 +5,12 @@ import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.BlockStatus;
-import dev.vmm.core.block.ForwardingBlockDriver;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.iothread.IOThread;
-import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
@@ -576,16 +574,9 @@ public final class BackupJob extends BlockJob {
      * pass. Holds every request while the job starts. Counts the requests it accepted and the
      * job's copies, so the node's drain waits for them. Home thread only.
      */
-    final class CopyBeforeWrite extends ForwardingBlockDriver {
-        private int pending;
-        private int held;
-        boolean holding;
-        boolean passthrough;
-        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+    final class CopyBeforeWrite extends Layer {
         /** Guest writes waiting for their clusters' copies, in arrival order. */
         private final List<Waiter> waiters = new ArrayList<>();
-        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
-        private BlockDriver releaseTo;
 
         CopyBeforeWrite(BlockDriver below) { super(below); }
 
@@ -602,54 +593,6 @@ public final class BackupJob extends BlockJob {
                 this.submit = submit;
                 this.done = done;
             }
-        }
-
-        interface Submit {
-            void to(BlockDriver driver, IoCompletion done) throws BlockException;
-        }
-
-        private interface Later {
-            void submit(BlockDriver to) throws BlockException;
-        }
-
-        void release(BlockDriver to) {
-            holding = false;
-            List<Runnable> q = new ArrayList<>(heldQueue);
-            heldQueue.clear();
-            releaseTo = to;
-            for (Runnable r : q) {
-                held--;
-                pending--;
-                r.run();
-            }
-            releaseTo = null;
-            runIdleWaiters();
-        }
-
-        private boolean hold(Later later, IoCompletion done) {
-            if (!holding) return false;
-            pending++;
-            held++;
-            heldQueue.add(() -> {
-                try {
-                    later.submit(releaseTo);
-                } catch (BlockException e) {
-                    done.ioDone(e.errno());
-                }
-            });
-            return true;
-        }
-
-        private IoCompletion counted(IoCompletion done) {
-            pending++;
-            return e -> {
-                pending--;
-                try {
-                    done.ioDone(e);
-                } finally {
-                    runIdleWaiters();
-                }
-            };
         }
 
         /** Submits {@code s} below, counted; a request the driver refuses at once is not left counted. */
@@ -760,27 +703,6 @@ public final class BackupJob extends BlockJob {
                     w.done.ioDone(errno);
                 }
             }
-        }
-
-        void runIdleWaiters() {
-            if (pending == 0 && copies == 0) {
-                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
-            }
-        }
-
-        @Override
-        public int inFlight() { return pending + copies + d.inFlight(); }
-
-        @Override
-        public void whenIdle(Runnable idle) {
-            if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
-                return;
-            }
-            d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
-                else idle.run();
-            });
         }
 
         // The synchronous calls (control plane, tests) pass: they run only where no job is (a

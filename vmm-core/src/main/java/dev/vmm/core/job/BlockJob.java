@@ -1,8 +1,11 @@
 package dev.vmm.core.job;
 
 import dev.vmm.core.block.BlockDriver;
+import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.BlockStatus;
+import dev.vmm.core.block.ForwardingBlockDriver;
+import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.Errno;
@@ -274,6 +277,106 @@ abstract class BlockJob extends Job {
         if (ioStatus.equals("ok")) {
             ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
             ioPause();
+        }
+    }
+
+    /**
+     * The job's layer in front of the source's driver: holds new requests while the job starts
+     * (or a mirror converges) and counts the requests it accepted and the job's copies, so that
+     * the node's drain waits for them. Home thread only.
+     */
+    abstract class Layer extends ForwardingBlockDriver {
+        int pending;
+        int held;
+        boolean holding;
+        boolean passthrough;
+        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
+        private BlockDriver releaseTo;
+
+        Layer(BlockDriver below) { super(below); }
+
+        /** One request to a driver with a completion. */
+        interface Submit {
+            void to(BlockDriver driver, IoCompletion done) throws BlockException;
+        }
+
+        /** A request that arrives while holding: kept, counted, submitted by {@link #release}. */
+        interface Later {
+            void submit(BlockDriver to) throws BlockException;
+        }
+
+        /** Submits the held requests to {@code to} (the layer itself, or what replaced it). */
+        void release(BlockDriver to) {
+            holding = false;
+            List<Runnable> q = new ArrayList<>(heldQueue);
+            heldQueue.clear();
+            releaseTo = to;
+            for (Runnable r : q) {
+                held--;
+                pending--;
+                r.run();
+            }
+            releaseTo = null;
+            idle();
+        }
+
+        boolean hold(Later later, IoCompletion done) {
+            if (!holding) return false;
+            pending++;
+            held++;
+            heldQueue.add(() -> {
+                try {
+                    later.submit(releaseTo);
+                } catch (BlockException e) {
+                    done.ioDone(e.errno());
+                }
+            });
+            return true;
+        }
+
+        IoCompletion counted(IoCompletion done) {
+            pending++;
+            return e -> {
+                pending--;
+                try {
+                    done.ioDone(e);
+                } finally {
+                    idle();
+                }
+            };
+        }
+
+        /** A request of the layer's ended: runs the idle waiters (a mirror also checks its convergence). */
+        void idle() {
+            runIdleWaiters();
+        }
+
+        /** The waiters of {@link #whenIdle}, once neither guest requests nor the job's copies are in flight. */
+        void runIdleWaiters() {
+            if (pending == 0 && copies == 0) {
+                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
+            }
+        }
+
+        /**
+         * The guest requests it accepted, the job's copies (a copy's write to the target comes
+         * after its read here: a drain of the source that ignored it would let the target get a
+         * request after its own drain) and the requests below.
+         */
+        @Override
+        public int inFlight() { return pending + copies + d.inFlight(); }
+
+        @Override
+        public void whenIdle(Runnable idle) {
+            if (pending > 0 || copies > 0) {
+                idleWaiters.add(() -> whenIdle(idle));
+                return;
+            }
+            d.whenIdle(() -> {
+                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
+                else idle.run();
+            });
         }
     }
 }

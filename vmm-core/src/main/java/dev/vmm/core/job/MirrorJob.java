@@ -4,15 +4,12 @@ import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.block.BlockStatus;
-import dev.vmm.core.block.ForwardingBlockDriver;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.LibC;
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayDeque;
-import java.util.ArrayList;
-import java.util.List;
 
 /**
  * QEMU's mirror block job ({@code blockdev-mirror}): copies the source node to the target node
@@ -435,68 +432,14 @@ public final class MirrorJob extends BlockJob {
      * or converges. Counts the requests it accepted, so the node's drain waits for them.
      * Home thread only.
      */
-    final class Filter extends ForwardingBlockDriver {
-        private int pending;
-        private int held;
-        boolean holding;
-        boolean passthrough;
-        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+    final class Filter extends Layer {
         /** Write-blocking writes waiting for their chunks to be free, in arrival order. */
         private final ArrayDeque<Runnable> waiting = new ArrayDeque<>();
-        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
 
         Filter(BlockDriver below) { super(below); }
 
         /** Requests accepted and not held. */
         int active() { return pending - held; }
-
-        /** Submits the held requests to {@code to} (the filter itself, or what replaced it). */
-        void release(BlockDriver to) {
-            holding = false;
-            List<Runnable> q = new ArrayList<>(heldQueue);
-            heldQueue.clear();
-            releaseTo = to;
-            for (Runnable r : q) {
-                held--;
-                pending--;
-                r.run();
-            }
-            releaseTo = null;
-            idle();
-        }
-
-        private BlockDriver releaseTo;
-
-        /** A request that arrives while holding: kept, counted, submitted by {@link #release}. */
-        private interface Later {
-            void submit(BlockDriver to) throws BlockException;
-        }
-
-        private boolean hold(Later later, IoCompletion done) {
-            if (!holding) return false;
-            pending++;
-            held++;
-            heldQueue.add(() -> {
-                try {
-                    later.submit(releaseTo);
-                } catch (BlockException e) {
-                    done.ioDone(e.errno());
-                }
-            });
-            return true;
-        }
-
-        private IoCompletion counted(IoCompletion done) {
-            pending++;
-            return e -> {
-                pending--;
-                try {
-                    done.ioDone(e);
-                } finally {
-                    idle();
-                }
-            };
-        }
 
         private IoCompletion marking(long o, long l, IoCompletion done) {
             pending++;
@@ -512,36 +455,10 @@ public final class MirrorJob extends BlockJob {
             };
         }
 
-        private void idle() {
+        @Override
+        void idle() {
             runIdleWaiters();
             if (phase == Phase.CONVERGING) check();
-        }
-
-        /** The waiters of {@link #whenIdle}, once neither guest requests nor the job's copies are in flight. */
-        void runIdleWaiters() {
-            if (pending == 0 && copies == 0) {
-                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
-            }
-        }
-
-        /**
-         * The guest requests it accepted, the job's copies (a copy's write to the target comes
-         * after its read here: a drain of the source that ignored it would let the target get a
-         * request after its own drain) and the requests below.
-         */
-        @Override
-        public int inFlight() { return pending + copies + d.inFlight(); }
-
-        @Override
-        public void whenIdle(Runnable idle) {
-            if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
-                return;
-            }
-            d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
-                else idle.run();
-            });
         }
 
         // The synchronous calls (control plane, tests): written, then marked.
@@ -633,11 +550,6 @@ public final class MirrorJob extends BlockJob {
             } else {
                 d.writev(o, iov, n, t, fua, marking(o, t, c));
             }
-        }
-
-        /** One write to a driver with a completion. */
-        private interface Submit {
-            void to(BlockDriver driver, IoCompletion done) throws BlockException;
         }
 
         /**
