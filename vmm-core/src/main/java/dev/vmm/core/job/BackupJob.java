@@ -4,7 +4,6 @@ import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
-import dev.vmm.core.block.BlockStatus;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
@@ -276,8 +275,6 @@ public final class BackupJob extends BlockJob {
         check();
     }
 
-    private enum Kind { DATA, ZERO, SKIP }
-
     /**
      * Copies up to {@code maxChunks} dirty, idle clusters from {@code c}: read from below the
      * layer, write to the target. {@code forGuest} is the guest request waiting for it (a copy
@@ -285,64 +282,17 @@ public final class BackupJob extends BlockJob {
      */
     private void startCopy(long c, int maxChunks, CopyBeforeWrite.Waiter forGuest) {
         long off = map.offsetOf(c);
-        long n = 1;
-        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
-        long length = Math.min(n * map.granularity(), source.size() - off);
-        Kind kind = Kind.DATA;
-        try {
-            below.status(off, length, status);
-            if (status.length >= Math.min(map.granularity(), length)) {
-                if (status.length < length) {
-                    n = Math.max(1, status.length / map.granularity());
-                    length = Math.min(n * map.granularity(), source.size() - off);
-                }
-                if (settings.sync() == Sync.TOP && status.depth != 1) kind = Kind.SKIP;
-                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
-            } else {
-                n = 1;
-                length = Math.min(map.granularity(), source.size() - off);
-            }
-        } catch (BlockException e) {
-            kind = Kind.DATA;
-        }
+        Extent x = extent(c, maxChunks, settings.sync() == Sync.TOP);
+        long n = x.chunks();
+        long length = x.length();
         for (long i = 0; i < n; i++) map.setBusy(c + i, true);
         if (forGuest == null) {
             cursor = c + n;
             charge(length);
         }
         copies++;
-        final long first = c;
-        final long count = n;
-        final long bytes = length;
-        switch (kind) {
-            case SKIP -> home.loop().execute(() -> copyDone(first, count, bytes, 0L, 0, false, forGuest));
-            case ZERO -> {
-                try {
-                    // no unmap: a fleecing target's hole would show its backing (the live source)
-                    targetIo.writeZeroes(off, bytes, false, false, false, e -> copyDone(first, count, bytes, 0L, e, true, forGuest));
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, 0L, e.errno(), true, forGuest));
-                }
-            }
-            case DATA -> {
-                long buf = buffer();
-                try {
-                    below.read(off, buf, (int) bytes, e -> {
-                        if (e != 0) {
-                            copyDone(first, count, bytes, buf, e, false, forGuest);
-                            return;
-                        }
-                        try {
-                            targetIo.write(off, buf, (int) bytes, false, e2 -> copyDone(first, count, bytes, buf, e2, true, forGuest));
-                        } catch (BlockException ex) {
-                            copyDone(first, count, bytes, buf, ex.errno(), true, forGuest);
-                        }
-                    });
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, buf, e.errno(), false, forGuest));
-                }
-            }
-        }
+        // no unmap: a fleecing target's hole would show its backing (the live source)
+        copy(off, length, x.kind(), false, (buf, e, onTarget) -> copyDone(c, n, length, buf, e, onTarget, forGuest));
     }
 
     private void copyDone(long first, long count, long bytes, long buf, int errno, boolean onTarget, CopyBeforeWrite.Waiter forGuest) {

@@ -239,6 +239,83 @@ abstract class BlockJob extends Job {
         nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
     }
 
+    /** What one copy writes to the target: the data read from below, zeros, or nothing (sync=top, not in the top layer). */
+    enum Kind { DATA, ZERO, SKIP }
+
+    /** One copy: {@code chunks} chunks of {@link #map} from its first, {@code length} bytes. */
+    record Extent(long chunks, long length, Kind kind) {}
+
+    /**
+     * The copy from chunk {@code c}: up to {@code maxChunks} dirty, idle chunks, cut to the first
+     * run of one block status below the layer. With {@code topOnly} (sync=top) what is not in the
+     * top layer is skipped.
+     */
+    Extent extent(long c, int maxChunks, boolean topOnly) {
+        long off = map.offsetOf(c);
+        long n = 1;
+        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
+        long length = Math.min(n * map.granularity(), source.size() - off);
+        Kind kind = Kind.DATA;
+        try {
+            below.status(off, length, status);
+            if (status.length >= Math.min(map.granularity(), length)) {
+                if (status.length < length) {
+                    n = Math.max(1, status.length / map.granularity());
+                    length = Math.min(n * map.granularity(), source.size() - off);
+                }
+                if (topOnly && status.depth != 1) kind = Kind.SKIP;
+                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
+            } else {
+                n = 1; // a chunk with mixed status: copy its data
+                length = Math.min(map.granularity(), source.size() - off);
+            }
+        } catch (BlockException e) {
+            kind = Kind.DATA; // no status: copy the data
+        }
+        return new Extent(n, length, kind);
+    }
+
+    /** The end of one copy: {@code errno} 0, or the error of the read ({@code onTarget} false) or of the write. */
+    interface CopyEnd {
+        void done(long buf, int errno, boolean onTarget);
+    }
+
+    /**
+     * Copies {@code bytes} at {@code off} as {@code kind} says: reads below the layer into a
+     * buffer and writes it to the target, or writes zeros ({@code unmap} as the zero write's);
+     * {@code end} runs once, on the home thread, with the buffer (0 for none) to give back.
+     */
+    void copy(long off, long bytes, Kind kind, boolean unmap, CopyEnd end) {
+        switch (kind) {
+            case SKIP -> home.loop().execute(() -> end.done(0L, 0, false));
+            case ZERO -> {
+                try {
+                    targetIo.writeZeroes(off, bytes, unmap, false, false, e -> end.done(0L, e, true));
+                } catch (BlockException e) {
+                    home.loop().execute(() -> end.done(0L, e.errno(), true));
+                }
+            }
+            case DATA -> {
+                long buf = buffer();
+                try {
+                    below.read(off, buf, (int) bytes, e -> {
+                        if (e != 0) {
+                            end.done(buf, e, false);
+                            return;
+                        }
+                        try {
+                            targetIo.write(off, buf, (int) bytes, false, e2 -> end.done(buf, e2, true));
+                        } catch (BlockException ex) {
+                            end.done(buf, ex.errno(), true);
+                        }
+                    });
+                } catch (BlockException e) {
+                    home.loop().execute(() -> end.done(buf, e.errno(), false));
+                }
+            }
+        }
+    }
+
     /** A copy buffer of {@code unit} bytes at {@code alignment}: a free one, else a new one. */
     long buffer() {
         Long b = freeBuffers.poll();

@@ -3,7 +3,6 @@ package dev.vmm.core.job;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
-import dev.vmm.core.block.BlockStatus;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
@@ -204,31 +203,11 @@ public final class MirrorJob extends BlockJob {
         check();
     }
 
-    private enum Kind { DATA, ZERO, SKIP }
-
     private void startCopy(long c) {
         long off = map.offsetOf(c);
-        int maxChunks = Math.max(1, unit / map.granularity());
-        long n = 1;
-        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
-        long length = Math.min(n * map.granularity(), source.size() - off);
-        Kind kind = Kind.DATA;
-        try {
-            below.status(off, length, status);
-            if (status.length >= Math.min(map.granularity(), length)) {
-                if (status.length < length) {
-                    n = Math.max(1, status.length / map.granularity());
-                    length = Math.min(n * map.granularity(), source.size() - off);
-                }
-                if (settings.sync() == Sync.TOP && status.depth != 1) kind = Kind.SKIP;
-                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
-            } else {
-                n = 1; // a chunk with mixed status: copy its data
-                length = Math.min(map.granularity(), source.size() - off);
-            }
-        } catch (BlockException e) {
-            kind = Kind.DATA; // no status: copy the data
-        }
+        Extent x = extent(c, Math.max(1, unit / map.granularity()), settings.sync() == Sync.TOP);
+        long n = x.chunks();
+        long length = x.length();
         for (long i = 0; i < n; i++) {
             map.clear(c + i);
             map.setBusy(c + i, true);
@@ -237,37 +216,7 @@ public final class MirrorJob extends BlockJob {
         copies++;
         copyBytes += length;
         charge(length);
-        final long first = c;
-        final long count = n;
-        final long bytes = length;
-        switch (kind) {
-            case SKIP -> home.loop().execute(() -> copyDone(first, count, bytes, 0L, 0, false));
-            case ZERO -> {
-                try {
-                    targetIo.writeZeroes(off, bytes, true, false, false, e -> copyDone(first, count, bytes, 0L, e, true));
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, 0L, e.errno(), true));
-                }
-            }
-            case DATA -> {
-                long buf = buffer();
-                try {
-                    below.read(off, buf, (int) bytes, e -> {
-                        if (e != 0) {
-                            copyDone(first, count, bytes, buf, e, false);
-                            return;
-                        }
-                        try {
-                            targetIo.write(off, buf, (int) bytes, false, e2 -> copyDone(first, count, bytes, buf, e2, true));
-                        } catch (BlockException ex) {
-                            copyDone(first, count, bytes, buf, ex.errno(), true);
-                        }
-                    });
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, buf, e.errno(), false));
-                }
-            }
-        }
+        copy(off, length, x.kind(), true, (buf, e, onTarget) -> copyDone(c, n, length, buf, e, onTarget));
     }
 
     /** A copy ended: {@code errno} 0, or the error of the read ({@code onTarget} false) or of the write. */
