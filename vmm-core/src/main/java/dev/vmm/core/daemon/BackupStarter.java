@@ -4,14 +4,10 @@ import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.job.BackupJob;
 import dev.vmm.core.job.JobEvents;
-import dev.vmm.core.job.JobException;
 import dev.vmm.core.job.MirrorJob;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
 import java.util.List;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 
 /**
  * {@code blockdev-backup} (QEMU 7.2's arguments and refusals: blockdev.c do_backup_common,
@@ -51,8 +47,8 @@ public final class BackupStarter {
         String filterNodeName = o.optional("filter-node-name", null);
         o.checkAllConsumed();
 
-        BlockNode source = lookup(device);
-        BlockNode target = lookup(targetName);
+        BlockNode source = JobStarts.lookup(daemon, device);
+        BlockNode target = JobStarts.lookup(daemon, targetName);
         if (jobId == null) jobId = ""; // QEMU: the device name of a node without a BlockBackend
         if (!MirrorStarter.wellFormed(jobId)) throw new DaemonException("Invalid job ID '" + jobId + "'");
 
@@ -120,18 +116,7 @@ public final class BackupStarter {
         BlockNode source = p.source();
         BlockNode target = p.target();
         BackupJob job = p.job();
-        if (target.home() != source.home()) {
-            try {
-                daemon.moveNode(target.name(), source.home().id()).get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
-            } catch (ExecutionException e) {
-                throw new DaemonException("cannot move target '" + target.name() + "' to the source's IOThread: " + e.getCause().getMessage());
-            } catch (TimeoutException e) {
-                throw new DaemonException("cannot move target '" + target.name() + "' to the source's IOThread: timed out");
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new DaemonException("interrupted");
-            }
-        }
+        JobStarts.moveTargetToSource(daemon, source, target);
         daemon.withGates(List.of(source, target), () -> {
             startGated(p);
             return null;
@@ -159,34 +144,11 @@ public final class BackupStarter {
         if (bm != null && bm.busy()) {
             throw new DaemonException("Bitmap '" + bm.name() + "' is currently in use by another operation and cannot be used");
         }
-        try {
-            daemon.jobs().add(job);
-        } catch (JobException e) {
-            throw new DaemonException(e.getMessage());
-        }
+        JobStarts.register(daemon, job);
         if (bm != null) bm.setBusy(true); // under the gates: a second job cannot take it meanwhile; the job frees it at its end
         BlockNode.jobLink(source, target);
-        job.start();
-        try {
-            job.started().get(Daemon.MOVE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
-        } catch (ExecutionException | TimeoutException e) {
-            try {
-                job.cancel(true);
-            } catch (JobException ignored) {
-                // already ending
-            }
-            throw new DaemonException("backup job '" + job.id() + "' did not start: " + e);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new DaemonException("interrupted");
-        }
+        JobStarts.startAndWait(job, job.started());
         return job;
-    }
-
-    private BlockNode lookup(String name) throws DaemonException {
-        BlockNode n = daemon.findNode(name);
-        if (n == null) throw new DaemonException("Cannot find device='" + name + "' nor node-name='" + name + "'");
-        return n;
     }
 
     /** The type of a running job that uses {@code n} as its source or target, or null. */

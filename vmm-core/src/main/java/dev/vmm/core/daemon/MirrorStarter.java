@@ -3,14 +3,10 @@ package dev.vmm.core.daemon;
 import dev.vmm.core.block.BlockNode;
 import dev.vmm.core.export.BlockExport;
 import dev.vmm.core.job.JobEvents;
-import dev.vmm.core.job.JobException;
 import dev.vmm.core.job.MirrorJob;
 import dev.vmm.core.options.OptionException;
 import dev.vmm.core.options.Options;
 import java.util.List;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 
 /**
  * {@code blockdev-mirror} (QEMU 7.2's arguments and refusals, qapi/block-core.json): parses,
@@ -46,8 +42,8 @@ final class MirrorStarter {
         String filterNodeName = o.optional("filter-node-name", null);
         o.checkAllConsumed();
 
-        BlockNode source = lookup(device);
-        BlockNode target = lookup(targetName);
+        BlockNode source = JobStarts.lookup(daemon, device);
+        BlockNode target = JobStarts.lookup(daemon, targetName);
         if (granularity != 0 && (granularity < 512 || granularity > 64L << 20)) {
             throw new DaemonException("Parameter 'granularity' expects a value in range [512B, 64MB]");
         }
@@ -80,56 +76,20 @@ final class MirrorStarter {
         if (bufSize == 0) bufSize = DEFAULT_BUF_SIZE;
         bufSize = Math.max(bufSize, granularity);
 
-        if (target.home() != source.home()) {
-            // QEMU moves the target into the source's AioContext; so do we, before tying them.
-            try {
-                daemon.moveNode(target.name(), source.home().id()).get(Daemon.MOVE_TIMEOUT_SECONDS + 5, TimeUnit.SECONDS);
-            } catch (ExecutionException e) {
-                throw new DaemonException("cannot move target '" + target.name() + "' to the source's IOThread: " + e.getCause().getMessage());
-            } catch (TimeoutException e) {
-                throw new DaemonException("cannot move target '" + target.name() + "' to the source's IOThread: timed out");
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new DaemonException("interrupted");
-            }
-        }
+        JobStarts.moveTargetToSource(daemon, source, target);
         MirrorJob.Settings settings = new MirrorJob.Settings(sync, (int) granularity, bufSize, mode, onSource, onTarget, speed);
         MirrorJob job = new MirrorJob(jobId, source, target, settings, autoFinalize, autoDismiss, events, daemon.jobs());
         daemon.withGates(List.of(source, target), () -> {
             if (target.home() != source.home()) throw new DaemonException("block node '" + source.name() + "' moved meanwhile; try again");
             if (hasJob(source) || !target.jobLinks().isEmpty()) throw new DaemonException("Need a root block node");
-            try {
-                daemon.jobs().add(job);
-            } catch (JobException e) {
-                throw new DaemonException(e.getMessage());
-            }
+            JobStarts.register(daemon, job);
             BlockNode.jobLink(source, target);
-            job.start();
-            try {
-                // Under the gates until the filter is in place: a move must not drain half-way.
-                job.started().get(Daemon.MOVE_TIMEOUT_SECONDS, TimeUnit.SECONDS);
-            } catch (ExecutionException | TimeoutException e) {
-                try {
-                    job.cancel(true); // not left registered, linked and starting later behind the error
-                } catch (dev.vmm.core.job.JobException ignored) {
-                    // already ending
-                }
-                throw new DaemonException("mirror job '" + job.id() + "' did not start: " + e);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new DaemonException("interrupted");
-            }
+            JobStarts.startAndWait(job, job.started()); // under the gates until the filter is in place
             return null;
         });
         Daemon.LOG.info("mirror job {} started: {} -> {}, sync={}, copy-mode={}, granularity={}", job.id(), source.name(), target.name(),
                 Options.spelling(sync), Options.spelling(mode), granularity);
         return job;
-    }
-
-    private BlockNode lookup(String name) throws DaemonException {
-        BlockNode n = daemon.findNode(name);
-        if (n == null) throw new DaemonException("Cannot find device='" + name + "' nor node-name='" + name + "'");
-        return n;
     }
 
     /** A node tied to another by a job that is still running (a pivoted source keeps a tie, but no job). */

@@ -4,23 +4,15 @@ import dev.vmm.core.bitmap.DirtyBitmap;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
-import dev.vmm.core.block.BlockStatus;
-import dev.vmm.core.block.ForwardingBlockDriver;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
 import dev.vmm.core.linux.Errno;
 import dev.vmm.core.linux.LibC;
-import dev.vmm.core.memory.RawMemory;
 import dev.vmm.iothread.IOThread;
-import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Iterator;
-import java.util.LinkedHashMap;
 import java.util.List;
-import java.util.Map;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.TimeUnit;
 
 /**
  * QEMU's backup block job ({@code blockdev-backup}, block/backup.c with block/copy-before-write.c):
@@ -49,7 +41,7 @@ import java.util.concurrent.TimeUnit;
  * <p>Thread contract: the verbs come through {@link Job} (any thread) and are handed to the home
  * thread with {@link #post}; the layer, the copy loop and the map run on the source's home IOThread only.
  */
-public final class BackupJob extends Job {
+public final class BackupJob extends BlockJob {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(BackupJob.class);
 
     /** QEMU's {@code MirrorSyncMode} for backup. */
@@ -72,40 +64,14 @@ public final class BackupJob extends Job {
     /** Background copies in flight at once. */
     static final int MAX_COPIES = 4;
 
-    private final BlockNode source;
-    private final BlockNode target;
     private final Settings settings;
-    private volatile long speed;
 
-    // ---- home-thread state ----
-    private volatile IOThread home;
-    private final ArrayDeque<Runnable> deferred = new ArrayDeque<>();
-    /** Clusters whose point-in-time data is not on the target yet. */
-    private DirtyMap map;
+    // ---- home-thread state (map: the clusters whose point-in-time data is not on the target yet) ----
     private CopyBeforeWrite layer;
-    private BlockDriver below;
-    private NodeIo targetIo;
     /** Records the writes made during the job in place of the busy sync bitmap. */
     private DirtyBitmap successor;
     private enum Phase { STARTING, COPYING, FLUSHING, STOPPING, ENDED }
     private Phase phase = Phase.STARTING;
-    private boolean quiesced;
-    private boolean paused;
-    private volatile String ioStatus = "ok";
-    private String failure;
-    private long cursor;
-    private int copies;
-    private final ArrayDeque<Long> freeBuffers = new ArrayDeque<>();
-    private final List<Long> allocations = new ArrayList<>();
-    private int unit;
-    private int alignment;
-    private final BlockStatus status = new BlockStatus();
-    private long nextAllowed;
-    private boolean timerArmed;
-    private volatile long offset;
-    private volatile long len;
-    private volatile boolean busy;
-    private final CompletableFuture<Void> started = new CompletableFuture<>();
     /** A copy-before-write node's {@code on-cbw-error=break-snapshot}: a failed copy breaks the snapshot, not the guest's write. */
     private boolean breakSnapshot;
     /** The snapshot can no longer be read (a copy failed with break-snapshot, or the layer is gone). */
@@ -139,106 +105,13 @@ public final class BackupJob extends Job {
 
     public BackupJob(String id, BlockNode source, BlockNode target, Settings settings, boolean autoFinalize, boolean autoDismiss,
             JobEvents events, JobRegistry registry) {
-        super(id, "backup", autoFinalize, autoDismiss, events, registry);
-        this.source = source;
-        this.target = target;
+        super(id, "backup", source, target, settings.speed(), autoFinalize, autoDismiss, events, registry);
         this.settings = settings;
-        this.speed = settings.speed();
-        this.home = source.home();
     }
-
-    public BlockNode source() { return source; }
-
-    public BlockNode target() { return target; }
 
     public Settings settings() { return settings; }
 
-    /** Completes once the layer is in place and the start instant passed (or the start failed). */
-    public CompletableFuture<Void> started() { return started; }
-
-    // ---- QMP views (any thread) ----
-
-    /** {@code query-block-jobs}' BlockJobInfo (QEMU 7.2 fields). */
-    public synchronized Map<String, Object> blockJobInfo() {
-        Map<String, Object> m = new LinkedHashMap<>();
-        JobStatus s = status();
-        m.put("type", type());
-        m.put("device", id());
-        m.put("len", len);
-        m.put("offset", offset);
-        m.put("busy", busy && s == JobStatus.RUNNING);
-        m.put("paused", userPaused() || s == JobStatus.PAUSED);
-        m.put("speed", speed);
-        m.put("io-status", ioStatus);
-        m.put("ready", false);
-        m.put("status", s.wire());
-        m.put("auto-finalize", autoFinalize());
-        m.put("auto-dismiss", autoDismiss());
-        if (error() != null) m.put("error", error());
-        return m;
-    }
-
-    public long offset() { return offset; }
-
-    public long len() { return len; }
-
-    public void setSpeed(long bytesPerSecond) throws JobException {
-        checkVerb(JobStatus.Verb.SET_SPEED);
-        speed = bytesPerSecond;
-        post(() -> {
-            nextAllowed = System.nanoTime();
-            pump();
-        });
-    }
-
-    private Map<String, Object> progressEvent() {
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("type", type());
-        d.put("device", id());
-        d.put("len", len);
-        d.put("offset", offset);
-        d.put("speed", speed);
-        return d;
-    }
-
-    @Override
-    protected void finalEvent(String error, boolean aborted) {
-        if (aborted && error == null) {
-            events().emit(MirrorJob.BLOCK_JOB_CANCELLED, progressEvent());
-        } else {
-            Map<String, Object> d = progressEvent();
-            if (error != null) d.put("error", error);
-            events().emit(MirrorJob.BLOCK_JOB_COMPLETED, d);
-        }
-    }
-
-    @Override
-    protected boolean ioPaused() { return !ioStatus.equals("ok"); }
-
     // ---- verbs, handed to the home thread ----
-
-    private void post(Runnable r) {
-        IOThread h = home;
-        if (h == null) {
-            synchronized (deferred) {
-                if (home == null) {
-                    deferred.add(r);
-                    return;
-                }
-            }
-            post(r);
-            return;
-        }
-        h.execute(() -> {
-            if (home != h) post(r);
-            else r.run();
-        });
-    }
-
-    @Override
-    protected void run() {
-        post(this::startOnHome);
-    }
 
     @Override
     protected void onPause() {
@@ -270,32 +143,9 @@ public final class BackupJob extends Job {
 
     // ---- NodeUser: a move of the source's graph ----
 
-    private final NodeUser user = new NodeUser() {
-        @Override
-        public String describe() { return "backup job " + id(); }
-
+    private final NodeUser user = new MoveUser() {
         @Override
         public void quiesce() { quiesced = true; }
-
-        @Override
-        public CompletableFuture<Void> detach() {
-            synchronized (deferred) {
-                home = null;
-            }
-            return CompletableFuture.completedFuture(null);
-        }
-
-        @Override
-        public CompletableFuture<Void> attach(IOThread newHome) {
-            List<Runnable> later;
-            synchronized (deferred) {
-                home = newHome;
-                later = new ArrayList<>(deferred);
-                deferred.clear();
-            }
-            for (Runnable r : later) post(r);
-            return CompletableFuture.completedFuture(null);
-        }
 
         @Override
         public void resume() {
@@ -308,7 +158,8 @@ public final class BackupJob extends Job {
 
     // ---- the start (home thread) ----
 
-    private void startOnHome() {
+    @Override
+    void startOnHome() {
         try {
             NodeIo io = source.io();
             // The point in time: the node's io keeps new requests (before they are marked in any
@@ -405,7 +256,8 @@ public final class BackupJob extends Job {
         return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
     }
 
-    private void pump() {
+    @Override
+    void pump() {
         if (phase == Phase.ENDED || map == null) return;
         if (settings.sync() != Sync.NONE) {
             while (mayCopy() && copies < MAX_COPIES && rateAllows()) {
@@ -423,35 +275,6 @@ public final class BackupJob extends Job {
         check();
     }
 
-    private boolean rateAllows() {
-        long s = speed;
-        if (s <= 0) return true;
-        long now = System.nanoTime();
-        if (nextAllowed - now <= MirrorJob.SLICE_NS) return true;
-        if (!timerArmed) {
-            timerArmed = true;
-            IOThread h = home;
-            if (h != null) {
-                h.loop().schedule(() -> post(() -> {
-                    timerArmed = false;
-                    pump();
-                }), nextAllowed - now - MirrorJob.SLICE_NS, TimeUnit.NANOSECONDS);
-            } else {
-                timerArmed = false;
-            }
-        }
-        return false;
-    }
-
-    private void charge(long bytes) {
-        long s = speed;
-        if (s <= 0) return;
-        long now = System.nanoTime();
-        nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
-    }
-
-    private enum Kind { DATA, ZERO, SKIP }
-
     /**
      * Copies up to {@code maxChunks} dirty, idle clusters from {@code c}: read from below the
      * layer, write to the target. {@code forGuest} is the guest request waiting for it (a copy
@@ -459,72 +282,17 @@ public final class BackupJob extends Job {
      */
     private void startCopy(long c, int maxChunks, CopyBeforeWrite.Waiter forGuest) {
         long off = map.offsetOf(c);
-        long n = 1;
-        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
-        long length = Math.min(n * map.granularity(), source.size() - off);
-        Kind kind = Kind.DATA;
-        try {
-            below.status(off, length, status);
-            if (status.length >= Math.min(map.granularity(), length)) {
-                if (status.length < length) {
-                    n = Math.max(1, status.length / map.granularity());
-                    length = Math.min(n * map.granularity(), source.size() - off);
-                }
-                if (settings.sync() == Sync.TOP && status.depth != 1) kind = Kind.SKIP;
-                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
-            } else {
-                n = 1;
-                length = Math.min(map.granularity(), source.size() - off);
-            }
-        } catch (BlockException e) {
-            kind = Kind.DATA;
-        }
+        Extent x = extent(c, maxChunks, settings.sync() == Sync.TOP);
+        long n = x.chunks();
+        long length = x.length();
         for (long i = 0; i < n; i++) map.setBusy(c + i, true);
         if (forGuest == null) {
             cursor = c + n;
             charge(length);
         }
         copies++;
-        final long first = c;
-        final long count = n;
-        final long bytes = length;
-        switch (kind) {
-            case SKIP -> home.loop().execute(() -> copyDone(first, count, bytes, 0L, 0, false, forGuest));
-            case ZERO -> {
-                try {
-                    // no unmap: a fleecing target's hole would show its backing (the live source)
-                    targetIo.writeZeroes(off, bytes, false, false, false, e -> copyDone(first, count, bytes, 0L, e, true, forGuest));
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, 0L, e.errno(), true, forGuest));
-                }
-            }
-            case DATA -> {
-                long buf = buffer();
-                try {
-                    below.read(off, buf, (int) bytes, e -> {
-                        if (e != 0) {
-                            copyDone(first, count, bytes, buf, e, false, forGuest);
-                            return;
-                        }
-                        try {
-                            targetIo.write(off, buf, (int) bytes, false, e2 -> copyDone(first, count, bytes, buf, e2, true, forGuest));
-                        } catch (BlockException ex) {
-                            copyDone(first, count, bytes, buf, ex.errno(), true, forGuest);
-                        }
-                    });
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, buf, e.errno(), false, forGuest));
-                }
-            }
-        }
-    }
-
-    private long buffer() {
-        Long b = freeBuffers.poll();
-        if (b != null) return b;
-        long base = RawMemory.allocate(unit + alignment);
-        allocations.add(base);
-        return (base + alignment - 1) & -(long) alignment;
+        // no unmap: a fleecing target's hole would show its backing (the live source)
+        copy(off, length, x.kind(), false, (buf, e, onTarget) -> copyDone(c, n, length, buf, e, onTarget, forGuest));
     }
 
     private void copyDone(long first, long count, long bytes, long buf, int errno, boolean onTarget, CopyBeforeWrite.Waiter forGuest) {
@@ -659,22 +427,8 @@ public final class BackupJob extends Job {
     /** QEMU's backup error action: the policy of the side that failed. */
     private void ioError(int errno, boolean onTarget) {
         MirrorJob.OnError policy = onTarget ? settings.onTargetError() : settings.onSourceError();
-        String action;
-        if (policy == MirrorJob.OnError.STOP || (policy == MirrorJob.OnError.ENOSPC && errno == Errno.ENOSPC)) action = "stop";
-        else if (policy == MirrorJob.OnError.IGNORE) action = "ignore";
-        else action = "report";
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("device", id());
-        d.put("operation", onTarget ? "write" : "read");
-        d.put("action", action);
-        events().emit(MirrorJob.BLOCK_JOB_ERROR, d);
-        switch (action) {
-            case "stop" -> {
-                if (ioStatus.equals("ok")) {
-                    ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
-                    ioPause();
-                }
-            }
+        switch (errorAction(policy, errno, onTarget)) {
+            case "stop" -> stopOnError(errno);
             case "report" -> {
                 if (phase != Phase.STOPPING && phase != Phase.ENDED) stop(LibC.strerror(errno));
             }
@@ -736,9 +490,7 @@ public final class BackupJob extends Job {
         busy = false;
         source.removeUser(user);
         BlockNode.jobUnlink(source, target);
-        for (long a : allocations) RawMemory.free(a);
-        allocations.clear();
-        freeBuffers.clear();
+        freeBuffers();
         boolean aborted = failure == null && (forceCancelled() || cancelRequested());
         finishBitmap(failure == null && !aborted);
         updateProgress();
@@ -772,16 +524,9 @@ public final class BackupJob extends Job {
      * pass. Holds every request while the job starts. Counts the requests it accepted and the
      * job's copies, so the node's drain waits for them. Home thread only.
      */
-    final class CopyBeforeWrite extends ForwardingBlockDriver {
-        private int pending;
-        private int held;
-        boolean holding;
-        boolean passthrough;
-        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+    final class CopyBeforeWrite extends Layer {
         /** Guest writes waiting for their clusters' copies, in arrival order. */
         private final List<Waiter> waiters = new ArrayList<>();
-        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
-        private BlockDriver releaseTo;
 
         CopyBeforeWrite(BlockDriver below) { super(below); }
 
@@ -798,54 +543,6 @@ public final class BackupJob extends Job {
                 this.submit = submit;
                 this.done = done;
             }
-        }
-
-        interface Submit {
-            void to(BlockDriver driver, IoCompletion done) throws BlockException;
-        }
-
-        private interface Later {
-            void submit(BlockDriver to) throws BlockException;
-        }
-
-        void release(BlockDriver to) {
-            holding = false;
-            List<Runnable> q = new ArrayList<>(heldQueue);
-            heldQueue.clear();
-            releaseTo = to;
-            for (Runnable r : q) {
-                held--;
-                pending--;
-                r.run();
-            }
-            releaseTo = null;
-            runIdleWaiters();
-        }
-
-        private boolean hold(Later later, IoCompletion done) {
-            if (!holding) return false;
-            pending++;
-            held++;
-            heldQueue.add(() -> {
-                try {
-                    later.submit(releaseTo);
-                } catch (BlockException e) {
-                    done.ioDone(e.errno());
-                }
-            });
-            return true;
-        }
-
-        private IoCompletion counted(IoCompletion done) {
-            pending++;
-            return e -> {
-                pending--;
-                try {
-                    done.ioDone(e);
-                } finally {
-                    runIdleWaiters();
-                }
-            };
         }
 
         /** Submits {@code s} below, counted; a request the driver refuses at once is not left counted. */
@@ -956,27 +653,6 @@ public final class BackupJob extends Job {
                     w.done.ioDone(errno);
                 }
             }
-        }
-
-        void runIdleWaiters() {
-            if (pending == 0 && copies == 0) {
-                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
-            }
-        }
-
-        @Override
-        public int inFlight() { return pending + copies + d.inFlight(); }
-
-        @Override
-        public void whenIdle(Runnable idle) {
-            if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
-                return;
-            }
-            d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
-                else idle.run();
-            });
         }
 
         // The synchronous calls (control plane, tests) pass: they run only where no job is (a

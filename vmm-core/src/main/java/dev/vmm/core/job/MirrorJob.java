@@ -3,22 +3,12 @@ package dev.vmm.core.job;
 import dev.vmm.core.block.BlockDriver;
 import dev.vmm.core.block.BlockException;
 import dev.vmm.core.block.BlockNode;
-import dev.vmm.core.block.BlockStatus;
-import dev.vmm.core.block.ForwardingBlockDriver;
 import dev.vmm.core.block.IoCompletion;
 import dev.vmm.core.block.NodeIo;
 import dev.vmm.core.block.NodeUser;
-import dev.vmm.core.linux.Errno;
 import dev.vmm.core.linux.LibC;
-import dev.vmm.core.memory.RawMemory;
 import dev.vmm.iothread.IOThread;
 import java.util.ArrayDeque;
-import java.util.ArrayList;
-import java.util.LinkedHashMap;
-import java.util.List;
-import java.util.Map;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.TimeUnit;
 
 /**
  * QEMU's mirror block job ({@code blockdev-mirror}): copies the source node to the target node
@@ -40,7 +30,7 @@ import java.util.concurrent.TimeUnit;
  * thread with {@link #post}; everything else (the filter, the copy loop, the dirty map) runs on
  * the source node's home IOThread only.
  */
-public final class MirrorJob extends Job {
+public final class MirrorJob extends BlockJob {
     private static final org.slf4j.Logger LOG = org.slf4j.LoggerFactory.getLogger(MirrorJob.class);
     /** QEMU's block job events. */
     public static final String BLOCK_JOB_READY = "BLOCK_JOB_READY";
@@ -64,105 +54,20 @@ public final class MirrorJob extends Job {
     /** Largest copy request: QEMU's mirror copies at most 1 MiB per operation unless the granularity is larger. */
     static final int MAX_COPY = 1 << 20;
 
-    private final BlockNode source;
-    private final BlockNode target;
     private final Settings settings;
-    private volatile long speed;
 
     // ---- home-thread state ----
-    private volatile IOThread home;
-    /** Tasks posted while the job was between two homes (a move's detach and attach). */
-    private final ArrayDeque<Runnable> deferred = new ArrayDeque<>();
-    private DirtyMap map;
     private Filter filter;
-    /** What the source's io forwarded to before the filter (its own driver, usually). */
-    private BlockDriver below;
-    private NodeIo targetIo;
     private enum Phase { STARTING, COPYING, CONVERGING, FLUSHING, STOPPING, ENDED }
     private Phase phase = Phase.STARTING;
     private boolean pivot;
-    private boolean quiesced;
-    private boolean paused;
-    /** QEMU's io-status: ok, failed, nospace. */
-    private volatile String ioStatus = "ok";
-    private String failure;
     private boolean readyReached;
-    private long cursor;
-    private int copies;
     private long copyBytes;
-    private final ArrayDeque<Long> freeBuffers = new ArrayDeque<>();
-    private final List<Long> allocations = new ArrayList<>();
-    private int unit;
-    private int alignment;
-    private final BlockStatus status = new BlockStatus();
-    /** Rate limiting: when the bytes started so far are due at {@code speed}. */
-    private long nextAllowed;
-    private boolean timerArmed;
-    private volatile long offset;
-    private volatile long len;
-    private volatile boolean busy;
-    private final CompletableFuture<Void> started = new CompletableFuture<>();
 
     public MirrorJob(String id, BlockNode source, BlockNode target, Settings settings, boolean autoFinalize, boolean autoDismiss,
             JobEvents events, JobRegistry registry) {
-        super(id, "mirror", autoFinalize, autoDismiss, events, registry);
-        this.source = source;
-        this.target = target;
+        super(id, "mirror", source, target, settings.speed(), autoFinalize, autoDismiss, events, registry);
         this.settings = settings;
-        this.speed = settings.speed();
-        this.home = source.home();
-    }
-
-    public BlockNode source() { return source; }
-
-    public BlockNode target() { return target; }
-
-    /** Completes once the filter is in place and the first pass started (or the start failed). */
-    public CompletableFuture<Void> started() { return started; }
-
-    // ---- QMP views (any thread) ----
-
-    /** {@code query-block-jobs}' BlockJobInfo (QEMU 7.2 fields). */
-    public synchronized Map<String, Object> blockJobInfo() {
-        Map<String, Object> m = new LinkedHashMap<>();
-        JobStatus s = status();
-        m.put("type", type());
-        m.put("device", id());
-        m.put("len", len);
-        m.put("offset", offset);
-        m.put("busy", busy && (s == JobStatus.RUNNING || s == JobStatus.READY));
-        m.put("paused", userPaused() || s == JobStatus.PAUSED || s == JobStatus.STANDBY);
-        m.put("speed", speed);
-        m.put("io-status", ioStatus);
-        m.put("ready", s == JobStatus.READY || s == JobStatus.STANDBY);
-        m.put("status", s.wire());
-        m.put("auto-finalize", autoFinalize());
-        m.put("auto-dismiss", autoDismiss());
-        if (error() != null) m.put("error", error());
-        return m;
-    }
-
-    public long offset() { return offset; }
-
-    public long len() { return len; }
-
-    public void setSpeed(long bytesPerSecond) throws JobException {
-        checkVerb(JobStatus.Verb.SET_SPEED);
-        speed = bytesPerSecond;
-        post(() -> {
-            nextAllowed = System.nanoTime();
-            pump();
-        });
-    }
-
-    private Map<String, Object> progressEvent() {
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("type", type());
-        d.put("device", id());
-        d.put("len", len);
-        d.put("offset", offset);
-        d.put("speed", speed);
-        return d;
     }
 
     @Override
@@ -170,45 +75,7 @@ public final class MirrorJob extends Job {
         events().emit(BLOCK_JOB_READY, progressEvent());
     }
 
-    @Override
-    protected void finalEvent(String error, boolean aborted) {
-        if (aborted && error == null) {
-            events().emit(BLOCK_JOB_CANCELLED, progressEvent());
-        } else {
-            Map<String, Object> d = progressEvent();
-            if (error != null) d.put("error", error);
-            events().emit(BLOCK_JOB_COMPLETED, d);
-        }
-    }
-
-    @Override
-    protected boolean ioPaused() { return !ioStatus.equals("ok"); }
-
     // ---- verbs, handed to the home thread ----
-
-    /** Runs {@code r} on the job's current home (later, if it is between two homes). */
-    private void post(Runnable r) {
-        IOThread h = home;
-        if (h == null) {
-            synchronized (deferred) {
-                if (home == null) {
-                    deferred.add(r);
-                    return;
-                }
-            }
-            post(r);
-            return;
-        }
-        h.execute(() -> {
-            if (home != h) post(r);
-            else r.run();
-        });
-    }
-
-    @Override
-    protected void run() {
-        post(this::startOnHome);
-    }
 
     @Override
     protected void onPause() {
@@ -250,34 +117,11 @@ public final class MirrorJob extends Job {
     // ---- NodeUser: a move of the source's graph ----
 
     /** The job as a user of its source node: a move quiesces it, drains its copies, and resumes it on the new home. */
-    private final NodeUser user = new NodeUser() {
-        @Override
-        public String describe() { return "mirror job " + id(); }
-
+    private final NodeUser user = new MoveUser() {
         @Override
         public void quiesce() {
             quiesced = true;
             interruptConvergence(); // held requests must not wait through a move for copies that cannot run
-        }
-
-        @Override
-        public CompletableFuture<Void> detach() {
-            synchronized (deferred) {
-                home = null;
-            }
-            return CompletableFuture.completedFuture(null);
-        }
-
-        @Override
-        public CompletableFuture<Void> attach(IOThread newHome) {
-            List<Runnable> later;
-            synchronized (deferred) {
-                home = newHome;
-                later = new ArrayList<>(deferred);
-                deferred.clear();
-            }
-            for (Runnable r : later) post(r);
-            return CompletableFuture.completedFuture(null);
         }
 
         @Override
@@ -290,7 +134,8 @@ public final class MirrorJob extends Job {
 
     // ---- the copy loop (home thread) ----
 
-    private void startOnHome() {
+    @Override
+    void startOnHome() {
         if (target.size() != source.size()) {
             // QEMU's mirror_run refuses this once the job runs (the job fails, its event says why)
             phase = Phase.STOPPING;
@@ -344,7 +189,8 @@ public final class MirrorJob extends Job {
     }
 
     /** Starts copies while there is room, then checks for ready and convergence. */
-    private void pump() {
+    @Override
+    void pump() {
         if (phase == Phase.ENDED || map == null) return;
         while (mayCopy() && (copies == 0 || copyBytes + unit <= settings.bufSize())) {
             if (!rateAllows()) break;
@@ -357,64 +203,11 @@ public final class MirrorJob extends Job {
         check();
     }
 
-    /**
-     * {@code speed}: a copy may start when the bytes started so far, at {@code speed} bytes per
-     * second, are due by now plus one 100 ms slice; otherwise a timer pumps again when they are.
-     */
-    private boolean rateAllows() {
-        long s = speed;
-        if (s <= 0) return true;
-        long now = System.nanoTime();
-        if (nextAllowed - now <= SLICE_NS) return true;
-        if (!timerArmed) {
-            timerArmed = true;
-            IOThread h = home;
-            if (h != null) {
-                h.loop().schedule(() -> post(() -> {
-                    timerArmed = false;
-                    pump();
-                }), nextAllowed - now - SLICE_NS, TimeUnit.NANOSECONDS);
-            } else {
-                timerArmed = false;
-            }
-        }
-        return false;
-    }
-
-    private void charge(long bytes) {
-        long s = speed;
-        if (s <= 0) return;
-        long now = System.nanoTime();
-        nextAllowed = Math.max(nextAllowed, now) + (long) (bytes * 1e9 / s);
-    }
-
-    static final long SLICE_NS = 100_000_000L;
-
-    private enum Kind { DATA, ZERO, SKIP }
-
     private void startCopy(long c) {
         long off = map.offsetOf(c);
-        int maxChunks = Math.max(1, unit / map.granularity());
-        long n = 1;
-        while (n < maxChunks && c + n < map.chunks() && map.isDirty(c + n) && !map.isBusy(c + n)) n++;
-        long length = Math.min(n * map.granularity(), source.size() - off);
-        Kind kind = Kind.DATA;
-        try {
-            below.status(off, length, status);
-            if (status.length >= Math.min(map.granularity(), length)) {
-                if (status.length < length) {
-                    n = Math.max(1, status.length / map.granularity());
-                    length = Math.min(n * map.granularity(), source.size() - off);
-                }
-                if (settings.sync() == Sync.TOP && status.depth != 1) kind = Kind.SKIP;
-                else if ((status.flags & BlockStatus.ZERO) != 0) kind = Kind.ZERO;
-            } else {
-                n = 1; // a chunk with mixed status: copy its data
-                length = Math.min(map.granularity(), source.size() - off);
-            }
-        } catch (BlockException e) {
-            kind = Kind.DATA; // no status: copy the data
-        }
+        Extent x = extent(c, Math.max(1, unit / map.granularity()), settings.sync() == Sync.TOP);
+        long n = x.chunks();
+        long length = x.length();
         for (long i = 0; i < n; i++) {
             map.clear(c + i);
             map.setBusy(c + i, true);
@@ -423,45 +216,7 @@ public final class MirrorJob extends Job {
         copies++;
         copyBytes += length;
         charge(length);
-        final long first = c;
-        final long count = n;
-        final long bytes = length;
-        switch (kind) {
-            case SKIP -> home.loop().execute(() -> copyDone(first, count, bytes, 0L, 0, false));
-            case ZERO -> {
-                try {
-                    targetIo.writeZeroes(off, bytes, true, false, false, e -> copyDone(first, count, bytes, 0L, e, true));
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, 0L, e.errno(), true));
-                }
-            }
-            case DATA -> {
-                long buf = buffer();
-                try {
-                    below.read(off, buf, (int) bytes, e -> {
-                        if (e != 0) {
-                            copyDone(first, count, bytes, buf, e, false);
-                            return;
-                        }
-                        try {
-                            targetIo.write(off, buf, (int) bytes, false, e2 -> copyDone(first, count, bytes, buf, e2, true));
-                        } catch (BlockException ex) {
-                            copyDone(first, count, bytes, buf, ex.errno(), true);
-                        }
-                    });
-                } catch (BlockException e) {
-                    home.loop().execute(() -> copyDone(first, count, bytes, buf, e.errno(), false));
-                }
-            }
-        }
-    }
-
-    private long buffer() {
-        Long b = freeBuffers.poll();
-        if (b != null) return b;
-        long base = RawMemory.allocate(unit + alignment);
-        allocations.add(base);
-        return (base + alignment - 1) & -(long) alignment;
+        copy(off, length, x.kind(), true, (buf, e, onTarget) -> copyDone(c, n, length, buf, e, onTarget));
     }
 
     /** A copy ended: {@code errno} 0, or the error of the read ({@code onTarget} false) or of the write. */
@@ -490,22 +245,10 @@ public final class MirrorJob extends Job {
     /** QEMU's mirror_error_action: the policy of the side that failed. */
     private void ioError(int errno, boolean onTarget) {
         OnError policy = onTarget ? settings.onTargetError() : settings.onSourceError();
-        String action;
-        if (policy == OnError.STOP || (policy == OnError.ENOSPC && errno == Errno.ENOSPC)) action = "stop";
-        else if (policy == OnError.IGNORE) action = "ignore";
-        else action = "report";
-        Map<String, Object> d = new LinkedHashMap<>();
-        d.put("device", id());
-        d.put("operation", onTarget ? "write" : "read");
-        d.put("action", action);
-        events().emit(BLOCK_JOB_ERROR, d);
-        switch (action) {
+        switch (errorAction(policy, errno, onTarget)) {
             case "stop" -> {
                 interruptConvergence();
-                if (ioStatus.equals("ok")) {
-                    ioStatus = errno == Errno.ENOSPC ? "nospace" : "failed";
-                    ioPause();
-                }
+                stopOnError(errno);
             }
             case "report" -> {
                 if (phase != Phase.STOPPING && phase != Phase.ENDED) stop(LibC.strerror(errno));
@@ -622,9 +365,7 @@ public final class MirrorJob extends Job {
         if (filter != null) filter.startWaiting();
         source.removeUser(user);
         if (!pivot) BlockNode.jobUnlink(source, target);
-        for (long a : allocations) RawMemory.free(a);
-        allocations.clear();
-        freeBuffers.clear();
+        freeBuffers();
         updateLen();
         boolean aborted = failure == null && (forceCancelled() || cancelledHard);
         finished(failure, aborted);
@@ -640,68 +381,14 @@ public final class MirrorJob extends Job {
      * or converges. Counts the requests it accepted, so the node's drain waits for them.
      * Home thread only.
      */
-    final class Filter extends ForwardingBlockDriver {
-        private int pending;
-        private int held;
-        boolean holding;
-        boolean passthrough;
-        private final ArrayDeque<Runnable> heldQueue = new ArrayDeque<>();
+    final class Filter extends Layer {
         /** Write-blocking writes waiting for their chunks to be free, in arrival order. */
         private final ArrayDeque<Runnable> waiting = new ArrayDeque<>();
-        private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
 
         Filter(BlockDriver below) { super(below); }
 
         /** Requests accepted and not held. */
         int active() { return pending - held; }
-
-        /** Submits the held requests to {@code to} (the filter itself, or what replaced it). */
-        void release(BlockDriver to) {
-            holding = false;
-            List<Runnable> q = new ArrayList<>(heldQueue);
-            heldQueue.clear();
-            releaseTo = to;
-            for (Runnable r : q) {
-                held--;
-                pending--;
-                r.run();
-            }
-            releaseTo = null;
-            idle();
-        }
-
-        private BlockDriver releaseTo;
-
-        /** A request that arrives while holding: kept, counted, submitted by {@link #release}. */
-        private interface Later {
-            void submit(BlockDriver to) throws BlockException;
-        }
-
-        private boolean hold(Later later, IoCompletion done) {
-            if (!holding) return false;
-            pending++;
-            held++;
-            heldQueue.add(() -> {
-                try {
-                    later.submit(releaseTo);
-                } catch (BlockException e) {
-                    done.ioDone(e.errno());
-                }
-            });
-            return true;
-        }
-
-        private IoCompletion counted(IoCompletion done) {
-            pending++;
-            return e -> {
-                pending--;
-                try {
-                    done.ioDone(e);
-                } finally {
-                    idle();
-                }
-            };
-        }
 
         private IoCompletion marking(long o, long l, IoCompletion done) {
             pending++;
@@ -717,36 +404,10 @@ public final class MirrorJob extends Job {
             };
         }
 
-        private void idle() {
+        @Override
+        void idle() {
             runIdleWaiters();
             if (phase == Phase.CONVERGING) check();
-        }
-
-        /** The waiters of {@link #whenIdle}, once neither guest requests nor the job's copies are in flight. */
-        void runIdleWaiters() {
-            if (pending == 0 && copies == 0) {
-                while (!idleWaiters.isEmpty()) idleWaiters.poll().run();
-            }
-        }
-
-        /**
-         * The guest requests it accepted, the job's copies (a copy's write to the target comes
-         * after its read here: a drain of the source that ignored it would let the target get a
-         * request after its own drain) and the requests below.
-         */
-        @Override
-        public int inFlight() { return pending + copies + d.inFlight(); }
-
-        @Override
-        public void whenIdle(Runnable idle) {
-            if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
-                return;
-            }
-            d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
-                else idle.run();
-            });
         }
 
         // The synchronous calls (control plane, tests): written, then marked.
@@ -838,11 +499,6 @@ public final class MirrorJob extends Job {
             } else {
                 d.writev(o, iov, n, t, fua, marking(o, t, c));
             }
-        }
-
-        /** One write to a driver with a completion. */
-        private interface Submit {
-            void to(BlockDriver driver, IoCompletion done) throws BlockException;
         }
 
         /**
