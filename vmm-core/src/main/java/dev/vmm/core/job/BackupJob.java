@@ -402,7 +402,9 @@ public final class BackupJob extends Job {
     // ---- the background copy (home thread) ----
 
     private boolean mayCopy() {
-        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
+        // no new background copy while a drain waits for the node (QEMU pauses a job in a drained
+        // section): else a bitmap command's hold would wait for the whole backup, guest I/O held
+        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING && (layer == null || layer.draining == 0);
     }
 
     private void pump() {
@@ -967,14 +969,26 @@ public final class BackupJob extends Job {
         @Override
         public int inFlight() { return pending + copies + d.inFlight(); }
 
+        /** {@link #whenIdle} callers still waiting: the background copy starts nothing new meanwhile. */
+        int draining;
+
         @Override
         public void whenIdle(Runnable idle) {
+            draining++;
+            awaitIdle(() -> {
+                draining--;
+                idle.run();
+                if (draining == 0) post(BackupJob.this::pump); // the copies go on (a move's quiesce still stops them)
+            });
+        }
+
+        private void awaitIdle(Runnable idle) {
             if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
+                idleWaiters.add(() -> awaitIdle(idle));
                 return;
             }
             d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
+                if (pending > 0 || copies > 0) idleWaiters.add(() -> awaitIdle(idle));
                 else idle.run();
             });
         }
