@@ -380,6 +380,7 @@ public final class BackupJob extends Job {
             // whatever it records meanwhile is also in the successor, and the end keeps it or not
             // exactly as the successor's.
             successor = new DirtyBitmap("", bm.size(), bm.granularity()); // the starter made bm busy
+            successor.setRecording(bm.recording()); // QEMU: "Successor will be on or off based on our current state"
             source.addBitmap(successor); // inside the io's hold: marked from the first kept request on
         }
         len = settings.sync() == Sync.NONE ? 0 : map.dirtyBytes();
