@@ -784,6 +784,12 @@ public final class BackupJob extends Job {
         /** Guest writes waiting for their clusters' copies, in arrival order. */
         private final List<Waiter> waiters = new ArrayList<>();
         private final ArrayDeque<Runnable> idleWaiters = new ArrayDeque<>();
+        /**
+         * Reads in flight through the layer per chunk that was still to copy when they came (a
+         * fleecing overlay reading its backing): a write over such a chunk waits for them, as
+         * QEMU serialises its copy-before-write against them, or the reader sees the new data.
+         */
+        private final java.util.HashMap<Long, Integer> readers = new java.util.HashMap<>();
         private BlockDriver releaseTo;
 
         CopyBeforeWrite(BlockDriver below) { super(below); }
@@ -895,7 +901,7 @@ public final class BackupJob extends Job {
         private boolean allCopied(long o, long l) {
             long last = map.chunkOf(o + l - 1);
             for (long ch = map.chunkOf(o); ch <= last; ch++) {
-                if (map.isDirty(ch) || map.isBusy(ch)) return false;
+                if (map.isDirty(ch) || map.isBusy(ch) || !readers.isEmpty() && readers.containsKey(ch)) return false;
             }
             return true;
         }
@@ -929,6 +935,9 @@ public final class BackupJob extends Job {
                         // also while quiesced: a move's drain waits for this request
                         if (phase == Phase.COPYING || phase == Phase.FLUSHING) startCopy(ch, 1, w);
                     }
+                }
+                if (!wait && !readers.isEmpty()) {
+                    for (long ch = firstC; ch <= lastC && !wait; ch++) wait = readers.containsKey(ch);
                 }
                 if (wait) return false;
             }
@@ -1027,13 +1036,71 @@ public final class BackupJob extends Job {
         @Override
         public void read(long o, long a, int l, IoCompletion c) throws BlockException {
             if (hold(to -> to.read(o, a, l, c), c)) return;
-            submitCounted((to, done) -> to.read(o, a, l, done), c);
+            IoCompletion t = tracked(o, l, c);
+            try {
+                submitCounted((to, done) -> to.read(o, a, l, done), t);
+            } catch (BlockException | RuntimeException e) {
+                if (t instanceof TrackedRead r) r.end();
+                throw e;
+            }
         }
 
         @Override
         public void readv(long o, long iov, int n, long t, IoCompletion c) throws BlockException {
             if (hold(to -> to.readv(o, iov, n, t, c), c)) return;
-            submitCounted((to, done) -> to.readv(o, iov, n, t, done), c);
+            IoCompletion tc = tracked(o, t, c);
+            try {
+                submitCounted((to, done) -> to.readv(o, iov, n, t, done), tc);
+            } catch (BlockException | RuntimeException e) {
+                if (tc instanceof TrackedRead r) r.end();
+                throw e;
+            }
+        }
+
+        /** {@code c}, counted in {@link #readers} on the chunks of the range still to copy (none: {@code c} itself). */
+        private IoCompletion tracked(long o, long l, IoCompletion c) {
+            // only sync=none (fleecing) has a point-in-time reader that reads through the source
+            if (passthrough || map == null || settings.sync() != Sync.NONE || l <= 0 || o < 0 || o + l > source.size() || o + l < 0) {
+                return c;
+            }
+            long first = map.chunkOf(o);
+            long last = map.chunkOf(o + l - 1);
+            List<Long> chunks = null;
+            for (long ch = first; ch <= last; ch++) {
+                if (!map.isDirty(ch)) continue;
+                if (chunks == null) chunks = new ArrayList<>();
+                chunks.add(ch);
+                readers.merge(ch, 1, Integer::sum);
+            }
+            return chunks == null ? c : new TrackedRead(chunks, c);
+        }
+
+        /** A read counted in {@link #readers} until it completes (or its submit fails at once). */
+        final class TrackedRead implements IoCompletion {
+            private final List<Long> chunks;
+            private final IoCompletion c;
+            private boolean ended;
+
+            TrackedRead(List<Long> chunks, IoCompletion c) {
+                this.chunks = chunks;
+                this.c = c;
+            }
+
+            void end() {
+                if (ended) return;
+                ended = true;
+                for (long ch : chunks) readers.computeIfPresent(ch, (k, v) -> v == 1 ? null : v - 1);
+            }
+
+            @Override
+            public void ioDone(int e) {
+                end();
+                try {
+                    c.ioDone(e);
+                } finally {
+                    retryWaiters();
+                }
+            }
         }
 
         @Override
