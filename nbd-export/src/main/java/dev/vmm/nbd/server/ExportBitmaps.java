@@ -100,6 +100,7 @@ public final class ExportBitmaps {
     }
 
     private static DirtyBitmap find(BlockNode n, String name) {
+        if (name.isEmpty()) return null; // a backup's anonymous successor is not a bitmap one can name
         for (DirtyBitmap b : n.dirtyBitmaps()) {
             if (b.name().equals(name)) return b;
         }

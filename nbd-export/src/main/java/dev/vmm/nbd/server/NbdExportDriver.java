@@ -97,7 +97,12 @@ public final class NbdExportDriver implements ExportDriver {
                 } catch (ExportBitmaps.Refused e) { // another export took one since create
                     throw new OptionException(OptionException.Kind.INVALID, options.optionName(), "bitmaps", e.getMessage());
                 }
-                server.addExport(export);
+                try {
+                    server.addExport(export);
+                } catch (RuntimeException e) { // the name was taken since create (another monitor): give the bitmaps back
+                    ExportBitmaps.release(export.bitmaps());
+                    throw e;
+                }
                 open = true;
             }
 

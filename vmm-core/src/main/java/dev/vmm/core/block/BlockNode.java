@@ -164,8 +164,12 @@ public final class BlockNode {
      */
     public void setDiscardIgnored(boolean ignored) { io.discardIgnored(ignored); }
 
-    /** The bitmap named {@code name}, or null (any thread). */
+    /**
+     * The bitmap named {@code name}, or null (any thread). A backup's anonymous successor (name
+     * "") is never found, as QEMU's bdrv_find_dirty_bitmap skips unnamed bitmaps.
+     */
     public dev.vmm.core.bitmap.DirtyBitmap dirtyBitmap(String name) {
+        if (name.isEmpty()) return null;
         for (dev.vmm.core.bitmap.DirtyBitmap b : dirtyBitmaps) if (b.name().equals(name)) return b;
         return null;
     }

@@ -313,7 +313,7 @@ final class BlockdevOpener {
             String bName = b.required("name");
             BlockNode bn = daemon.findNode(bNode);
             if (bn == null) throw new DaemonException("Cannot find device='" + bNode + "' nor node-name='" + bNode + "'");
-            for (dev.vmm.core.bitmap.DirtyBitmap x : bn.dirtyBitmaps()) if (x.name().equals(bName)) bitmap = x;
+            bitmap = bn.dirtyBitmap(bName); // never a backup's anonymous successor
             if (bitmap == null) throw new DaemonException("Dirty bitmap '" + bName + "' not found"); // QEMU's block_dirty_bitmap_lookup
             if (bitmap.inconsistent()) throw new DaemonException("Bitmap '" + bName + "' is inconsistent and cannot be used");
             if (bitmap.size() != file.node().size()) throw new DaemonException("copy-before-write: the bitmap does not cover 'file'");

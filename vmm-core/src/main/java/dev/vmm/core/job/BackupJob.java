@@ -231,6 +231,7 @@ public final class BackupJob extends BlockJob {
             // whatever it records meanwhile is also in the successor, and the end keeps it or not
             // exactly as the successor's.
             successor = new DirtyBitmap("", bm.size(), bm.granularity()); // the starter made bm busy
+            successor.setRecording(bm.recording()); // QEMU: "Successor will be on or off based on our current state"
             source.addBitmap(successor); // inside the io's hold: marked from the first kept request on
         }
         len = settings.sync() == Sync.NONE ? 0 : map.dirtyBytes();
@@ -253,7 +254,9 @@ public final class BackupJob extends BlockJob {
     // ---- the background copy (home thread) ----
 
     private boolean mayCopy() {
-        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING;
+        // no new background copy while a drain waits for the node (QEMU pauses a job in a drained
+        // section): else a bitmap command's hold would wait for the whole backup, guest I/O held
+        return !quiesced && !paused && ioStatus.equals("ok") && phase == Phase.COPYING && (layer == null || layer.draining == 0);
     }
 
     @Override
@@ -527,6 +530,12 @@ public final class BackupJob extends BlockJob {
     final class CopyBeforeWrite extends Layer {
         /** Guest writes waiting for their clusters' copies, in arrival order. */
         private final List<Waiter> waiters = new ArrayList<>();
+        /**
+         * Reads in flight through the layer per chunk that was still to copy when they came (a
+         * fleecing overlay reading its backing): a write over such a chunk waits for them, as
+         * QEMU serialises its copy-before-write against them, or the reader sees the new data.
+         */
+        private final java.util.HashMap<Long, Integer> readers = new java.util.HashMap<>();
 
         CopyBeforeWrite(BlockDriver below) { super(below); }
 
@@ -589,7 +598,7 @@ public final class BackupJob extends BlockJob {
         private boolean allCopied(long o, long l) {
             long last = map.chunkOf(o + l - 1);
             for (long ch = map.chunkOf(o); ch <= last; ch++) {
-                if (map.isDirty(ch) || map.isBusy(ch)) return false;
+                if (map.isDirty(ch) || map.isBusy(ch) || !readers.isEmpty() && readers.containsKey(ch)) return false;
             }
             return true;
         }
@@ -624,6 +633,9 @@ public final class BackupJob extends BlockJob {
                         if (phase == Phase.COPYING || phase == Phase.FLUSHING) startCopy(ch, 1, w);
                     }
                 }
+                if (!wait && !readers.isEmpty()) {
+                    for (long ch = firstC; ch <= lastC && !wait; ch++) wait = readers.containsKey(ch);
+                }
                 if (wait) return false;
             }
             try {
@@ -653,6 +665,19 @@ public final class BackupJob extends BlockJob {
                     w.done.ioDone(errno);
                 }
             }
+        }
+
+        /** {@link #whenIdle} callers still waiting: the background copy starts nothing new meanwhile. */
+        int draining;
+
+        @Override
+        public void whenIdle(Runnable idle) {
+            draining++;
+            awaitIdle(() -> {
+                draining--;
+                idle.run();
+                if (draining == 0) post(BackupJob.this::pump); // the copies go on (a move's quiesce still stops them)
+            });
         }
 
         // The synchronous calls (control plane, tests) pass: they run only where no job is (a
@@ -688,13 +713,71 @@ public final class BackupJob extends BlockJob {
         @Override
         public void read(long o, long a, int l, IoCompletion c) throws BlockException {
             if (hold(to -> to.read(o, a, l, c), c)) return;
-            submitCounted((to, done) -> to.read(o, a, l, done), c);
+            IoCompletion t = tracked(o, l, c);
+            try {
+                submitCounted((to, done) -> to.read(o, a, l, done), t);
+            } catch (BlockException | RuntimeException e) {
+                if (t instanceof TrackedRead r) r.end();
+                throw e;
+            }
         }
 
         @Override
         public void readv(long o, long iov, int n, long t, IoCompletion c) throws BlockException {
             if (hold(to -> to.readv(o, iov, n, t, c), c)) return;
-            submitCounted((to, done) -> to.readv(o, iov, n, t, done), c);
+            IoCompletion tc = tracked(o, t, c);
+            try {
+                submitCounted((to, done) -> to.readv(o, iov, n, t, done), tc);
+            } catch (BlockException | RuntimeException e) {
+                if (tc instanceof TrackedRead r) r.end();
+                throw e;
+            }
+        }
+
+        /** {@code c}, counted in {@link #readers} on the chunks of the range still to copy (none: {@code c} itself). */
+        private IoCompletion tracked(long o, long l, IoCompletion c) {
+            // only sync=none (fleecing) has a point-in-time reader that reads through the source
+            if (passthrough || map == null || settings.sync() != Sync.NONE || l <= 0 || o < 0 || o + l > source.size() || o + l < 0) {
+                return c;
+            }
+            long first = map.chunkOf(o);
+            long last = map.chunkOf(o + l - 1);
+            List<Long> chunks = null;
+            for (long ch = first; ch <= last; ch++) {
+                if (!map.isDirty(ch)) continue;
+                if (chunks == null) chunks = new ArrayList<>();
+                chunks.add(ch);
+                readers.merge(ch, 1, Integer::sum);
+            }
+            return chunks == null ? c : new TrackedRead(chunks, c);
+        }
+
+        /** A read counted in {@link #readers} until it completes (or its submit fails at once). */
+        final class TrackedRead implements IoCompletion {
+            private final List<Long> chunks;
+            private final IoCompletion c;
+            private boolean ended;
+
+            TrackedRead(List<Long> chunks, IoCompletion c) {
+                this.chunks = chunks;
+                this.c = c;
+            }
+
+            void end() {
+                if (ended) return;
+                ended = true;
+                for (long ch : chunks) readers.computeIfPresent(ch, (k, v) -> v == 1 ? null : v - 1);
+            }
+
+            @Override
+            public void ioDone(int e) {
+                end();
+                try {
+                    c.ioDone(e);
+                } finally {
+                    retryWaiters();
+                }
+            }
         }
 
         @Override

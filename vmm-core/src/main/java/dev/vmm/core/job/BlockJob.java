@@ -445,13 +445,16 @@ abstract class BlockJob extends Job {
         public int inFlight() { return pending + copies + d.inFlight(); }
 
         @Override
-        public void whenIdle(Runnable idle) {
+        public void whenIdle(Runnable idle) { awaitIdle(idle); }
+
+        /** Runs {@code idle} once nothing accepted here, no copy and nothing below is in flight. */
+        final void awaitIdle(Runnable idle) {
             if (pending > 0 || copies > 0) {
-                idleWaiters.add(() -> whenIdle(idle));
+                idleWaiters.add(() -> awaitIdle(idle));
                 return;
             }
             d.whenIdle(() -> {
-                if (pending > 0 || copies > 0) idleWaiters.add(() -> whenIdle(idle));
+                if (pending > 0 || copies > 0) idleWaiters.add(() -> awaitIdle(idle));
                 else idle.run();
             });
         }

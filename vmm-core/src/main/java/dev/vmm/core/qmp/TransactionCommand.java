@@ -193,19 +193,18 @@ public final class TransactionCommand {
     static <T> T drained(Collection<BlockNode> nodes, Drained<T> body) throws Exception {
         List<BlockNode> issued = new ArrayList<>();
         try {
-            List<CompletableFuture<Void>> idle = new ArrayList<>();
-            for (BlockNode n : nodes) {
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DRAIN_TIMEOUT_SECONDS);
+            // Parents first, each drained before the next is held: a parent's request in flight
+            // may still send requests to its child (qcow2: an L2 read, then the data write), which
+            // a hold of the child taken earlier would keep, so the parent would never drain.
+            for (BlockNode n : BlockNode.parentsFirst(nodes)) {
                 CompletableFuture<Void> f = new CompletableFuture<>();
                 n.home().execute(() -> n.io().hold(() -> f.complete(null)));
                 issued.add(n);
-                idle.add(f);
-            }
-            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DRAIN_TIMEOUT_SECONDS);
-            for (int i = 0; i < idle.size(); i++) {
                 try {
-                    idle.get(i).get(Math.max(1, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
+                    f.get(Math.max(1, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
                 } catch (TimeoutException e) {
-                    throw QmpException.generic("block node '" + issued.get(i).name() + "' still has requests in flight after "
+                    throw QmpException.generic("block node '" + n.name() + "' still has requests in flight after "
                             + DRAIN_TIMEOUT_SECONDS + " s; nothing was changed");
                 }
             }
