@@ -240,11 +240,11 @@ class CopyBeforeWriteNodeTest {
             }
         };
         // snapshot readers: 4 at a time, each checks what it read
-        Runnable[] reader = new Runnable[1];
-        int[] readerSlot = {0};
-        reader[0] = () -> {
+        // each reader keeps its own buffer slot: reads complete out of order, so a slot taken
+        // round-robin could still be in use by a slower read (two reads into one buffer)
+        java.util.function.IntConsumer[] reader = new java.util.function.IntConsumer[1];
+        reader[0] = slot -> {
             if (done.isDone()) return;
-            int slot = readerSlot[0]++ % 4;
             int len = (1 + rnd.nextInt(32)) * 4096;
             long off = (long) rnd.nextInt((SIZE - len) / 4096 + 1) * 4096;
             long addr = NativeBuffers.address(rbuf) + (long) slot * 131072;
@@ -253,7 +253,7 @@ class CopyBeforeWriteNodeTest {
                     byte[] got = rbuf.getByteArray((long) slot * 131072, len);
                     if (e != 0 || !Arrays.equals(got, Arrays.copyOfRange(initial, (int) off, (int) off + len))) badReads[0]++;
                     reads[0]++;
-                    reader[0].run();
+                    reader[0].accept(slot);
                 });
             } catch (dev.vmm.core.block.BlockException e) {
                 badReads[0]++;
@@ -261,7 +261,7 @@ class CopyBeforeWriteNodeTest {
         };
         main.execute(() -> {
             pump[0].run();
-            for (int i = 0; i < 4; i++) reader[0].run();
+            for (int i = 0; i < 4; i++) reader[0].accept(i);
         });
         done.get(60, TimeUnit.SECONDS);
         main.call(() -> null); // the last reads' completions ran
